@@ -1,0 +1,22 @@
+PY ?= python3
+
+.PHONY: install demo test lint bench
+
+# torch is pinned to a CPU-only release so a fresh machine does not pull a multi-GB CUDA build.
+install:
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+
+demo: install
+	gradfit demo --out demo-output
+
+test: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q tests
+
+lint:
+	$(PY) -m ruff check src tests benchmarks
+
+bench:
+	$(PY) benchmarks/nist_strd.py
+	$(PY) benchmarks/gradient_cost.py

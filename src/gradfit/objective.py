@@ -1,0 +1,207 @@
+"""Objective: f, ∇f, Hessian-vector products, Hessians and Jacobians by autodiff.
+
+An :class:`Objective` wraps a scalar function of one flat parameter vector ``z``
+(a 1-D tensor on the objective's device and dtype) and, optionally, a residual
+function ``r(z)`` with ``f(z) = 0.5 * sum(r(z)**2) + const`` for least-squares
+solvers. Solvers see only this class; they never see names, bounds or data.
+
+Jacobians use forward-mode dual numbers, one column per parameter: the cost is
+``n`` model evaluations and, unlike ``torch.func.jacfwd``, there is no
+multi-second first-call overhead in a fresh process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+
+__all__ = ["Objective", "resolve_device", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The objective or its gradient is not finite at the requested point."""
+
+
+def resolve_device(device) -> torch.device:
+    """Turn ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'`` or a torch.device into a device."""
+    if device is None or device == "cpu":
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"unknown device {device!r}; choose one of: 'cpu', 'cuda', 'cuda:N', 'auto'"
+            ) from exc
+    else:
+        raise TypeError(f"device must be a string or torch.device, not {type(device).__name__}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but no CUDA GPU is available; "
+            "use device='cpu' or device='auto'"
+        )
+    return dev
+
+
+class Objective:
+    """A scalar objective of a flat vector, with derivatives by autodiff.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(z) -> 0-d tensor``, differentiable with torch autograd.
+    n : int
+        Length of ``z``.
+    residual_fun : callable, optional
+        ``residual_fun(z) -> 1-D tensor r`` such that ``fun(z) == 0.5 * sum(r**2) + const``.
+        Enables Levenberg–Marquardt.
+    device, dtype :
+        Where every tensor of the problem lives.
+    """
+
+    def __init__(
+        self,
+        fun: Callable[[torch.Tensor], torch.Tensor],
+        n: int,
+        *,
+        residual_fun: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ):
+        self._fun = fun
+        self._res = residual_fun
+        self.n = int(n)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.nfev = 0  # function evaluations (any pass that evaluates the model)
+        self.ngev = 0  # gradient evaluations
+        self.nhev = 0  # Hessian-vector products / Hessians
+        self.njev = 0  # Jacobian evaluations
+        self._np_cache: tuple[bytes, float, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def has_residuals(self) -> bool:
+        return self._res is not None
+
+    def as_tensor(self, z) -> torch.Tensor:
+        """A detached 1-D tensor on the objective's device and dtype."""
+        t = torch.as_tensor(z, dtype=self.dtype, device=self.device)
+        return t.detach().reshape(self.n)
+
+    # ------------------------------------------------------------- derivatives
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z) as a 0-d tensor (no graph)."""
+        self.nfev += 1
+        with torch.no_grad():
+            return self._fun(self.as_tensor(z))
+
+    def value_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(z) and ∇f(z) in one forward and one backward pass."""
+        self.nfev += 1
+        self.ngev += 1
+        z = self.as_tensor(z).requires_grad_(True)
+        with torch.enable_grad():
+            f = self._fun(z)
+            if not f.requires_grad:  # f does not depend on z
+                return f.detach(), torch.zeros_like(z)
+            (g,) = torch.autograd.grad(f, z)
+        return f.detach(), g.detach()
+
+    def grad(self, z: torch.Tensor) -> torch.Tensor:
+        return self.value_and_grad(z)[1]
+
+    def hvp(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Hessian-vector product H(z) v by reverse-over-reverse autodiff."""
+        self.nhev += 1
+        z = self.as_tensor(z).requires_grad_(True)
+        v = self.as_tensor(v)
+        with torch.enable_grad():
+            f = self._fun(z)
+            (g,) = torch.autograd.grad(f, z, create_graph=True)
+            (hv,) = torch.autograd.grad(g, z, v, allow_unused=True)
+        return torch.zeros_like(v) if hv is None else hv.detach()
+
+    def hessian(self, z: torch.Tensor) -> torch.Tensor:
+        """The full ``n x n`` Hessian: one gradient graph, ``n`` backward passes through it."""
+        self.nhev += 1
+        z = self.as_tensor(z).requires_grad_(True)
+        with torch.enable_grad():
+            f = self._fun(z)
+            (g,) = torch.autograd.grad(f, z, create_graph=True)
+            rows = []
+            eye = torch.eye(self.n, dtype=self.dtype, device=self.device)
+            for i in range(self.n):
+                if g.requires_grad:
+                    (h,) = torch.autograd.grad(g, z, eye[i], retain_graph=True, allow_unused=True)
+                else:
+                    h = None
+                rows.append(torch.zeros_like(z) if h is None else h)
+        H = torch.stack(rows).detach()
+        return 0.5 * (H + H.T)
+
+    def residuals(self, z: torch.Tensor) -> torch.Tensor:
+        if self._res is None:
+            raise TypeError("this objective has no residual form; Levenberg–Marquardt needs one")
+        self.nfev += 1
+        with torch.no_grad():
+            return self._res(self.as_tensor(z))
+
+    def residuals_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals r(z) and the ``m x n`` Jacobian by forward-mode autodiff."""
+        if self._res is None:
+            raise TypeError("this objective has no residual form; Levenberg–Marquardt needs one")
+        self.nfev += 1
+        self.njev += 1
+        z = self.as_tensor(z)
+        eye = torch.eye(self.n, dtype=self.dtype, device=self.device)
+        cols = []
+        r = None
+        with torch.no_grad(), fwAD.dual_level():
+            for i in range(self.n):
+                out = fwAD.unpack_dual(self._res(fwAD.make_dual(z, eye[i])))
+                if r is None:
+                    r = out.primal.clone()
+                cols.append(
+                    torch.zeros_like(out.primal) if out.tangent is None else out.tangent.clone()
+                )
+        if r is None:  # n == 0
+            r = self._res(z)
+            return r, torch.zeros(r.numel(), 0, dtype=self.dtype, device=self.device)
+        return r, torch.stack(cols, dim=1)
+
+    # ------------------------------------------------------------ NumPy bridge
+    def scipy_fun_and_grad(self, zn: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(f, ∇f)`` as float and float64 array, for ``scipy.optimize.minimize(jac=True)``.
+
+        The last point is cached, so a SciPy method that asks for f and then ∇f at
+        the same point costs one pass.
+        """
+        zn = np.asarray(zn, dtype=np.float64)
+        key = zn.tobytes()
+        if self._np_cache is not None and self._np_cache[0] == key:
+            return self._np_cache[1], self._np_cache[2].copy()
+        f, g = self.value_and_grad(torch.from_numpy(zn.copy()))
+        fv = float(f)
+        gv = g.detach().cpu().numpy().astype(np.float64)
+        if not np.isfinite(fv):
+            fv = np.inf  # lets SciPy's line searches back off instead of crashing
+            gv = np.zeros_like(gv)
+        self._np_cache = (key, fv, gv)
+        return fv, gv.copy()
+
+    def scipy_hvp(self, zn: np.ndarray, vn: np.ndarray) -> np.ndarray:
+        t = self.hvp(torch.from_numpy(np.asarray(zn, np.float64).copy()),
+                     torch.from_numpy(np.asarray(vn, np.float64).copy()))
+        return t.cpu().numpy().astype(np.float64)
+
+    def scipy_hess(self, zn: np.ndarray) -> np.ndarray:
+        t = self.hessian(torch.from_numpy(np.asarray(zn, np.float64).copy()))
+        return t.cpu().numpy().astype(np.float64)
