@@ -1,0 +1,642 @@
+"""The ``gradfit`` command line: ``gradfit oof simulate|fit|plot``, ``demo`` and ``bench``.
+
+Conventions: machine-readable output (``--json``) on stdout, human output (tables,
+progress, warnings) on stderr; exit code 0 on success, 1 on a failed fit, 2 on bad
+input, with a one-line reason that names the file, field or option at fault.
+
+torch and matplotlib are imported inside the commands that need them, so that
+``gradfit --help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+__all__ = ["main", "cli", "CLIError"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+_ERRORS_IMPLEMENTED = ("hessian",)
+
+
+class CLIError(click.ClickException):
+    """A one-line error with an exit code (2: bad input, 1: failed fit)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(s.strip() for s in str(text).strip().splitlines() if s.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"gradfit: warning: {_one_line(message)}", err=True)
+
+
+class _Group(click.Group):
+    """Top-level group: one-line errors, exit codes 0/1/2, warnings as stderr lines."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        prog_name = prog_name or "gradfit"
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+            warnings.showwarning = _show_warning
+            try:
+                rv = super().main(
+                    args=args,
+                    prog_name=prog_name,
+                    complete_var=complete_var,
+                    standalone_mode=False,
+                    **extra,
+                )
+                code = rv if isinstance(rv, int) else EXIT_OK
+            except click.exceptions.NoArgsIsHelpError as exc:
+                click.echo(exc.ctx.get_help(), err=True)
+                code = EXIT_BAD_INPUT
+            except click.UsageError as exc:
+                where = exc.ctx.command_path if exc.ctx is not None else prog_name
+                hint = f" (see '{where} --help')" if exc.ctx is not None else ""
+                click.echo(f"{where}: error: {_one_line(exc.format_message())}{hint}", err=True)
+                code = EXIT_BAD_INPUT
+            except click.ClickException as exc:
+                click.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
+                code = exc.exit_code
+            except click.Abort:
+                click.echo(f"{prog_name}: aborted", err=True)
+                code = 130
+            except KeyboardInterrupt:
+                click.echo(f"{prog_name}: interrupted", err=True)
+                code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr, highlight=False)
+
+
+def _read_observation(path):
+    """Read an observation; any input problem becomes a one-line exit-2 error."""
+    from gradfit.oof import io
+
+    try:
+        return io.read(path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _out_dir(out) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot create directory ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"--out {out}: directory is not writable")
+    return out
+
+
+def _resolve_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if not has_cuda:
+        raise CLIError(
+            "--device cuda: no CUDA device is available (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
+    return device
+
+
+def _telescope(name, obs=None, source=None):
+    """The Telescope for --telescope or the file's TELESCOP header (exit 2 if neither)."""
+    from gradfit.oof.telescope import get_telescope
+
+    if name is None and obs is not None:
+        name = obs.telescope
+        if name is None:
+            raise CLIError(
+                f"{source}: no telescope in the primary header (TELESCOP); pass --telescope NAME"
+            )
+        label = f"{source}: header TELESCOP"
+    else:
+        label = "--telescope"
+    try:
+        return get_telescope(name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{label}: {_one_line(exc.args[0] if exc.args else exc)}") from None
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@click.group(name="gradfit", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gradfit", prog_name="gradfit")
+def cli():
+    """gradfit: fast maximum-likelihood fitting with PyTorch; OOF holography of radio telescopes.
+
+    Run 'gradfit demo --out DIR' for a simulated Effelsberg fit with figures.
+    """
+
+
+def main(argv=None):
+    """Entry point of the ``gradfit`` command (``argv`` defaults to ``sys.argv[1:]``)."""
+    return cli.main(args=argv, prog_name="gradfit")
+
+
+@cli.group()
+def oof():
+    """Out-of-focus holography: simulate, fit and plot beam maps."""
+
+
+def _simulate(telescope, order, snr, npix, seed, freq_ghz, dz):
+    from gradfit.oof import simulate
+
+    try:
+        return simulate(
+            telescope=telescope,
+            order=order,
+            snr=snr,
+            npix=npix,
+            freq_hz=freq_ghz * 1e9,
+            dz=dz,
+            seed=seed,
+        )
+    except (ValueError, KeyError) as exc:
+        raise CLIError(f"oof simulate: {_one_line(exc.args[0] if exc.args else exc)}") from None
+
+
+_sim_options = [
+    click.option("--telescope", default="effelsberg", show_default=True, help="Telescope name."),
+    click.option(
+        "--order",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Maximum Zernike order n of the simulated aperture phase.",
+    ),
+    click.option(
+        "--snr",
+        type=click.FloatRange(min=0, min_open=True),
+        default=1000.0,
+        show_default=True,
+        help="Peak signal-to-noise ratio of the in-focus map.",
+    ),
+    click.option(
+        "--npix",
+        type=click.IntRange(min=5),
+        default=33,
+        show_default=True,
+        help="Samples per map side (npix x npix grid).",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+    click.option(
+        "--freq-ghz",
+        type=click.FloatRange(min=0, min_open=True),
+        default=32.0,
+        show_default=True,
+        help="Observing frequency (GHz).",
+    ),
+    click.option(
+        "--dz",
+        type=click.FloatRange(min=0, min_open=True),
+        default=0.022,
+        show_default=True,
+        help="Defocus (m); maps are taken at -dz, 0, +dz.",
+    ),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@oof.command("simulate")
+@_apply(_sim_options)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output FITS file (pyoof layout).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary to stdout.")
+def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
+    """Simulate an OOF observation and write it as FITS (pyoof layout)."""
+    from gradfit.oof import io
+
+    out = Path(out)
+    if not out.parent.exists():
+        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    obs = _simulate(telescope, order, snr, npix, seed, freq_ghz, dz)
+    try:
+        io.write(obs, out)
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    click.echo(
+        f"wrote {out}: {obs.telescope or telescope}, {len(obs.maps)} maps of "
+        f"{obs.maps[0].n} points, order {order}, SNR {snr:g}, seed {seed}",
+        err=True,
+    )
+    if as_json:
+        click.echo(
+            io.to_json(
+                {
+                    "path": str(out),
+                    "telescope": obs.telescope or telescope,
+                    "n_maps": len(obs.maps),
+                    "points_per_map": [m.n for m in obs.maps],
+                    "dz_m": [m.dz for m in obs.maps],
+                    "wavelength_m": obs.wavelength_m,
+                    "frequency_hz": obs.frequency_hz,
+                    "truth": obs.truth,
+                },
+                indent=2,
+            )
+        )
+
+
+def _progress_fit(fit_fn, obs, kwargs, quiet):
+    """Run the fit with a live status line on stderr (rich)."""
+    import inspect
+
+    if quiet:
+        return fit_fn(obs, **kwargs)
+    console = _stderr_console()
+    state = {"n": 0, "t0": time.perf_counter()}
+    with console.status("fitting ...", spinner="dots") as status:
+
+        def progress(*args, **kw):
+            state["n"] += 1
+            info = kw or (args[0] if len(args) == 1 and isinstance(args[0], dict) else {})
+            parts = [f"step {info.get('nit', info.get('iteration', state['n']))}"]
+            for key in ("nll", "fun", "neg_log_likelihood", "cost"):
+                if key in info:
+                    parts.append(f"{key} {float(info[key]):.6g}")
+                    break
+            else:
+                if len(args) >= 2 and isinstance(args[1], (int, float)):
+                    parts.append(f"f {float(args[1]):.6g}")
+            parts.append(f"{time.perf_counter() - state['t0']:.1f} s")
+            status.update("fitting: " + ", ".join(parts))
+
+        try:
+            accepts = "progress" in inspect.signature(fit_fn).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        if accepts:
+            kwargs = dict(kwargs, progress=progress)
+        return fit_fn(obs, **kwargs)
+
+
+def _summary(sol_dict: dict, console) -> None:
+    """A human summary of a solution on stderr."""
+    from rich.table import Table
+
+    fit = sol_dict.get("fit", {})
+    table = Table(title="Zernike coefficients", title_justify="left")
+    for col in ("n", "l", "rad", "± rad", "waves", "± waves"):
+        table.add_column(col, justify="right")
+    for z in sol_dict.get("zernike", []):
+        table.add_row(
+            str(z.get("n")),
+            str(z.get("l")),
+            f"{z.get('value_rad', float('nan')):+.4f}",
+            f"{z.get('error_rad', float('nan')):.4f}",
+            f"{z.get('value_waves', float('nan')):+.5f}",
+            f"{z.get('error_waves', float('nan')):.5f}",
+        )
+    console.print(table)
+    nuis = sol_dict.get("nuisance") or {}
+    if nuis:
+        items = []
+        for k, v in nuis.items():
+            if isinstance(v, dict):
+                items.append(
+                    f"{k} = {v.get('value', float('nan')):.4g} ± {v.get('error', float('nan')):.2g}"
+                )
+            else:
+                items.append(f"{k} = {v}")
+        console.print("nuisance: " + ", ".join(items))
+    rms = sol_dict.get("surface_rms_um")
+    status = "converged" if fit.get("success") else "FAILED"
+    line = f"fit {status}: {fit.get('message', '')}"
+    if fit.get("nfev") is not None:
+        line += f"; {fit['nfev']} evaluations"
+    if fit.get("time_s") is not None:
+        line += f", {float(fit['time_s']):.2f} s"
+    console.print(line)
+    if isinstance(rms, (int, float)):
+        console.print(f"surface rms: {rms:.1f} µm")
+
+
+def _write_outputs(sol, obs, out: Path, input_path, settings: dict) -> dict:
+    """solution.json, phase/surface FITS, model.fits and the figures."""
+    from gradfit.oof import io, plots
+
+    extra = {
+        "input": {
+            "path": str(Path(input_path).resolve()) if input_path else None,
+            "layout": obs.layout,
+            "n_maps": len(obs.maps),
+            "points_per_map": [m.n for m in obs.maps],
+        },
+        "settings": settings,
+    }
+    try:
+        data = io.write_solution(sol, out, extra=extra)
+        io.write_maps(obs, sol.model_maps(), out / "model.fits")
+        plots.plot_dir(out, obs)
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot write results ({exc.strerror or exc})") from None
+    return data
+
+
+def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet):
+    """oof.fit with CLI error mapping: bad settings → exit 2, crash → exit 1."""
+    import inspect
+
+    try:
+        from gradfit.oof import fit
+    except ImportError as exc:
+        fit = None
+        missing = exc
+    kwargs = dict(
+        order=order, telescope=telescope, likelihood=likelihood, method=method, device=device
+    )
+    if errors not in _ERRORS_IMPLEMENTED:
+        try:
+            accepts = fit is not None and "errors" in inspect.signature(fit).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        if not accepts:
+            raise CLIError(f"--errors {errors}: not implemented yet; only 'hessian' is available")
+        kwargs["errors"] = errors
+    if fit is None:
+        raise CLIError(f"the OOF fit is not available: {missing}", EXIT_FAILED)
+    try:
+        return _progress_fit(fit, obs, kwargs, quiet)
+    except (ValueError, KeyError) as exc:
+        raise CLIError(_one_line(exc.args[0] if exc.args else exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a crashed fit is a failed fit (exit 1)
+        if os.environ.get("GRADFIT_DEBUG"):
+            raise
+        raise CLIError(
+            f"fit failed: {type(exc).__name__}: {_one_line(exc)} "
+            "(set GRADFIT_DEBUG=1 for a traceback)",
+            EXIT_FAILED,
+        ) from None
+
+
+def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
+    from gradfit.oof import io
+
+    if not quiet:
+        _summary(data, _stderr_console())
+    if as_json:
+        click.echo(io.to_json(data, indent=2))
+    fit = data.get("fit", {})
+    if not fit.get("success", getattr(sol, "success", True)):
+        click.echo(f"gradfit: error: fit failed: {_one_line(fit.get('message', ''))}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@oof.command("fit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--order", type=click.IntRange(min=1), required=True, help="Maximum Zernike order n to fit."
+)
+@click.option(
+    "--likelihood",
+    type=click.Choice(["gaussian", "cauchy"]),
+    default="gaussian",
+    show_default=True,
+    help="Gaussian, or Cauchy for data with glitches.",
+)
+@click.option("--method", default="lm", show_default=True, help="Minimiser (e.g. lm, bfgs).")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Where the model runs.",
+)
+@click.option(
+    "--telescope", default=None, help="Telescope name (default: the file's TELESCOP header)."
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory for solution.json, FITS maps and figures.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
+@click.option(
+    "--errors",
+    type=click.Choice(["hessian", "profile", "mcmc"]),
+    default="hessian",
+    show_default=True,
+    help="How coefficient errors are computed.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+def fit_cmd(file, order, likelihood, method, device, telescope, out, as_json, errors, quiet):
+    """Fit Zernike coefficients to the beam maps in FILE and write results to --out."""
+    obs = _read_observation(file)
+    tel = _telescope(telescope, obs, file)
+    device = _resolve_device(device)
+    out = _out_dir(out)
+    sol = _run_fit(
+        obs,
+        order=order,
+        likelihood=likelihood,
+        method=method,
+        device=device,
+        telescope=tel,
+        errors=errors,
+        quiet=quiet,
+    )
+    settings = dict(
+        order=order,
+        likelihood=likelihood,
+        method=method,
+        device=device,
+        telescope=tel.name,
+        errors=errors,
+    )
+    data = _write_outputs(sol, obs, out, file, settings)
+    if not quiet:
+        click.echo(
+            f"wrote {out}/: solution.json, phase.fits, surface.fits, model.fits, "
+            "maps.png, surface.png",
+            err=True,
+        )
+    return _finish(sol, data, as_json, quiet)
+
+
+@oof.command("plot")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--obs",
+    "obs_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Observation FITS (default: the input recorded in solution.json).",
+)
+def plot_cmd(directory, obs_path):
+    """Re-draw the figures of a 'gradfit oof fit' output DIRECTORY."""
+    from gradfit.oof import plots
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise CLIError(f"{d}: no such directory")
+    obs = _read_observation(obs_path) if obs_path else None
+    try:
+        written = plots.plot_dir(d, obs)
+    except ValueError as exc:  # OOFDataError included
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"{d}: cannot write figures ({exc.strerror or exc})") from None
+    for p in written:
+        click.echo(str(p))
+
+
+@cli.command("demo")
+@click.option(
+    "--out",
+    "out",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Output directory.",
+)
+@click.option("--order", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--npix", type=click.IntRange(min=5), default=33, show_default=True)
+@click.option(
+    "--snr", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
+def demo_cmd(out, order, npix, snr, seed, as_json):
+    """Simulate an Effelsberg observation, fit it and write the figures to --out."""
+    from gradfit.oof import io
+
+    t0 = time.perf_counter()
+    out = _out_dir(out)
+    console = _stderr_console()
+    console.print(
+        f"simulating Effelsberg at 32 GHz: order {order}, {npix}x{npix} points per "
+        f"map, SNR {snr:g}, seed {seed}"
+    )
+    obs = _simulate("effelsberg", order, snr, npix, seed, 32.0, 0.022)
+    obs_path = out / "observation.fits"
+    io.write(obs, obs_path)
+    tel = _telescope("effelsberg")
+    sol = _run_fit(
+        obs,
+        order=order,
+        likelihood="gaussian",
+        method="lm",
+        device="cpu",
+        telescope=tel,
+        errors="hessian",
+        quiet=False,
+    )
+    settings = dict(
+        order=order,
+        likelihood="gaussian",
+        method="lm",
+        device="cpu",
+        telescope=tel.name,
+        errors="hessian",
+    )
+    data = _write_outputs(sol, obs, out, obs_path, settings)
+    code = _finish(sol, data, as_json, quiet=False)
+    _compare_truth(obs, data, console)
+    console.print(
+        f"demo done in {time.perf_counter() - t0:.1f} s; figures: "
+        f"{out / 'maps.png'}, {out / 'surface.png'}"
+    )
+    return code
+
+
+def _compare_truth(obs, data: dict, console) -> None:
+    """Print the rms of (fit - truth) over the Zernike coefficients, where both are known."""
+    import math
+
+    truth = obs.truth or {}
+    coeffs = truth.get("zernike") or truth.get("coefficients")
+    if not isinstance(coeffs, list):
+        return
+    true = {}
+    for z in coeffs:
+        if isinstance(z, dict) and "n" in z and "l" in z:
+            for key in ("value_rad", "rad", "K_rad", "value"):
+                if key in z:
+                    true[(z["n"], z["l"])] = float(z[key])
+                    break
+    diffs = [
+        z["value_rad"] - true[(z["n"], z["l"])]
+        for z in data.get("zernike", [])
+        if (z.get("n"), z.get("l")) in true and z.get("n", 0) >= 2
+    ]
+    if diffs:
+        rms = math.sqrt(sum(d * d for d in diffs) / len(diffs))
+        console.print(f"coefficients (n >= 2) vs truth: rms error {rms:.4f} rad")
+
+
+@cli.command(
+    "bench",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_cmd(args):
+    """Run the benchmarks (gradfit.bench); arguments are passed through."""
+    import importlib
+
+    try:
+        bench = importlib.import_module("gradfit.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("gradfit.bench",):
+            raise CLIError("bench: gradfit.bench is not available in this installation") from None
+        raise
+    entry = getattr(bench, "main", None) or getattr(bench, "cli", None)
+    if entry is None:
+        raise CLIError("bench: gradfit.bench has no main() or cli entry point")
+    if isinstance(entry, click.Command):
+        rv = entry.main(args=list(args), prog_name="gradfit bench", standalone_mode=False)
+    else:
+        rv = entry(list(args))
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

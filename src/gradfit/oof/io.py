@@ -1,0 +1,683 @@
+"""Read and write OOF holography observations and fit results (FITS, JSON).
+
+Two input layouts are detected automatically:
+
+- **pyoof**: primary header ``FREQ``, ``WAVEL``, ``MEANEL``, ``OBJECT``, ``DATE_OBS``
+  (optionally ``TELESCOP``, ``NOISE``); binary tables ``MINUS OOF``, ``ZERO OOF`` and
+  ``PLUS OOF``, each with header ``DZ`` (m) and columns ``U``, ``V`` (radians) and ``BEAM``.
+  Files written by gradfit may hold any number of maps (primary header ``NMAPS``) and an
+  optional per-point ``SIGMA`` column.
+- **oof** (B. Nikolic's original OOF code): one binary table per map with columns ``DX``,
+  ``DY`` (radians), ``FNu`` and optionally ``UFNu`` (per-point error), and header ``dz``.
+  The frequency (``FREQ``) or wavelength (``WAVEL``) comes from the primary header or,
+  failing that, from the first map's header.
+
+Every problem with an input file raises :class:`OOFDataError` (a ``ValueError``) whose
+message names the file and the HDU, column or header keyword at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from gradfit.oof.observation import BeamMap, Observation
+
+__all__ = ["OOFDataError", "read", "write", "write_solution", "write_maps", "PYOOF_MAP_NAMES"]
+
+#: The map tables of a pyoof file, in pyoof's order.
+PYOOF_MAP_NAMES = ("MINUS OOF", "ZERO OOF", "PLUS OOF")
+
+_C = 299_792_458.0  # speed of light, m/s
+_TRUTH_HDU = "GRADFIT TRUTH"
+
+
+class OOFDataError(ValueError):
+    """An OOF input file is missing, unreadable or inconsistent.
+
+    The message names the file and the HDU, column or header keyword at fault.
+    """
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read(path: str | os.PathLike) -> Observation:
+    """Read an OOF holography observation from a FITS file.
+
+    The layout (pyoof or original OOF) is detected from the file's contents.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The FITS file.
+
+    Returns
+    -------
+    Observation
+        With ``layout`` set to ``'pyoof'`` or ``'oof'``. Maps keep the file's order.
+        ``shape`` is ``(n_v, n_u)`` when a map's samples form a regular grid with u
+        varying fastest (and no sample was masked), else None.
+
+    Raises
+    ------
+    OOFDataError
+        If the file is missing or not FITS, or an HDU, column or header keyword is
+        missing or invalid, or a map is all zero or all NaN.
+
+    Warns
+    -----
+    UserWarning
+        When samples with a NaN (or infinite) value are masked; the message says how
+        many, in which map.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise OOFDataError(f"{path}: no such file")
+    if path.is_dir():
+        raise OOFDataError(f"{path}: is a directory, not a FITS file")
+    try:
+        with warnings.catch_warnings():
+            # astropy warns on non-standard cards; the checks below are what matters here
+            warnings.simplefilter("ignore")
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
+    except (OSError, ValueError, TypeError) as exc:
+        raise OOFDataError(f"{path}: not a readable FITS file ({exc})") from None
+    with hdul:
+        tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
+        if not tables:
+            raise OOFDataError(
+                f"{path}: no binary table HDUs; expected the pyoof layout "
+                f"({', '.join(PYOOF_MAP_NAMES)}) or OOF tables with DX, DY, FNu columns"
+            )
+        if _is_pyoof(hdul, tables):
+            return _read_pyoof(path, hdul, tables)
+        return _read_oof(path, hdul, tables)
+
+
+def _colnames(hdu) -> list[str]:
+    return [c.name for c in hdu.columns]
+
+
+def _has_col(hdu, name: str) -> bool:
+    return any(c.upper() == name.upper() for c in _colnames(hdu))
+
+
+def _extname(hdu) -> str:
+    return str(hdu.header.get("EXTNAME", hdu.name or "")).strip().upper()
+
+
+def _hdu_label(hdu, index: int) -> str:
+    name = _extname(hdu)
+    return f"HDU {index} ({name!r})" if name else f"HDU {index}"
+
+
+def _is_pyoof(hdul, tables) -> bool:
+    names = {_extname(h) for h in tables}
+    if names & set(PYOOF_MAP_NAMES):
+        return True
+    if "NMAPS" in hdul[0].header:
+        return True
+    has_beam = any(_has_col(h, "BEAM") for h in tables)
+    has_fnu = any(_has_col(h, "FNU") for h in tables)
+    return has_beam and not has_fnu
+
+
+def _column(path, label, hdu, name) -> np.ndarray:
+    """One column, flattened to 1-D float64 (array-valued cells are concatenated)."""
+    match = [c for c in _colnames(hdu) if c.upper() == name.upper()]
+    if not match:
+        raise OOFDataError(
+            f"{path}: {label}: missing column {name!r} (columns: {', '.join(_colnames(hdu))})"
+        )
+    raw = hdu.data[match[0]] if hdu.data is not None else np.zeros(0)
+    try:
+        if raw.dtype == object:  # variable-length array column
+            arr = np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in raw])
+        else:
+            arr = np.ravel(np.asarray(raw, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise OOFDataError(f"{path}: {label}: column {match[0]!r} is not numeric ({exc})") from None
+    return arr
+
+
+def _header_float(path, where, header, keys, *, required=True):
+    """The first of ``keys`` present in ``header`` as a finite float (None if absent)."""
+    for key in keys:
+        if key in header:
+            value = header[key]
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise OOFDataError(
+                    f"{path}: {where}: header {key} = {value!r} is not a number"
+                ) from None
+            if not math.isfinite(value):
+                raise OOFDataError(f"{path}: {where}: header {key} = {value} is not finite")
+            return value
+    if required:
+        raise OOFDataError(f"{path}: {where}: missing header keyword {keys[0]}")
+    return None
+
+
+def _wavelength(path, headers) -> tuple[float, float]:
+    """(wavelength_m, frequency_hz) from the first header list entry that has either."""
+    for where, header in headers:
+        freq = _header_float(path, where, header, ("FREQ", "FREQUENCY", "OBSFREQ"), required=False)
+        wavel = _header_float(path, where, header, ("WAVEL", "WAVELEN"), required=False)
+        if freq is None and wavel is None:
+            continue
+        for key, value in (("FREQ", freq), ("WAVEL", wavel)):
+            if value is not None and value <= 0:
+                raise OOFDataError(f"{path}: {where}: header {key} = {value} must be positive")
+        if wavel is None:
+            wavel = _C / freq
+        elif freq is None:
+            freq = _C / wavel
+        elif abs(wavel * freq / _C - 1) > 1e-3:
+            warnings.warn(
+                f"{path}: {where}: WAVEL = {wavel} m and FREQ = {freq} Hz disagree "
+                f"(c/FREQ = {_C / freq} m); using WAVEL",
+                UserWarning,
+                stacklevel=4,
+            )
+        return wavel, freq
+    raise OOFDataError(
+        f"{path}: {headers[0][0]}: missing header keyword FREQ (or WAVEL); "
+        "the observing frequency is needed"
+    )
+
+
+def _grid_shape(u: np.ndarray, v: np.ndarray) -> tuple[int, int] | None:
+    """(n_v, n_u) if (u, v) is a regular grid with u varying fastest, else None."""
+    n = u.size
+    if n < 4:
+        return None
+    change = np.flatnonzero(v != v[0])
+    n_u = int(change[0]) if change.size else n
+    if n_u < 2 or n % n_u:
+        return None
+    n_v = n // n_u
+    if n_v < 2:
+        return None
+    U = u.reshape(n_v, n_u)
+    V = v.reshape(n_v, n_u)
+    scale = max(np.ptp(u), np.ptp(v), 1e-300)
+    tol = 1e-6 * scale
+    if np.any(np.abs(U - U[0]) > tol) or np.any(np.abs(V - V[:, :1]) > tol):
+        return None
+    du, dv = np.diff(U[0]), np.diff(V[:, 0])
+    if not (np.all(du > 0) or np.all(du < 0)) or not (np.all(dv > 0) or np.all(dv < 0)):
+        return None
+    return (n_v, n_u)
+
+
+def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
+    """Check one map's arrays, mask non-finite samples, and build the BeamMap."""
+    lengths = {"U": u.size, "V": v.size, "BEAM": power.size}
+    if sigma is not None:
+        lengths["SIGMA"] = sigma.size
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k} {n}" for k, n in lengths.items())
+        raise OOFDataError(f"{path}: {label}: column lengths differ ({detail})")
+    if power.size == 0:
+        raise OOFDataError(f"{path}: {label}: map has no samples")
+    finite = np.isfinite(u) & np.isfinite(v) & np.isfinite(power)
+    if sigma is not None:
+        finite &= np.isfinite(sigma)
+    n_bad = int(power.size - finite.sum())
+    if n_bad == power.size:
+        raise OOFDataError(f"{path}: {label}: all {power.size} samples are NaN or infinite")
+    shape = _grid_shape(u, v) if n_bad == 0 else None
+    if n_bad:
+        warnings.warn(
+            f"{path}: {label}: masked {n_bad} of {power.size} samples with NaN or infinite values",
+            UserWarning,
+            stacklevel=4,
+        )
+        u, v, power = u[finite], v[finite], power[finite]
+        sigma = sigma[finite] if sigma is not None else None
+    if not np.any(power != 0):
+        raise OOFDataError(f"{path}: {label}: map is all zero")
+    if sigma is not None and np.any(sigma <= 0):
+        raise OOFDataError(
+            f"{path}: {label}: per-point errors must be positive "
+            f"({int(np.sum(sigma <= 0))} values <= 0)"
+        )
+    return BeamMap(u=u, v=v, power=power, dz=dz, sigma=sigma, name=name, shape=shape)
+
+
+_STRUCTURAL = {
+    "SIMPLE",
+    "BITPIX",
+    "NAXIS",
+    "EXTEND",
+    "COMMENT",
+    "HISTORY",
+    "",
+    "FREQ",
+    "WAVEL",
+    "TELESCOP",
+    "NOISE",
+    "NMAPS",
+    "ORIGIN",
+    "LAYOUT",
+}
+
+
+def _meta(header) -> dict:
+    """Primary-header values other than the structural and parsed ones."""
+    meta = {}
+    for key in header:
+        if key in _STRUCTURAL or key.startswith("NAXIS"):
+            continue
+        value = header[key]
+        if isinstance(value, (bool, int, float, str)):
+            meta[key] = value
+    return meta
+
+
+def _layout(header, default: str) -> str:
+    """The layout recorded by :func:`write` (so simulations keep their convention)."""
+    if str(header.get("ORIGIN", "")).strip() == "gradfit":
+        layout = str(header.get("LAYOUT", "")).strip().lower()
+        if layout in ("gradfit", "pyoof", "oof"):
+            return layout
+    return default
+
+
+def _read_truth(hdul) -> dict | None:
+    if _TRUTH_HDU not in hdul:
+        return None
+    try:
+        text = hdul[_TRUTH_HDU].data["JSON"][0]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return json.loads(text)
+    except (KeyError, IndexError, ValueError, TypeError):
+        warnings.warn(f"HDU {_TRUTH_HDU!r} is unreadable; truth ignored", UserWarning, stacklevel=3)
+        return None
+
+
+def _read_pyoof(path, hdul, tables) -> Observation:
+    primary = hdul[0].header
+    wavel, freq = _wavelength(path, [("primary header", primary)])
+    if "NMAPS" in primary:
+        try:
+            nmaps = int(primary["NMAPS"])
+        except (TypeError, ValueError):
+            raise OOFDataError(
+                f"{path}: primary header: NMAPS = {primary['NMAPS']!r} is not an integer"
+            ) from None
+        map_hdus = [(hdul.index(h), h) for h in tables if _has_col(h, "BEAM")]
+        if len(map_hdus) != nmaps:
+            names = [_extname(h) for _, h in map_hdus]
+            raise OOFDataError(
+                f"{path}: primary header NMAPS = {nmaps} but {len(map_hdus)} map HDUs "
+                f"with a BEAM column were found ({', '.join(names) or 'none'})"
+            )
+    else:
+        map_hdus = []
+        for name in PYOOF_MAP_NAMES:
+            found = [h for h in tables if _extname(h) == name]
+            if not found:
+                present = ", ".join(_extname(h) or "?" for h in tables)
+                raise OOFDataError(
+                    f"{path}: missing HDU {name!r} (pyoof layout needs "
+                    f"{', '.join(PYOOF_MAP_NAMES)}; found: {present})"
+                )
+            map_hdus.append((hdul.index(found[0]), found[0]))
+        map_hdus.sort(key=lambda t: t[0])
+
+    noise = _header_float(path, "primary header", primary, ("NOISE",), required=False)
+    if noise is not None and noise <= 0:
+        raise OOFDataError(f"{path}: primary header: NOISE = {noise} must be positive")
+    maps = []
+    for index, hdu in map_hdus:
+        label = _hdu_label(hdu, index)
+        dz = _header_float(path, label, hdu.header, ("DZ",))
+        u = _column(path, label, hdu, "U")
+        v = _column(path, label, hdu, "V")
+        power = _column(path, label, hdu, "BEAM")
+        if _has_col(hdu, "SIGMA"):
+            sigma = _column(path, label, hdu, "SIGMA")
+        elif noise is not None:
+            sigma = np.full(power.size, noise)
+        else:
+            sigma = None
+        maps.append(_make_map(path, label, _extname(hdu), u, v, power, sigma, dz))
+
+    telescope = primary.get("TELESCOP")
+    telescope = str(telescope).strip().lower() if telescope not in (None, "") else None
+    meta = _meta(primary)
+    if noise is not None:
+        meta["NOISE"] = noise
+    meta["source"] = str(path)
+    return Observation(
+        maps=maps,
+        wavelength_m=wavel,
+        frequency_hz=freq,
+        telescope=telescope,
+        layout=_layout(primary, "pyoof"),
+        meta=meta,
+        truth=_read_truth(hdul),
+    )
+
+
+def _read_oof(path, hdul, tables) -> Observation:
+    primary = hdul[0].header
+    map_hdus = []
+    for hdu in tables:
+        index = hdul.index(hdu)
+        if _extname(hdu) == _TRUTH_HDU:
+            continue
+        present = [c for c in ("DX", "DY", "FNU") if _has_col(hdu, c)]
+        if not present:
+            continue  # an auxiliary table, not a beam map
+        if len(present) < 3:
+            missing = next(c for c in ("DX", "DY", "FNu") if not _has_col(hdu, c))
+            raise OOFDataError(
+                f"{path}: {_hdu_label(hdu, index)}: missing column {missing!r} "
+                f"(OOF layout needs DX, DY, FNu; columns: {', '.join(_colnames(hdu))})"
+            )
+        map_hdus.append((index, hdu))
+    if not map_hdus:
+        first = tables[0]
+        raise OOFDataError(
+            f"{path}: {_hdu_label(first, hdul.index(first))}: no beam-map table found; "
+            f"expected HDUs {', '.join(PYOOF_MAP_NAMES)} (pyoof layout, columns U, V, BEAM) "
+            f"or tables with columns DX, DY, FNu (OOF layout); "
+            f"columns: {', '.join(_colnames(first))}"
+        )
+    headers = [("primary header", primary)] + [(_hdu_label(h, i), h.header) for i, h in map_hdus]
+    wavel, freq = _wavelength(path, headers)
+    maps = []
+    for index, hdu in map_hdus:
+        label = _hdu_label(hdu, index)
+        dz = _header_float(path, label, hdu.header, ("DZ",))
+        u = _column(path, label, hdu, "DX")
+        v = _column(path, label, hdu, "DY")
+        power = _column(path, label, hdu, "FNu")
+        sigma = _column(path, label, hdu, "UFNu") if _has_col(hdu, "UFNU") else None
+        name = _extname(hdu) or f"MAP {len(maps) + 1}"
+        maps.append(_make_map(path, label, name, u, v, power, sigma, dz))
+    telescope = primary.get("TELESCOP")
+    telescope = str(telescope).strip().lower() if telescope not in (None, "") else None
+    meta = _meta(primary)
+    meta["source"] = str(path)
+    return Observation(
+        maps=maps,
+        wavelength_m=wavel,
+        frequency_hz=freq,
+        telescope=telescope,
+        layout=_layout(primary, "oof"),
+        meta=meta,
+        truth=_read_truth(hdul),
+    )
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _map_names(obs: Observation) -> list[str]:
+    """HDU names: pyoof's three names where they fit, else the maps' own (unique) names."""
+    dzs = [m.dz for m in obs.maps]
+    if len(dzs) == 3 and dzs[0] < 0 and dzs[1] == 0 and dzs[2] > 0:
+        return list(PYOOF_MAP_NAMES)
+    names = [m.name.strip().upper() for m in obs.maps]
+    if all(names) and len(set(names)) == len(names) and _TRUTH_HDU not in names:
+        return names
+    return [f"MAP {i + 1}" for i in range(len(obs.maps))]
+
+
+def _header_value(value):
+    if isinstance(value, (bool, int, float, str)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return None
+
+
+def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write an observation as FITS in the pyoof layout (readable by :func:`read` and pyoof).
+
+    Three maps at dz < 0, 0, > 0 are named ``MINUS OOF``, ``ZERO OOF``, ``PLUS OOF``;
+    other sets of maps keep their own names and the primary header records ``NMAPS``.
+    A noise level common to all samples goes to the primary header ``NOISE``, per-point
+    errors otherwise to a ``SIGMA`` column; ``obs.truth`` goes to an HDU
+    ``GRADFIT TRUTH`` (JSON), after the maps.
+
+    Parameters
+    ----------
+    obs : Observation
+    path : str or path-like
+        Output FITS file; its directory must exist.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    if not obs.maps:
+        raise ValueError("write: the observation has no maps")
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    h["FREQ"] = (float(obs.frequency_hz), "observing frequency (Hz)")
+    h["WAVEL"] = (float(obs.wavelength_m), "observing wavelength (m)")
+    h["MEANEL"] = (float(obs.meta.get("MEANEL", 0.0)), "mean elevation (deg)")
+    h["OBJECT"] = str(obs.meta.get("OBJECT", "unknown"))
+    h["DATE_OBS"] = str(obs.meta.get("DATE_OBS", obs.meta.get("DATE-OBS", "unknown")))
+    if obs.telescope:
+        h["TELESCOP"] = str(obs.telescope)
+    names = _map_names(obs)
+    standard = names == list(PYOOF_MAP_NAMES)
+    if not standard:
+        h["NMAPS"] = (len(obs.maps), "number of beam-map tables")
+
+    sigmas = [m.sigma for m in obs.maps]
+    common = None
+    if all(s is not None and s.size for s in sigmas):
+        first = sigmas[0][0]
+        if all(np.all(s == first) for s in sigmas):
+            common = float(first)
+    if common is not None:
+        h["NOISE"] = (common, "noise sigma per sample, units of BEAM")
+    for key, value in obs.meta.items():
+        key_u = str(key).upper()
+        if key_u in h or key_u in ("NOISE", "SOURCE", "NMAPS") or len(key_u) > 8:
+            continue
+        if not key_u.replace("_", "").replace("-", "").isalnum():
+            continue
+        value = _header_value(value)
+        if value is not None:
+            h[key_u] = value
+    h["ORIGIN"] = "gradfit"
+    h["LAYOUT"] = (obs.layout, "layout/convention of the data's origin")
+
+    hdus = [primary]
+    for name, m in zip(names, obs.maps, strict=True):
+        cols = [
+            fits.Column(name="U", format="D", unit="rad", array=m.u),
+            fits.Column(name="V", format="D", unit="rad", array=m.v),
+            fits.Column(name="BEAM", format="D", array=m.power),
+        ]
+        if m.sigma is not None and common is None:
+            cols.append(fits.Column(name="SIGMA", format="D", array=m.sigma))
+        t = fits.BinTableHDU.from_columns(cols, name=name)
+        t.header["DZ"] = (float(m.dz), "subreflector defocus (m)")
+        hdus.append(t)
+    if obs.truth is not None:
+        text = json.dumps(obs.truth, default=_json_default)
+        col = fits.Column(name="JSON", format=f"{max(len(text), 1)}A", array=np.array([text]))
+        hdus.append(fits.BinTableHDU.from_columns([col], name=_TRUTH_HDU))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    return path
+
+
+def write_maps(obs: Observation, powers, path: str | os.PathLike) -> Path:
+    """Write model (or residual) power for each map of ``obs`` in the pyoof layout.
+
+    Parameters
+    ----------
+    obs : Observation
+        Supplies the sample positions, defocus and metadata.
+    powers : sequence of 1-D arrays
+        One per map, the same length as the map.
+    path : str or path-like
+        Output FITS file.
+    """
+    powers = [np.asarray(p, dtype=np.float64).ravel() for p in powers]
+    if len(powers) != len(obs.maps):
+        raise ValueError(f"write_maps: {len(powers)} arrays for {len(obs.maps)} maps")
+    maps = []
+    for m, p in zip(obs.maps, powers, strict=True):
+        if p.size != m.n:
+            raise ValueError(f"write_maps: map {m.name!r} has {m.n} samples, got {p.size} values")
+        maps.append(BeamMap(u=m.u, v=m.v, power=p, dz=m.dz, name=m.name, shape=m.shape))
+    out = Observation(
+        maps=maps,
+        wavelength_m=obs.wavelength_m,
+        frequency_hz=obs.frequency_hz,
+        telescope=obs.telescope,
+        layout=obs.layout,
+        meta={k: v for k, v in obs.meta.items() if k != "NOISE"},
+    )
+    return write(out, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def to_json(data: dict, **kwargs) -> str:
+    """``json.dumps`` that also accepts NumPy arrays and scalars."""
+    return json.dumps(data, default=_json_default, **kwargs)
+
+
+def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m):
+    from astropy.io import fits
+
+    img = fits.PrimaryHDU(np.asarray(data, dtype=np.float64))
+    h = img.header
+    h["BUNIT"] = (unit, what)
+    h["BTYPE"] = what
+    if extent_m is not None:
+        ny, nx = img.data.shape
+        x0, x1, y0, y1 = extent_m
+        # pixel centres span the extent edges
+        for axis, (lo, hi, n) in ((1, (x0, x1, nx)), (2, (y0, y1, ny))):
+            step = (hi - lo) / n
+            h[f"CTYPE{axis}"] = "X" if axis == 1 else "Y"
+            h[f"CUNIT{axis}"] = "m"
+            h[f"CRPIX{axis}"] = 1.0
+            h[f"CRVAL{axis}"] = lo + 0.5 * step
+            h[f"CDELT{axis}"] = step
+    if telescope:
+        h["TELESCOP"] = str(telescope)
+    if wavelength_m:
+        h["WAVEL"] = (float(wavelength_m), "observing wavelength (m)")
+    h["ORIGIN"] = "gradfit"
+    return img
+
+
+def _unpack_map(result):
+    """A map method may return the 2-D array, or (array, extent) / (x, y, array)."""
+    if isinstance(result, tuple):
+        if len(result) == 3:
+            x, y, data = (np.asarray(a, dtype=np.float64) for a in result)
+            if x.ndim == 2:
+                x, y = x[0], y[:, 0]
+            dx = (x[-1] - x[0]) / max(x.size - 1, 1)
+            dy = (y[-1] - y[0]) / max(y.size - 1, 1)
+            return data, (x[0] - dx / 2, x[-1] + dx / 2, y[0] - dy / 2, y[-1] + dy / 2)
+        if len(result) == 2:
+            data, extent = result
+            return np.asarray(data, dtype=np.float64), tuple(float(e) for e in extent)
+    return np.asarray(result, dtype=np.float64), None
+
+
+def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None) -> dict:
+    """Write a fit's results: ``solution.json``, ``phase.fits`` and ``surface.fits``.
+
+    Parameters
+    ----------
+    sol : Solution
+        From :func:`gradfit.oof.fit`; needs ``to_dict()``, ``phase_map()`` and
+        ``surface_map()``.
+    outdir : str or path-like
+        Output directory (created if needed).
+    extra : dict, optional
+        Added to the JSON under its keys (e.g. ``"input"``: where the data came from).
+
+    Returns
+    -------
+    dict
+        The JSON content written (plain Python values).
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    data = dict(sol.to_dict())
+    if extra:
+        data.update(extra)
+    text = to_json(data, indent=2)
+    (outdir / "solution.json").write_text(text + "\n")
+    data = json.loads(text)  # JSON-ready: NumPy values become plain Python
+
+    extent = getattr(sol, "extent_m", None)
+    telescope = getattr(sol, "telescope", None)
+    telescope = getattr(telescope, "name", telescope)
+    wavelength = getattr(sol, "wavelength_m", None)
+    phase, ext = _unpack_map(sol.phase_map())
+    _image_hdu(phase, "rad", "aperture phase", ext or extent, telescope, wavelength).writeto(
+        outdir / "phase.fits", overwrite=True
+    )
+    surface, ext = _unpack_map(sol.surface_map())
+    _image_hdu(surface, "um", "surface error", ext or extent, telescope, wavelength).writeto(
+        outdir / "surface.fits", overwrite=True
+    )
+    return data
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple | None, dict]:
+    """Read a map written by :func:`write_solution`: (data, extent_m or None, header dict)."""
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise OOFDataError(f"{path}: no such file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float64)
+            h = hdul[0].header
+            header = {k: h[k] for k in h if k not in ("COMMENT", "HISTORY", "")}
+    except (OSError, ValueError, TypeError) as exc:
+        raise OOFDataError(f"{path}: not a readable FITS image ({exc})") from None
+    if data.ndim != 2:
+        raise OOFDataError(f"{path}: primary HDU: expected a 2-D image, got shape {data.shape}")
+    extent = None
+    if all(f"CDELT{a}" in header for a in (1, 2)):
+        ny, nx = data.shape
+        x0 = header["CRVAL1"] - (header["CRPIX1"] - 0.5) * header["CDELT1"]
+        y0 = header["CRVAL2"] - (header["CRPIX2"] - 0.5) * header["CDELT2"]
+        extent = (x0, x0 + nx * header["CDELT1"], y0, y0 + ny * header["CDELT2"])
+    return data, extent, header

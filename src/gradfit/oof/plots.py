@@ -1,0 +1,339 @@
+"""Figures for OOF holography: beam maps (observed / model / residual) and the surface map.
+
+matplotlib is imported when a function is called, with the non-interactive Agg
+backend, so that importing this module costs nothing and figures render headless.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gradfit.oof.observation import BeamMap, Observation
+
+__all__ = ["plot_maps", "plot_surface", "plot_dir"]
+
+_ARCSEC = 180.0 / math.pi * 3600.0
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ModuleNotFoundError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise ModuleNotFoundError("plotting needs matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _axis_scale(units: str, beam_rad: float | None) -> tuple[float, str]:
+    if units == "arcsec":
+        return _ARCSEC, "arcsec"
+    if units == "rad":
+        return 1.0, "rad"
+    if units == "beam":
+        if not beam_rad or beam_rad <= 0:
+            raise ValueError("units='beam' needs beam_rad, the beam width in radians")
+        return 1.0 / beam_rad, "beam widths"
+    raise ValueError(f"unknown units {units!r}; choose one of: arcsec, beam, rad")
+
+
+def _gridded(m: BeamMap, values: np.ndarray):
+    """(image, extent) on the map's grid, or None where the samples are scattered.
+
+    A regular grid with some samples masked still grids (holes are NaN).
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if m.shape is not None:
+        n_v, n_u = m.shape
+        img = values.reshape(n_v, n_u)
+        ux, vy = m.u.reshape(n_v, n_u)[0], m.v.reshape(n_v, n_u)[:, 0]
+    else:
+        ux = np.unique(np.round(m.u, 12))
+        vy = np.unique(np.round(m.v, 12))
+        if ux.size < 2 or vy.size < 2 or ux.size * vy.size > 4 * m.n:
+            return None
+        du, dv = np.diff(ux), np.diff(vy)
+        if np.ptp(du) > 1e-3 * du.mean() or np.ptp(dv) > 1e-3 * dv.mean():
+            return None
+        img = np.full((vy.size, ux.size), np.nan)
+        i = np.clip(np.searchsorted(vy, np.round(m.v, 12)), 0, vy.size - 1)
+        j = np.clip(np.searchsorted(ux, np.round(m.u, 12)), 0, ux.size - 1)
+        img[i, j] = values
+    if ux[0] > ux[-1]:
+        img, ux = img[:, ::-1], ux[::-1]
+    if vy[0] > vy[-1]:
+        img, vy = img[::-1], vy[::-1]
+    hu = (ux[-1] - ux[0]) / max(ux.size - 1, 1) / 2
+    hv = (vy[-1] - vy[0]) / max(vy.size - 1, 1) / 2
+    return img, (ux[0] - hu, ux[-1] + hu, vy[0] - hv, vy[-1] + hv)
+
+
+def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False):
+    values = np.asarray(values, dtype=np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    if symmetric:
+        lim = float(np.max(np.abs(finite))) if finite.size else 1.0
+        vmin, vmax = -lim or -1.0, lim or 1.0
+    else:
+        vmin = vmax = None
+    g = _gridded(m, values)
+    if g is not None:
+        img, ext = g
+        art = ax.imshow(
+            img,
+            origin="lower",
+            extent=[e * scale for e in ext],
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+            aspect="equal",
+        )
+    else:
+        art = ax.scatter(m.u * scale, m.v * scale, c=values, s=6, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_aspect("equal")
+    fig.colorbar(art, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+
+
+def plot_maps(
+    obs: Observation,
+    model=None,
+    path: str | os.PathLike | None = None,
+    *,
+    units: str = "arcsec",
+    beam_rad: float | None = None,
+    title: str | None = None,
+):
+    """Draw every beam map: observed, and where a model is given, model and residual.
+
+    Parameters
+    ----------
+    obs : Observation
+    model : sequence of 1-D arrays, optional
+        Model power for each map at the observed samples (``sol.model_maps()``).
+    path : str or path-like, optional
+        Save the figure here (PNG).
+    units : {'arcsec', 'beam', 'rad'}
+        Units of the u, v axes; 'beam' needs ``beam_rad``.
+    beam_rad : float, optional
+        Beam width (e.g. λ/D) in radians.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    scale, label = _axis_scale(units, beam_rad)
+    if model is not None:
+        model = [np.asarray(p, dtype=np.float64).ravel() for p in model]
+        if len(model) != len(obs.maps):
+            raise ValueError(f"plot_maps: {len(model)} model maps for {len(obs.maps)} maps")
+        for m, p in zip(obs.maps, model, strict=True):
+            if p.size != m.n:
+                raise ValueError(
+                    f"plot_maps: model for map {m.name!r} has {p.size} values, map has {m.n}"
+                )
+    ncol = 3 if model is not None else 1
+    nrow = len(obs.maps)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.2 * ncol, 3.6 * nrow), squeeze=False, layout="constrained"
+    )
+    for r, m in enumerate(obs.maps):
+        name = m.name or f"map {r + 1}"
+        head = f"{name}, dz = {m.dz * 1e3:+.1f} mm"
+        _panel(fig, axes[r, 0], m, m.power, scale, "viridis", f"{head}: observed")
+        if model is not None:
+            p = model[r]
+            _panel(fig, axes[r, 1], m, p, scale, "viridis", f"{head}: model")
+            res = m.power - p
+            rms = float(np.sqrt(np.mean(res**2)))
+            note = f"rms {rms:.3g}"
+            if m.sigma is not None:
+                note += f" = {rms / float(np.sqrt(np.mean(m.sigma**2))):.2f} σ"
+            _panel(fig, axes[r, 2], m, res, scale, "RdBu_r", f"residual ({note})", symmetric=True)
+        for ax in axes[r]:
+            ax.set_xlabel(f"u ({label})")
+            ax.set_ylabel(f"v ({label})")
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def plot_surface(
+    surface_um,
+    extent_m=None,
+    path: str | os.PathLike | None = None,
+    *,
+    radius_m: float | None = None,
+    inner_radius_m: float | None = None,
+    title: str | None = None,
+    rms_um: float | None = None,
+):
+    """Draw the surface-error map (µm) with the aperture outline.
+
+    Parameters
+    ----------
+    surface_um : 2-D array
+        Surface error in micrometres, NaN outside the aperture; rows are y.
+    extent_m : (x0, x1, y0, y1), optional
+        Aperture-plane extent of the image edges in metres. Without it the axes are
+        in pixels.
+    path : str or path-like, optional
+        Save the figure here (PNG).
+    radius_m, inner_radius_m : float, optional
+        Radii of the dish rim and of the central blockage, drawn as circles. The rim
+        defaults to the largest circle inside ``extent_m``.
+    title : str, optional
+    rms_um : float, optional
+        Quoted in the title; by default the rms of the finite pixels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    data = np.asarray(surface_um, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"plot_surface: expected a 2-D map, got shape {data.shape}")
+    finite = data[np.isfinite(data)]
+    if rms_um is None and finite.size:
+        rms_um = float(np.sqrt(np.mean((finite - finite.mean()) ** 2)))
+    fig, ax = plt.subplots(figsize=(6.0, 5.0), layout="constrained")
+    lim = float(np.max(np.abs(finite))) if finite.size else 1.0
+    kw = dict(origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    if extent_m is not None:
+        art = ax.imshow(data, extent=list(extent_m), **kw)
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+        if radius_m is None:
+            x0, x1, y0, y1 = extent_m
+            radius_m = min(abs(x1 - x0), abs(y1 - y0)) / 2
+        from matplotlib.patches import Circle
+
+        for r in (radius_m, inner_radius_m):
+            if r:
+                ax.add_patch(Circle((0.0, 0.0), r, fill=False, ec="k", lw=1.0))
+    else:
+        art = ax.imshow(data, **kw)
+        ax.set_xlabel("x (pixel)")
+        ax.set_ylabel("y (pixel)")
+    ax.set_aspect("equal")
+    cb = fig.colorbar(art, ax=ax)
+    cb.set_label("surface error (µm)")
+    head = title or "Surface error"
+    if rms_um is not None:
+        head += f" — rms {rms_um:.1f} µm"
+    ax.set_title(head)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def _telescope_radii(name):
+    """(rim radius, central-blockage radius) of a known telescope, else (None, None)."""
+    if not name:
+        return None, None
+    try:
+        from gradfit.oof.telescope import get_telescope
+
+        tel = get_telescope(name)
+    except (ImportError, KeyError, ValueError):
+        return None, None
+    rim = None
+    for attr in ("radius_m", "pr", "radius", "primary_radius_m"):
+        if getattr(tel, attr, None):
+            rim = float(getattr(tel, attr))
+            break
+    if rim is None and getattr(tel, "diameter_m", None):
+        rim = float(tel.diameter_m) / 2
+    inner = None
+    for attr in ("sub_radius_m", "subreflector_radius_m", "inner_radius_m", "block_radius_m"):
+        if getattr(tel, attr, None):
+            inner = float(getattr(tel, attr))
+            break
+    return rim, inner
+
+
+def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[Path]:
+    """Re-draw the figures of a fit output directory.
+
+    Reads ``solution.json``, ``surface.fits`` and ``model.fits`` from ``outdir`` and the
+    observation from ``obs`` or from the path recorded in ``solution.json``
+    (``input.path``); writes ``maps.png`` and ``surface.png`` there.
+
+    Parameters
+    ----------
+    outdir : str or path-like
+    obs : Observation, optional
+
+    Returns
+    -------
+    list of Path
+        The figures written.
+    """
+    import json
+
+    from gradfit.oof import io
+
+    outdir = Path(outdir)
+    sol_path = outdir / "solution.json"
+    if not sol_path.exists():
+        raise io.OOFDataError(f"{outdir}: no solution.json; is this a 'gradfit oof fit' output?")
+    try:
+        sol = json.loads(sol_path.read_text())
+    except ValueError as exc:
+        raise io.OOFDataError(f"{sol_path}: not valid JSON ({exc})") from None
+    if obs is None:
+        src = (sol.get("input") or {}).get("path")
+        if not src:
+            raise io.OOFDataError(
+                f"{sol_path}: no 'input.path' recording the observation; pass it explicitly"
+            )
+        src = Path(src)
+        if not src.is_absolute():
+            src = outdir / src
+        obs = io.read(src)
+    written = []
+    model = None
+    if (outdir / "model.fits").exists():
+        mobs = io.read(outdir / "model.fits")
+        model = [m.power for m in mobs.maps]
+        if [m.n for m in mobs.maps] != [m.n for m in obs.maps]:
+            raise io.OOFDataError(
+                f"{outdir / 'model.fits'}: model maps do not match the observation's "
+                f"({[m.n for m in mobs.maps]} vs {[m.n for m in obs.maps]} samples)"
+            )
+    tel = sol.get("telescope")
+    tel_name = tel.get("name") if isinstance(tel, dict) else tel
+    title = f"{tel_name or obs.telescope or 'OOF'} at {obs.frequency_hz / 1e9:.3g} GHz"
+    p = outdir / "maps.png"
+    plot_maps(obs, model, p, title=title)
+    written.append(p)
+    if (outdir / "surface.fits").exists():
+        data, extent, header = io.read_image(outdir / "surface.fits")
+        rim, inner = _telescope_radii(tel_name or obs.telescope)
+        rms = sol.get("surface_rms_um")
+        p = outdir / "surface.png"
+        plot_surface(
+            data,
+            extent,
+            p,
+            radius_m=rim,
+            inner_radius_m=inner,
+            title=f"Surface error, {tel_name or obs.telescope or 'telescope'}",
+            rms_um=float(rms) if isinstance(rms, (int, float)) else None,
+        )
+        written.append(p)
+    return written
