@@ -1,0 +1,563 @@
+"""fit() and minimize(): build the objective, choose a solver, run it, attach errors."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from . import solvers
+from .likelihoods import Gaussian, get_likelihood
+from .objective import Objective, resolve_device
+from .params import Param, ParamSpace
+from .priors import Prior, Uniform
+from .result import FitResult
+from .solvers.base import SolverOptions
+from .uncertainty import FitWarning, correlation, covariance_from_hessian
+
+__all__ = ["fit", "minimize", "FitError", "Problem", "build_problem", "build_minimize_problem"]
+
+
+class FitError(RuntimeError):
+    """Raised by ``fit(..., strict=True)`` when a fit does not succeed."""
+
+
+_DTYPES = {torch.float64: torch.float64, torch.float32: torch.float32,
+           "float64": torch.float64, "float32": torch.float32,
+           "double": torch.float64, "float": torch.float32}
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    try:
+        return _DTYPES[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"unsupported dtype {dtype!r}; choose 'float64' or 'float32'") from None
+
+
+class _ModelParams(dict):
+    """The parameter dict handed to the model; a missing name gets a precise error."""
+
+    def __missing__(self, key):
+        raise ValueError(
+            f"the model uses parameter {key!r}, which is not in params "
+            f"(given: {', '.join(self.keys())})")
+
+
+def _check_finite_array(arr: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(arr)
+    if np.any(bad):
+        idx = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape) if arr.ndim else ()
+        where = f"[{', '.join(map(str, idx))}]" if idx else ""
+        raise ValueError(
+            f"{what} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+            f"first at {what}{where} = {arr[idx] if arr.ndim else arr}")
+
+
+def _to_tensor_tree(x, what: str, device, dtype):
+    """Convert arrays (possibly inside tuples/lists/dicts) to tensors on device/dtype."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point():
+            _check_finite_array(x.detach().cpu().numpy(), what)
+            return x.to(device=device, dtype=dtype)
+        return x.to(device=device)
+    if isinstance(x, np.ndarray) or isinstance(x, (float, int)) and not isinstance(x, bool):
+        arr = np.asarray(x)
+        if arr.dtype.kind in "fiu":
+            arr = arr.astype(np.float64)
+            _check_finite_array(arr, what)
+            return torch.as_tensor(arr, device=device, dtype=dtype)
+        return x
+    if isinstance(x, tuple):
+        return tuple(_to_tensor_tree(v, f"{what}[{i}]", device, dtype) for i, v in enumerate(x))
+    if isinstance(x, list) and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in x):
+        return [_to_tensor_tree(v, f"{what}[{i}]", device, dtype) for i, v in enumerate(x)]
+    if isinstance(x, list):
+        arr = np.asarray(x, dtype=np.float64)
+        return _to_tensor_tree(arr, what, device, dtype)
+    if isinstance(x, dict):
+        return {k: _to_tensor_tree(v, f"{what}[{k!r}]", device, dtype) for k, v in x.items()}
+    return x
+
+
+class Problem:
+    """A fitting problem in the flat free-parameter space ``theta`` (physical units).
+
+    Attributes
+    ----------
+    space : ParamSpace
+    nll : callable ``theta -> scalar tensor`` (−log L or −log posterior)
+    residuals : callable ``theta -> 1-D tensor`` or None (``nll == 0.5 Σ r² + const``)
+    device, dtype :
+    ndata : number of data points (None for a bare −log posterior)
+    likelihood : the Likelihood (None for minimize)
+    gauss_newton : whether the covariance uses JᵀJ (Gaussian least squares)
+    rebuild : callable ``ParamSpace -> Problem`` with the same data and model
+    """
+
+    def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
+                 gauss_newton=False, rebuild=None, lik_residuals=None):
+        self.space = space
+        self.nll = nll
+        self.residuals = residuals
+        self.device = device
+        self.dtype = dtype
+        self.ndata = ndata
+        self.likelihood = likelihood
+        self.gauss_newton = gauss_newton
+        self.rebuild = rebuild
+        self.lik_residuals = lik_residuals
+
+    def theta_tensor(self, theta) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(theta, dtype=np.float64), device=self.device,
+                               dtype=self.dtype)
+
+    def objective(self) -> Objective:
+        """The objective in the unconstrained space the solvers see."""
+        sp = self.space
+        res = None
+        if self.residuals is not None:
+            r = self.residuals
+            res = (lambda z: r(sp.to_external(z))) if sp.bounded else r
+        f = (lambda z: self.nll(sp.to_external(z))) if sp.bounded else self.nll
+        return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype)
+
+    def theta_objective(self) -> Objective:
+        """The objective in physical units (for Hessians and errors)."""
+        return Objective(self.nll, self.space.n_free, residual_fun=self.residuals,
+                         device=self.device, dtype=self.dtype)
+
+
+def _normalise_priors(priors, space_params: dict) -> tuple[dict, Callable | None]:
+    if priors is None:
+        return {}, None
+    if callable(priors) and not isinstance(priors, Mapping):
+        return {}, priors
+    if not isinstance(priors, Mapping):
+        raise TypeError("priors must be a dict of name -> prior, or a callable log_prior(p)")
+    out = {}
+    for name, pr in priors.items():
+        if name not in space_params:
+            raise ValueError(
+                f"prior given for unknown parameter {name!r}; parameters are: "
+                f"{', '.join(space_params)}")
+        if not (isinstance(pr, Prior) or callable(pr)):
+            raise TypeError(f"prior for {name!r} must be a gradfit prior or a callable t -> log p")
+        out[name] = pr
+    return out, None
+
+
+def _apply_uniform_bounds(params: dict, priors: dict) -> dict:
+    """A Uniform prior bounds its parameter when the user gave no bounds."""
+    out = dict(params)
+    for name, pr in priors.items():
+        if isinstance(pr, Uniform):
+            spec = out[name] if isinstance(out[name], Param) else Param(out[name])
+            if spec.bounds is None:
+                out[name] = Param(spec.value, bounds=(pr.lo, pr.hi), fixed=spec.fixed)
+    return out
+
+
+def _log_prior_fn(priors: dict, whole: Callable | None):
+    if not priors and whole is None:
+        return None
+
+    def log_prior(p):
+        total = 0.0
+        for name, pr in priors.items():
+            total = total + (pr.log_prob(p[name]) if isinstance(pr, Prior) else pr(p[name]))
+        if whole is not None:
+            total = total + whole(p)
+        return total
+
+    return log_prior
+
+
+def _prior_residual_fn(priors: dict, whole):
+    if whole is not None or not all(getattr(pr, "residual_form", False)
+                                    for pr in priors.values()):
+        return None, False
+    if not priors:
+        return None, True
+
+    def prior_res(p):
+        return torch.cat([pr.residuals(p[name]) for name, pr in priors.items()])
+
+    return prior_res, True
+
+
+def build_problem(model, x, y, params, likelihood="gaussian", priors=None, device="cpu",
+                  dtype=torch.float64) -> Problem:
+    """Check the inputs and build the :class:`Problem` behind :func:`fit`."""
+    if not callable(model):
+        raise TypeError(f"model must be a callable model(p, x), not {type(model).__name__}")
+    dev = resolve_device(device)
+    dt = _resolve_dtype(dtype)
+    lik = get_likelihood(likelihood)
+    if isinstance(y, torch.Tensor):
+        y_np = y.detach().cpu().numpy()
+    else:
+        try:
+            y_np = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"y must be an array of numbers: {exc}") from exc
+    y_np = y_np.astype(np.float64)
+    _check_finite_array(y_np, "y")
+    lik.check_data(y_np)
+    xt = _to_tensor_tree(x, "x", dev, dt)
+    yt = torch.as_tensor(y_np, device=dev, dtype=dt)
+    lik.prepare(yt)
+    if not isinstance(params, Mapping) or not params:
+        raise TypeError("params must be a non-empty dict of name -> initial value or gradfit.Param")
+    prior_map, whole_prior = _normalise_priors(priors, params)
+    params = _apply_uniform_bounds(dict(params), prior_map)
+    user_names = list(params)
+
+    # first evaluation at the start: shape, dtype, unused and missing parameters
+    init_space = ParamSpace(params)
+    leaves = {n: torch.as_tensor(init_space.init[n], device=dev, dtype=dt).requires_grad_(
+        bool(init_space.free[n].any())) for n in user_names}
+    with torch.enable_grad():
+        mu0 = model(_ModelParams(leaves), xt)
+    if not isinstance(mu0, torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(mu0).__name__}; it must return a torch tensor built with "
+            "torch operations (so that gradients flow)")
+    if mu0.is_complex() or not mu0.is_floating_point():
+        raise TypeError(f"the model returned dtype {mu0.dtype}; it must return real floats")
+    if tuple(mu0.shape) != tuple(yt.shape):
+        raise ValueError(
+            f"the model returned shape {tuple(mu0.shape)} but y has shape {tuple(yt.shape)}")
+    free_leaves = [n for n in user_names if leaves[n].requires_grad]
+    if free_leaves and mu0.requires_grad:
+        grads = torch.autograd.grad(mu0.sum(), [leaves[n] for n in free_leaves],
+                                    allow_unused=True)
+    else:
+        grads = [None] * len(free_leaves)
+    unused = [n for n, g in zip(free_leaves, grads) if g is None]
+    if unused:
+        raise ValueError(
+            f"parameter(s) {', '.join(map(repr, unused))} are not used by the model; "
+            "remove them or fix them with gradfit.Param(value, fixed=True)")
+    mu0 = mu0.detach()
+    if mu0.dtype != dt:
+        raise TypeError(
+            f"the model returned dtype {mu0.dtype} but the fit runs in {dt}; build tensors "
+            "from the inputs (or pass dtype=...)")
+
+    # nuisance parameters of the likelihood
+    nuis0 = lik.initial_nuisance(yt, mu0)
+    all_params = dict(params)
+    for nname, (val, bounds) in lik.nuisance.items():
+        if nname in all_params:
+            raise ValueError(
+                f"the {lik.name} likelihood fits a nuisance parameter {nname!r}, which clashes "
+                "with a model parameter of that name; rename the model parameter or give the "
+                "likelihood a fixed value")
+        all_params[nname] = Param(nuis0[nname] if val is None else val, bounds=bounds)
+    space = ParamSpace(all_params)
+    nuis_names = list(lik.nuisance)
+    log_prior = _log_prior_fn(prior_map, whole_prior)
+    prior_res, prior_ok = _prior_residual_fn(prior_map, whole_prior)
+
+    def predict(p):
+        mp = _ModelParams({n: p[n] for n in user_names})
+        return model(mp, xt)
+
+    def nll(theta):
+        p = space.unflatten(theta)
+        mu = predict(p)
+        out = lik.nll(yt, mu, {n: p[n] for n in nuis_names})
+        if log_prior is not None:
+            out = out - log_prior(p)
+        return out
+
+    residuals = None
+    lik_residuals = None
+    if lik.has_residuals and prior_ok:
+        def lik_residuals(theta):
+            return lik.residuals(yt, predict(space.unflatten(theta))).reshape(-1)
+
+        if prior_res is None:
+            residuals = lik_residuals
+        else:
+            def residuals(theta):
+                p = space.unflatten(theta)
+                return torch.cat([lik.residuals(yt, predict(p)).reshape(-1), prior_res(p)])
+
+    with torch.no_grad():
+        f0 = nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
+    if not torch.isfinite(f0):
+        nbad = int((~torch.isfinite(mu0)).sum())
+        hint = (f" (the model returned non-finite values at {nbad} of {mu0.numel()} points)"
+                if nbad else "")
+        raise ValueError(
+            f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
+            "choose a starting point where the model and likelihood are finite")
+
+    def rebuild(new_space: ParamSpace) -> Problem:
+        # same model, data and likelihood; new fixed/initial values
+        pr = Problem.__new__(Problem)
+        pr.__dict__.update(prob.__dict__)
+        pr.space = new_space
+
+        def nll2(theta):
+            p = new_space.unflatten(theta)
+            out = lik.nll(yt, predict(p), {n: p[n] for n in nuis_names})
+            return out - log_prior(p) if log_prior is not None else out
+
+        pr.nll = nll2
+        pr.residuals = None
+        pr.lik_residuals = None
+        if residuals is not None:
+            def res2(theta):
+                p = new_space.unflatten(theta)
+                r = lik.residuals(yt, predict(p)).reshape(-1)
+                return torch.cat([r, prior_res(p)]) if prior_res is not None else r
+
+            def lres2(theta):
+                return lik.residuals(yt, predict(new_space.unflatten(theta))).reshape(-1)
+
+            pr.residuals, pr.lik_residuals = res2, lres2
+        return pr
+
+    prob = Problem(space, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
+                   gauss_newton=isinstance(lik, Gaussian) and residuals is not None,
+                   rebuild=rebuild, lik_residuals=lik_residuals)
+    return prob
+
+
+def build_minimize_problem(nll_fn, params, priors=None, device="cpu", dtype=torch.float64):
+    """Check the inputs and build the :class:`Problem` behind :func:`minimize`."""
+    if not callable(nll_fn):
+        raise TypeError(f"nll must be a callable nll(p) -> scalar tensor, not "
+                        f"{type(nll_fn).__name__}")
+    dev = resolve_device(device)
+    dt = _resolve_dtype(dtype)
+    if not isinstance(params, Mapping) or not params:
+        raise TypeError("params must be a non-empty dict of name -> initial value or gradfit.Param")
+    prior_map, whole_prior = _normalise_priors(priors, params)
+    params = _apply_uniform_bounds(dict(params), prior_map)
+    log_prior = _log_prior_fn(prior_map, whole_prior)
+
+    def make(space: ParamSpace) -> Problem:
+        def nll(theta):
+            p = _ModelParams(space.unflatten(theta))
+            out = nll_fn(p)
+            return out - log_prior(p) if log_prior is not None else out
+
+        return Problem(space, nll, None, dev, dt, rebuild=make)
+
+    space = ParamSpace(params)
+    prob = make(space)
+    theta0 = torch.as_tensor(space.theta0, device=dev, dtype=dt).requires_grad_(True)
+    with torch.enable_grad():
+        f0 = prob.nll(theta0)
+    if not isinstance(f0, torch.Tensor):
+        raise TypeError(f"nll returned {type(f0).__name__}; it must return a scalar torch tensor")
+    if f0.numel() != 1:
+        raise ValueError(f"nll must return a scalar, got shape {tuple(f0.shape)}")
+    if not torch.isfinite(f0):
+        raise ValueError(f"nll is {float(f0)} at the initial parameters; choose a starting "
+                         "point where it is finite")
+    # which parameters does the objective use at all?
+    leaves = {n: torch.as_tensor(space.init[n], device=dev, dtype=dt).requires_grad_(True)
+              for n in space.names if space.free[n].any()}
+    with torch.enable_grad():
+        full = {n: leaves.get(n, torch.as_tensor(space.init[n], device=dev, dtype=dt))
+                for n in space.names}
+        val = nll_fn(_ModelParams(full))
+        grads = torch.autograd.grad(val.sum(), list(leaves.values()), allow_unused=True) \
+            if val.requires_grad else [None] * len(leaves)
+    unused = [n for n, g in zip(leaves, grads) if g is None]
+    if unused:
+        raise ValueError(
+            f"parameter(s) {', '.join(map(repr, unused))} are not used by nll; remove them or "
+            "fix them with gradfit.Param(value, fixed=True)")
+    return prob
+
+
+def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, not {type(method).__name__}")
+    m = method.lower()
+    if m != "auto":
+        if m not in solvers.METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of: auto, "
+                             f"{', '.join(solvers.available_methods())}")
+        if m in ("lm", "scipy-lm") and prob.residuals is None:
+            raise ValueError(
+                f"method {method!r} (Levenberg–Marquardt) needs a least-squares form: a "
+                "Gaussian, Cauchy or Student-t likelihood with known scale, or Poisson, and only "
+                "Normal priors; use method='bfgs' or 'lbfgs' instead")
+        return m, ""
+    n = prob.space.n_free
+    if prob.residuals is not None and n <= 2000:
+        return "lm", f"auto chose 'lm' (least-squares form, {n} free parameters)"
+    if n <= 200:
+        return "bfgs", f"auto chose 'bfgs' (no least-squares form, {n} free parameters)"
+    return "lbfgs", f"auto chose 'lbfgs' ({n} free parameters)"
+
+
+def _progress_callback(enabled: bool):
+    if not enabled:
+        return None
+    last = [0.0]
+
+    def cb(nit, z, f):
+        now = time.perf_counter()
+        if now - last[0] > 0.25:
+            last[0] = now
+            sys.stderr.write(f"\r  iteration {nit:5d}   f = {float(f):.10g}   ")
+            sys.stderr.flush()
+        return False
+
+    return cb
+
+
+def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progress=False,
+                options=None, strict=False, errors=True, theta0=None) -> FitResult:
+    """Minimise a built :class:`Problem` and return a :class:`FitResult`."""
+    t0 = time.perf_counter()
+    meth, why = _choose_method(method, prob)
+    space = prob.space
+    obj = prob.objective()
+    th0 = space.theta0 if theta0 is None else np.asarray(theta0, dtype=np.float64)
+    z0 = obj.as_tensor(space.to_internal(th0))
+    opts = SolverOptions(max_iter=max_iter, callback=_progress_callback(progress),
+                         extra=dict(options or {}))
+    if tol is not None:
+        opts.gtol = opts.ftol = opts.xtol = float(tol)
+    if space.n_free == 0:
+        with torch.no_grad():
+            fz = float(obj.value(z0)) if space.n_free == 0 else math.nan
+        raw = solvers.base.RawSolution(z0, fz, True, "no free parameters", 0, meth)
+    else:
+        raw = solvers.solve(meth, obj, z0, opts)
+    if progress:
+        sys.stderr.write("\n")
+    with torch.no_grad():
+        theta_t = space.to_external(obj.as_tensor(raw.z))
+        fun = float(prob.nll(theta_t))
+    theta = theta_t.detach().cpu().numpy().astype(np.float64)
+    success = bool(raw.success) and math.isfinite(fun)
+    message = raw.message if math.isfinite(fun) else \
+        f"the objective is not finite at the end ({raw.message})"
+    if why:
+        message = f"{message} [{why}]"
+    n = space.n_free
+    nfev, njev = obj.nfev, obj.ngev + obj.njev
+    cov = np.full((n, n), np.nan)
+    if errors and n and math.isfinite(fun):
+        cov, extra = _covariance(prob, theta_t)
+        nfev += extra
+    corr = correlation(cov) if n else np.zeros((0, 0))
+    err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
+    bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
+    if bounds_hit and errors:
+        import warnings
+        warnings.warn(
+            f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
+            "Hessian are not reliable there", FitWarning, stacklevel=3)
+    ndata = prob.ndata
+    res = FitResult(
+        params=space.unflatten_numpy(theta),
+        errors=space.unflatten_numpy(err_flat, fill_fixed=0.0),
+        cov=cov, corr=corr, names=list(space.labels), fun=fun, success=success,
+        message=message, method=raw.method or meth, nfev=nfev, njev=njev, nit=int(raw.nit),
+        time_s=time.perf_counter() - t0, ndata=ndata,
+        dof=None if ndata is None else ndata - n, at_bounds=bounds_hit, _problem=prob)
+    if strict and not success:
+        raise FitError(f"fit did not succeed: {message}")
+    return res
+
+
+def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Covariance of the free parameters at theta; returns (cov, extra evaluations)."""
+    tobj = prob.theta_objective()
+    labels = prob.space.labels
+    n = prob.space.n_free
+    if prob.gauss_newton:
+        r, J = tobj.residuals_and_jacobian(theta)
+        Jn = J.detach().cpu().numpy().astype(np.float64)
+        H = Jn.T @ Jn
+    else:
+        H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
+    cov = covariance_from_hessian(H, labels)
+    lik = prob.likelihood
+    if lik is not None and lik.scale_errors:
+        with torch.no_grad():
+            rl = prob.lik_residuals(theta) if prob.lik_residuals is not None else None
+        dof = prob.ndata - n
+        if rl is None or dof <= 0:
+            import warnings
+            warnings.warn(
+                f"least squares with {prob.ndata} points and {n} free parameters leaves no "
+                "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=4)
+            cov = np.full_like(cov, np.nan)
+        else:
+            rss = float((rl * rl).sum())
+            cov = cov * (rss / dof)
+    return cov, tobj.nfev
+
+
+def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
+        device="cpu", dtype=torch.float64, strict=False, max_iter=None, tol=None,
+        progress=False, options=None, errors=True) -> FitResult:
+    """Fit ``model(p, x)`` to data ``y`` by maximum likelihood (or MAP with ``priors``).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(p, x) -> tensor`` with the shape of ``y``; ``p`` maps names to tensors.
+    x : array_like, tensor, or a tuple/dict of them
+        Independent variables, passed to the model as tensors on ``device``.
+    y : array_like
+        Data.
+    params : dict
+        Name -> initial value (float or array) or :class:`gradfit.Param`.
+    likelihood : str or Likelihood
+        ``'gaussian'`` (least squares when no sigma), ``'cauchy'``, ``'student-t'``,
+        ``'poisson'``, or an object such as ``gradfit.Gaussian(sigma=s)``.
+    method : str
+        ``'auto'`` (default), ``'lm'``, ``'bfgs'``, ``'lbfgs'``, ``'newton-cg'``,
+        ``'trust-krylov'``, ``'trust-exact'``, ``'nelder-mead'``, ``'gd'``, ``'adam'``,
+        or a ``'scipy-*'`` variant.
+    priors : dict or callable, optional
+        Name -> prior (``gradfit.Normal(0, 1)``, ...) or ``log_prior(p)``: MAP fit.
+    device, dtype :
+        Where the model runs (``'cpu'``, ``'cuda'``, ``'auto'``) and its float type.
+    strict : bool
+        Raise :class:`FitError` when the fit does not succeed.
+    max_iter, tol, options :
+        Solver limits; ``options`` is a dict of solver-specific settings.
+    progress : bool
+        Print the iteration and objective on stderr while fitting.
+    errors : bool
+        Compute the covariance (default True).
+
+    Returns
+    -------
+    FitResult
+    """
+    prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
+                         device=device, dtype=dtype)
+    return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
+                       options=options, strict=strict, errors=errors)
+
+
+def minimize(nll, params, method="auto", *, priors=None, device="cpu", dtype=torch.float64,
+             strict=False, max_iter=None, tol=None, progress=False, options=None,
+             errors=True) -> FitResult:
+    """Minimise any scalar ``nll(p)`` (e.g. a −log posterior) over named parameters.
+
+    The errors are from the inverse Hessian of ``nll`` at the minimum, so ``nll``
+    should be a negative log-likelihood or log-posterior for them to mean 1σ.
+    Parameters are as for :func:`fit`.
+    """
+    prob = build_minimize_problem(nll, params, priors=priors, device=device, dtype=dtype)
+    return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
+                       options=options, strict=strict, errors=errors)
