@@ -73,12 +73,14 @@ def _gridded(m: BeamMap, values: np.ndarray):
     return img, (ux[0] - hu, ux[-1] + hu, vy[0] - hv, vy[-1] + hv)
 
 
-def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False):
+def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False, limits=None):
     values = np.asarray(values, dtype=np.float64).ravel()
     finite = values[np.isfinite(values)]
     if symmetric:
         lim = float(np.max(np.abs(finite))) if finite.size else 1.0
         vmin, vmax = -lim or -1.0, lim or 1.0
+    elif limits is not None:
+        vmin, vmax = limits
     else:
         vmin = vmax = None
     g = _gridded(m, values)
@@ -144,15 +146,19 @@ def plot_maps(
     ncol = 3 if model is not None else 1
     nrow = len(obs.maps)
     fig, axes = plt.subplots(
-        nrow, ncol, figsize=(4.2 * ncol, 3.6 * nrow), squeeze=False, layout="constrained"
+        nrow, ncol, figsize=(4.4 * ncol, 3.7 * nrow), squeeze=False, layout="constrained"
     )
     for r, m in enumerate(obs.maps):
         name = m.name or f"map {r + 1}"
         head = f"{name}, dz = {m.dz * 1e3:+.1f} mm"
-        _panel(fig, axes[r, 0], m, m.power, scale, "viridis", f"{head}: observed")
+        # observed and model share one colour scale so that they compare by eye
+        both = m.power if model is None else np.concatenate([m.power, model[r]])
+        both = both[np.isfinite(both)]
+        limits = (float(both.min()), float(both.max())) if both.size else None
+        _panel(fig, axes[r, 0], m, m.power, scale, "viridis", f"{head}: observed", limits=limits)
         if model is not None:
             p = model[r]
-            _panel(fig, axes[r, 1], m, p, scale, "viridis", f"{head}: model")
+            _panel(fig, axes[r, 1], m, p, scale, "viridis", f"{head}: model", limits=limits)
             res = m.power - p
             rms = float(np.sqrt(np.mean(res**2)))
             note = f"rms {rms:.3g}"
@@ -161,7 +167,7 @@ def plot_maps(
             _panel(fig, axes[r, 2], m, res, scale, "RdBu_r", f"residual ({note})", symmetric=True)
         for ax in axes[r]:
             ax.set_xlabel(f"u ({label})")
-            ax.set_ylabel(f"v ({label})")
+        axes[r, 0].set_ylabel(f"v ({label})")
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -179,6 +185,7 @@ def plot_surface(
     inner_radius_m: float | None = None,
     title: str | None = None,
     rms_um: float | None = None,
+    telescope=None,
 ):
     """Draw the surface-error map (µm) with the aperture outline.
 
@@ -197,6 +204,9 @@ def plot_surface(
     title : str, optional
     rms_um : float, optional
         Quoted in the title; by default the rms of the finite pixels.
+    telescope : Telescope, optional
+        When given (with ``extent_m``), the outline of its illuminated aperture (rim,
+        central blockage, support-leg shadows) is drawn instead of plain circles.
 
     Returns
     -------
@@ -216,14 +226,17 @@ def plot_surface(
         art = ax.imshow(data, extent=list(extent_m), **kw)
         ax.set_xlabel("x (m)")
         ax.set_ylabel("y (m)")
-        if radius_m is None:
-            x0, x1, y0, y1 = extent_m
-            radius_m = min(abs(x1 - x0), abs(y1 - y0)) / 2
-        from matplotlib.patches import Circle
+        if telescope is not None and hasattr(telescope, "illuminated"):
+            _outline(ax, telescope)
+        else:
+            if radius_m is None:
+                x0, x1, y0, y1 = extent_m
+                radius_m = min(abs(x1 - x0), abs(y1 - y0)) / 2
+            from matplotlib.patches import Circle
 
-        for r in (radius_m, inner_radius_m):
-            if r:
-                ax.add_patch(Circle((0.0, 0.0), r, fill=False, ec="k", lw=1.0))
+            for r in (radius_m, inner_radius_m):
+                if r:
+                    ax.add_patch(Circle((0.0, 0.0), r, fill=False, ec="k", lw=1.0))
     else:
         art = ax.imshow(data, **kw)
         ax.set_xlabel("x (pixel)")
@@ -239,6 +252,26 @@ def plot_surface(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def _outline(ax, telescope, n: int = 801) -> None:
+    """Contour of the telescope's illuminated aperture (rim, blockage, legs)."""
+    r = float(telescope.primary_radius_m) * 1.02
+    x = np.linspace(-r, r, n)
+    X, Y = np.meshgrid(x, x)
+    mask = np.asarray(telescope.illuminated(X, Y), dtype=np.float64)
+    ax.contour(X, Y, mask, levels=[0.5], colors="k", linewidths=0.8)
+
+
+def _get_telescope(name):
+    if not name:
+        return None
+    try:
+        from gradfit.oof.telescope import get_telescope
+
+        return get_telescope(name)
+    except (ImportError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _telescope_radii(name):
@@ -323,6 +356,7 @@ def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[
     written.append(p)
     if (outdir / "surface.fits").exists():
         data, extent, header = io.read_image(outdir / "surface.fits")
+        tel = _get_telescope(tel_name or obs.telescope)
         rim, inner = _telescope_radii(tel_name or obs.telescope)
         rms = sol.get("surface_rms_um")
         p = outdir / "surface.png"
@@ -334,6 +368,7 @@ def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[
             inner_radius_m=inner,
             title=f"Surface error, {tel_name or obs.telescope or 'telescope'}",
             rms_um=float(rms) if isinstance(rms, (int, float)) else None,
+            telescope=tel,
         )
         written.append(p)
     return written
