@@ -125,7 +125,7 @@ class Objective:
         with torch.enable_grad():
             f = self._fun(z)
             (g,) = torch.autograd.grad(f, z, create_graph=True)
-            (hv,) = torch.autograd.grad(g, z, v, allow_unused=True)
+            (hv,) = torch.autograd.grad((g * v).sum(), z, allow_unused=True)
         return torch.zeros_like(v) if hv is None else hv.detach()
 
     def hessian(self, z: torch.Tensor) -> torch.Tensor:
@@ -136,10 +136,9 @@ class Objective:
             f = self._fun(z)
             (g,) = torch.autograd.grad(f, z, create_graph=True)
             rows = []
-            eye = torch.eye(self.n, dtype=self.dtype, device=self.device)
             for i in range(self.n):
                 if g.requires_grad:
-                    (h,) = torch.autograd.grad(g, z, eye[i], retain_graph=True, allow_unused=True)
+                    (h,) = torch.autograd.grad(g[i], z, retain_graph=True, allow_unused=True)
                 else:
                     h = None
                 rows.append(torch.zeros_like(z) if h is None else h)
@@ -172,7 +171,8 @@ class Objective:
                 return r.detach(), torch.zeros(r.numel(), self.n, dtype=self.dtype,
                                                device=self.device)
             u = torch.zeros_like(r, requires_grad=True)
-            (w,) = torch.autograd.grad(r, z, u, create_graph=True, allow_unused=True)
+            # scalar outputs only: passing grad_outputs makes torch import sympy (~1.5 s)
+            (w,) = torch.autograd.grad((r * u).sum(), z, create_graph=True, allow_unused=True)
             cols = []
             for i in range(self.n):
                 c = None
