@@ -315,3 +315,24 @@ def test_simulate_then_fit_json_round_trip(tmp_path):
     r = run("oof", "plot", res)
     assert r.exit_code == 0, r.output
     assert (res / "maps.png").exists()
+
+
+def test_plot_redraws_from_directory(tmp_path):
+    # a fit output directory made by hand, so the figures are tested without a fit
+    from gradfit.oof import io
+    from test_oof_io import _FakeSolution
+
+    src = DATA / "eff-n4-snr300.fits"
+    obs = io.read(src)
+    ref = np.load(DATA / "eff-n4-snr300.npz")
+    io.write_solution(_FakeSolution(), tmp_path, extra={"input": {"path": str(src)}})
+    io.write_maps(obs, [p.ravel() for p in ref["power_noiseless"]], tmp_path / "model.fits")
+    r = run("oof", "plot", tmp_path)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert r.stdout.split() == [str(tmp_path / "maps.png"), str(tmp_path / "surface.png")]
+    for name in ("maps.png", "surface.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a model that does not match the observation is bad input
+    io.write(io.read(DATA / "eff-n5-snr1000.fits"), tmp_path / "model.fits")
+    line = one_line_error(run("oof", "plot", tmp_path))
+    assert "model.fits: model maps do not match" in line

@@ -145,8 +145,16 @@ def plot_maps(
                 )
     ncol = 3 if model is not None else 1
     nrow = len(obs.maps)
-    fig, axes = plt.subplots(
-        nrow, ncol, figsize=(4.4 * ncol, 3.7 * nrow), squeeze=False, layout="constrained"
+    # a fixed layout in inches: constrained layout costs seconds with this many colourbars
+    width, height = 4.6 * ncol, 3.7 * nrow + 0.8
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(
+        left=0.7 / width,
+        right=1 - 0.75 / width,
+        bottom=0.5 / height,
+        top=1 - 0.75 / height,
+        wspace=0.45,
+        hspace=0.4,
     )
     for r, m in enumerate(obs.maps):
         name = m.name or f"map {r + 1}"
@@ -169,7 +177,7 @@ def plot_maps(
             ax.set_xlabel(f"u ({label})")
         axes[r, 0].set_ylabel(f"v ({label})")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1 - 0.2 / height)
     if path is not None:
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -219,7 +227,8 @@ def plot_surface(
     finite = data[np.isfinite(data)]
     if rms_um is None and finite.size:
         rms_um = float(np.sqrt(np.mean((finite - finite.mean()) ** 2)))
-    fig, ax = plt.subplots(figsize=(6.0, 5.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.92)
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
     kw = dict(origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     if extent_m is not None:
