@@ -1,0 +1,64 @@
+"""Helpers shared by the solver families: start checks, callbacks, results."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..objective import Objective
+from .base import RawSolution, SolverOptions
+
+__all__ = [
+    "NONFINITE_START",
+    "as_start",
+    "call_back",
+    "finish",
+    "max_iter",
+    "nonfinite_start",
+]
+
+NONFINITE_START = "non-finite objective at the starting point"
+
+
+def as_start(obj: Objective, z0) -> torch.Tensor:
+    """``z0`` as a fresh 1-D tensor on the objective's device and dtype."""
+    z = torch.as_tensor(z0).detach()
+    if z.numel() != obj.n:
+        raise ValueError(f"z0 has {z.numel()} elements but the objective has n={obj.n}")
+    return z.to(device=obj.device, dtype=obj.dtype).reshape(obj.n).clone()
+
+
+def max_iter(opts: SolverOptions, default: int) -> int:
+    """The iteration limit: ``opts.max_iter`` or the solver's default."""
+    if opts.max_iter is None:
+        return default
+    if int(opts.max_iter) < 0:
+        raise ValueError(f"max_iter must be >= 0, got {opts.max_iter}")
+    return int(opts.max_iter)
+
+
+def call_back(opts: SolverOptions, nit: int, z: torch.Tensor, f: float) -> bool:
+    """Run the user's callback; True means stop."""
+    if opts.callback is None:
+        return False
+    return bool(opts.callback(nit, z.detach().clone(), float(f)))
+
+
+def nonfinite_start(z0: torch.Tensor, f0: float, method: str) -> RawSolution:
+    return RawSolution(z=z0, fun=float(f0), success=False, message=NONFINITE_START, nit=0,
+                       method=method)
+
+
+def finish(z, f, success: bool, message: str, nit: int, method: str) -> RawSolution:
+    """Build a :class:`RawSolution`; a non-finite ``f`` is never reported as a success."""
+    f = float(f)
+    if success and not math.isfinite(f):
+        success, message = False, f"non-finite objective at the solution ({message})"
+    return RawSolution(z=z.detach().clone(), fun=f, success=bool(success), message=message,
+                       nit=int(nit), method=method)
+
+
+def extra(opts: SolverOptions, key: str, default):
+    """A solver-specific option from ``opts.extra``."""
+    return opts.extra.get(key, default) if opts.extra else default

@@ -1,0 +1,268 @@
+"""Levenberg–Marquardt on residuals and their Jacobian, torch-native.
+
+A Moré (1978) trust-region LM, the algorithm of MINPACK's ``lmder``: the step
+solves ``min |J p + r|`` subject to ``|D p| <= Δ``, with ``D = diag(running max of
+the column norms of J)`` and Δ updated from the ratio of actual to predicted
+reduction. Each Jacobian is factored once by a thin SVD, ``J D⁻¹ = U S Vᵀ``; the
+damping λ that puts the step on the trust-region boundary then comes from a
+scalar secular equation in ``S`` and ``Uᵀr`` (n numbers), and every trial step
+costs one matrix-vector product. This never forms ``JᵀJ``, whose condition
+number is the square of J's, which matters on the hard NIST StRD problems.
+
+The m-sized arrays (r, J, U) stay on the objective's device. Per Jacobian the
+host reads ``S``, ``Uᵀr`` and a few norms (one sync); per trial step it reads
+the new cost (one sync).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..objective import Objective
+from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_start
+from .base import RawSolution, SolverOptions
+
+__all__ = ["levenberg_marquardt"]
+
+
+def _trust_region_weights(s, utr, delta, rank_tol):
+    """Weights ``w`` with ``D p = -V w`` for the trust-region step, and its damping λ.
+
+    ``w = s * utr / (s**2 + λ)``, with λ = 0 (Gauss–Newton, pseudo-inverse on
+    the numerically zero singular values) when that step fits in ``delta``, else
+    λ > 0 such that ``|w| = delta`` to 10 % (MINPACK's acceptance band).
+    """
+    keep = s > rank_tol
+    w_gn = np.where(keep, utr / np.where(keep, s, 1.0), 0.0)
+    q_gn = float(np.linalg.norm(w_gn))
+    if q_gn <= 1.1 * delta:
+        return w_gn, 0.0
+    su = s * utr
+    hi = float(np.linalg.norm(su)) / delta  # at this λ, |w| <= delta for sure
+    lo = 0.0
+    lam = hi
+    for _ in range(100):
+        den = s * s + lam
+        w = su / den
+        q = float(np.linalg.norm(w))
+        if abs(q - delta) <= 0.1 * delta or hi - lo <= 1e-14 * hi:
+            return w, lam
+        if q > delta:
+            lo = lam
+        else:
+            hi = lam
+        # Newton on 1/|w(λ)| = 1/Δ, nearly linear in λ (Moré & Sorensen); from the
+        # right of the root it converges monotonically, elsewhere bisect.
+        dq = -float(np.sum(w * w / den)) / q
+        lam_n = lam - (q - delta) / delta * q / dq if dq < 0 else -1.0
+        if not lo < lam_n < hi:
+            lam_n = math.sqrt(lo * hi) if lo > 0 else 1e-3 * hi
+        lam = lam_n
+    return su / (s * s + lam), lam
+
+
+def _gcos(J, r, fnorm):
+    colnorm = torch.linalg.vector_norm(J, dim=0)
+    g = J.T @ r
+    return torch.where(colnorm > 0, g.abs() / (colnorm * fnorm), torch.zeros_like(g)).max()
+
+
+def _polish(obj, z, r, J, fnorm, rank_tol, steps=8):
+    """Newton steps past the point where the cost stops resolving progress.
+
+    Near the minimum the decrease of |r|² drowns in rounding while the gradient
+    ``Jᵀr`` is still resolved, and on large-residual problems LM converges only
+    linearly there. A few Newton steps on the exact Hessian of ``0.5|r|²``
+    (Gauss–Newton where that Hessian is not positive definite) buy the last
+    digits; a step is kept only while the scale-free gradient halves and the
+    cost does not rise beyond rounding.
+    """
+    eps = torch.finfo(obj.dtype).eps
+    gc = float(_gcos(J, r, fnorm))
+    for _ in range(steps):
+        if not gc > 0:
+            break
+        d = torch.linalg.vector_norm(J, dim=0)
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        g = J.T @ r
+        H = obj.hessian(z) / torch.outer(d, d)
+        L, info = torch.linalg.cholesky_ex(H)
+        if int(info) == 0:
+            p = -torch.cholesky_solve((g / d)[:, None], L)[:, 0] / d
+        else:
+            U, s, Vh = torch.linalg.svd(J / d, full_matrices=False)
+            keep = s > rank_tol
+            w = torch.where(keep, (U.T @ r) / torch.where(keep, s, torch.ones_like(s)),
+                            torch.zeros_like(s))
+            p = -(Vh.T @ w) / d
+        z_new = z + p
+        r_new, J_new = obj.residuals_and_jacobian(z_new)
+        fnorm_new = float(torch.linalg.vector_norm(r_new))
+        if not (math.isfinite(fnorm_new) and bool(torch.isfinite(J_new).all())):
+            break
+        # |r| can carry far more rounding than eps·|r| (r = model - data cancels), so
+        # allow a rise up to sqrt(eps); the halving gradient is the real test.
+        if fnorm_new > fnorm * (1 + math.sqrt(eps)):
+            break
+        gc_new = float(_gcos(J_new, r_new, fnorm_new))
+        if not gc_new < 0.5 * gc:
+            break
+        z, r, J, fnorm, gc = z_new, r_new, J_new, fnorm_new, gc_new
+    return z, 0.5 * fnorm**2
+
+
+def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
+    """Minimise ``0.5 * sum(r(z)**2)`` by trust-region Levenberg–Marquardt.
+
+    Parameters
+    ----------
+    obj : Objective
+        Must have a residual form (``obj.has_residuals``).
+    z0 : Tensor
+        Starting point.
+    opts : SolverOptions
+        ``max_iter`` counts Jacobian evaluations (default 1000). ``ftol``: relative
+        actual and predicted reductions of the cost; ``xtol``: trust radius relative
+        to ``|D z|``; ``gtol``: the largest cosine between ``r`` and a column of
+        ``J`` (MINPACK's scale-free gradient test). ``extra``: ``factor`` (initial
+        trust radius relative to ``|D z0|``, default 1), ``max_nfev`` (residual
+        evaluations, default ``1000 * (n + 1)``), ``polish`` (default True: finish
+        with a few exact-Hessian Newton steps, see ``_polish``).
+
+    Returns
+    -------
+    RawSolution
+        ``fun`` is ``0.5 * sum(r**2)`` at ``z``.
+    """
+    method = "lm"
+    if not obj.has_residuals:
+        raise ValueError(
+            "method 'lm' needs an objective with residuals (Objective(..., residual_fun=...)); "
+            "use 'bfgs', 'lbfgs' or 'trust-exact' for a general objective"
+        )
+    maxit = max_iter(opts, 1000)
+    max_nfev = int(extra(opts, "max_nfev", 1000 * (obj.n + 1)))
+    factor = float(extra(opts, "factor", 1.0))
+    if not factor > 0:
+        raise ValueError(f"LM option 'factor' must be > 0, got {factor}")
+    ftol, xtol, gtol = float(opts.ftol), float(opts.xtol), float(opts.gtol)
+    eps = float(torch.finfo(obj.dtype).eps)
+
+    z = as_start(obj, z0)
+    r, J = obj.residuals_and_jacobian(z)
+    fnorm = float(torch.linalg.vector_norm(r))
+    cost = 0.5 * fnorm**2
+    if not math.isfinite(cost):
+        return nonfinite_start(z, cost, method)
+    if not bool(torch.isfinite(J).all()):
+        return finish(z, cost, False, "non-finite Jacobian at the starting point", 0, method)
+    if obj.n == 0 or fnorm == 0.0:
+        return finish(z, cost, True, "zero cost or no free parameters", 0, method)
+    m = r.numel()
+
+    polish = bool(extra(opts, "polish", True))
+
+    def converged(message, nit, method):
+        # Polish every converged fit: even a passed gradient test can leave a few
+        # digits on the table when J is ill-conditioned.
+        zp, costp = _polish(obj, z, r, J, fnorm, rank_tol) if polish else (z, cost)
+        return finish(zp, costp, True, message, nit, method)
+
+    rank_tol = 0.0
+    d = torch.zeros(obj.n, dtype=obj.dtype, device=obj.device)
+    delta = None
+    nfev = 1
+    nit = 0
+    while True:
+        if nit >= maxit:
+            return finish(z, cost, False, f"maximum number of iterations ({maxit}) reached",
+                          nit, method)
+        nit += 1
+        colnorm = torch.linalg.vector_norm(J, dim=0)
+        # MINPACK's running max keeps the scaling from collapsing where a column vanishes.
+        d = torch.maximum(d, colnorm)
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        U, s_t, Vh = torch.linalg.svd(J / d, full_matrices=False)
+        utr_t = U.T @ r
+        g = J.T @ r
+        gcos = torch.where(colnorm > 0, g.abs() / (colnorm * fnorm), torch.zeros_like(g)).max()
+        host = torch.cat([s_t, utr_t, torch.stack([gcos, torch.linalg.vector_norm(d * z)])])
+        host = host.cpu().numpy().astype(np.float64)
+        s, utr = host[: s_t.numel()], host[s_t.numel(): 2 * s_t.numel()]
+        gnorm, xnorm = float(host[-2]), float(host[-1])
+        rank_tol = eps * max(m, obj.n) * (float(s.max()) if s.size else 0.0)
+
+        if gnorm <= gtol:
+            return converged(
+                          f"gradient test passed (max |cos(r, J_j)| <= gtol={gtol:g})",
+                          nit, method)
+        if delta is None:
+            delta = factor * xnorm if xnorm > 0 else factor
+
+        while True:  # trial steps with this Jacobian until one is accepted
+            w, lam = _trust_region_weights(s, utr, delta, rank_tol)
+            pnorm = float(np.linalg.norm(w))
+            if nit == 1 and nfev == 1:
+                delta = min(delta, pnorm)
+            w_dev = torch.as_tensor(w, dtype=obj.dtype, device=obj.device)
+            p = -(Vh.T @ w_dev) / d
+            z_new = z + p
+            r_new = obj.residuals(z_new)
+            nfev += 1
+            fnorm1 = float(torch.linalg.vector_norm(r_new))
+            finite = math.isfinite(fnorm1) and bool(np.isfinite(w).all())
+
+            # Reductions relative to |r|², as MINPACK (NaN counts as a large increase).
+            actred = 1.0 - (fnorm1 / fnorm) ** 2 if finite and 0.1 * fnorm1 < fnorm else -1.0
+            jp2 = float(np.sum((s * w) ** 2)) / fnorm**2
+            damp2 = lam * pnorm**2 / fnorm**2
+            prered = jp2 + 2.0 * damp2
+            dirder = -(jp2 + damp2)
+            ratio = actred / prered if prered != 0 else 0.0
+
+            if ratio <= 0.25:
+                temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
+                if not finite or 0.1 * fnorm1 >= fnorm or not temp >= 0.1:
+                    temp = 0.1
+                delta = temp * min(delta, pnorm / 0.1)
+            elif lam == 0.0 or ratio >= 0.75:
+                delta = pnorm / 0.5
+
+            accepted = ratio >= 1e-4
+            if accepted:
+                r_try, J_try = obj.residuals_and_jacobian(z_new)
+                if not bool(torch.isfinite(J_try).all()):
+                    # A NaN derivative is as bad as a NaN value: back off.
+                    accepted = False
+                    delta = 0.1 * min(delta, pnorm)
+            if accepted:
+                z, r, J, fnorm = z_new, r_try, J_try, fnorm1
+                cost = 0.5 * fnorm**2
+
+            if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1:
+                return converged(
+                              f"relative reduction of the cost below ftol={ftol:g}", nit, method)
+            if delta <= xtol * xnorm:
+                return converged(
+                              f"trust radius below xtol={xtol:g} relative to |D z|", nit, method)
+            if fnorm == 0.0:
+                return converged("zero cost reached", nit, method)
+            if nfev >= max_nfev:
+                return finish(z, cost, False,
+                              f"maximum number of function evaluations ({max_nfev}) reached",
+                              nit, method)
+            if abs(actred) <= eps and prered <= eps and 0.5 * ratio <= 1:
+                return converged("cost reduction at machine precision", nit, method)
+            if delta <= eps * xnorm or delta == 0.0:
+                if finite:
+                    return converged("step at machine precision", nit, method)
+                return finish(z, cost, False,
+                              "step became non-finite: no step toward lower cost is finite",
+                              nit, method)
+            if accepted:
+                if call_back(opts, nit, z, cost):
+                    return finish(z, cost, False, "stopped by the callback", nit, method)
+                break
