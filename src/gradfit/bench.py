@@ -39,11 +39,11 @@ import scipy.optimize
 __all__ = ["FitReport", "fit_numpy_fd", "fit_torch_bfgs", "fit_gradfit", "run", "main"]
 
 QUICK = {
-    "sizes": (32, 64, 128),
+    "sizes": (32, 64, 128, 256),
     "size_order": 4,
-    "orders": (2, 3, 4, 5),
+    "orders": (2, 3, 4, 5, 6, 7),
     "params_nn": 32,
-    "repeats": 3,
+    "repeats": 5,
     "numpy_fit_cap_s": 8.0,
     "generic_nn": 48,
     "generic_sources": 3,
@@ -277,13 +277,13 @@ def _gradfit_available() -> bool:
 
 
 # ------------------------------------------------------------------- timing
-def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0) -> float:
-    """Median wall time of ``fn()`` after one warm-up call.
+def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0, warmup=None) -> float:
+    """Median wall time of ``fn()`` after one warm-up call (of ``warmup`` if given).
 
     Stops early (at least one timed call) once ``budget_s`` is spent, so the slow
     NumPy finite-difference cases do not dominate the run.
     """
-    fn()
+    (warmup or fn)()
     if sync is not None:
         sync()
     times = []
@@ -445,8 +445,10 @@ def _measure(problem, impls_wanted, repeats, cap_s, gradfit_methods, log, cuda_o
         x = np.asarray(theta0, np.float64)
         slow = impl.name == "numpy-fd"
         t_f = _median_time(lambda impl=impl, x=x: impl.f(x), repeats, impl.sync)
+        # finite differences are P + 1 calls of f, already warm: no second warm-up
         t_fg = _median_time(lambda impl=impl, x=x: impl.fg(x), repeats, impl.sync,
-                            budget_s=20.0 if slow else 10.0)
+                            budget_s=20.0 if slow else 10.0,
+                            warmup=(lambda impl=impl, x=x: impl.f(x)) if slow else None)
         for rep in impl.fit(x):
             row = {
                 "impl": impl.name,
@@ -528,6 +530,7 @@ def _machine(cuda_ok, jax_note):
         import jax
 
         info["jax"] = jax.__version__
+        info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     except Exception:
         info["jax"] = None
     info["notes"] = []
