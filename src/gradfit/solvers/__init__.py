@@ -16,8 +16,12 @@ import torch
 
 from ..objective import Objective
 from .base import RawSolution, SolverOptions
+from .first_order import adam, gradient_descent
 from .lm import levenberg_marquardt
+from .newton import newton_cg, trust_exact
 from .quasi_newton import bfgs, lbfgs
+from .scipy_bridge import SCIPY_METHODS, trust_krylov
+from .simplex import nelder_mead
 
 __all__ = ["METHODS", "RawSolution", "SolverOptions", "available_methods", "solve"]
 
@@ -27,7 +31,18 @@ METHODS: dict[str, Solver] = {
     "lm": levenberg_marquardt,
     "bfgs": bfgs,
     "lbfgs": lbfgs,
+    "gd": gradient_descent,
+    "adam": adam,
+    "newton-cg": newton_cg,
+    "trust-exact": trust_exact,
+    "trust-krylov": trust_krylov,
+    "nelder-mead": nelder_mead,
+    **SCIPY_METHODS,
 }
+
+#: Other spellings accepted by :func:`solve` (not listed by :func:`available_methods`).
+ALIASES = {"newton": "newton-cg", "l-bfgs": "lbfgs", "levenberg-marquardt": "lm",
+           "neldermead": "nelder-mead", "simplex": "nelder-mead"}
 
 #: Methods that minimise ``0.5 * sum(r**2)`` and need ``obj.has_residuals``.
 RESIDUAL_METHODS = frozenset({"lm", "scipy-lm"})
@@ -65,6 +80,7 @@ def solve(method: str, obj: Objective, z0, opts: SolverOptions | None = None) ->
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, not {type(method).__name__}")
     key = method.strip().lower()
+    key = ALIASES.get(key, key)
     if key not in METHODS:
         raise ValueError(
             f"unknown method {method!r}; choose one of: {', '.join(available_methods())}"
