@@ -1,0 +1,387 @@
+"""The OOF forward model: aperture field -> beam power at the observed sky offsets.
+
+For map ``b`` with defocus ``dz_b`` the aperture field on the illuminated cells is
+
+    E_b = w * A * exp(i (phi + phi_dz,b + phi_point,b)),   phi = 2 pi sum_k K_k U_k
+
+(``w`` the anti-aliased open fraction, ``A`` the illumination, ``K`` in waves as in
+pyoof), and the beam is ``P_b(u, v) = amp * |F_b(u, v)|^2 / F0^2`` with
+
+    F_b(u, v) = sum_cells E_b(x, y) exp(-2 pi i (x u + y v) / lambda)
+                * dA sinc(u dx / lambda) sinc(v dy / lambda)
+
+(numpy's forward-FFT sign; the sinc factors integrate the Fourier kernel exactly over
+each cell) and ``F0 = sum w dA``, the peak of a uniformly lit, unaberrated aperture.
+
+Three ways to evaluate F at the sample points, all batched over maps, all real
+arithmetic, all differentiable (autograd and forward-mode):
+
+``'mft'`` (default)
+    Exact separable matrix Fourier transform ``F = A_v E A_u^T`` when each map is a
+    regular ``(n_v, n_u)`` grid.
+``'dft'``
+    Direct non-uniform sum over the illuminated cells, for scattered samples.
+``'fft'``
+    Zero-padded FFT of the aperture grid and bilinear interpolation of the power,
+    as pyoof does; kept for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .aperture import ApertureGrid, aperture_grid
+from .telescope import Telescope, get_telescope
+from .zernike import zernike_count
+
+__all__ = ["BeamModel", "map_axes", "torch_threads", "ILLUMINATIONS", "TRANSFORMS"]
+
+ILLUMINATIONS = ("pedestal", "gaussian")
+TRANSFORMS = ("mft", "dft", "fft")
+
+#: default values of the nuisance parameters when a fit does not give them
+DEFAULTS = {"amp": 1.0, "c_dB": -14.0, "q": 2.0, "x0": 0.0, "y0": 0.0}
+
+
+class torch_threads:
+    """Context manager: run torch on ``n`` CPU threads, restoring the old count afterwards.
+
+    The OOF tensors are small (a few 10^4 aperture cells, a few 10^3 sky points): on a
+    2-core machine one thread was measured to be 1.5-40x faster than two, whose
+    hand-offs showed erratic stalls (see ``benchmarks/oof_vs_pyoof.py``).
+    """
+
+    def __init__(self, n: int | None = 1):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None:
+            torch.set_num_threads(max(1, int(self.n)))
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+        return False
+
+
+def map_axes(m, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(u_axis, v_axis)`` if map ``m`` is a regular grid with u varying fastest, else None."""
+    if m.shape is None:
+        return None
+    nv, nu = m.shape
+    if nv * nu != m.u.size:
+        return None
+    U = m.u.reshape(nv, nu)
+    V = m.v.reshape(nv, nu)
+    ua, va = U[0], V[:, 0]
+    scale = max(np.max(np.abs(m.u)), np.max(np.abs(m.v)), 1e-300)
+    if np.max(np.abs(U - ua[None, :])) > rtol * scale or np.max(np.abs(V - va[:, None])) > (
+        rtol * scale
+    ):
+        return None
+    return ua, va
+
+
+class BeamModel:
+    """Batched beams of one observation for a telescope, order and aperture grid.
+
+    Parameters
+    ----------
+    obs : Observation
+        Gives the sample points, the defocus of each map and the wavelength.
+    telescope : Telescope or str
+    order : int
+        Highest Zernike radial order.
+    grid : int or ApertureGrid
+        Cells across the dish (see :func:`gradfit.oof.aperture.choose_grid_size`).
+    transform : {'mft', 'dft', 'fft'}
+        How F is evaluated at the sample points (see the module docstring).
+        'mft' falls back to 'dft' when the maps are not regular grids of one shape.
+    illumination : {'pedestal', 'gaussian'}
+        ``A = C + (1 - C)(1 - (r'/pr)^2)^q`` or ``A = C^((r'/pr)^2)``, ``C = 10^(c_dB/20)``,
+        ``r'`` measured from ``(x0, y0)``.
+    fft_pad : int
+        For 'fft': FFT size as a multiple of the grid (sampling step of the beam =
+        ``lambda / (fft_pad * D)``).
+    device, dtype :
+        Where every tensor lives (default CPU, float64).
+    """
+
+    def __init__(
+        self,
+        obs,
+        telescope: Telescope | str,
+        order: int,
+        grid: int | ApertureGrid = 128,
+        *,
+        transform: str = "mft",
+        illumination: str = "pedestal",
+        fft_pad: int = 8,
+        device="cpu",
+        dtype=torch.float64,
+    ):
+        if transform not in TRANSFORMS:
+            raise ValueError(
+                f"unknown transform {transform!r}; choose one of: {', '.join(TRANSFORMS)}"
+            )
+        if illumination not in ILLUMINATIONS:
+            raise ValueError(
+                f"unknown illumination {illumination!r}; choose one of: "
+                f"{', '.join(ILLUMINATIONS)}"
+            )
+        if not obs.maps:
+            raise ValueError("observation has no beam maps")
+        self.telescope = tel = get_telescope(telescope)
+        self.grid = grid if isinstance(grid, ApertureGrid) else aperture_grid(tel, int(grid))
+        self.order = int(order)
+        self.n_coeff = zernike_count(self.order)
+        self.illumination = illumination
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.wavelength_m = lam = float(obs.wavelength_m)
+        self.dz = np.array([m.dz for m in obs.maps])
+        self.sizes = [m.n for m in obs.maps]
+        self.n_maps = len(obs.maps)
+        g = self.grid
+        pr = tel.primary_radius_m
+        t = self._t
+
+        self.U = t(g.zernike(self.order)[1:])  # piston is not measurable
+        self.U2pi = 2 * np.pi * self.U
+        self.defocus = t(np.stack([g.defocus_phase(dz, lam) for dz in self.dz]))  # (B, J)
+        self.px, self.py, self.w = t(g.x), t(g.y), t(g.weight)
+        self.pr = pr
+        self.r2 = t((g.x**2 + g.y**2) / pr**2)
+        self.norm = 1.0 / float(np.sum(g.weight) * g.step_m**2) ** 2
+        self.index = torch.as_tensor(g.index, device=self.device)
+
+        axes = [map_axes(m) for m in obs.maps]
+        gridded = all(a is not None for a in axes) and len({m.shape for m in obs.maps}) == 1
+        if transform == "mft" and not gridded:
+            transform = "dft"
+        self.transform = transform
+        step = g.step_m
+        ax = g.axis
+
+        def kernel(s, coord):
+            """cos and sin of 2 pi s coord / lambda, times the cell integral dA sinc."""
+            arg = 2 * np.pi * np.outer(s, coord) / lam
+            sinc = np.sinc(s * step / lam)[:, None] * step
+            return np.cos(arg) * sinc, np.sin(arg) * sinc
+
+        if transform == "mft":
+            Wv, Wu = [], []
+            for ua, va in axes:
+                Cv, Sv = kernel(va, ax)  # (nv, n)
+                Cu, Su = kernel(ua, ax)  # (nu, n)
+                Wu.append(np.block([[Cu.T, -Su.T], [Su.T, Cu.T]]))  # (2n, 2nu)
+                Wv.append(np.block([[Cv, Sv], [-Sv, Cv]]))  # (2nv, 2n)
+            self.shared_axes = all(np.array_equal(Wv[0], w) for w in Wv) and all(
+                np.array_equal(Wu[0], w) for w in Wu
+            )
+            if self.shared_axes:
+                self.Wu, self.Wv = t(Wu[0]), t(Wv[0])
+            else:
+                self.Wu, self.Wv = t(np.stack(Wu)), t(np.stack(Wv))
+            self.nv, self.nu = obs.maps[0].shape
+            # scatter target: per map, rows y, then [Re E(x) | Im E(x)] along the row
+            n = g.n
+            gy, gx = np.divmod(g.index, n)
+            self.grid_index = torch.as_tensor(
+                np.concatenate([gy * 2 * n + gx, gy * 2 * n + n + gx]), device=self.device
+            )
+        elif transform == "dft":
+            nk = max(self.sizes)
+            mats = []
+            for m in obs.maps:
+                C, S = self._dft_kernel(m.u, m.v, lam, step)
+                if m.n < nk:
+                    C = np.pad(C, ((0, nk - m.n), (0, 0)))
+                    S = np.pad(S, ((0, nk - m.n), (0, 0)))
+                mats.append((C, S))
+            same = all(
+                np.array_equal(mats[0][0], c) and np.array_equal(mats[0][1], s) for c, s in mats
+            )
+            mats = mats[:1] if same else mats
+            self.dft_C = t(np.stack([c for c, _ in mats]))  # (B|1, nk, J)
+            self.dft_S = t(np.stack([s for _, s in mats]))
+            self.nk = nk
+        else:  # fft
+            nfft = int(fft_pad) * g.n
+            self.nfft = nfft
+            idx, wts = [], []
+            for m in obs.maps:
+                tu = m.u * nfft * step / lam  # fractional FFT bin
+                tv = m.v * nfft * step / lam
+                if np.max(np.abs(tu)) >= nfft / 2 - 1 or np.max(np.abs(tv)) >= nfft / 2 - 1:
+                    raise ValueError(
+                        "fft transform: the sample points reach beyond the FFT's Nyquist "
+                        "range; use a finer aperture grid or transform='mft'"
+                    )
+                u0, v0 = np.floor(tu), np.floor(tv)
+                fu, fv = tu - u0, tv - v0
+                i00 = (v0 % nfft) * nfft + (u0 % nfft)
+                i01 = (v0 % nfft) * nfft + ((u0 + 1) % nfft)
+                i10 = ((v0 + 1) % nfft) * nfft + (u0 % nfft)
+                i11 = ((v0 + 1) % nfft) * nfft + ((u0 + 1) % nfft)
+                idx.append(np.stack([i00, i01, i10, i11]).astype(np.int64))
+                wts.append(np.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv]))
+            nk = max(self.sizes)
+            self.fft_idx = torch.as_tensor(
+                np.stack([np.pad(i, ((0, 0), (0, nk - i.shape[1]))) for i in idx]),
+                device=self.device,
+            )  # (B, 4, nk)
+            self.fft_w = t(np.stack([np.pad(w, ((0, 0), (0, nk - w.shape[1]))) for w in wts]))
+            # the cell integral of the kernel, as in the exact transforms
+            self.fft_sinc = t(
+                np.stack(
+                    [
+                        np.pad(
+                            (np.sinc(m.u * step / lam) * np.sinc(m.v * step / lam)) ** 2
+                            * step**4,
+                            (0, nk - m.n),
+                        )
+                        for m in obs.maps
+                    ]
+                )
+            )
+            self.nk = nk
+
+    # ----------------------------------------------------------------- helpers
+    def _t(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=self.dtype, device=self.device)
+
+    def _dft_kernel(self, u, v, lam, step):
+        g = self.grid
+        arg = 2 * np.pi * (np.outer(u, g.x) + np.outer(v, g.y)) / lam
+        sinc = (np.sinc(u * step / lam) * np.sinc(v * step / lam) * step**2)[:, None]
+        return np.cos(arg) * sinc, np.sin(arg) * sinc
+
+    @property
+    def n_points(self) -> int:
+        return int(sum(self.sizes))
+
+    def _get(self, p: dict, name: str) -> torch.Tensor:
+        v = p.get(name)
+        if v is None:
+            v = DEFAULTS[name]
+        return torch.as_tensor(v, dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ physics
+    def illumination_amplitude(self, c_dB, q=None, x0=None, y0=None) -> torch.Tensor:
+        """Illumination A on the illuminated cells (1 at the centre for the pedestal).
+
+        ``q``, ``x0``, ``y0`` left as None take their defaults (2, 0, 0) through
+        precomputed tensors, which is cheaper than passing the values.
+        """
+        if x0 is None and y0 is None:
+            r2 = self.r2
+        else:
+            x0 = 0.0 if x0 is None else x0
+            y0 = 0.0 if y0 is None else y0
+            r2 = ((self.px - x0) ** 2 + (self.py - y0) ** 2) / self.pr**2
+        C = 10.0 ** (c_dB / 20.0)
+        if self.illumination == "pedestal":
+            # clamp: with an offset (x0, y0) the rim cells can reach r' > pr
+            base = torch.clamp(1 - r2, min=0.0)
+            return C + (1 - C) * (base * base if q is None else base**q)
+        return torch.exp((math.log(10.0) / 20.0) * c_dB * r2)
+
+    def field(self, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts of ``E_b`` on the illuminated cells, each ``(B, J)``."""
+        K = torch.as_tensor(p["K"], dtype=self.dtype, device=self.device)
+        if K.shape[-1] != self.n_coeff - 1:
+            raise ValueError(
+                f"K must hold the {self.n_coeff - 1} coefficients of order {self.order} "
+                f"without piston, got shape {tuple(K.shape)}"
+            )
+        phase = (K @ self.U2pi).unsqueeze(-2) + self.defocus  # (B, J)
+        pt = p.get("pointing")
+        if pt is not None:
+            # per-map offsets in units of lambda/D: the phase ramp 2 pi (u0 x + v0 y)/lambda
+            pt = torch.as_tensor(pt, dtype=self.dtype, device=self.device).reshape(-1, 2)
+            scale = 2 * np.pi / (2 * self.pr)
+            phase = phase + scale * (pt[:, :1] * self.px + pt[:, 1:] * self.py)
+        amp = self.w * self.illumination_amplitude(
+            self._get(p, "c_dB"), p.get("q"), p.get("x0"), p.get("y0")
+        )
+        return amp * torch.cos(phase), amp * torch.sin(phase)
+
+    def _to_grid(self, a: torch.Tensor) -> torch.Tensor:
+        n = self.grid.n
+        out = a.new_zeros(a.shape[:-1] + (n * n,))
+        return out.index_copy(-1, self.index, a).reshape(a.shape[:-1] + (n, n))
+
+    def power(self, p: dict) -> torch.Tensor:
+        """``|F_b|^2 / F0^2`` at every sample point, ``(B, n_k)`` (padded for 'dft'/'fft')."""
+        er, ei = self.field(p)
+        if self.transform == "mft":
+            return self._mft(er, ei)
+        if self.transform == "dft":
+            fr = self.dft_C @ er.unsqueeze(-1) + self.dft_S @ ei.unsqueeze(-1)
+            fi = self.dft_C @ ei.unsqueeze(-1) - self.dft_S @ er.unsqueeze(-1)
+            return (fr**2 + fi**2).squeeze(-1) * self.norm
+        nfft = self.nfft
+        E = torch.complex(self._to_grid(er), self._to_grid(ei))
+        F = torch.fft.fft2(E, s=(nfft, nfft))
+        P = (F.real**2 + F.imag**2).reshape(self.n_maps, -1)
+        vals = torch.gather(P, 1, self.fft_idx.reshape(self.n_maps, -1)).reshape(
+            self.fft_idx.shape
+        )
+        return (vals * self.fft_w).sum(1) * self.fft_sinc * self.norm
+
+    def _mft(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
+        """Separable exact transform: x (u) first as one 2-D matmul, then y (v)."""
+        B, n, nu, nv = self.n_maps, self.grid.n, self.nu, self.nv
+        vals = torch.cat([er, ei], dim=-1)  # (B, 2J)
+        X = vals.new_zeros(B, 2 * n * n).index_copy(1, self.grid_index, vals)
+        if self.shared_axes:
+            T = X.reshape(B * n, 2 * n) @ self.Wu  # rows: [Re | Im] of the u-transform
+            # stack Re over Im along y, maps side by side: (2n, B nu)
+            T = T.reshape(B, n, 2, nu).permute(2, 1, 0, 3).reshape(2 * n, B * nu)
+            F = self.Wv @ T  # (2nv, B nu)
+            P = F[:nv] ** 2 + F[nv:] ** 2
+            P = P.reshape(nv, B, nu).transpose(0, 1)
+        else:
+            T = X.reshape(B, n, 2 * n) @ self.Wu  # (B, n, 2nu)
+            T = T.reshape(B, n, 2, nu).permute(0, 2, 1, 3).reshape(B, 2 * n, nu)
+            F = self.Wv @ T  # (B, 2nv, nu)
+            P = F[:, :nv] ** 2 + F[:, nv:] ** 2
+        return P.reshape(B, -1) * self.norm
+
+    def __call__(self, p: dict, x=None) -> torch.Tensor:
+        """Model beams of all maps, flat (map after map, each in its sample order).
+
+        Parameters
+        ----------
+        p : dict
+            ``'K'`` (waves, without piston) and optional ``'amp'``, ``'c_dB'``, ``'q'``,
+            ``'x0'``, ``'y0'`` (metres) and ``'pointing'`` (``(B, 2)``, units of lambda/D).
+        x : ignored
+            The sample points are fixed when the model is built; ``x`` is accepted so
+            that the model has the ``model(p, x)`` signature of :func:`gradfit.fit`.
+        """
+        P = self.power(p) * self._get(p, "amp")
+        if P.shape[-1] * self.n_maps != self.n_points:
+            return torch.cat([P[b, :s] for b, s in enumerate(self.sizes)])
+        return P.reshape(-1)
+
+    def beams_numpy(self, K_waves, **nuisance) -> np.ndarray:
+        """Convenience: beams for full ``K`` (with piston, ignored) as a ``(B, n_k)`` array."""
+        K = np.asarray(K_waves, dtype=np.float64)
+        p = {"K": K[1:], **nuisance}
+        with torch.no_grad():
+            out = self(p).cpu().numpy()
+        return _split(out, self.sizes)
+
+
+def _split(flat: np.ndarray, sizes) -> np.ndarray:
+    """Flat model vector -> (B, n) array when all maps have n points, else a list."""
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    if len(set(sizes)) == 1:
+        return np.stack(parts)
+    return parts

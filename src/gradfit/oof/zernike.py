@@ -1,0 +1,95 @@
+"""Zernike circle polynomials in the Born & Wolf convention used by pyoof.
+
+``U_n^l(rho, theta) = R_n^|l|(rho) cos(|l| theta)`` for ``l >= 0`` and
+``R_n^|l|(rho) sin(|l| theta)`` for ``l < 0``, not normalised (``R_n^m(1) = 1``),
+ordered by ``n`` and then ``l = -n, -n+2, ..., n``.
+"""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+import torch
+
+__all__ = ["zernike_labels", "zernike_count", "radial_poly", "zernike_basis"]
+
+
+def zernike_labels(order: int) -> list[tuple[int, int]]:
+    """The ``(n, l)`` labels up to radial order ``order``, in the standard order.
+
+    Parameters
+    ----------
+    order : int
+        Highest radial order ``N >= 0``.
+
+    Returns
+    -------
+    list of (n, l) tuples, ``(N + 1)(N + 2)/2`` of them.
+    """
+    order = _check_order(order)
+    return [(n, l) for n in range(order + 1) for l in range(-n, n + 1, 2)]
+
+
+def zernike_count(order: int) -> int:
+    """Number of polynomials up to radial order ``order``: ``(N + 1)(N + 2)/2``."""
+    order = _check_order(order)
+    return (order + 1) * (order + 2) // 2
+
+
+def _check_order(order) -> int:
+    if isinstance(order, bool) or int(order) != order or order < 0:
+        raise ValueError(f"Zernike order must be an integer >= 0, got {order!r}")
+    return int(order)
+
+
+def radial_poly(n: int, m: int, rho):
+    """Radial polynomial ``R_n^m(rho)`` (``m >= 0``, ``n - m`` even), with ``R_n^m(1) = 1``.
+
+    Works on numpy arrays and torch tensors alike.
+    """
+    if m < 0 or m > n or (n - m) % 2:
+        raise ValueError(f"R_n^m needs 0 <= m <= n and n - m even, got n={n}, m={m}")
+    out = 0.0 * rho
+    for s in range((n - m) // 2 + 1):
+        c = (-1) ** s * factorial(n - s) / (
+            factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s)
+        )
+        out = out + c * rho ** (n - 2 * s)
+    return out
+
+
+def zernike_basis(order: int, rho, theta, *, device=None, dtype=torch.float64) -> torch.Tensor:
+    """All polynomials up to ``order`` evaluated at ``(rho, theta)``.
+
+    Parameters
+    ----------
+    order : int
+        Highest radial order.
+    rho, theta : array_like or torch.Tensor
+        Normalised radius ``r / pr`` and polar angle ``atan2(y, x)``, same shape ``S``.
+    device, dtype :
+        Where to create the result (default: the device of ``rho`` if a tensor, float64).
+
+    Returns
+    -------
+    torch.Tensor of shape ``(K, *S)``, rows in the order of :func:`zernike_labels`.
+    """
+    labels = zernike_labels(order)
+    if device is None and isinstance(rho, torch.Tensor):
+        device = rho.device
+    rho = torch.as_tensor(np.asarray(rho) if not isinstance(rho, torch.Tensor) else rho,
+                          dtype=dtype, device=device)
+    theta = torch.as_tensor(np.asarray(theta) if not isinstance(theta, torch.Tensor) else theta,
+                            dtype=dtype, device=device)
+    if rho.shape != theta.shape:
+        raise ValueError(f"rho and theta must have the same shape, got {tuple(rho.shape)} "
+                         f"and {tuple(theta.shape)}")
+    rows = []
+    trig = {}
+    for n, l in labels:
+        m = abs(l)
+        if (m, l >= 0) not in trig:
+            trig[m, l >= 0] = torch.cos(m * theta) if l >= 0 else torch.sin(m * theta)
+        rows.append(radial_poly(n, m, rho) * trig[m, l >= 0])
+    return torch.stack(rows)
