@@ -18,9 +18,9 @@ from ..objective import Objective
 from .base import RawSolution, SolverOptions
 from .first_order import adam, gradient_descent
 from .lm import levenberg_marquardt
-from .newton import newton_cg, trust_exact
+from .newton import newton_cg, trust_exact, trust_krylov
 from .quasi_newton import bfgs, lbfgs
-from .scipy_bridge import SCIPY_METHODS, trust_krylov
+from .scipy_bridge import SCIPY_METHODS
 from .simplex import nelder_mead
 
 __all__ = ["METHODS", "RawSolution", "SolverOptions", "available_methods", "solve"]

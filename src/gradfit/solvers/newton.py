@@ -3,6 +3,8 @@
 * ``newton_cg``: truncated Newton; conjugate gradients on exact Hessian-vector
   products, stopped at negative curvature, then an Armijo backtracking search.
   Never forms the Hessian, so it scales to many parameters.
+* ``trust_krylov``: trust region with a Steihaug–Toint truncated-CG subproblem
+  on exact Hessian-vector products; handles negative curvature, never forms H.
 * ``trust_exact``: trust region on the exact Hessian, with the subproblem solved
   through an eigendecomposition (Moré & Sorensen, including the hard case).
   Best for small, ill-conditioned or non-convex problems.
@@ -22,7 +24,7 @@ from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_sta
 from .base import RawSolution, SolverOptions
 from .linesearch import armijo_backtracking
 
-__all__ = ["newton_cg", "trust_exact"]
+__all__ = ["newton_cg", "trust_exact", "trust_krylov"]
 
 
 def _steihaug_free_cg(obj: Objective, z, g, gnorm, max_cg):
@@ -238,5 +240,109 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if pnorm <= xtol * (zmax + xtol) or delta <= xtol * (zmax + xtol):
             ok = rho > eta or gmax <= 1e-6 * max(1.0, abs(f)) or pred <= 1e-10 * max(1.0, abs(f))
+            return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
+                          nit, method)
+
+
+def _to_boundary(p, d, pd, dd, pp, delta):
+    """``p + tau d`` with ``tau > 0`` on ``|p + tau d| = delta``."""
+    disc = max(pd * pd - dd * (pp - delta * delta), 0.0)
+    return p + ((-pd + math.sqrt(disc)) / dd) * d
+
+
+def _steihaug(obj: Objective, z, g, gnorm, delta, max_cg):
+    """Steihaug–Toint truncated CG for ``min gᵀp + ½pᵀHp, |p| <= delta``.
+
+    Returns ``(p, on_boundary)``. One host sync per CG iteration.
+    """
+    tol = min(0.5, math.sqrt(gnorm)) * gnorm
+    p = torch.zeros_like(g)
+    r = g.clone()
+    d = -r
+    rr = gnorm**2
+    for _ in range(max_cg):
+        Hd = obj.hvp(z, d)
+        dHd, pd, dd, pp = torch.stack([d @ Hd, p @ d, d @ d, p @ p]).tolist()
+
+        if not (dHd > 0 and math.isfinite(dHd)):
+            return _to_boundary(p, d, pd, dd, pp, delta), True
+        alpha = rr / dHd
+        p_next = p + alpha * d
+        if pp + 2 * alpha * pd + alpha * alpha * dd >= delta * delta:
+            return _to_boundary(p, d, pd, dd, pp, delta), True
+        r = r + alpha * Hd
+        rr_next = float(r @ r)
+        p = p_next
+        if math.sqrt(rr_next) <= tol:
+            return p, False
+        d = -r + (rr_next / rr) * d
+        rr = rr_next
+    return p, False
+
+
+def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
+    """Trust-region Newton with a Krylov (Steihaug–Toint CG) subproblem solver.
+
+    Uses exact Hessian-vector products only, so it scales like ``newton-cg`` but
+    handles negative curvature and NaN regions through the trust region.
+    ``opts.extra``: ``initial_trust_radius`` (default 1), ``max_trust_radius``
+    (1e10), ``eta`` (0.1), ``max_cg`` (``2 n``, at least 10). Default
+    ``max_iter`` 1000.
+    """
+    method = "trust-krylov"
+    z = as_start(obj, z0)
+    f_t, g = obj.value_and_grad(z)
+    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
+    if not math.isfinite(f):
+        return nonfinite_start(z, f, method)
+    if not math.isfinite(gmax):
+        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
+    if obj.n == 0:
+        return finish(z, f, True, "no free parameters", 0, method)
+    maxit = max_iter(opts, 1000)
+    delta = float(extra(opts, "initial_trust_radius", 1.0))
+    delta_max = float(extra(opts, "max_trust_radius", 1e10))
+    eta = float(extra(opts, "eta", 0.1))
+    max_cg = int(extra(opts, "max_cg", max(10, 2 * obj.n)))
+    gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    nit = 0
+    while True:
+        if gmax <= gtol * max(1.0, abs(f)):
+            return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
+                          nit, method)
+        if nit >= maxit:
+            return finish(z, f, False, f"maximum number of iterations ({maxit}) reached", nit,
+                          method)
+        nit += 1
+        gnorm = float(torch.linalg.vector_norm(g))
+        p, on_boundary = _steihaug(obj, z, g, gnorm, delta, max_cg)
+        Hp = obj.hvp(z, p)
+        pred_t = -(g @ p + 0.5 * (p @ Hp))
+        f_new_t = obj.value(z + p)
+        pred, f_new, pnorm, zmax = torch.stack([
+            pred_t, f_new_t, torch.linalg.vector_norm(p), z.abs().max()]).tolist()
+        act = f - f_new if math.isfinite(f_new) else -math.inf
+        rho = act / pred if pred > 0 else -math.inf
+        if rho < 0.25:
+            delta = 0.25 * (pnorm if pnorm > 0 else delta)
+        elif rho > 0.75 and on_boundary:
+            delta = min(2.0 * delta, delta_max)
+        if rho > eta:
+            f_old = f
+            z = z + p
+            f_t, g = obj.value_and_grad(z)
+            f, gmax = torch.stack([f_t, g.abs().max()]).tolist()
+            if not math.isfinite(gmax):
+                return finish(z, f, False, "gradient became non-finite", nit, method)
+            if gmax <= gtol * max(1.0, abs(f)):
+                continue
+            if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
+                return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit,
+                              method)
+            if call_back(opts, nit, z, f):
+                return finish(z, f, False, "stopped by the callback", nit, method)
+        if delta <= xtol * (zmax + xtol):
+            scale = max(1.0, abs(f))
+            ok = gmax <= 1e-6 * scale or (0 < pred <= 1e-10 * scale)
             return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
                           nit, method)

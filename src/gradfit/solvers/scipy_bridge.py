@@ -25,7 +25,7 @@ from ..objective import Objective
 from ._common import as_start, finish, max_iter, nonfinite_start
 from .base import RawSolution, SolverOptions
 
-__all__ = ["SCIPY_METHODS", "scipy_lm", "trust_krylov"]
+__all__ = ["SCIPY_METHODS", "scipy_lm"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -59,7 +59,7 @@ def _verdict(obj, res, f):
 
 
 def _minimize(scipy_method, name, default_iter, options, use_grad=True, hessp=False,
-              hess=False):
+              hess=False, restarts=2):
     def solver(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         z, zn, f0 = _start(obj, z0)
         if not math.isfinite(f0):
@@ -91,16 +91,30 @@ def _minimize(scipy_method, name, default_iter, options, use_grad=True, hessp=Fa
                     raise StopIteration
 
             kw["callback"] = cb
-        try:
-            res, note = _run(lambda: so.minimize(fun, zn, method=scipy_method, options=o,
-                                                 **kw))
-        except StopIteration:
-            return finish(z, f0, False, "stopped by the callback", 0, name)
-        zt = obj.as_tensor(res.x)
-        f = float(res.fun)
-        ok = _verdict(obj, res, f)
-        msg = str(res.message) + note
-        return finish(zt, f, ok, msg, int(getattr(res, "nit", 0) or 0), name)
+        x, nit, notes = zn, 0, ""
+        for attempt in range(restarts + 1 if use_grad else 1):
+            try:
+                res, note = _run(lambda x=x: so.minimize(fun, x, method=scipy_method,
+                                                         options=o, **kw))
+            except StopIteration:
+                return finish(z, f0, False, "stopped by the callback", nit, name)
+            x, notes = res.x, notes + note
+            nit += int(getattr(res, "nit", 0) or 0)
+            f = float(res.fun)
+            ok = _verdict(obj, res, f)
+            msg = str(res.message)
+            if not (ok and use_grad):
+                break
+            # Check a claimed success against the gradient: L-BFGS-B, for one, can
+            # report "relative reduction of f" after its line search met an
+            # infinite f, far from any minimum. Restart from there if so.
+            gmax = float(np.max(np.abs(obj.scipy_fun_and_grad(res.x)[1])))
+            if gmax <= 1e-6 * max(1.0, abs(f)):
+                break
+            ok = False
+            msg = (f"{msg}, but max|grad|={gmax:.3g} is not small"
+                   + (f" after {attempt} restarts" if attempt else ""))
+        return finish(obj.as_tensor(x), f, ok, msg + notes, nit, name)
 
     solver.__name__ = name.replace("-", "_")
     solver.__doc__ = (f"``scipy.optimize.minimize(method={scipy_method!r})`` through the "
@@ -151,11 +165,6 @@ def scipy_lm(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     f = 0.5 * float(r @ r)
     return finish(zt, f, bool(res.success), str(res.message) + note, int(res.nfev), name)
 
-
-#: SciPy's Steihaug–Lanczos (GLTR) subproblem solver is hard to beat, so the
-#: un-prefixed 'trust-krylov' is this bridge too, under its own name.
-trust_krylov = _minimize("trust-krylov", "trust-krylov", 1000, {"gtol": lambda o: o.gtol},
-                         hessp=True)
 
 SCIPY_METHODS = {
     "scipy-bfgs": _minimize("BFGS", "scipy-bfgs", 2000, {"gtol": lambda o: o.gtol}),
