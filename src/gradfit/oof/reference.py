@@ -23,8 +23,9 @@ Sampling. The aperture is sampled on ``nn x nn`` cell centres over the dish's
 bounding square [-pr, pr]^2 and zero-padded to ``2 nn`` by the FFT. Padding by
 two makes the FFT bins sample P at its Nyquist spacing lambda / (4 pr), that
 is 2.44 samples per beam width 1.22 lambda / D; each beam map is the central
-``nn x nn`` block of FFT bins, so no interpolation is needed and a map of
-``nn x nn`` points costs FFTs of ``2 nn x 2 nn``. pyoof puts its aperture in
+``nn x nn`` block of FFT bins (picked by index, which is ``fftshift`` and a crop
+without copying the whole padded grid), so no interpolation is needed and a
+map of ``nn x nn`` points costs FFTs of ``2 nn x 2 nn``. pyoof puts its aperture in
 the middle of a larger grid (``box`` times the radius); where the aperture
 sits in the padded grid changes F by a linear phase only, so P is the same.
 
@@ -221,8 +222,9 @@ class OOFSetup:
         ``(1 - (r/pr)^2)^q`` of the pedestal illumination.
     s : tuple of int
         FFT size ``(2 nn, 2 nn)``.
-    crop : slice
-        The central ``nn`` FFT bins, after ``fftshift``.
+    rows, cols : integer arrays, shapes (nn, 1) and (nn,)
+        The FFT bins of the map points: frequencies ``-nn/2 .. nn/2 - 1`` in
+        numpy's unshifted FFT order (the central ``nn`` bins after ``fftshift``).
     norm : float
         Power normalisation (peak of the noiseless in-focus map at the truth).
     data : array, shape (n_maps, nn, nn)
@@ -238,7 +240,8 @@ class OOFSetup:
     B: object
     taper: object
     s: tuple
-    crop: slice
+    rows: object
+    cols: object
     norm: float
     data: object
     sigma: float
@@ -280,6 +283,8 @@ class OOFSetup:
             v = getattr(self, f.name)
             if f.name in ("U", "opd", "dz", "B", "taper", "data"):
                 arrays[f.name] = torch.as_tensor(np.asarray(v), dtype=torch.float64, device=dev)
+            elif f.name in ("rows", "cols"):
+                arrays[f.name] = torch.as_tensor(np.asarray(v), dtype=torch.int64, device=dev)
         return replace(self, **arrays)
 
 
@@ -327,7 +332,8 @@ def make_setup(
     rho, phi = r / pr, np.arctan2(Y, X)
     nl = zernike_nl(order)[1:]
     dz = np.asarray(dz, dtype=np.float64)
-    u = np.fft.fftshift(np.fft.fftfreq(2 * nn, dx))[nn // 2 : nn // 2 + nn] * wavelength
+    bins = (np.arange(nn) - nn // 2) % (2 * nn)  # FFT bins of frequencies -nn/2 .. nn/2-1
+    u = np.fft.fftfreq(2 * nn, dx)[bins] * wavelength
     return OOFSetup(
         U=zernike_basis(order, rho, phi)[1:],
         opd=gregorian_opd(r, t),
@@ -336,7 +342,8 @@ def make_setup(
         B=effelsberg_blockage(X, Y, t),
         taper=np.clip(1 - rho**2, 0, None) ** q,
         s=(2 * nn, 2 * nn),
-        crop=slice(nn // 2, nn // 2 + nn),
+        rows=bins[:, None],
+        cols=bins,
         norm=1.0,
         data=np.zeros((dz.size, nn, nn)),
         sigma=1.0,
@@ -400,7 +407,7 @@ def model_power_numpy(theta, st: OOFSetup) -> np.ndarray:
     Ea = i_amp * (C + (1.0 - C) * st.taper)
     phase = 2 * pi * (np.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
     E = st.B * Ea * np.exp(1j * phase)
-    F = np.fft.fftshift(np.fft.fft2(E, st.s), (-2, -1))[:, st.crop, st.crop]
+    F = np.fft.fft2(E, st.s)[:, st.rows, st.cols]
     return (F.real**2 + F.imag**2) / st.norm
 
 
@@ -424,7 +431,7 @@ def neg_log_likelihood_numpy(theta, st: OOFSetup) -> float:
     Ea = i_amp * (C + (1.0 - C) * st.taper)
     phase = 2 * pi * (np.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
     E = st.B * Ea * np.exp(1j * phase)
-    F = np.fft.fftshift(np.fft.fft2(E, st.s), (-2, -1))[:, st.crop, st.crop]
+    F = np.fft.fft2(E, st.s)[:, st.rows, st.cols]
     P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * np.sum(((P - st.data) / st.sigma) ** 2)
 
@@ -451,7 +458,7 @@ def neg_log_likelihood_torch(theta, st: OOFSetup):
     Ea = i_amp * (C + (1.0 - C) * st.taper)
     phase = 2 * pi * (torch.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
     E = st.B * Ea * torch.exp(1j * phase)
-    F = torch.fft.fftshift(torch.fft.fft2(E, st.s), (-2, -1))[:, st.crop, st.crop]
+    F = torch.fft.fft2(E, st.s)[:, st.rows, st.cols]
     P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * torch.sum(((P - st.data) / st.sigma) ** 2)
 
@@ -469,6 +476,6 @@ def neg_log_likelihood_jax(theta, st: OOFSetup):
     Ea = i_amp * (C + (1.0 - C) * st.taper)
     phase = 2 * pi * (jnp.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
     E = st.B * Ea * jnp.exp(1j * phase)
-    F = jnp.fft.fftshift(jnp.fft.fft2(E, st.s), (-2, -1))[:, st.crop, st.crop]
+    F = jnp.fft.fft2(E, st.s)[:, st.rows, st.cols]
     P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * jnp.sum(((P - st.data) / st.sigma) ** 2)
