@@ -52,9 +52,9 @@ FULL = {
     "sizes": (32, 64, 128, 256, 512, 1024),
     "size_order": 5,
     "orders": (2, 3, 4, 5, 6, 7, 8, 9),
-    "params_nn": 128,
-    "repeats": 7,
-    "numpy_fit_cap_s": 120.0,
+    "params_nn": 64,
+    "repeats": 5,
+    "numpy_fit_cap_s": 60.0,
     "generic_nn": 128,
     "generic_sources": 5,
 }
@@ -277,11 +277,14 @@ def _gradfit_available() -> bool:
 
 
 # ------------------------------------------------------------------- timing
-def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0, warmup=None) -> float:
+def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0, warmup=None,
+                 with_min=False):
     """Median wall time of ``fn()`` after one warm-up call (of ``warmup`` if given).
 
     Stops early (at least one timed call) once ``budget_s`` is spent, so the slow
-    NumPy finite-difference cases do not dominate the run.
+    NumPy finite-difference cases do not dominate the run. With ``with_min``,
+    returns ``(median, min)``: the minimum is the figure least disturbed by other
+    processes on a shared machine.
     """
     (warmup or fn)()
     if sync is not None:
@@ -296,6 +299,8 @@ def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0, warmup=Non
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - t_start > budget_s:
             break
+    if with_min:
+        return float(statistics.median(times)), float(min(times))
     return float(statistics.median(times))
 
 
@@ -444,11 +449,13 @@ def _measure(problem, impls_wanted, repeats, cap_s, gradfit_methods, log, cuda_o
     for impl in impls:
         x = np.asarray(theta0, np.float64)
         slow = impl.name == "numpy-fd"
-        t_f = _median_time(lambda impl=impl, x=x: impl.f(x), repeats, impl.sync)
+        t_f, t_f_min = _median_time(lambda impl=impl, x=x: impl.f(x), repeats, impl.sync,
+                                    with_min=True)
         # finite differences are P + 1 calls of f, already warm: no second warm-up
-        t_fg = _median_time(lambda impl=impl, x=x: impl.fg(x), repeats, impl.sync,
-                            budget_s=20.0 if slow else 10.0,
-                            warmup=(lambda impl=impl, x=x: impl.f(x)) if slow else None)
+        t_fg, t_fg_min = _median_time(
+            lambda impl=impl, x=x: impl.fg(x), repeats, impl.sync,
+            budget_s=20.0 if slow else 10.0, with_min=True,
+            warmup=(lambda impl=impl, x=x: impl.f(x)) if slow else None)
         for rep in impl.fit(x):
             row = {
                 "impl": impl.name,
@@ -457,6 +464,8 @@ def _measure(problem, impls_wanted, repeats, cap_s, gradfit_methods, log, cuda_o
                 "n_data": int(np.asarray(st.data).size),
                 "t_f_s": t_f,
                 "t_eval_s": t_fg,
+                "t_f_min_s": t_f_min,
+                "t_eval_min_s": t_fg_min,
                 "autodiff_overhead": (t_fg / t_f) if not slow else None,
                 "fd_cost_ratio": (t_fg / t_f) if slow else None,
                 "t_fit_s": rep.time_s,
@@ -573,7 +582,7 @@ def _thread_rows(sizes, order, repeats, seed, log):
 def run(quick: bool = False, out: str | None = None, json_out: bool = False, *,
         sizes=None, size_order=None, orders=None, params_nn=None, repeats=None,
         impls=("numpy-fd", "torch-cpu", "torch-cuda", "jax"), numpy_fit_cap_s=None,
-        gradfit_methods=GRADFIT_METHODS, generic=True, generic_nn=None, generic_sources=None,
+        gradfit_methods=None, generic=True, generic_nn=None, generic_sources=None,
         threads=1, threads_check=True, seed=0, log=None) -> dict:
     """Run the benchmark and return its results as one JSON-ready dict.
 
@@ -601,8 +610,10 @@ def run(quick: bool = False, out: str | None = None, json_out: bool = False, *,
         are skipped, with a note, where CUDA or JAX is absent.
     numpy_fit_cap_s : float, optional
         Wall-time cap of each NumPy finite-difference fit.
-    gradfit_methods : sequence of str
+    gradfit_methods : sequence of str, optional
         ``gradfit.minimize`` methods for the extra torch fits; empty to skip them.
+        Default: ``("bfgs", "lbfgs")`` for the quick run, ``("lbfgs",)`` for the full one
+        (the faster of the two in the quick runs on this machine).
     generic : bool
         Also time the 2-D Gaussian sources model (``"generic"`` rows).
     generic_nn, generic_sources : int, optional
@@ -642,6 +653,8 @@ def run(quick: bool = False, out: str | None = None, json_out: bool = False, *,
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
 
+    if gradfit_methods is None:
+        gradfit_methods = GRADFIT_METHODS if quick else ("lbfgs",)
     n_threads0 = torch.get_num_threads()
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
@@ -698,7 +711,7 @@ def _run(quick, out, json_out, cfg, impls, gradfit_methods, generic, sizes, thre
     thread_rows = []
     if threads_check and "torch-cpu" in impls:
         log("torch-cpu threads")
-        thread_rows = _thread_rows(cfg_sizes if quick else [s for s in cfg_sizes if s <= 512],
+        thread_rows = _thread_rows([s for s in cfg_sizes if s <= 256],
                                    cfg["size_order"], cfg["repeats"], seed, log)
 
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -825,12 +838,86 @@ def summarise(report: dict) -> str:
     return "".join(parts) + "."
 
 
+def markdown_tables(report: dict) -> str:
+    """The size and parameter sweeps (and the generic model) as Markdown tables.
+
+    One line per problem: f+∇f per implementation, the speed-up of autodiff over
+    finite differences, the autodiff overhead t(f+∇f)/t(f), the fit times and the
+    fit speed-up (``≥`` where the NumPy fit was capped), iterations, and how
+    closely the fits agree on −log L.
+    """
+    out = []
+    rows_all = report["results"] + report.get("generic", [])
+    impls = [i for i in ("numpy-fd", "torch-cpu", "torch-cuda", "jax")
+             if any(r["impl"] == i for r in rows_all)]
+    for kind, title in (("size", "Against data size"), ("params", "Against parameter count"),
+                        ("gaussians2d", "Generic model: 2-D Gaussian sources, Cauchy")):
+        rows = [r for r in rows_all if r["kind"] == kind]
+        if not rows:
+            continue
+        keys = list(dict.fromkeys((r["nn"], r["n_params"]) for r in rows))
+        ev_cols = [f"f+∇f {i} (s)" for i in impls]
+        fit_cols = [f"fit {i} (s)" for i in impls]
+        head = ["nn", "P", *ev_cols, "× f+∇f", "AD f+∇f / f", *fit_cols, "× fit",
+                "iters (fd / AD)", "−log L rel. diff"]
+        out += [f"**{title}**", "", "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head)]
+        for nn, p in keys:
+            rs = [r for r in rows if r["nn"] == nn and r["n_params"] == p]
+            by = {}
+            for r in rs:
+                by.setdefault(r["impl"], []).append(r)
+            base = by.get("numpy-fd", [None])[0]
+            torch_rows = by.get("torch-cpu", [])
+            bfgs = next((r for r in torch_rows if r["method"] == "scipy-bfgs+autodiff"), None)
+            best = min(torch_rows, key=lambda r: r["t_fit_s"]) if torch_rows else None
+            cells = [str(nn), str(p)]
+            cells += [f"{by[i][0]['t_eval_s']:.3g}" if i in by else "–" for i in impls]
+            cells.append(f"{base['t_eval_s'] / bfgs['t_eval_s']:.1f}" if base and bfgs else "–")
+            cells.append(f"{bfgs['autodiff_overhead']:.2f}" if bfgs else "–")
+            for i in impls:
+                if i not in by:
+                    cells.append("–")
+                    continue
+                fits = ", ".join(
+                    f"{r['t_fit_s']:.3g}{'*' if r['capped'] else ''}"
+                    + (f" ({r['method'].replace('scipy-bfgs+autodiff', 'BFGS')})"
+                       if i.startswith("torch") else "") for r in by[i])
+                cells.append(fits)
+            if base and best:
+                lb = "≥" if base["capped"] else ""
+                cells.append(f"{lb}{base['t_fit_s'] / best['t_fit_s']:.1f}")
+            else:
+                cells.append("–")
+            cells.append(f"{base['n_iter']}{'*' if base['capped'] else ''} / {bfgs['n_iter']}"
+                         if base and bfgs else "–")
+            agree = [r["rel_diff_nll_vs_best"] for r in rs if not r["capped"]]
+            cells.append(f"{max(agree):.0e}" if agree else "–")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out.append("`*`: the NumPy fit hit its wall-time cap "
+               f"({report['config'].get('numpy_fit_cap_s')} s); its fit speed-up is then a "
+               "lower bound. × columns: NumPy + finite differences over torch-cpu "
+               "(f+∇f: scipy BFGS's autodiff pass; fit: the fastest torch-cpu fit).")
+    th = report.get("threads") or []
+    if th:
+        keys = [k for k in th[0] if k.startswith("t_eval_")]
+        out += ["", "**torch-cpu f+∇f against thread count**", "",
+                "| nn | " + " | ".join(k[7:-2].replace("thread", " thread(s)") + " (s)"
+                                       for k in keys) + " |",
+                "|---|" + "---|" * len(keys)]
+        for r in th:
+            out.append(f"| {r['nn']} | " + " | ".join(f"{r[k]:.3g}" for k in keys) + " |")
+    return "\n".join(out) + "\n"
+
+
 def write_outputs(report: dict, out: str, figures: bool = True) -> None:
-    """Write ``bench.json``, ``summary.txt`` and (``figures``) the two log-log PNGs into ``out``."""
+    """Write ``bench.json``, ``summary.txt``, ``tables.md`` and (``figures``) two PNGs."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     (d / "bench.json").write_text(json.dumps(_jsonable(report), indent=1))
     (d / "summary.txt").write_text(report["summary"] + "\n\n" + format_table(report) + "\n")
+    (d / "tables.md").write_text(markdown_tables(report))
     if figures:
         _figures(report, d)
 
