@@ -84,7 +84,8 @@ class _Group(click.Group):
 def _stderr_console():
     from rich.console import Console
 
-    return Console(file=sys.stderr, highlight=False)
+    # soft_wrap: lines are not broken at 80 columns when stderr is not a terminal
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
 def _read_observation(path):
@@ -280,37 +281,34 @@ def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
         )
 
 
-def _progress_fit(fit_fn, obs, kwargs, quiet):
-    """Run the fit with a live status line on stderr (rich)."""
-    import inspect
+_STAGES = {"grid": "choosing the aperture grid", "fit": "fitting", "done": "done"}
 
+
+def _progress_fit(fit_fn, obs, kwargs, quiet):
+    """Run the fit with a live status line on stderr (rich).
+
+    ``oof.fit`` calls ``progress(info)`` with a dict holding ``stage`` and, while
+    minimising, ``nit``, ``fun`` and ``start`` (index of a multi-start).
+    """
     if quiet:
         return fit_fn(obs, **kwargs)
     console = _stderr_console()
-    state = {"n": 0, "t0": time.perf_counter()}
-    with console.status("fitting ...", spinner="dots") as status:
+    t0 = time.perf_counter()
+    with console.status("reading the model ...", spinner="dots") as status:
 
-        def progress(*args, **kw):
-            state["n"] += 1
-            info = kw or (args[0] if len(args) == 1 and isinstance(args[0], dict) else {})
-            parts = [f"step {info.get('nit', info.get('iteration', state['n']))}"]
-            for key in ("nll", "fun", "neg_log_likelihood", "cost"):
-                if key in info:
-                    parts.append(f"{key} {float(info[key]):.6g}")
-                    break
-            else:
-                if len(args) >= 2 and isinstance(args[1], (int, float)):
-                    parts.append(f"f {float(args[1]):.6g}")
-            parts.append(f"{time.perf_counter() - state['t0']:.1f} s")
-            status.update("fitting: " + ", ".join(parts))
+        def progress(info=None, **kw):
+            info = dict(info or {}, **kw)
+            parts = [_STAGES.get(info.get("stage"), str(info.get("stage", "fitting")))]
+            if info.get("start"):
+                parts.append(f"start {int(info['start']) + 1}")
+            if info.get("nit") is not None:
+                parts.append(f"iteration {info['nit']}")
+            if isinstance(info.get("fun"), (int, float)):
+                parts.append(f"-log L {float(info['fun']):.6g}")
+            parts.append(f"{time.perf_counter() - t0:.1f} s")
+            status.update(", ".join(parts))
 
-        try:
-            accepts = "progress" in inspect.signature(fit_fn).parameters
-        except (TypeError, ValueError):
-            accepts = False
-        if accepts:
-            kwargs = dict(kwargs, progress=progress)
-        return fit_fn(obs, **kwargs)
+        return fit_fn(obs, progress=progress, **kwargs)
 
 
 def _summary(sol_dict: dict, console) -> None:
@@ -335,12 +333,16 @@ def _summary(sol_dict: dict, console) -> None:
     if nuis:
         items = []
         for k, v in nuis.items():
-            if isinstance(v, dict):
-                items.append(
-                    f"{k} = {v.get('value', float('nan')):.4g} ± {v.get('error', float('nan')):.2g}"
-                )
-            else:
+            if not isinstance(v, dict):
                 items.append(f"{k} = {v}")
+            elif isinstance(v.get("value"), (int, float)):
+                err = v.get("error")
+                if isinstance(err, (int, float)) and err > 0:
+                    items.append(f"{k} = {v['value']:.4g} ± {err:.2g}")
+                else:
+                    items.append(f"{k} = {v['value']:.4g} (fixed)")
+            else:
+                items.append(f"{k} = {v.get('value')}")
         console.print("nuisance: " + ", ".join(items))
     rms = sol_dict.get("surface_rms_um")
     status = "converged" if fit.get("success") else "FAILED"
@@ -351,7 +353,14 @@ def _summary(sol_dict: dict, console) -> None:
         line += f", {float(fit['time_s']):.2f} s"
     console.print(line)
     if isinstance(rms, (int, float)):
-        console.print(f"surface rms: {rms:.1f} µm")
+        line = f"surface rms: {rms:.1f} µm"
+        w = sol_dict.get("surface_rms_weighted_um")
+        if isinstance(w, (int, float)):
+            line += f" (illumination-weighted {w:.1f} µm)"
+        ruze = sol_dict.get("ruze_efficiency")
+        if isinstance(ruze, (int, float)):
+            line += f", Ruze efficiency {ruze:.3f}"
+        console.print(line)
 
 
 def _write_outputs(sol, obs, out: Path, input_path, settings: dict) -> dict:

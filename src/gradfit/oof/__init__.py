@@ -3,9 +3,6 @@
 >>> from gradfit import oof
 >>> obs = oof.read("obs.fits")                      # doctest: +SKIP
 >>> sol = oof.fit(obs, order=5, telescope="effelsberg")   # doctest: +SKIP
-
-The reading and writing functions are light; :func:`simulate`, :func:`fit` and
-:func:`get_telescope` load the PyTorch model on first use.
 """
 
 from __future__ import annotations
@@ -14,6 +11,10 @@ import importlib
 
 from gradfit.oof.io import OOFDataError, read, write, write_solution
 from gradfit.oof.observation import BeamMap, Observation
+
+# imported here, not lazily: the submodule 'simulate' would otherwise shadow the function
+from gradfit.oof.simulate import simulate
+from gradfit.oof.telescope import get_telescope
 
 __all__ = [
     "BeamMap",
@@ -27,13 +28,8 @@ __all__ = [
     "write_solution",
 ]
 
-# name -> module that defines it; loaded on first access so that reading a file
-# (and the CLI's start-up) does not import torch
-_LAZY = {
-    "simulate": "gradfit.oof.simulate",
-    "fit": "gradfit.oof.solve",
-    "get_telescope": "gradfit.oof.telescope",
-}
+# loaded on first access until gradfit.oof.solve is committed
+_LAZY = {"fit": "gradfit.oof.solve"}
 
 
 def __getattr__(name: str):

@@ -194,6 +194,7 @@ def plot_surface(
     title: str | None = None,
     rms_um: float | None = None,
     telescope=None,
+    weighted_rms_um: float | None = None,
 ):
     """Draw the surface-error map (µm) with the aperture outline.
 
@@ -215,6 +216,8 @@ def plot_surface(
     telescope : Telescope, optional
         When given (with ``extent_m``), the outline of its illuminated aperture (rim,
         central blockage, support-leg shadows) is drawn instead of plain circles.
+    weighted_rms_um : float, optional
+        Illumination-weighted rms, quoted in the title beside the plain rms.
 
     Returns
     -------
@@ -227,8 +230,8 @@ def plot_surface(
     finite = data[np.isfinite(data)]
     if rms_um is None and finite.size:
         rms_um = float(np.sqrt(np.mean((finite - finite.mean()) ** 2)))
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.92)
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig.subplots_adjust(left=0.12, right=0.94, bottom=0.1, top=0.88)
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
     kw = dict(origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     if extent_m is not None:
@@ -255,15 +258,17 @@ def plot_surface(
     cb.set_label("surface error (µm)")
     head = title or "Surface error"
     if rms_um is not None:
-        head += f" — rms {rms_um:.1f} µm"
-    ax.set_title(head)
+        head += f"\nrms {rms_um:.1f} µm"
+        if weighted_rms_um is not None:
+            head += f" (illumination-weighted {weighted_rms_um:.1f} µm)"
+    ax.set_title(head, fontsize=11)
     if path is not None:
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
 
 
-def _outline(ax, telescope, n: int = 801) -> None:
+def _outline(ax, telescope, n: int = 501) -> None:
     """Contour of the telescope's illuminated aperture (rim, blockage, legs)."""
     r = float(telescope.primary_radius_m) * 1.02
     x = np.linspace(-r, r, n)
@@ -306,6 +311,10 @@ def _telescope_radii(name):
             inner = float(getattr(tel, attr))
             break
     return rim, inner
+
+
+def _number(x):
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[Path]:
@@ -376,8 +385,9 @@ def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[
             radius_m=rim,
             inner_radius_m=inner,
             title=f"Surface error, {tel_name or obs.telescope or 'telescope'}",
-            rms_um=float(rms) if isinstance(rms, (int, float)) else None,
+            rms_um=_number(rms),
             telescope=tel,
+            weighted_rms_um=_number(sol.get("surface_rms_weighted_um")),
         )
         written.append(p)
     return written
