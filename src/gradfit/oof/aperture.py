@@ -25,7 +25,7 @@ from .zernike import zernike_basis
 __all__ = ["ApertureGrid", "aperture_grid", "choose_grid_size", "GRID_LADDER"]
 
 #: grid sizes (cells across the diameter) tried by :func:`choose_grid_size`
-GRID_LADDER = (48, 64, 96, 128, 192, 256, 384, 512)
+GRID_LADDER = (64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclass(frozen=True, eq=False)

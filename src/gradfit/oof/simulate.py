@@ -150,6 +150,7 @@ def simulate(
         p = {"K": K[1:], "c_dB": c_dB, "q": q, "x0": x0, "y0": y0}
         with torch.no_grad():
             P = model(p).cpu().numpy().reshape(len(dzs), -1)
+        rms_notilt = phase_rms_notilt(K, order)
     ref = int(np.argmin(np.abs(dzs)))
     peak = float(P[ref].max())
     P = P / peak
@@ -173,7 +174,7 @@ def simulate(
         "wavelength_m": lam,
         "grid": int(grid),
         "power_noiseless": P.tolist(),
-        "phase_rms_rad_notilt": phase_rms_notilt(K, order),
+        "phase_rms_rad_notilt": rms_notilt,
     }
     obs.meta = {"OBJECT": "simulated point source", "TELESCOP": tel.name, "SEED": int(seed),
                 "SNR": float(snr), "NOISE": sigma}

@@ -43,19 +43,26 @@ def _check_order(order) -> int:
     return int(order)
 
 
-def radial_poly(n: int, m: int, rho):
+def _radial_coeffs(n: int, m: int) -> list[tuple[int, float]]:
+    """``[(power, coefficient), ...]`` of ``R_n^m``."""
+    return [
+        (n - 2 * s, (-1) ** s * factorial(n - s)
+         / (factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s)))
+        for s in range((n - m) // 2 + 1)
+    ]
+
+
+def radial_poly(n: int, m: int, rho, powers: dict | None = None):
     """Radial polynomial ``R_n^m(rho)`` (``m >= 0``, ``n - m`` even), with ``R_n^m(1) = 1``.
 
-    Works on numpy arrays and torch tensors alike.
+    Works on numpy arrays and torch tensors alike; ``powers`` (``k -> rho**k``)
+    may hold precomputed powers.
     """
     if m < 0 or m > n or (n - m) % 2:
         raise ValueError(f"R_n^m needs 0 <= m <= n and n - m even, got n={n}, m={m}")
     out = 0.0 * rho
-    for s in range((n - m) // 2 + 1):
-        c = (-1) ** s * factorial(n - s) / (
-            factorial(s) * factorial((n + m) // 2 - s) * factorial((n - m) // 2 - s)
-        )
-        out = out + c * rho ** (n - 2 * s)
+    for k, c in _radial_coeffs(n, m):
+        out = out + c * (powers[k] if powers is not None else rho**k)
     return out
 
 
@@ -85,11 +92,14 @@ def zernike_basis(order: int, rho, theta, *, device=None, dtype=torch.float64) -
     if rho.shape != theta.shape:
         raise ValueError(f"rho and theta must have the same shape, got {tuple(rho.shape)} "
                          f"and {tuple(theta.shape)}")
+    powers = {0: torch.ones_like(rho)}
+    for k in range(1, order + 1):
+        powers[k] = powers[k - 1] * rho
     rows = []
     trig = {}
     for n, l in labels:
         m = abs(l)
         if (m, l >= 0) not in trig:
             trig[m, l >= 0] = torch.cos(m * theta) if l >= 0 else torch.sin(m * theta)
-        rows.append(radial_poly(n, m, rho) * trig[m, l >= 0])
+        rows.append(radial_poly(n, m, rho, powers) * trig[m, l >= 0])
     return torch.stack(rows)
