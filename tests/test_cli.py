@@ -348,3 +348,69 @@ def test_plot_redraws_from_directory(tmp_path):
     io.write(io.read(DATA / "eff-n5-snr1000.fits"), tmp_path / "model.fits")
     line = one_line_error(run("oof", "plot", tmp_path))
     assert "model.fits: model maps do not match" in line
+
+
+@pytest.fixture(scope="module")
+def tiny_sim(tmp_path_factory):
+    """A small simulated observation (9 x 9 points per map, order 2) as a FITS file."""
+    if not (HAVE_SIMULATE and HAVE_SOLVE):
+        pytest.skip("OOF model not written yet")
+    from gradfit.oof import io, simulate
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.fits"
+    io.write(simulate(order=2, npix=9, snr=1000, seed=3), path)
+    return path
+
+
+def test_failed_fit_exits_1_and_still_writes(tiny_sim, tmp_path):
+    r = run(
+        "oof",
+        "fit",
+        tiny_sim,
+        "--order",
+        2,
+        "--out",
+        tmp_path,
+        "--max-iter",
+        1,
+        "-q",
+        "--json",
+        "--no-figures",
+    )
+    assert r.exit_code == 1, (r.output, r.exception)
+    sol = json.loads(r.stdout)
+    assert sol["fit"]["success"] is False
+    assert r.stderr.strip().splitlines()[-1].startswith("gradfit: error: fit failed: maximum")
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "solution.json").exists() and not (tmp_path / "maps.png").exists()
+
+
+def test_order_too_high_for_map_size(tiny_sim, tmp_path):
+    line = one_line_error(run("oof", "fit", tiny_sim, "--order", 12, "--out", tmp_path))
+    assert "order 12 is too high for the map size" in line
+
+
+def test_cauchy_fit_with_masked_nan_pixels(tiny_sim, tmp_path):
+    with fits.open(tiny_sim) as h:
+        h["PLUS OOF"].data["BEAM"][[4, 40]] = np.nan
+        h.writeto(tmp_path / "nan.fits")
+    r = run(
+        "oof",
+        "fit",
+        tmp_path / "nan.fits",
+        "--order",
+        2,
+        "--out",
+        tmp_path / "res",
+        "--likelihood",
+        "cauchy",
+        "--json",
+        "-q",
+    )
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "masked 2 of 81 samples" in r.stderr
+    sol = json.loads(r.stdout)
+    assert sol["input"]["points_per_map"] == [81, 81, 79]
+    assert "cauchy" in sol["fit"]["likelihood"].lower()
+    assert sol["settings"]["likelihood"] == "cauchy"
+    assert (tmp_path / "res" / "maps.png").exists()

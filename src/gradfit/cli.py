@@ -363,7 +363,7 @@ def _summary(sol_dict: dict, console) -> None:
         console.print(line)
 
 
-def _write_outputs(sol, obs, out: Path, input_path, settings: dict) -> dict:
+def _write_outputs(sol, obs, out: Path, input_path, settings: dict, figures=True) -> dict:
     """solution.json, phase/surface FITS, model.fits and the figures."""
     from gradfit.oof import io, plots
 
@@ -379,13 +379,14 @@ def _write_outputs(sol, obs, out: Path, input_path, settings: dict) -> dict:
     try:
         data = io.write_solution(sol, out, extra=extra)
         io.write_maps(obs, sol.model_maps(), out / "model.fits")
-        plots.plot_dir(out, obs)
+        if figures:
+            plots.plot_dir(out, obs)
     except OSError as exc:
         raise CLIError(f"--out {out}: cannot write results ({exc.strerror or exc})") from None
     return data
 
 
-def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet):
+def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None):
     """oof.fit with CLI error mapping: bad settings → exit 2, crash → exit 1."""
     import inspect
 
@@ -397,6 +398,8 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
     kwargs = dict(
         order=order, telescope=telescope, likelihood=likelihood, method=method, device=device
     )
+    if max_iter is not None:
+        kwargs["max_iter"] = max_iter
     if errors not in _ERRORS_IMPLEMENTED:
         try:
             accepts = fit is not None and "errors" in inspect.signature(fit).parameters
@@ -473,8 +476,30 @@ def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
     show_default=True,
     help="How coefficient errors are computed.",
 )
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Iteration limit of the minimiser (default: the solver's).",
+)
+@click.option(
+    "--figures/--no-figures", default=True, show_default=True, help="Draw maps.png and surface.png."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
-def fit_cmd(file, order, likelihood, method, device, telescope, out, as_json, errors, quiet):
+def fit_cmd(
+    file,
+    order,
+    likelihood,
+    method,
+    device,
+    telescope,
+    out,
+    as_json,
+    errors,
+    max_iter,
+    figures,
+    quiet,
+):
     """Fit Zernike coefficients to the beam maps in FILE and write results to --out."""
     obs = _read_observation(file)
     tel = _telescope(telescope, obs, file)
@@ -489,6 +514,7 @@ def fit_cmd(file, order, likelihood, method, device, telescope, out, as_json, er
         telescope=tel,
         errors=errors,
         quiet=quiet,
+        max_iter=max_iter,
     )
     settings = dict(
         order=order,
@@ -497,14 +523,14 @@ def fit_cmd(file, order, likelihood, method, device, telescope, out, as_json, er
         device=device,
         telescope=tel.name,
         errors=errors,
+        max_iter=max_iter,
     )
-    data = _write_outputs(sol, obs, out, file, settings)
+    data = _write_outputs(sol, obs, out, file, settings, figures=figures)
     if not quiet:
-        click.echo(
-            f"wrote {out}/: solution.json, phase.fits, surface.fits, model.fits, "
-            "maps.png, surface.png",
-            err=True,
-        )
+        names = "solution.json, phase.fits, surface.fits, model.fits"
+        if figures:
+            names += ", maps.png, surface.png"
+        click.echo(f"wrote {out}/: {names}", err=True)
     return _finish(sol, data, as_json, quiet)
 
 
