@@ -7,19 +7,18 @@
 
 from __future__ import annotations
 
-import importlib
-
 from gradfit.oof.io import OOFDataError, read, write, write_solution
 from gradfit.oof.observation import BeamMap, Observation
-
-# imported here, not lazily: the submodule 'simulate' would otherwise shadow the function
 from gradfit.oof.simulate import simulate
-from gradfit.oof.telescope import get_telescope
+from gradfit.oof.solve import Solution, fit
+from gradfit.oof.telescope import Telescope, get_telescope
 
 __all__ = [
     "BeamMap",
     "OOFDataError",
     "Observation",
+    "Solution",
+    "Telescope",
     "fit",
     "get_telescope",
     "read",
@@ -27,18 +26,3 @@ __all__ = [
     "write",
     "write_solution",
 ]
-
-# loaded on first access until gradfit.oof.solve is committed
-_LAZY = {"fit": "gradfit.oof.solve"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gradfit.oof' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
