@@ -1,0 +1,142 @@
+"""Surface-error uncertainty maps: propagation against Monte Carlo refits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gradfit
+from gradfit.oof.uncertainty import (
+    surface_error_map,
+    surface_error_map_from_samples,
+    surface_maps,
+)
+from gradfit.oof.zernike import zernike_basis
+
+WAVELENGTH = 9.4e-3  # 32 GHz
+ORDER = 4
+
+
+@pytest.fixture(scope="module")
+def grid():
+    n = 48
+    ax = -1 + (np.arange(n) + 0.5) * (2 / n)
+    X, Y = np.meshgrid(ax, ax)
+    rho, th = np.hypot(X, Y), np.arctan2(Y, X)
+    mask = (rho <= 1.0) & (rho >= 0.1)  # a subreflector blockage in the middle
+    U = zernike_basis(ORDER, rho, th).numpy()
+    return X, Y, mask, U
+
+
+def _rms(a, mask):
+    return float(np.sqrt(np.mean(a[mask] ** 2)))
+
+
+def test_monte_carlo_refits_match_the_predicted_map(grid):
+    """50 noise realisations of a linear-Gaussian Zernike problem, refitted with gradfit:
+    the pixel scatter of the fitted surface maps matches the propagated covariance."""
+    X, Y, mask, U = grid
+    rng = np.random.default_rng(11)
+    npts, sigma = 250, 0.3  # phase samples (radians) at random points of the aperture
+    r = np.sqrt(rng.uniform(0.01, 1.0, npts))
+    t = rng.uniform(-np.pi, np.pi, npts)
+    Up = zernike_basis(ORDER, r, t).numpy()  # (K, npts)
+    K = Up.shape[0]
+    K_true = np.concatenate([[0.0], 0.1 * rng.normal(size=K - 1)])  # waves, piston 0
+    Ut = torch.as_tensor(Up[1:])
+
+    def model(p, x):
+        # phase in radians from the coefficients in waves (piston not fitted, as in OOF)
+        return 2 * math.pi * (p["K"] @ x)
+
+    maps, cov = [], None
+    lik = gradfit.Gaussian(sigma=sigma)
+    for _ in range(50):
+        y = 2 * math.pi * K_true @ Up + sigma * rng.normal(size=npts)
+        res = gradfit.fit(model, Ut, y, {"K": np.zeros(K - 1)}, likelihood=lik, method="lm")
+        assert res.success
+        K_fit = np.concatenate([[0.0], res.params["K"]])
+        maps.append(surface_maps(K_fit, U, WAVELENGTH, unit="waves", mask=mask))
+        if cov is None:  # the model is linear: the covariance is the same every time
+            cov = np.zeros((K, K))
+            cov[1:, 1:] = res.cov
+    scatter = np.std(np.stack(maps), axis=0, ddof=1)
+    predicted = surface_error_map(U, cov, WAVELENGTH, unit="waves", mask=mask)
+    assert np.all(np.isnan(predicted[~mask])) and np.all(np.isfinite(predicted[mask]))
+    ratio = _rms(scatter, mask) / _rms(predicted, mask)
+    assert 0.8 < ratio < 1.2, ratio
+    # pixel by pixel the 50-sample scatter is within its own sampling noise (~10 %)
+    assert 0.85 < np.median(scatter[mask] / predicted[mask]) < 1.15
+
+    # the same map from posterior-like samples of the coefficients
+    draws = rng.multivariate_normal(cov[:, 0] * 0, cov, size=4000)
+    from_samples = surface_error_map_from_samples(draws, U, WAVELENGTH, unit="waves",
+                                                  mask=mask)
+    assert _rms(from_samples, mask) / _rms(predicted, mask) == pytest.approx(1.0, abs=0.05)
+
+
+def test_piston_tilt_removal_matches_a_least_squares_plane(grid):
+    X, Y, mask, U = grid
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=U.shape[0])
+    got = surface_maps(c, U, WAVELENGTH, unit="rad", mask=mask)
+    phase = np.tensordot(c, U, axes=1)[mask]
+    A = np.stack([np.ones(mask.sum()), X[mask], Y[mask]], axis=1)
+    phase = phase - A @ np.linalg.lstsq(A, phase, rcond=None)[0]
+    np.testing.assert_allclose(got[mask], phase * WAVELENGTH / (4 * np.pi) * 1e6,
+                               rtol=1e-9, atol=1e-9)
+    # piston and tilt coefficients alone give a zero map, and zero uncertainty
+    cov = np.zeros((U.shape[0],) * 2)
+    cov[:3, :3] = np.eye(3)
+    assert np.nanmax(surface_error_map(U, cov, WAVELENGTH, mask=mask)) < 1e-9
+
+
+def test_single_coefficient_without_removal_is_analytic(grid):
+    X, Y, mask, U = grid
+    k, var = 4, 0.02**2  # defocus term (2, 0), in waves
+    cov = np.zeros((U.shape[0],) * 2)
+    cov[k, k] = var
+    got = surface_error_map(U.reshape(U.shape[0], -1), cov, WAVELENGTH, unit="waves",
+                            remove="none")
+    expected = np.abs(U[k].reshape(-1)) * math.sqrt(var) * 2 * math.pi * WAVELENGTH \
+        / (4 * math.pi) * 1e6
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # 'piston' removes the mean over the open pixels
+    p = surface_error_map(U, cov, WAVELENGTH, unit="waves", remove="piston", mask=mask)
+    scale = math.sqrt(var) * 2 * math.pi * WAVELENGTH / (4 * math.pi) * 1e6
+    np.testing.assert_allclose(p[mask], np.abs(U[k][mask] - U[k][mask].mean()) * scale,
+                               rtol=1e-9)
+    w = surface_error_map(U, cov, WAVELENGTH, unit="waves", mask=mask,
+                          weights=np.where(mask, 1.0 + X**2, 0.0))
+    assert np.all(np.isfinite(w[mask]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cov": np.eye(3)}, r"cov has shape \(3, 3\); the basis has 15 rows"),
+        ({"cov": np.full((15, 15), np.nan)}, "cov is not finite"),
+        ({"wavelength_m": 9.4}, "over a metre"),
+        ({"wavelength_m": -1.0}, "positive number of metres"),
+        ({"unit": "deg"}, "unknown unit 'deg'"),
+        ({"remove": "tilt"}, "unknown remove='tilt'"),
+        ({"mask": np.ones((3, 3), bool)}, "mask has shape"),
+        ({"mask": np.zeros((48, 48), bool)}, "no open pixels"),
+    ],
+)
+def test_bad_input(grid, kwargs, match):
+    _, _, mask, U = grid
+    args = {"basis": U, "cov": np.eye(15), "wavelength_m": WAVELENGTH, "mask": mask, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        surface_error_map(**args)
+
+
+def test_bad_samples(grid):
+    _, _, mask, U = grid
+    with pytest.raises(ValueError, match=r"shape \(S, K\) with S >= 2"):
+        surface_error_map_from_samples(np.zeros((1, 15)), U, WAVELENGTH)
+    with pytest.raises(ValueError, match=r"coeffs must have shape \(15,\)"):
+        surface_maps(np.zeros(4), U, WAVELENGTH)
