@@ -414,3 +414,18 @@ def test_cauchy_fit_with_masked_nan_pixels(tiny_sim, tmp_path):
     assert "cauchy" in sol["fit"]["likelihood"].lower()
     assert sol["settings"]["likelihood"] == "cauchy"
     assert (tmp_path / "res" / "maps.png").exists()
+
+
+def test_internal_error_is_one_line_exit_1(tmp_path, monkeypatch):
+    from gradfit.oof import plots
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(plots, "plot_dir", boom)
+    monkeypatch.delenv("GRADFIT_DEBUG", raising=False)
+    line = one_line_error(run("oof", "plot", tmp_path), code=1)
+    assert line == (
+        "gradfit: internal error: RuntimeError: something broke; second line "
+        "(set GRADFIT_DEBUG=1 for a traceback)"
+    )

@@ -76,6 +76,15 @@ class _Group(click.Group):
             except KeyboardInterrupt:
                 click.echo(f"{prog_name}: interrupted", err=True)
                 code = 130
+            except Exception as exc:  # a bug, not bad input: say so on one line
+                if os.environ.get("GRADFIT_DEBUG"):
+                    raise
+                click.echo(
+                    f"{prog_name}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                    "(set GRADFIT_DEBUG=1 for a traceback)",
+                    err=True,
+                )
+                code = EXIT_FAILED
         if not standalone_mode:
             return code
         sys.exit(code)
