@@ -167,6 +167,18 @@ def test_read_oof_layout(tmp_path):
     assert all(m.shape == (5, 5) and np.allclose(m.sigma, 0.01) for m in obs.maps)
 
 
+def test_oof_layout_written_as_pyoof_keeps_its_layout(tmp_path):
+    obs = io.read(save(oof_hdul(), tmp_path))
+    back = io.read(io.write(obs, tmp_path / "as-pyoof.fits"))
+    assert back.layout == "oof"
+    assert [m.name for m in back.maps] == [f"MAP {i}" for i in range(1, 6)]
+    for a, b in zip(obs.maps, back.maps, strict=True):
+        np.testing.assert_array_equal(a.power, b.power)
+        np.testing.assert_array_equal(a.sigma, b.sigma)
+    with fits.open(tmp_path / "as-pyoof.fits") as h:
+        assert h[0].header["NMAPS"] == 5
+
+
 def test_read_oof_layout_without_ufnu_and_wavelength_in_table(tmp_path):
     h = oof_hdul(dzs=(-0.01, 0.0, 0.01), ufnu=False)
     del h[0].header["FREQ"]

@@ -60,7 +60,9 @@ def read(path: str | os.PathLike) -> Observation:
     Returns
     -------
     Observation
-        With ``layout`` set to ``'pyoof'`` or ``'oof'``. Maps keep the file's order.
+        With ``layout`` set to ``'pyoof'`` or ``'oof'``, or, for a file written by
+        :func:`write`, the layout recorded there (a simulation keeps ``'gradfit'``).
+        Maps keep the file's order.
         ``shape`` is ``(n_v, n_u)`` when a map's samples form a regular grid with u
         varying fastest (and no sample was masked), else None.
 
