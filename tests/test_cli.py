@@ -344,6 +344,9 @@ def test_plot_redraws_from_directory(tmp_path):
     assert r.stdout.split() == [str(tmp_path / "maps.png"), str(tmp_path / "surface.png")]
     for name in ("maps.png", "surface.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # axes in beam widths: lambda/D from the telescope named in the file
+    r = run("oof", "plot", tmp_path, "--units", "beam")
+    assert r.exit_code == 0, (r.output, r.exception)
     # a model that does not match the observation is bad input
     io.write(io.read(DATA / "eff-n5-snr1000.fits"), tmp_path / "model.fits")
     line = one_line_error(run("oof", "plot", tmp_path))

@@ -157,6 +157,25 @@ def test_round_trip_any_number_of_maps_and_per_point_sigma(tmp_path):
         assert b.shape == (4, 4)
 
 
+def test_write_sanitises_header_values(tmp_path):
+    u, v = _grid(4)
+    maps = [BeamMap(u, v, _beam(u, v, dz), dz) for dz in (-0.01, 0.0, 0.01)]
+    meta = {
+        "OBJECT": "Cas A – north",
+        "OBSERVER": "Ünal",
+        "ELEV": np.float32(40.5),
+        "BADNUM": float("nan"),
+        "A_VERY_LONG_KEY": 1,
+        "LIST": [1, 2],
+    }
+    obs = Observation(maps, 0.003, C / 0.003, meta=meta)
+    back = io.read(io.write(obs, tmp_path / "meta.fits"))
+    assert back.meta["OBJECT"] == "Cas A ? north" and back.meta["OBSERVER"] == "?nal"
+    assert back.meta["ELEV"] == 40.5
+    assert "BADNUM" not in back.meta and "LIST" not in back.meta
+    assert [m.name for m in back.maps] == ["MINUS OOF", "ZERO OOF", "PLUS OOF"]
+
+
 def test_read_oof_layout(tmp_path):
     p = save(oof_hdul(), tmp_path)
     obs = io.read(p)

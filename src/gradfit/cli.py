@@ -552,7 +552,14 @@ def fit_cmd(
     type=click.Path(dir_okay=False),
     help="Observation FITS (default: the input recorded in solution.json).",
 )
-def plot_cmd(directory, obs_path):
+@click.option(
+    "--units",
+    type=click.Choice(["arcsec", "beam", "rad"]),
+    default="arcsec",
+    show_default=True,
+    help="Units of the map axes (beam: lambda/D).",
+)
+def plot_cmd(directory, obs_path, units):
     """Re-draw the figures of a 'gradfit oof fit' output DIRECTORY."""
     from gradfit.oof import plots
 
@@ -561,7 +568,7 @@ def plot_cmd(directory, obs_path):
         raise CLIError(f"{d}: no such directory")
     obs = _read_observation(obs_path) if obs_path else None
     try:
-        written = plots.plot_dir(d, obs)
+        written = plots.plot_dir(d, obs, units=units)
     except ValueError as exc:  # OOFDataError included
         raise CLIError(_one_line(exc)) from None
     except OSError as exc:

@@ -439,13 +439,20 @@ def _map_names(obs: Observation) -> list[str]:
     return [f"MAP {i + 1}" for i in range(len(obs.maps))]
 
 
+def _ascii(text) -> str:
+    """FITS header strings must be printable ASCII."""
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text))
+
+
 def _header_value(value):
-    if isinstance(value, (bool, int, float, str)):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return _ascii(value)[:68]
+    if isinstance(value, (bool, int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             return None
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     return None
 
 
@@ -481,10 +488,10 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     h["FREQ"] = (float(obs.frequency_hz), "observing frequency (Hz)")
     h["WAVEL"] = (float(obs.wavelength_m), "observing wavelength (m)")
     h["MEANEL"] = (float(obs.meta.get("MEANEL", 0.0)), "mean elevation (deg)")
-    h["OBJECT"] = str(obs.meta.get("OBJECT", "unknown"))
-    h["DATE_OBS"] = str(obs.meta.get("DATE_OBS", obs.meta.get("DATE-OBS", "unknown")))
+    h["OBJECT"] = _ascii(obs.meta.get("OBJECT", "unknown"))[:68]
+    h["DATE_OBS"] = _ascii(obs.meta.get("DATE_OBS", obs.meta.get("DATE-OBS", "unknown")))[:68]
     if obs.telescope:
-        h["TELESCOP"] = str(obs.telescope)
+        h["TELESCOP"] = _ascii(obs.telescope)[:68]
     names = _map_names(obs)
     standard = names == list(PYOOF_MAP_NAMES)
     if not standard:

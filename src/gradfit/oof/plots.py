@@ -38,7 +38,7 @@ def _axis_scale(units: str, beam_rad: float | None) -> tuple[float, str]:
     if units == "beam":
         if not beam_rad or beam_rad <= 0:
             raise ValueError("units='beam' needs beam_rad, the beam width in radians")
-        return 1.0 / beam_rad, "beam widths"
+        return 1.0 / beam_rad, "λ/D"
     raise ValueError(f"unknown units {units!r}; choose one of: arcsec, beam, rad")
 
 
@@ -317,7 +317,9 @@ def _number(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[Path]:
+def plot_dir(
+    outdir: str | os.PathLike, obs: Observation | None = None, *, units: str = "arcsec"
+) -> list[Path]:
     """Re-draw the figures of a fit output directory.
 
     Reads ``solution.json``, ``surface.fits`` and ``model.fits`` from ``outdir`` and the
@@ -328,6 +330,8 @@ def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[
     ----------
     outdir : str or path-like
     obs : Observation, optional
+    units : {'arcsec', 'beam', 'rad'}
+        Units of the map axes; 'beam' is lambda/D of the fitted telescope.
 
     Returns
     -------
@@ -369,8 +373,19 @@ def plot_dir(outdir: str | os.PathLike, obs: Observation | None = None) -> list[
     tel = sol.get("telescope")
     tel_name = tel.get("name") if isinstance(tel, dict) else tel
     title = f"{tel_name or obs.telescope or 'OOF'} at {obs.frequency_hz / 1e9:.3g} GHz"
+    beam_rad = None
+    if units == "beam":
+        radius = tel.get("primary_radius_m") if isinstance(tel, dict) else None
+        if not radius:
+            radius, _ = _telescope_radii(tel_name or obs.telescope)
+        if not radius:
+            raise io.OOFDataError(
+                f"{sol_path}: the telescope's radius is unknown, so beam widths are too; "
+                "use units 'arcsec'"
+            )
+        beam_rad = obs.wavelength_m / (2 * float(radius))
     p = outdir / "maps.png"
-    plot_maps(obs, model, p, title=title)
+    plot_maps(obs, model, p, title=title, units=units, beam_rad=beam_rad)
     written.append(p)
     if (outdir / "surface.fits").exists():
         data, extent, header = io.read_image(outdir / "surface.fits")
