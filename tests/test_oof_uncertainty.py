@@ -140,3 +140,38 @@ def test_bad_samples(grid):
         surface_error_map_from_samples(np.zeros((1, 15)), U, WAVELENGTH)
     with pytest.raises(ValueError, match=r"coeffs must have shape \(15,\)"):
         surface_maps(np.zeros(4), U, WAVELENGTH)
+
+
+def test_oof_fits_scatter_matches_solution_error_map():
+    """Reduced version of benchmarks/oof_uncertainty.py (50 realisations at order 5):
+    12 noise realisations of one simulated surface, each refitted with oof.fit."""
+    from gradfit import oof
+    from gradfit.oof.uncertainty import solution_error_map
+
+    order, n_map = 3, 48
+    K_true = np.array(oof.simulate("effelsberg", order=order, seed=0, npix=21)
+                      .truth["K_waves"])
+    maps = []
+    for i in range(12):
+        obs = oof.simulate("effelsberg", order=order, snr=200, seed=100 + i, npix=21,
+                           K_waves=K_true)
+        sol = oof.fit(obs, order=order, telescope="effelsberg", n_starts=1,
+                      start={"K": K_true}, grid=48)
+        assert sol.success
+        maps.append(sol.surface_map(n_map))
+        if i == 0:
+            predicted = solution_error_map(sol, n_map)
+            first = sol
+    scatter = np.std(np.stack(maps), axis=0, ddof=1)
+    open_ = np.isfinite(maps[0])
+    np.testing.assert_array_equal(np.isfinite(predicted), open_)
+    ratio = _rms(scatter, open_) / _rms(predicted, open_)
+    assert 0.8 < ratio < 1.2, ratio
+
+    # from samples of the coefficients (without piston) drawn from the fit's covariance
+    names = first.result.names
+    idx = [names.index(f"K[{i}]") for i in range(len(first.labels) - 1)]
+    cov = first.result.cov[np.ix_(idx, idx)]
+    draws = np.random.default_rng(2).multivariate_normal(np.zeros(len(idx)), cov, size=3000)
+    from_samples = solution_error_map(first, n_map, samples=draws)
+    assert _rms(from_samples, open_) / _rms(predicted, open_) == pytest.approx(1.0, abs=0.05)

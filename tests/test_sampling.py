@@ -293,3 +293,23 @@ def test_missing_backend_names_the_extra(monkeypatch, missing, method):
 
 def test_lazy_export():
     assert gradfit.sample is sample and gradfit.Samples is Samples
+
+
+def test_laplace_is_exact_for_a_linear_gaussian_model(linear, monkeypatch):
+    model, x, y, kw, mean, sd = linear
+    monkeypatch.setitem(sys.modules, "pyro", None)  # needs no optional package
+    monkeypatch.setitem(sys.modules, "emcee", None)
+    s = sample(model, x, y, method="laplace", num_samples=4000, num_chains=2, seed=6, **kw)
+    assert s.chains.shape == (2, 4000, 2)
+    _check_posterior(s, mean, sd)
+    # the MAP's covariance is the posterior's, exactly, for this model
+    np.testing.assert_allclose(np.sqrt(np.diag(s.map.cov)), sd, rtol=1e-8)
+
+
+def test_laplace_notes_draws_outside_bounds():
+    def nll(p):
+        return 0.5 * ((p["m"] - 0.1) / 0.2) ** 2
+
+    s = sample(nll=nll, params={"m": gradfit.Param(0.5, bounds=(0.0, None))},
+               method="laplace", num_samples=500, num_chains=1, seed=0)
+    assert any("outside the parameter bounds" in n for n in s.notes)

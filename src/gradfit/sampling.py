@@ -33,7 +33,7 @@ import torch
 
 __all__ = ["Samples", "sample", "sample_posterior", "split_rhat", "effective_sample_size"]
 
-METHODS = ("nuts", "hmc", "emcee")
+METHODS = ("nuts", "hmc", "emcee", "laplace")
 
 
 def _fit_warning():
@@ -518,7 +518,10 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
         (``'gaussian'`` without sigma) has none.
     nll : callable, optional
         ``nll(p) -> scalar tensor``, a −log posterior (plus ``priors`` if given).
-    method : {'nuts', 'hmc', 'emcee'}
+    method : {'nuts', 'hmc', 'emcee', 'laplace'}
+        ``'laplace'`` draws from the Gaussian at the MAP with the fit's covariance (the
+        inverse Hessian): cheap, exact for a linear-Gaussian model, and a first look
+        otherwise. It needs no optional package.
     num_samples : int
         Draws kept per chain (NUTS/HMC) or per walker (emcee).
     warmup : int, optional
@@ -559,7 +562,8 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
     if not isinstance(method, str) or method.lower() not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     method = method.lower()
-    _require("pyro" if method in ("nuts", "hmc") else "emcee", method)
+    if method != "laplace":
+        _require("pyro" if method in ("nuts", "hmc") else "emcee", method)
     if nll is not None:
         if model is not None or x is not None or y is not None:
             raise TypeError("pass either model, x, y (a likelihood) or nll= (a −log posterior), "
@@ -633,6 +637,13 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
     interrupted = False
     divergences = 0
     accept = math.nan
+    if method == "laplace":
+        num_chains = _check_int(num_chains, "num_chains", 1)
+        draws, note = _laplace(prob, res, theta0, rng, num_chains, num_samples)
+        notes.extend(note)
+        return Samples(names=list(sp.labels), chains=draws, method=method, num_warmup=0,
+                       map=res, time_s=time.perf_counter() - t0, notes=tuple(notes),
+                       _space=sp)
     if method in ("nuts", "hmc"):
         num_chains = _check_int(num_chains, "num_chains", 1)
         draws, divergences, accept, interrupted = _run_pyro(
@@ -755,3 +766,35 @@ def _run_emcee(post, z0, scale, rng, W, num_samples, warmup, progress, options, 
     kept = chain[warmup:done] if done > warmup else np.zeros((0, W, n))
     accept = float(np.mean(sampler.acceptance_fraction)) if done else math.nan
     return np.transpose(kept, (1, 0, 2)), accept, interrupted
+
+
+def _laplace(prob, res, theta0, rng, num_chains, num_samples):
+    """Draws from N(theta_MAP, cov) in physical units, shape (chains, draws, n)."""
+    from .fit import _covariance
+
+    sp = prob.space
+    if res is None:
+        # a user-given start: the covariance at that point
+        theta_t = torch.as_tensor(theta0, device=prob.device, dtype=prob.dtype)
+        cov, _ = _covariance(prob, theta_t)
+    else:
+        cov = np.asarray(res.cov, dtype=np.float64)
+    if not np.all(np.isfinite(cov)):
+        bad = [lab for lab, v in zip(sp.labels, np.diag(cov)) if not np.isfinite(v)]
+        raise ValueError(f"the Laplace approximation needs a finite covariance at the MAP; "
+                         f"it is not finite for {', '.join(bad) or 'some parameters'}")
+    try:
+        L = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError("the covariance at the MAP is not positive definite; the Laplace "
+                         "approximation does not apply (try method='nuts')") from None
+    eps = rng.standard_normal((num_chains, num_samples, sp.n_free))
+    draws = theta0 + eps @ L.T
+    notes = []
+    if sp.bounded:
+        out = np.any((draws < sp.theta_lo) | (draws > sp.theta_hi), axis=-1)
+        if out.any():
+            notes.append(f"{int(out.sum())} of {out.size} Laplace draws fall outside the "
+                         "parameter bounds (the Gaussian ignores them); use method='nuts' "
+                         "for a bounded posterior")
+    return draws, notes

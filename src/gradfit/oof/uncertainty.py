@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-__all__ = ["surface_error_map", "surface_error_map_from_samples", "surface_maps"]
+__all__ = ["surface_error_map", "surface_error_map_from_samples", "surface_maps",
+           "solution_error_map"]
 
 _UNITS = {"rad": 1.0, "waves": 2.0 * math.pi}
 
@@ -201,3 +202,69 @@ def surface_error_map_from_samples(samples, basis, wavelength_m: float, *, unit:
     C = np.atleast_2d(np.cov(s, rowvar=False))
     return surface_error_map(basis, C, wavelength_m, unit=unit, remove=remove, mask=mask,
                              weights=weights)
+
+
+def _solution_basis(sol, n: int):
+    """The Zernike basis on the ``n x n`` cell centres of ``Solution.surface_map(n)``."""
+    from .zernike import zernike_basis
+
+    tel = sol.telescope
+    pr = tel.primary_radius_m
+    ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
+    X, Y = np.meshgrid(ax, ax)
+    open_ = np.asarray(tel.illuminated(X, Y), dtype=bool)
+    U = np.full((len(sol.labels), n, n), np.nan)
+    U[:, open_] = zernike_basis(sol.order, np.hypot(X[open_], Y[open_]) / pr,
+                                np.arctan2(Y[open_], X[open_])).numpy()
+    return U, open_
+
+
+def _k_columns(names, nk):
+    """Indices of ``K[0] .. K[nk-2]`` (the coefficients without piston) in ``names``."""
+    idx = []
+    for i in range(nk - 1):
+        label = f"K[{i}]"
+        idx.append(names.index(label) if label in names else None)
+    return idx
+
+
+def solution_error_map(sol, n: int = 256, samples=None) -> np.ndarray:
+    """Surface-error uncertainty (µm) on the grid of ``Solution.surface_map(n)``.
+
+    Parameters
+    ----------
+    sol : gradfit.oof.solve.Solution
+        An OOF fit; its ``result.cov`` gives the coefficient covariance (the other
+        fitted parameters are marginalised by taking the ``K`` block).
+    n : int
+        Cells across the dish, as for ``surface_map``.
+    samples : array_like or gradfit.Samples, optional
+        Posterior draws of the coefficients (``(S, K)`` with piston, ``(S, K - 1)``
+        without, or a :class:`gradfit.Samples` with a ``'K'`` parameter); then the map
+        is their pixel-wise standard deviation.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, n)``, indexed ``[y, x]``, NaN where the aperture is blocked; piston and
+        tilt are removed as in ``surface_map``.
+    """
+    U, open_ = _solution_basis(sol, int(n))
+    nk = U.shape[0]
+    if samples is not None:
+        draws = samples.samples["K"] if hasattr(samples, "samples") else samples
+        draws = np.asarray(draws, dtype=np.float64)
+        if draws.ndim == 2 and draws.shape[1] == nk - 1:
+            draws = np.concatenate([np.zeros((draws.shape[0], 1)), draws], axis=1)
+        return surface_error_map_from_samples(draws, U, sol.wavelength_m, unit="waves",
+                                              mask=open_)
+    res = sol.result
+    names = list(res.names)
+    cov = np.asarray(res.cov, dtype=np.float64)
+    C = np.zeros((nk, nk))
+    cols = _k_columns(names, nk)
+    for a, ia in enumerate(cols):
+        for b, ib in enumerate(cols):
+            if ia is not None and ib is not None:
+                C[a + 1, b + 1] = cov[ia, ib]
+    return surface_error_map(U, C, sol.wavelength_m, unit="waves", mask=open_)
