@@ -68,12 +68,12 @@ def quadratic(n: int = 6, cond: float = 1e3):
     return obj, torch.zeros(n, dtype=F64), c
 
 
-def gaussian_peak():
+def gaussian_peak(dtype=F64):
     """Fit a * exp(-0.5 ((x - mu) / exp(w))^2) + b to seeded noisy data."""
     rng = np.random.default_rng(1)
     xn = np.linspace(-5, 5, 101)
     yn = 3.0 * np.exp(-0.5 * ((xn - 0.5) / 0.8) ** 2) + 0.2 + rng.normal(0, 0.05, xn.size)
-    x, y = torch.tensor(xn, dtype=F64), torch.tensor(yn, dtype=F64)
+    x, y = torch.tensor(xn, dtype=dtype), torch.tensor(yn, dtype=dtype)
 
     def res(z):
         return z[0] * torch.exp(-0.5 * ((x - z[1]) / torch.exp(z[2])) ** 2) + z[3] - y
@@ -83,8 +83,8 @@ def gaussian_peak():
 
     z0 = np.array([2.0, 0.0, math.log(1.2), 0.0])
     ref = so.least_squares(res_np, z0, method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15).x
-    obj = Objective(lambda z: 0.5 * (res(z) ** 2).sum(), 4, residual_fun=res)
-    return obj, torch.tensor(z0, dtype=F64), torch.tensor(ref, dtype=F64)
+    obj = Objective(lambda z: 0.5 * (res(z) ** 2).sum(), 4, residual_fun=res, dtype=dtype)
+    return obj, torch.tensor(z0, dtype=dtype), torch.tensor(ref, dtype=F64)
 
 
 PROBLEMS = {
@@ -210,3 +210,13 @@ def test_lm_on_rank_deficient_jacobian():
     sol = solve("lm", obj, torch.tensor([0.0, 0.0], dtype=F64))
     assert sol.success, sol.message
     assert float(sol.z.sum()) == pytest.approx(3.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("method", ["lm", "bfgs", "lbfgs", "newton-cg", "trust-exact",
+                                    "trust-krylov", "gd"])
+def test_float32_objective_keeps_dtype_and_converges(method):
+    obj, z0, z_star = gaussian_peak(torch.float32)
+    sol = solve(method, obj, z0, options(method))
+    assert sol.success, sol.message
+    assert sol.z.dtype == torch.float32
+    assert float((sol.z.double() - z_star).abs().max()) <= 1e-3

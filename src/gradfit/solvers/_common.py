@@ -16,6 +16,7 @@ __all__ = [
     "finish",
     "max_iter",
     "nonfinite_start",
+    "stalled_at_resolution",
 ]
 
 NONFINITE_START = "non-finite objective at the starting point"
@@ -62,3 +63,15 @@ def finish(z, f, success: bool, message: str, nit: int, method: str) -> RawSolut
 def extra(opts: SolverOptions, key: str, default):
     """A solver-specific option from ``opts.extra``."""
     return opts.extra.get(key, default) if opts.extra else default
+
+
+def stalled_at_resolution(gmax: float, decrease: float, f: float, dtype) -> bool:
+    """Whether a run that can no longer lower f counts as converged.
+
+    True when the gradient is small (``max|∇f| <= 70 sqrt(eps) max(1, |f|)``,
+    about 1e-6 in float64) or the local model promises a decrease f cannot
+    resolve (``<= 1e4 eps max(1, |f|)``, about 2e-12 in float64).
+    """
+    eps = torch.finfo(dtype).eps
+    scale = max(1.0, abs(float(f)))
+    return gmax <= 70 * math.sqrt(eps) * scale or 0 <= decrease <= 1e4 * eps * scale

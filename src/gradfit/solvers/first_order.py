@@ -14,7 +14,15 @@ import math
 import torch
 
 from ..objective import Objective
-from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_start
+from ._common import (
+    as_start,
+    call_back,
+    extra,
+    finish,
+    max_iter,
+    nonfinite_start,
+    stalled_at_resolution,
+)
 from .base import RawSolution, SolverOptions
 from .linesearch import armijo_backtracking
 
@@ -59,8 +67,7 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         gg = float(g @ g)
         ls = armijo_backtracking(obj, z, -g, t, f, -gg)
         if ls.t == 0.0:
-            scale = max(1.0, abs(f))
-            ok = gmax <= 1e-6 * scale or 0.5 * t * gg <= 1e-10 * scale
+            ok = stalled_at_resolution(gmax, 0.5 * t * gg, f, obj.dtype)
             return finish(z, f, ok, "line search found no lower value (f at its float "
                           f"resolution; max|grad|={gmax:.3g})", nit - 1, method)
         s = -ls.t * g

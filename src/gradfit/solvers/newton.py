@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from ..objective import Objective
-from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_start
+from ._common import (
+    as_start,
+    call_back,
+    extra,
+    finish,
+    max_iter,
+    nonfinite_start,
+    stalled_at_resolution,
+)
 from .base import RawSolution, SolverOptions
 from .linesearch import armijo_backtracking
 
@@ -96,8 +104,7 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         t0 = 1.0 if gtd != -gnorm**2 else min(1.0, 1.0 / gmax)
         ls = armijo_backtracking(obj, z, p, t0, f, gtd)
         if ls.t == 0.0:
-            scale = max(1.0, abs(f))
-            ok = gmax <= 1e-6 * scale or -0.5 * gtd <= 1e-10 * scale
+            ok = stalled_at_resolution(gmax, -0.5 * gtd, f, obj.dtype)
             return finish(z, f, ok, "line search found no lower value (f at its float "
                           f"resolution; max|grad|={gmax:.3g})", nit - 1, method)
         s = ls.t * p
@@ -239,7 +246,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             if call_back(opts, nit, z, f):
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if pnorm <= xtol * (zmax + xtol) or delta <= xtol * (zmax + xtol):
-            ok = rho > eta or gmax <= 1e-6 * max(1.0, abs(f)) or pred <= 1e-10 * max(1.0, abs(f))
+            ok = rho > eta or stalled_at_resolution(gmax, pred, f, obj.dtype)
             return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
                           nit, method)
 
@@ -342,7 +349,6 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             if call_back(opts, nit, z, f):
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if delta <= xtol * (zmax + xtol):
-            scale = max(1.0, abs(f))
-            ok = gmax <= 1e-6 * scale or (0 < pred <= 1e-10 * scale)
+            ok = stalled_at_resolution(gmax, pred, f, obj.dtype)
             return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
                           nit, method)

@@ -12,9 +12,9 @@ Stopping (all relative, so that a negative log-likelihood of any size converges)
 * ``max|Δz| <= xtol * (max|z| + xtol)``.
 
 If the line search finds no lower value even along the steepest-descent
-direction, f has hit its float resolution; the run counts as converged when
-``max|∇f| <= 1e-6 * max(1, |f|)`` or the quasi-Newton model promises a decrease
-below ``1e-10 * max(1, |f|)``, and as failed otherwise.
+direction, f has hit its float resolution; whether that counts as converged is decided by
+:func:`._common.stalled_at_resolution` (small gradient, or a model decrease
+below the resolution of f).
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ import math
 import torch
 
 from ..objective import Objective
-from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_start
+from ._common import (
+    as_start,
+    call_back,
+    extra,
+    finish,
+    max_iter,
+    nonfinite_start,
+    stalled_at_resolution,
+)
 from .base import RawSolution, SolverOptions
 from .linesearch import strong_wolfe
 
@@ -132,8 +140,7 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
             gtd = float(g @ d)
             ls = strong_wolfe(obj, z, d, min(1.0, 1.0 / gmax), f, g, gtd)
         if ls.t == 0.0:
-            scale = max(1.0, abs(f))
-            ok = gmax <= 1e-6 * scale or qn_decrease <= 1e-10 * scale
+            ok = stalled_at_resolution(gmax, qn_decrease, f, obj.dtype)
             return finish(z, f, ok,
                           "line search found no lower value (f at its float resolution; "
                           f"max|grad|={gmax:.3g}, predicted decrease {qn_decrease:.3g})",

@@ -22,7 +22,7 @@ import scipy.optimize as so
 import torch
 
 from ..objective import Objective
-from ._common import as_start, finish, max_iter, nonfinite_start
+from ._common import as_start, finish, max_iter, nonfinite_start, stalled_at_resolution
 from .base import RawSolution, SolverOptions
 
 __all__ = ["SCIPY_METHODS", "scipy_lm"]
@@ -54,7 +54,7 @@ def _verdict(obj, res, f):
         return True
     jac = getattr(res, "jac", None)
     if getattr(res, "status", None) == 2 and jac is not None and math.isfinite(f):
-        return float(np.max(np.abs(jac))) <= 1e-6 * max(1.0, abs(f))
+        return stalled_at_resolution(float(np.max(np.abs(jac))), -1.0, f, torch.float64)
     return False
 
 
@@ -109,7 +109,7 @@ def _minimize(scipy_method, name, default_iter, options, use_grad=True, hessp=Fa
             # report "relative reduction of f" after its line search met an
             # infinite f, far from any minimum. Restart from there if so.
             gmax = float(np.max(np.abs(obj.scipy_fun_and_grad(res.x)[1])))
-            if gmax <= 1e-6 * max(1.0, abs(f)):
+            if stalled_at_resolution(gmax, -1.0, f, torch.float64):
                 break
             ok = False
             msg = (f"{msg}, but max|grad|={gmax:.3g} is not small"
