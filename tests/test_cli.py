@@ -188,6 +188,11 @@ def test_no_telescope_in_header(tmp_path):
     assert "obs.fits: no telescope in the primary header (TELESCOP); pass --telescope" in line
 
 
+def test_simulate_unknown_telescope(tmp_path):
+    line = one_line_error(run("oof", "simulate", "--telescope", "nope", "--out", tmp_path / "x"))
+    assert line.startswith("gradfit: error: --telescope: unknown telescope 'nope'; choose one")
+
+
 def test_out_is_a_file(tmp_path):
     p = save(pyoof_hdul(), tmp_path)
     line = one_line_error(

@@ -261,13 +261,14 @@ def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
     out = Path(out)
     if not out.parent.exists():
         raise CLIError(f"--out {out}: directory {out.parent} does not exist")
-    obs = _simulate(telescope, order, snr, npix, seed, freq_ghz, dz)
+    tel = _telescope(telescope)
+    obs = _simulate(tel, order, snr, npix, seed, freq_ghz, dz)
     try:
         io.write(obs, out)
     except OSError as exc:
         raise CLIError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     click.echo(
-        f"wrote {out}: {obs.telescope or telescope}, {len(obs.maps)} maps of "
+        f"wrote {out}: {tel.name}, {len(obs.maps)} maps of "
         f"{obs.maps[0].n} points, order {order}, SNR {snr:g}, seed {seed}",
         err=True,
     )
@@ -276,7 +277,7 @@ def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
             io.to_json(
                 {
                     "path": str(out),
-                    "telescope": obs.telescope or telescope,
+                    "telescope": tel.name,
                     "n_maps": len(obs.maps),
                     "points_per_map": [m.n for m in obs.maps],
                     "dz_m": [m.dz for m in obs.maps],
