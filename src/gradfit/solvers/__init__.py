@@ -34,6 +34,7 @@ METHODS: dict[str, Solver] = {
     "gd": gradient_descent,
     "adam": adam,
     "newton-cg": newton_cg,
+    "newton": newton_cg,  # the name DESIGN.md's public API uses
     "trust-exact": trust_exact,
     "trust-krylov": trust_krylov,
     "nelder-mead": nelder_mead,
@@ -41,7 +42,7 @@ METHODS: dict[str, Solver] = {
 }
 
 #: Other spellings accepted by :func:`solve` (not listed by :func:`available_methods`).
-ALIASES = {"newton": "newton-cg", "l-bfgs": "lbfgs", "levenberg-marquardt": "lm",
+ALIASES = {"l-bfgs": "lbfgs", "levenberg-marquardt": "lm",
            "neldermead": "nelder-mead", "simplex": "nelder-mead"}
 
 #: Methods that minimise ``0.5 * sum(r**2)`` and need ``obj.has_residuals``.

@@ -198,6 +198,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     delta_max = float(extra(opts, "max_trust_radius", 1e10))
     eta = float(extra(opts, "eta", 0.1))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    noise = 16 * torch.finfo(obj.dtype).eps
 
     H = obj.hessian(z)
     nit = 0
@@ -224,6 +225,10 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         f_new = float(obj.value(z_new))
         act = f - f_new if math.isfinite(f_new) else -math.inf
         rho = act / pred if pred > 0 else -math.inf
+        if 0 <= pred <= noise * max(1.0, abs(f)) and act >= -noise * max(1.0, abs(f)):
+            # f cannot tell this step from no step: trust the model, so that Newton's
+            # quadratic convergence of the gradient is not stopped by rounding in f.
+            rho = 1.0
         if rho < 0.25:
             delta = 0.25 * pnorm
         elif rho > 0.75 and on_boundary:
@@ -312,6 +317,7 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     eta = float(extra(opts, "eta", 0.1))
     max_cg = int(extra(opts, "max_cg", max(10, 2 * obj.n)))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    noise = 16 * torch.finfo(obj.dtype).eps
     nit = 0
     while True:
         if gmax <= gtol * max(1.0, abs(f)):
@@ -330,6 +336,10 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             pred_t, f_new_t, torch.linalg.vector_norm(p), z.abs().max()]).tolist()
         act = f - f_new if math.isfinite(f_new) else -math.inf
         rho = act / pred if pred > 0 else -math.inf
+        if 0 <= pred <= noise * max(1.0, abs(f)) and act >= -noise * max(1.0, abs(f)):
+            # f cannot tell this step from no step: trust the model, so that Newton's
+            # quadratic convergence of the gradient is not stopped by rounding in f.
+            rho = 1.0
         if rho < 0.25:
             delta = 0.25 * (pnorm if pnorm > 0 else delta)
         elif rho > 0.75 and on_boundary:
