@@ -64,6 +64,26 @@ def _trust_region_weights(s, utr, delta, rank_tol):
     return su / (s * s + lam), lam
 
 
+def _geodesic_correction(obj, z, r, J, v, U, s, Vh, d, w, lam, rank_tol, alpha, h=0.1):
+    """``v + a/2`` with Transtrum & Sethna's (2012) geodesic acceleration ``a``.
+
+    ``a`` solves the damped system of ``v`` with ``r`` replaced by the second
+    directional derivative ``r''[v, v]`` (a finite difference along ``v``: one
+    residual evaluation); it bends the step along curved valleys such as those
+    of NIST's Bennett5 or MGH10. It is used only where ``2|D a| <= alpha |D v|``;
+    elsewhere (including where the difference is lost in rounding) ``v`` is kept.
+    No host sync.
+    """
+    r_h = obj.residuals(z + h * v)
+    rvv = (2.0 / h) * ((r_h - r) / h - J @ v)
+    coef = torch.where((s > rank_tol) | (lam > 0), s / (s * s + lam), torch.zeros_like(s))
+    wa = coef * (U.T @ rvv)
+    a = -(Vh.T @ wa) / d
+    ok = torch.isfinite(wa).all() & (2 * torch.linalg.vector_norm(wa)
+                                     <= alpha * torch.linalg.vector_norm(w))
+    return torch.where(ok, v + 0.5 * a, v)
+
+
 def _gcos(J, r, fnorm):
     colnorm = torch.linalg.vector_norm(J, dim=0)
     g = J.T @ r
@@ -144,9 +164,13 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         actual and predicted reductions of the cost; ``xtol``: trust radius relative
         to ``|D z|``; ``gtol``: the largest cosine between ``r`` and a column of
         ``J`` (MINPACK's scale-free gradient test). ``extra``: ``factor`` (initial
-        trust radius relative to ``|D z0|``, default 1), ``max_nfev`` (residual
-        evaluations, default ``1000 * (n + 1)``), ``polish`` (default True: finish
-        with a few exact-Hessian Newton steps, see ``_polish``).
+        trust radius relative to ``|D z0|``, default 1), ``geodesic`` (default False:
+        geodesic acceleration, one extra residual evaluation per trial step; on
+        NIST StRD it cuts total iterations 3004 -> 1371, e.g. Bennett5 790 -> 43,
+        but loses MGH09 from start 1, so it is opt-in), ``geodesic_alpha`` (0.75),
+        ``max_nfev`` (residual evaluations, default ``1000 * (n + 1)``), ``polish``
+        (default True: finish with Gauss-Newton or exact-Hessian Newton steps, see
+        ``_polish``).
 
     Returns
     -------
@@ -180,6 +204,8 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     m = r.numel()
 
     polish = bool(extra(opts, "polish", True))
+    geodesic = bool(extra(opts, "geodesic", False))
+    geodesic_alpha = float(extra(opts, "geodesic_alpha", 0.75))
 
     def converged(message, nit, method):
         # Polish every converged fit: even a passed gradient test can leave a few
@@ -225,6 +251,10 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 delta = min(delta, pnorm)
             w_dev = torch.as_tensor(w, dtype=obj.dtype, device=obj.device)
             p = -(Vh.T @ w_dev) / d
+            if geodesic:
+                p = _geodesic_correction(obj, z, r, J, p, U, s_t, Vh, d, w_dev, lam,
+                                         rank_tol, geodesic_alpha)
+                nfev += 1
             z_new = z + p
             r_new = obj.residuals(z_new)
             nfev += 1
