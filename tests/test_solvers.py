@@ -281,3 +281,15 @@ def test_lm_geodesic_acceleration_option(start):
     assert sol.success, sol.message
     assert sol.nit < 150
     assert nist.digits(sol.z.numpy(), prob.certified).min() >= 8
+
+
+def test_underdetermined_least_squares():
+    # One residual, three parameters: 'lm' finds a zero-cost point; MINPACK refuses.
+    def res(z):
+        return torch.stack([z[0] + z[1] ** 2 + z[2] - 3.0])
+
+    obj = Objective(lambda z: 0.5 * (res(z) ** 2).sum(), 3, residual_fun=res)
+    sol = solve("lm", obj, torch.zeros(3, dtype=F64))
+    assert sol.success and sol.fun <= 1e-25
+    with pytest.raises(ValueError, match="at least as many residuals"):
+        solve("scipy-lm", obj, torch.zeros(3, dtype=F64))

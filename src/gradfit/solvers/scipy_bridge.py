@@ -137,6 +137,10 @@ def scipy_lm(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     f0 = 0.5 * float(r0 @ r0)
     if not math.isfinite(f0):
         return nonfinite_start(z, f0, name)
+    if r0.numel() < obj.n:
+        raise ValueError(
+            f"method 'scipy-lm' (MINPACK) needs at least as many residuals as parameters, "
+            f"got {r0.numel()} residuals for {obj.n} parameters; use method 'lm'")
     zn = z.detach().cpu().numpy().astype(np.float64)
     cache = {}
 
