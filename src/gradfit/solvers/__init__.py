@@ -2,9 +2,10 @@
 
 Every entry of :data:`METHODS` is a function
 ``(obj: Objective, z0: Tensor, opts: SolverOptions) -> RawSolution``.
-Names without a prefix are torch-native loops (state on the objective's device)
-or, for Nelder–Mead and the Krylov trust region, thin wrappers noted in their
-modules; ``scipy-*`` names run :func:`scipy.optimize.minimize` or
+Names without a prefix are torch-native loops whose state stays on the
+objective's device (``lm``, ``bfgs``, ``lbfgs``, ``gd``, ``adam``, ``newton-cg``,
+``trust-krylov``, ``trust-exact``), except ``nelder-mead``, which restarts SciPy's
+adaptive simplex; ``scipy-*`` names run :func:`scipy.optimize.minimize` or
 :func:`scipy.optimize.least_squares` through the objective's NumPy bridge.
 """
 
