@@ -56,10 +56,10 @@ def _check_posterior(s: Samples, mean, sd):
 
 def test_nuts_matches_closed_form(linear):
     model, x, y, kw, mean, sd = linear
-    s = gradfit.sample(model, x, y, method="nuts", num_samples=500, warmup=200, num_chains=2,
+    s = gradfit.sample(model, x, y, method="nuts", num_samples=1000, warmup=200, num_chains=2,
                        seed=1, **kw)
     assert isinstance(s, Samples) and s.method == "nuts"
-    assert s.chains.shape == (2, 500, 2)
+    assert s.chains.shape == (2, 1000, 2)
     _check_posterior(s, mean, sd)
     assert s.divergences == 0
     assert 0.5 < s.accept_rate <= 1.0
@@ -313,3 +313,21 @@ def test_laplace_notes_draws_outside_bounds():
     s = sample(nll=nll, params={"m": gradfit.Param(0.5, bounds=(0.0, None))},
                method="laplace", num_samples=500, num_chains=1, seed=0)
     assert any("outside the parameter bounds" in n for n in s.notes)
+
+
+def test_sample_result_starts_from_the_fit(linear):
+    from gradfit.sampling import sample_result
+
+    model, x, y, kw, mean, sd = linear
+    res = gradfit.fit(model, x, y, **kw)
+    s = sample_result(res, method="emcee", num_samples=1000, warmup=200, num_walkers=16,
+                      seed=8)
+    assert s.map is res
+    for i, name in enumerate(("a", "b")):
+        assert abs(s.mean[name] - mean[i]) < 0.1 * sd[i]
+        assert s.std[name] == pytest.approx(sd[i], rel=0.06)
+    bare = gradfit.FitResult(**{f: getattr(res, f) for f in (
+        "params", "errors", "cov", "corr", "names", "fun", "success", "message", "method",
+        "nfev", "njev", "nit", "time_s")})
+    with pytest.raises(ValueError, match="carries no fitting problem"):
+        sample_result(bare, method="laplace")

@@ -31,7 +31,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-__all__ = ["Samples", "sample", "sample_posterior", "split_rhat", "effective_sample_size"]
+__all__ = ["Samples", "sample", "sample_posterior", "sample_result", "split_rhat",
+           "effective_sample_size"]
 
 METHODS = ("nuts", "hmc", "emcee", "laplace")
 
@@ -463,11 +464,16 @@ class _Posterior:
         return torch.stack([self.potential(z) for z in Z])
 
 
-def _scale_z(prob, res, z_map: np.ndarray) -> np.ndarray:
-    """Standard deviations in z from the MAP fit's covariance (Laplace approximation)."""
+def _laplace_factor(prob, res, z_map: np.ndarray) -> np.ndarray:
+    """A factor ``L`` (``L Lᵀ`` ≈ posterior covariance in z) from the MAP fit's covariance.
+
+    The Laplace approximation, mapped to the unconstrained space by the diagonal
+    Jacobian of ``theta(z)``; a diagonal guess where the covariance is not usable.
+    """
     sp = prob.space
     n = sp.n_free
-    sd = np.sqrt(np.diag(res.cov)) if res is not None and res.cov.size else np.full(n, np.nan)
+    cov = np.asarray(res.cov, dtype=np.float64) if res is not None and res.cov.size \
+        else np.full((n, n), np.nan)
     zt = torch.as_tensor(z_map, dtype=torch.float64)
     if sp.bounded:
         zt = zt.clone().requires_grad_(True)
@@ -477,10 +483,17 @@ def _scale_z(prob, res, z_map: np.ndarray) -> np.ndarray:
         d = np.abs(d.numpy())
     else:
         d = np.ones(n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = sd / d
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cz = cov / np.outer(d, d)
+    if np.all(np.isfinite(cz)):
+        try:
+            return np.linalg.cholesky(0.5 * (cz + cz.T))
+        except np.linalg.LinAlgError:
+            pass
+    with np.errstate(invalid="ignore"):
+        sd = np.sqrt(np.diag(cz))
     fallback = 1e-2 * np.maximum(np.abs(z_map), 1.0)
-    return np.where(np.isfinite(s) & (s > 0), s, fallback)
+    return np.diag(np.where(np.isfinite(sd) & (sd > 0), sd, fallback))
 
 
 def _check_int(value, what: str, minimum: int) -> int:
@@ -559,11 +572,7 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
     from .fit import build_minimize_problem, build_problem
 
     t0 = time.perf_counter()
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    method = method.lower()
-    if method != "laplace":
-        _require("pyro" if method in ("nuts", "hmc") else "emcee", method)
+    method = _check_method(method)
     if nll is not None:
         if model is not None or x is not None or y is not None:
             raise TypeError("pass either model, x, y (a likelihood) or nll= (a −log posterior), "
@@ -575,13 +584,64 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
                             "(as for gradfit.minimize)")
         prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
                              device=device, dtype=dtype)
-        lik = prob.likelihood
-        if getattr(lik, "scale_errors", False):
-            raise ValueError(
-                "MCMC samples exp(−nll), so the likelihood needs a known noise scale; "
-                "likelihood='gaussian' without sigma is least squares (sigma unknown). Pass "
-                "likelihood=gradfit.Gaussian(sigma=...), or fit the scale as a parameter in "
-                "your own nll=")
+    return _sample_problem(prob, method, None, num_samples=num_samples, warmup=warmup,
+                           num_chains=num_chains, num_walkers=num_walkers, seed=seed, init=init,
+                           progress=progress, options=options, t0=t0)
+
+
+def sample_posterior(nll, params, **kwargs) -> Samples:
+    """Sample ``exp(−nll(p))``: the same as ``sample(nll=nll, params=params, ...)``."""
+    return sample(nll=nll, params=params, **kwargs)
+
+
+def sample_result(res, method: str = "nuts", *, num_samples: int = 1000,
+                  warmup: int | None = None, num_chains: int = 4,
+                  num_walkers: int | None = None, seed: int = 0, progress=None,
+                  options: dict | None = None) -> Samples:
+    """Sample the posterior of the problem behind a fit, starting at its optimum.
+
+    The same model, data, likelihood, priors, bounds and fixed parameters as the fit
+    (e.g. ``Solution.result`` of an OOF fit); no new MAP fit is run.
+
+    Parameters
+    ----------
+    res : FitResult
+        A result of :func:`gradfit.fit` or :func:`gradfit.minimize`.
+    method, num_samples, warmup, num_chains, num_walkers, seed, progress, options :
+        As for :func:`sample`.
+
+    Returns
+    -------
+    Samples
+    """
+    t0 = time.perf_counter()
+    prob = getattr(res, "_problem", None)
+    if prob is None:
+        raise ValueError("this result carries no fitting problem to sample; pass a FitResult "
+                         "returned by gradfit.fit or gradfit.minimize")
+    method = _check_method(method)
+    return _sample_problem(prob, method, res, num_samples=num_samples, warmup=warmup,
+                           num_chains=num_chains, num_walkers=num_walkers, seed=seed,
+                           init=None, progress=progress, options=options, t0=t0)
+
+
+def _check_method(method) -> str:
+    if not isinstance(method, str) or method.lower() not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    method = method.lower()
+    if method != "laplace":
+        _require("pyro" if method in ("nuts", "hmc") else "emcee", method)
+    return method
+
+
+def _sample_problem(prob, method, map_result, *, num_samples, warmup, num_chains, num_walkers,
+                    seed, init, progress, options, t0) -> Samples:
+    if getattr(prob.likelihood, "scale_errors", False):
+        raise ValueError(
+            "MCMC samples exp(−nll), so the likelihood needs a known noise scale; "
+            "likelihood='gaussian' without sigma is least squares (sigma unknown). Pass "
+            "likelihood=gradfit.Gaussian(sigma=...), or fit the scale as a parameter in "
+            "your own nll=")
     num_samples = _check_int(num_samples, "num_samples", 1)
     warmup = num_samples // 2 if warmup is None else _check_int(warmup, "warmup", 0)
     seed = _check_int(seed, "seed", 0)
@@ -590,24 +650,21 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
         raise ValueError("all parameters are fixed; there is nothing to sample")
     return _run(prob, method, num_samples=num_samples, warmup=warmup, num_chains=num_chains,
                 num_walkers=num_walkers, seed=seed, init=init, progress=progress,
-                options=dict(options or {}), t0=t0)
-
-
-def sample_posterior(nll, params, **kwargs) -> Samples:
-    """Sample ``exp(−nll(p))``: the same as ``sample(nll=nll, params=params, ...)``."""
-    return sample(nll=nll, params=params, **kwargs)
+                options=dict(options or {}), t0=t0, map_result=map_result)
 
 
 def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, init, progress,
-         options, t0) -> Samples:
+         options, t0, map_result=None) -> Samples:
     from .fit import run_problem
     from .profile import _flat
 
     sp = prob.space
     post = _Posterior(prob)
     notes: list[str] = []
-    res = None
-    if init is None:
+    res = map_result
+    if res is not None:
+        theta0 = _flat(sp, res.params)
+    elif init is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             res = run_problem(prob, "auto", errors=True)
@@ -629,7 +686,7 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
             vals[k] = v
         theta0 = _flat(sp, vals)
     z0 = sp.to_internal(theta0)
-    scale = _scale_z(prob, res, z0)
+    L = _laplace_factor(prob, res, z0)
     dev, dt = prob.device, prob.dtype
     rng = np.random.default_rng(seed)
     n = sp.n_free
@@ -647,7 +704,7 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
     if method in ("nuts", "hmc"):
         num_chains = _check_int(num_chains, "num_chains", 1)
         draws, divergences, accept, interrupted = _run_pyro(
-            post, method, z0, scale, rng, num_samples, warmup, num_chains, seed, progress,
+            post, method, z0, L, rng, num_samples, warmup, num_chains, seed, progress,
             options, dev, dt)
     else:
         W = num_walkers if num_walkers is not None else max(32, 4 * n)
@@ -655,7 +712,7 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
         if W < 2 * n or W % 2:
             raise ValueError(f"emcee needs an even number of walkers >= 2 x {n} free "
                              f"parameters, got num_walkers={W}")
-        draws, accept, interrupted = _run_emcee(post, z0, scale, rng, W, num_samples, warmup,
+        draws, accept, interrupted = _run_emcee(post, z0, L, rng, W, num_samples, warmup,
                                                 progress, options, dev, dt)
     # draws: (chains, n_draws, n) in z -> physical units
     C, D = draws.shape[:2]
@@ -674,12 +731,19 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
                    time_s=time.perf_counter() - t0, notes=tuple(notes), _space=sp)
 
 
-def _run_pyro(post, method, z0, scale, rng, num_samples, warmup, num_chains, seed, progress,
+def _run_pyro(post, method, z0, L, rng, num_samples, warmup, num_chains, seed, progress,
               options, dev, dt):
     from pyro.infer.mcmc import HMC, MCMC, NUTS
 
+    # sample w with z = z0 + L w: whitened by the Laplace approximation, so the kernel
+    # starts with the right scales and correlations (a constant Jacobian) and warm-up
+    # only refines them; without this, strongly correlated or badly scaled posteriors
+    # (OOF fits) run to the maximum tree depth for the whole warm-up
+    z0_t = torch.as_tensor(z0, device=dev, dtype=dt)
+    L_t = torch.as_tensor(L, device=dev, dtype=dt)
+
     def potential_fn(params):
-        return post.potential(params["z"])
+        return post.potential(z0_t + L_t @ params["w"])
 
     kernel_cls = NUTS if method == "nuts" else HMC
     kw = {"adapt_step_size": True, "adapt_mass_matrix": True}
@@ -690,14 +754,14 @@ def _run_pyro(post, method, z0, scale, rng, num_samples, warmup, num_chains, see
     interrupted = False
     devices = [dev] if dev.type == "cuda" else []
     for c in range(num_chains):
-        start = z0 + scale * rng.standard_normal(z0.size)
+        start = rng.standard_normal(z0.size)  # a draw of the Laplace approximation
         kept: list[torch.Tensor] = []
         chains.append(kept)
         diag: dict = {}
 
         def hook(kernel, params, stage, i, kept=kept, diag=diag):
             if stage == "Sample":
-                kept.append(params["z"].detach().clone())
+                kept.append(z0_t + L_t @ params["w"].detach())
                 diag.update(kernel.diagnostics())
 
         try:
@@ -706,7 +770,7 @@ def _run_pyro(post, method, z0, scale, rng, num_samples, warmup, num_chains, see
             raise TypeError(f"options not accepted by pyro's {kernel_cls.__name__}: {exc}") \
                 from exc
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup,
-                    initial_params={"z": torch.as_tensor(start, device=dev, dtype=dt)},
+                    initial_params={"w": torch.as_tensor(start, device=dev, dtype=dt)},
                     disable_progbar=not progress, hook_fn=hook)
         try:
             with torch.random.fork_rng(devices=devices):
@@ -730,7 +794,7 @@ def _run_pyro(post, method, z0, scale, rng, num_samples, warmup, num_chains, see
     return draws, divergences, (float(np.mean(accepts)) if accepts else math.nan), interrupted
 
 
-def _run_emcee(post, z0, scale, rng, W, num_samples, warmup, progress, options, dev, dt):
+def _run_emcee(post, z0, L, rng, W, num_samples, warmup, progress, options, dev, dt):
     import emcee
 
     def log_prob(Zn):
@@ -752,7 +816,7 @@ def _run_emcee(post, z0, scale, rng, W, num_samples, warmup, progress, options, 
         sampler = emcee.EnsembleSampler(W, n, log_prob, vectorize=True, **options)
     except TypeError as exc:
         raise TypeError(f"options not accepted by emcee.EnsembleSampler: {exc}") from exc
-    p0 = z0 + scale * rng.standard_normal((W, n))
+    p0 = z0 + rng.standard_normal((W, n)) @ L.T  # draws of the Laplace approximation
     state = emcee.State(p0, random_state=np.random.RandomState(
         int(rng.integers(2**31 - 1))).get_state())
     interrupted = False
