@@ -241,3 +241,16 @@ def test_coverage_of_68_percent_intervals():
     assert abs(coverage - 0.6827) <= 0.05, coverage
     assert opened < 10
     assert np.median(asym) > 1.05  # the nonlinear model gives asymmetric intervals
+
+
+def test_progress_on_stderr(monkeypatch, capsys):
+    import functools
+
+    import gradfit.profile as gp
+
+    monkeypatch.setattr(gp, "_Progress", functools.partial(gp._Progress, delay=0.0))
+    profile(_linear_fit(), "a", size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "profile a:" in err and "/4 points" in err
+    profile(_linear_fit(), "a", size=4, progress=False)
+    assert capsys.readouterr().err == ""

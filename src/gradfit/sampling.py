@@ -138,9 +138,9 @@ class Samples:
     chains : ndarray, shape (n_chains, n_draws, n_free)
         Draws in physical units (for emcee, one chain per walker).
     method : str
-        ``'nuts'``, ``'hmc'`` or ``'emcee'``.
+        ``'nuts'``, ``'hmc'``, ``'emcee'`` or ``'laplace'``.
     divergences : int
-        Divergent transitions after warm-up (NUTS/HMC; 0 for emcee).
+        Divergent transitions after warm-up (NUTS/HMC; 0 otherwise).
     accept_rate : float
         Mean acceptance probability (NUTS/HMC) or fraction (emcee).
     num_warmup : int
@@ -323,7 +323,7 @@ class Samples:
         st = self._flat_stats()
         head = (f"Samples: {self.method}, {self.num_chains} chain(s) x {self.num_draws} draws "
                 f"(+{self.num_warmup} warm-up), {self.time_s:.3g} s")
-        if self.method != "emcee":
+        if self.method in ("nuts", "hmc"):
             head += f", {self.divergences} divergences"
         if self.interrupted:
             head += " [interrupted]"
