@@ -112,6 +112,10 @@ def test_bad_arguments_name_the_problem():
         fit(obs, order=2, likelihood="laplace")
     with pytest.raises(ValueError, match="unknown free parameter.*'taper'"):
         fit(obs, order=2, free=("amp", "taper"))
+    with pytest.raises(ValueError, match="order must be an integer >= 1, got '3'"):
+        fit(obs, order="3")
+    with pytest.raises(ValueError, match="n_starts must be 'auto' or an integer"):
+        fit(obs, order=2, n_starts="many")
     obs.maps[1].power[3] = np.nan
     with pytest.raises(ValueError, match="ZERO OOF: 1 of 225 BEAM values are not finite"):
         fit(obs, order=2)

@@ -17,6 +17,7 @@ import torch
 
 import gradfit
 from gradfit.likelihoods import Likelihood
+from gradfit.objective import resolve_device
 
 from .aperture import _infocus_index, choose_grid_size
 from .model import BeamModel, map_axes, torch_threads
@@ -399,8 +400,9 @@ def fit(
     t_start = time.perf_counter()
     _check_obs(obs)
     tel = get_telescope(telescope if telescope is not None else _need_telescope(obs))
-    if isinstance(order, bool) or int(order) != order or order < 1:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    device = resolve_device(device)
     order = int(order)
     free = tuple(free)
     unknown = [f for f in free if f not in NUISANCE]
@@ -414,7 +416,8 @@ def fit(
                          f"{', '.join(NUISANCE)}")
     n_nuis = sum(1 if f != "pointing" else 2 * (len(obs.maps) - 1) for f in free)
     _check_order(obs, order, n_nuis)
-    if n_starts != "auto" and (int(n_starts) != n_starts or n_starts < 1):
+    if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
+            n_starts, (int, np.integer)) or n_starts < 1):
         raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
 
     def report(**info):
