@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -95,14 +96,31 @@ def cases(tmp: Path, quick: bool):
 
 
 def cold_fit(path: Path, order: int) -> dict:
+    """A fresh process: wall time, and its CPU time (user + system), which a busy
+    shared machine inflates far less than the wall time."""
     env = dict(os.environ)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", COLD, str(path), str(order)], env=env,
                           capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["wall_s"] = wall
+    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return res
+
+
+def warm_fit(obs, order):
+    """Best wall time of three fits in this process, and the CPU time of that fit."""
+    best = None
+    for _ in range(3):
+        c = time.process_time()
+        sol = fit(obs, order=order)
+        cpu = time.process_time() - c
+        if best is None or sol.fit["time_s"] < best[0].fit["time_s"]:
+            best = (sol, cpu)
+    return best
 
 
 def time_eval(model, p, reps=20) -> float:
@@ -182,12 +200,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         all_cases = cases(tmp, args.quick)
-        print(f"{'case':16s} {'cold s':>7s} {'warm s':>7s} {'pyoof s':>8s} {'speed-up':>9s} | "
-              f"{'rms dK n>=2':>11s} {'pyoof':>7s} | {'phase rms':>9s} {'pyoof':>6s} | grid")
+        print("cold: fresh process (imports, read, fit), wall and CPU seconds; warm: best of 3 "
+              "fits in one process")
+        print(f"{'case':16s} {'cold s':>7s} {'cpu s':>6s} {'warm s':>7s} {'cpu s':>6s} "
+              f"{'pyoof s':>8s} {'speed-up':>9s} | {'rms dK n>=2':>11s} {'pyoof':>7s} | "
+              f"{'phase rms':>9s} {'pyoof':>6s} | grid")
         for name, path, order, K, _clean in all_cases:
             cold = cold_fit(path, order)
             obs = io.read(path)
-            warm = fit(obs, order=order)
+            warm, warm_cpu = warm_fit(obs, order)
             acc = accuracy(warm.K_waves, K, order)
             acc_cold = accuracy(cold["K"], K, order)
             py = PYOOF[name]
@@ -195,23 +216,31 @@ def main(argv=None):
             grid, hist = choose_grid_size(obs, "effelsberg", sigma, order=max(order, 3),
                                           return_history=True)
             row = {"case": name, "order": order, "points_per_map": obs.maps[0].n,
-                   "cold_wall_s": cold["wall_s"], "cold_fit_s": cold["fit_s"],
-                   "warm_fit_s": warm.fit["time_s"], "nfev": warm.fit["nfev"],
+                   "cold_wall_s": cold["wall_s"], "cold_cpu_s": cold["cpu_s"],
+                   "cold_fit_s": cold["fit_s"],
+                   "warm_fit_s": warm.fit["time_s"], "warm_cpu_s": warm_cpu,
+                   "nfev": warm.fit["nfev"],
                    "nit": warm.fit["nit"], "success": warm.fit["success"],
                    "grid_cells": warm.fit["grid_cells"],
                    "grid_history": [list(h) for h in hist],
                    "accuracy": acc, "accuracy_cold": acc_cold, "pyoof": py,
                    "speedup_cold": py["time_s"] / cold["wall_s"],
-                   "speedup_warm": py["time_s"] / warm.fit["time_s"]}
+                   "speedup_cold_cpu": py["time_s"] / cold["cpu_s"],
+                   "speedup_warm": py["time_s"] / warm.fit["time_s"],
+                   "speedup_warm_cpu": py["time_s"] / warm_cpu}
             report["cases"].append(row)
             prms = py.get("rms_K_n2")
             pph = py.get("phase_rms")
-            print(f"{name:16s} {cold['wall_s']:7.2f} {warm.fit['time_s']:7.2f} "
+            print(f"{name:16s} {cold['wall_s']:7.2f} {cold['cpu_s']:6.2f} "
+                  f"{warm.fit['time_s']:7.2f} {warm_cpu:6.2f} "
                   f"{py['time_s']:8.1f} {row['speedup_cold']:8.0f}x | "
                   f"{acc['rms_K_n2_waves']:11.5f} "
                   f"{'' if prms is None else f'{prms:.4f}':>7s} | "
                   f"{acc['phase_rms_rad']:9.4f} {'' if pph is None else f'{pph:.3f}':>6s} | "
                   f"{warm.fit['grid_cells']}")
+            print(f"{'':16s} speed-up over pyoof: cold {row['speedup_cold']:.0f}x wall, "
+                  f"{row['speedup_cold_cpu']:.0f}x CPU; warm {row['speedup_warm']:.0f}x wall, "
+                  f"{row['speedup_warm_cpu']:.0f}x CPU")
             if prms is not None:
                 print(f"{'':16s} accuracy vs pyoof: K {prms / acc['rms_K_n2_waves']:.1f}x, "
                       f"phase {pph / acc['phase_rms_rad']:.1f}x better")
