@@ -144,7 +144,10 @@ def test_bad_samples(grid):
 
 def test_oof_fits_scatter_matches_solution_error_map():
     """Reduced version of benchmarks/oof_uncertainty.py (50 realisations at order 5):
-    12 noise realisations of one simulated surface, each refitted with oof.fit."""
+    12 noise realisations of one simulated surface, each refitted with oof.fit.
+
+    With 12 realisations the rms ratio itself scatters by about 12 % (these seeds give
+    1.11; 40 realisations at three other seed sets gave 1.00, 0.93 and 1.11)."""
     from gradfit import oof
     from gradfit.oof.uncertainty import solution_error_map
 
