@@ -17,8 +17,11 @@ from gradfit import nist
 
 PROBLEMS = nist.load_all(Path(__file__).parent / "data" / "nist-strd")
 
-# (problem, start) -> (min parameter digits, min error digits) reached today
-KNOWN_SHORT: dict = {}
+# (problem, start) -> (min parameter digits, min error digits) reached today.
+# Lanczos1's certified RSS (1.4e-25) is at the level of float64 rounding of the
+# model values themselves, so RSS, and with it every scaled standard error, can
+# only be computed to about 3 digits in float64 (SciPy's LM gets 3.0 as well).
+KNOWN_SHORT: dict = {("Lanczos1", 1): (7.0, 2.5), ("Lanczos1", 2): (7.0, 2.5)}
 
 
 def test_all_27_problems_present():

@@ -181,8 +181,10 @@ SCIPY_METHODS = {
         "adaptive": lambda o: bool(o.extra.get("adaptive", False))}, use_grad=False),
     "scipy-newton-cg": _minimize("Newton-CG", "scipy-newton-cg", 1000, {
         "xtol": lambda o: max(o.xtol, 1e-12)}, hessp=True),
+    # SciPy's trust-krylov stalls short of gradient norms near 1e-10 (it then runs to
+    # its iteration limit), so it gets a floor of 1e-8
     "scipy-trust-krylov": _minimize("trust-krylov", "scipy-trust-krylov", 1000, {
-        "gtol": lambda o: o.gtol}, hessp=True),
+        "gtol": lambda o: max(o.gtol, 1e-8)}, hessp=True),
     "scipy-trust-exact": _minimize("trust-exact", "scipy-trust-exact", 1000, {
         "gtol": lambda o: o.gtol}, hess=True),
     "scipy-lm": scipy_lm,
