@@ -314,13 +314,15 @@ def _likelihood(likelihood, sigma_flat):
 
 
 def _choose_threads(model: BeamModel) -> int:
-    """One thread unless the transform is big enough to amortise a second one.
+    """Torch CPU threads for a fit: one.
 
-    Measured on a 2-core machine: for the 33x33 to 129x129 maps on grids up to
-    192 cells one thread was always at least as fast as two (see the benchmark).
+    Measured on the 2-core development machine (``benchmarks/oof_vs_pyoof.py`` and a
+    model+gradient timing at 129 x 129 points): one thread beat two at every size
+    tried, from 33 x 33 points on a 64-cell grid (f + grad 21 ms against 142 ms) to
+    129 x 129 on a 512-cell grid (247 ms against 725 ms); two threads also showed
+    erratic stalls of up to 50x. Pass ``threads=`` to override on bigger machines.
     """
-    work = model.grid.n ** 2 * (getattr(model, "nu", 0) + getattr(model, "nv", 0))
-    return 1 if work < 2e7 else max(1, min(2, torch.get_num_threads()))
+    return 1
 
 
 def fit(
@@ -387,7 +389,8 @@ def fit(
     stepwise : bool
         Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
     threads : int, optional
-        Torch CPU threads during the fit (restored afterwards); default from the size.
+        Torch CPU threads during the fit (restored afterwards); default 1 (measured
+        fastest for these sizes, see :func:`_choose_threads`).
     max_iter : int, optional
         Iteration limit of the minimiser.
     seed : int
