@@ -105,3 +105,19 @@ def test_main_parses_flags(monkeypatch):
     monkeypatch.setattr(bench, "run", lambda **kw: seen.update(kw) or {})
     assert bench.main(["--quick", "--json", "--out", "x"]) == 0
     assert seen == {"quick": True, "out": "x", "json_out": True}
+
+
+def test_cuda_path_runs_with_a_cpu_stand_in(monkeypatch):
+    """The torch-cuda code path (rows, ratios, summary), run on the CPU where no GPU exists."""
+    import torch
+
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(bench, "CUDA_DEVICE", "cpu")
+        monkeypatch.setattr(bench, "_cuda_available", lambda: True)
+    rep = bench.run(quick=True, sizes=(16,), orders=(), params_nn=16, repeats=1, generic=False,
+                    threads_check=False, gradfit_methods=(), impls=("numpy-fd", "torch-cuda"),
+                    numpy_fit_cap_s=5.0, log=lambda msg: None)
+    rows = [r for r in rep["results"] if r["impl"] == "torch-cuda"]
+    assert len(rows) == 1 and _positive(rows[0]["t_eval_s"]) and _positive(rows[0]["t_fit_s"])
+    assert rows[0]["rel_diff_nll_vs_best"] < 1e-6
+    assert rep["machine"]["cuda"] is True and "GPU" in rep["summary"]

@@ -60,6 +60,16 @@ FULL = {
 }
 #: Extra map size measured only where a GPU is present (numpy-fd is capped there).
 GPU_EXTRA_SIZE = 2048
+#: Device of the ``torch-cuda`` implementation (a test points it at the CPU to run that path).
+CUDA_DEVICE = "cuda"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 #: gradfit's own methods used for the "after" fits.
 GRADFIT_METHODS = ("bfgs", "lbfgs")
 
@@ -442,7 +452,7 @@ def _measure(problem, impls_wanted, repeats, cap_s, gradfit_methods, log, cuda_o
         elif name == "torch-cpu":
             impls.append(_torch_impl(name, nll_t, st, "cpu", None, gradfit_methods))
         elif name == "torch-cuda" and cuda_ok:
-            impls.append(_torch_impl(name, nll_t, st, "cuda", None, gradfit_methods))
+            impls.append(_torch_impl(name, nll_t, st, CUDA_DEVICE, None, gradfit_methods))
         elif name == "jax" and jax_ok and nll_jax is not None:
             impls.append(_jax_impl(nll_jax, st, arrays))
     rows = []
@@ -540,7 +550,10 @@ def _machine(cuda_ok, jax_note):
     except OSError:
         pass
     if cuda_ok:
-        info["gpu"] = torch.cuda.get_device_name(0)
+        try:
+            info["gpu"] = torch.cuda.get_device_name(0)
+        except (RuntimeError, AssertionError) as exc:
+            info["gpu"] = f"unknown ({exc})"
     try:
         import jax
 
@@ -677,7 +690,7 @@ def _run(quick, out, json_out, cfg, impls, gradfit_methods, generic, sizes, thre
          seed, log):
     import torch
 
-    cuda_ok = "torch-cuda" in impls and torch.cuda.is_available()
+    cuda_ok = "torch-cuda" in impls and _cuda_available()
     jax_ok, jax_note = _jax_available() if "jax" in impls else (False, "")
     machine = _machine(cuda_ok, jax_note if "jax" in impls else "")
     cfg_sizes = list(cfg["sizes"])
@@ -842,8 +855,17 @@ def summarise(report: dict) -> str:
     cuda = _pick(res, impl="torch-cuda")
     if cuda:
         big = max(cuda, key=lambda r: (r["nn"], -r["t_fit_s"]))
+        base = _pick(res, kind="size", impl="numpy-fd", nn=big["nn"])
         parts.append(f". On the GPU ({m.get('gpu')}), at nn = {big['nn']} the fit took "
-                     f"{big['t_fit_s']:.3g} s")
+                     f"{big['t_fit_s']:.3g} s with {big['method']}")
+        if base:
+            b = base[0]
+            ref = b.get("t_fit_est_s") or b["t_fit_s"]
+            parts.append(f", {'≥' if b['capped'] else ''}"
+                         f"{b['t_fit_s'] / big['t_fit_s']:.0f}× faster than the NumPy reference "
+                         f"on this machine's CPU"
+                         + (f" (about {ref / big['t_fit_s']:.0f}× against its uncapped "
+                            "estimate)" if b["capped"] and b.get("t_fit_est_s") else ""))
     else:
         parts.append(". GPU figures are still unmeasured (no CUDA device here)")
     th = report.get("threads") or []
