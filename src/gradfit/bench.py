@@ -688,8 +688,6 @@ def run(quick: bool = False, out: str | None = None, json_out: bool = False, *,
 
 def _run(quick, out, json_out, cfg, impls, gradfit_methods, generic, sizes, threads_check,
          seed, log):
-    import torch
-
     cuda_ok = "torch-cuda" in impls and _cuda_available()
     jax_ok, jax_note = _jax_available() if "jax" in impls else (False, "")
     machine = _machine(cuda_ok, jax_note if "jax" in impls else "")
