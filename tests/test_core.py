@@ -280,3 +280,14 @@ def test_bad_device_and_dtype(expo_data):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             gradfit.fit(expo, x, y, params={"a": 1.0, "k": 1.0, "c": 0.0}, device="cuda")
+
+
+def test_param_space_with_fixed_scalar_and_element():
+    from gradfit.params import ParamSpace
+
+    sp = ParamSpace({"a": 1.0, "b": 2.0}).with_fixed({"a": 3.0})
+    assert sp.labels == ["b"] and float(sp.init["a"]) == 3.0
+    sp = ParamSpace({"c": np.zeros(3), "b": 2.0}).with_fixed({"c[1]": 3.0})
+    assert sp.labels == ["c[0]", "c[2]", "b"] and sp.init["c"][1] == 3.0
+    with pytest.raises(KeyError, match="unknown parameter 'z'"):
+        sp.with_fixed({"z": 1.0})

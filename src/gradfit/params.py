@@ -146,8 +146,8 @@ class ParamSpace:
         """A copy in which the given labels (``'b1'`` or ``'c[3]'``) are fixed at given values."""
         specs = {}
         for name in self.names:
-            val = self.init[name].copy()
-            fix = ~self.free[name].copy()
+            val = np.array(self.init[name], dtype=np.float64)
+            fix = np.array(~self.free[name], dtype=bool)  # 0-d stays an array, assignable
             specs[name] = [val, fix]
         for label, value in fixed.items():
             name, idx = self.parse_label(label)
