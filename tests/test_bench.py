@@ -105,6 +105,13 @@ def test_main_parses_flags(monkeypatch):
     monkeypatch.setattr(bench, "run", lambda **kw: seen.update(kw) or {})
     assert bench.main(["--quick", "--json", "--out", "x"]) == 0
     assert seen == {"quick": True, "out": "x", "json_out": True}
+    seen.clear()
+    assert bench.main(["--sizes", "512,1024", "--orders", "none", "--impls",
+                       "numpy-fd,torch-cuda", "--cap", "60"]) == 0
+    assert seen["sizes"] == (512, 1024) and seen["orders"] == ()
+    assert seen["impls"] == ("numpy-fd", "torch-cuda") and seen["numpy_fit_cap_s"] == 60.0
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "a,b"])
 
 
 def test_cuda_path_runs_with_a_cpu_stand_in(monkeypatch):

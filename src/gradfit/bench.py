@@ -1025,9 +1025,34 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--out", default=None, help="folder for bench.json, figures, summary.txt")
+    ap.add_argument("--sizes", type=_int_list, default=None,
+                    help="map sizes of the size sweep, e.g. 512,1024,2048")
+    ap.add_argument("--orders", type=_int_list, default=None,
+                    help="Zernike orders of the parameter sweep, e.g. 2,5,9; 'none' to skip it")
+    ap.add_argument("--impls", default=None,
+                    help="comma-separated subset of numpy-fd,torch-cpu,torch-cuda,jax")
+    ap.add_argument("--cap", type=float, default=None,
+                    help="wall-time cap of each NumPy finite-difference fit (s)")
     args = ap.parse_args(argv)
-    run(quick=args.quick, out=args.out, json_out=args.json)
+    kw = {k: v for k, v in (("sizes", args.sizes), ("orders", args.orders),
+                            ("numpy_fit_cap_s", args.cap)) if v is not None}
+    if args.impls:
+        kw["impls"] = tuple(i.strip() for i in args.impls.split(",") if i.strip())
+    try:
+        run(quick=args.quick, out=args.out, json_out=args.json, **kw)
+    except ValueError as exc:
+        ap.error(str(exc))
     return 0
+
+
+def _int_list(text: str) -> tuple:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 32,64,128, got {text!r}") from None
 
 
 if __name__ == "__main__":
