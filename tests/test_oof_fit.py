@@ -209,3 +209,21 @@ def test_multistart_escapes_a_local_minimum():
     assert auto.fit["starts"] > 1
     assert auto.fit["normalised_residual"] < 1.1
     assert np.all(np.abs(auto.K_waves - K_true)[1:] < 4 * auto.K_err_waves[1:])
+
+
+def test_scattered_samples_of_different_counts():
+    from gradfit.oof.observation import BeamMap, Observation
+
+    obs = simulate("effelsberg", order=4, snr=500, npix=33, seed=4)
+    rng = np.random.default_rng(0)
+    maps = []
+    for m, k in zip(obs.maps, (700, 650, 720)):
+        idx = np.sort(rng.choice(m.n, k, replace=False))
+        maps.append(BeamMap(m.u[idx], m.v[idx], m.power[idx], m.dz, sigma=m.sigma[idx],
+                            name=m.name))
+    scattered = Observation(maps, obs.wavelength_m, obs.frequency_hz, "effelsberg")
+    sol = fit(scattered, order=4)
+    assert sol.fit["transform"] == "dft" and sol.success
+    assert [a.size for a in sol.model_maps()] == [700, 650, 720]
+    dK = (sol.K_waves - np.array(obs.truth["K_waves"]))[1:]
+    assert np.mean(np.abs(dK) <= 3 * sol.K_err_waves[1:]) >= 0.9

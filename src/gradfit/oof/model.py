@@ -23,7 +23,9 @@ arithmetic, all differentiable (autograd and forward-mode):
     Exact separable matrix Fourier transform ``F = A_v E A_u^T`` when each map is a
     regular ``(n_v, n_u)`` grid.
 ``'dft'``
-    Direct non-uniform sum over the illuminated cells, for scattered samples.
+    Direct non-uniform transform for scattered samples: for each sample the x sum
+    of every aperture row (one matrix product for all rows and samples), then the
+    y sum. Exact (the same sum as over the illuminated cells) in O(n n_k) memory.
 ``'fft'``
     Zero-padded FFT of the aperture grid and bilinear interpolation of the power,
     as pyoof does; kept for comparison.
@@ -176,6 +178,12 @@ class BeamModel:
         self.transform = transform
         step = g.step_m
         ax = g.axis
+        # scatter target of the separable transforms: per map, rows y, then
+        # [Re E(x) | Im E(x)] along the row
+        gy, gx = np.divmod(g.index, g.n)
+        self.grid_index = torch.as_tensor(
+            np.concatenate([gy * 2 * g.n + gx, gy * 2 * g.n + g.n + gx]), device=self.device
+        )
 
         def kernel(s, coord):
             """cos and sin of 2 pi s coord / lambda, times the cell width."""
@@ -197,27 +205,19 @@ class BeamModel:
             else:
                 self.Wu, self.Wv = t(np.stack(Wu)), t(np.stack(Wv))
             self.nv, self.nu = obs.maps[0].shape
-            # scatter target: per map, rows y, then [Re E(x) | Im E(x)] along the row
-            n = g.n
-            gy, gx = np.divmod(g.index, n)
-            self.grid_index = torch.as_tensor(
-                np.concatenate([gy * 2 * n + gx, gy * 2 * n + n + gx]), device=self.device
-            )
         elif transform == "dft":
+            # per sample k: F_k = sum_y e^{-i v_k y} [sum_x e^{-i u_k x} E(x, y)]; the x sums
+            # of all rows and samples are one matrix product, the y sums a reduction
             nk = max(self.sizes)
-            mats = []
+            Wu, Cv, Sv = [], [], []
             for m in obs.maps:
-                C, S = self._dft_kernel(m.u, m.v, lam, step)
-                if m.n < nk:
-                    C = np.pad(C, ((0, nk - m.n), (0, 0)))
-                    S = np.pad(S, ((0, nk - m.n), (0, 0)))
-                mats.append((C, S))
-            same = all(
-                np.array_equal(mats[0][0], c) and np.array_equal(mats[0][1], s) for c, s in mats
-            )
-            mats = mats[:1] if same else mats
-            self.dft_C = t(np.stack([c for c, _ in mats]))  # (B|1, nk, J)
-            self.dft_S = t(np.stack([s for _, s in mats]))
+                Cu, Su = kernel(np.pad(m.u, (0, nk - m.n)), ax)  # (nk, n); padding unused
+                Wu.append(np.block([[Cu.T, -Su.T], [Su.T, Cu.T]]))  # (2n, 2nk)
+                c, sn = kernel(np.pad(m.v, (0, nk - m.n)), ax)
+                Cv.append(c.T)
+                Sv.append(sn.T)  # (n, nk)
+            self.dft_Wu, self.dft_Cv, self.dft_Sv = t(np.stack(Wu)), t(np.stack(Cv)), t(
+                np.stack(Sv))
             self.nk = nk
         else:  # fft
             nfft = int(fft_pad) * g.n
@@ -251,11 +251,6 @@ class BeamModel:
     # ----------------------------------------------------------------- helpers
     def _t(self, a) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=self.dtype, device=self.device)
-
-    def _dft_kernel(self, u, v, lam, step):
-        g = self.grid
-        arg = 2 * np.pi * (np.outer(u, g.x) + np.outer(v, g.y)) / lam
-        return np.cos(arg) * step**2, np.sin(arg) * step**2
 
     @property
     def n_points(self) -> int:
@@ -318,9 +313,14 @@ class BeamModel:
         if self.transform == "mft":
             return self._mft(er, ei)
         if self.transform == "dft":
-            fr = self.dft_C @ er.unsqueeze(-1) + self.dft_S @ ei.unsqueeze(-1)
-            fi = self.dft_C @ ei.unsqueeze(-1) - self.dft_S @ er.unsqueeze(-1)
-            return (fr**2 + fi**2).squeeze(-1) * self.norm
+            B, n, nk = self.n_maps, self.grid.n, self.nk
+            vals = torch.cat([er, ei], dim=-1)
+            X = vals.new_zeros(B, 2 * n * n).index_copy(1, self.grid_index, vals)
+            T = X.reshape(B, n, 2 * n) @ self.dft_Wu  # (B, n_y, 2 nk): [Re | Im]
+            Tr, Ti = T[..., :nk], T[..., nk:]
+            fr = (self.dft_Cv * Tr + self.dft_Sv * Ti).sum(-2)
+            fi = (self.dft_Cv * Ti - self.dft_Sv * Tr).sum(-2)
+            return (fr**2 + fi**2) * self.norm
         nfft = self.nfft
         E = torch.complex(self._to_grid(er), self._to_grid(ei))
         F = torch.fft.fft2(E, s=(nfft, nfft))
