@@ -18,7 +18,6 @@ import math
 import warnings
 
 import numpy as np
-import scipy.optimize as so
 import torch
 
 from ..objective import Objective
@@ -29,6 +28,13 @@ __all__ = ["SCIPY_METHODS", "scipy_lm"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
+
+
+def _so():
+    # imported on first use: scipy.optimize costs ~0.9 s at start-up
+    import scipy.optimize
+
+    return scipy.optimize
 
 def _start(obj: Objective, z0):
     z = as_start(obj, z0)
@@ -94,7 +100,7 @@ def _minimize(scipy_method, name, default_iter, options, use_grad=True, hessp=Fa
         x, nit, notes = zn, 0, ""
         for attempt in range(restarts + 1 if use_grad else 1):
             try:
-                res, note = _run(lambda x=x: so.minimize(fun, x, method=scipy_method,
+                res, note = _run(lambda x=x: _so().minimize(fun, x, method=scipy_method,
                                                          options=o, **kw))
             except StopIteration:
                 return finish(z, f0, False, "stopped by the callback", nit, name)
@@ -161,7 +167,7 @@ def scipy_lm(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         return cache[key]
 
     tol = {k: max(float(getattr(opts, k)), _EPS) for k in ("ftol", "xtol", "gtol")}
-    res, note = _run(lambda: so.least_squares(resid, zn, jac=jac, method="lm",
+    res, note = _run(lambda: _so().least_squares(resid, zn, jac=jac, method="lm",
                                               x_scale="jac",
                                               max_nfev=100 * max_iter(opts, 1000), **tol))
     zt = obj.as_tensor(res.x)

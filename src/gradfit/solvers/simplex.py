@@ -13,7 +13,6 @@ import math
 import warnings
 
 import numpy as np
-import scipy.optimize as so
 import torch
 
 from ..objective import Objective
@@ -22,6 +21,13 @@ from .base import RawSolution, SolverOptions
 
 __all__ = ["nelder_mead"]
 
+
+
+def _so():
+    # imported on first use: scipy.optimize costs ~0.9 s at start-up
+    import scipy.optimize
+
+    return scipy.optimize
 
 def nelder_mead(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     """Adaptive Nelder–Mead with restarts.
@@ -71,7 +77,7 @@ def nelder_mead(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         try:
             with warnings.catch_warnings(record=True):
                 warnings.simplefilter("always")
-                res = so.minimize(fun, x, method="Nelder-Mead", callback=cb, options={
+                res = _so().minimize(fun, x, method="Nelder-Mead", callback=cb, options={
                     "maxiter": left, "maxfev": 2 * left + obj.n + 1, "xatol": xatol,
                     "fatol": fatol, "adaptive": True, "initial_simplex": sim})
         except StopIteration:
