@@ -21,7 +21,7 @@ import click
 __all__ = ["main", "cli", "CLIError"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-_ERRORS_IMPLEMENTED = ("hessian",)
+_ERRORS_IMPLEMENTED = ("hessian", "profile", "mcmc")
 
 
 class CLIError(click.ClickException):
@@ -291,7 +291,8 @@ def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
         )
 
 
-_STAGES = {"grid": "choosing the aperture grid", "fit": "fitting", "done": "done"}
+_STAGES = {"grid": "choosing the aperture grid", "fit": "fitting", "done": "done",
+           "profile": "profile-likelihood intervals", "mcmc": "sampling the posterior (NUTS)"}
 
 
 def _progress_fit(fit_fn, obs, kwargs, quiet):
@@ -311,7 +312,9 @@ def _progress_fit(fit_fn, obs, kwargs, quiet):
             parts = [_STAGES.get(info.get("stage"), str(info.get("stage", "fitting")))]
             if info.get("start"):
                 parts.append(f"start {int(info['start']) + 1}")
-            if info.get("nit") is not None:
+            if info.get("of"):
+                parts.append(f"coefficient {info['nit']} of {info['of']}")
+            elif info.get("nit") is not None:
                 parts.append(f"iteration {info['nit']}")
             if isinstance(info.get("fun"), (int, float)):
                 parts.append(f"-log L {float(info['fun']):.6g}")
@@ -396,10 +399,9 @@ def _write_outputs(sol, obs, out: Path, input_path, settings: dict, figures=True
     return data
 
 
-def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None):
+def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None,
+             error_options=None):
     """oof.fit with CLI error mapping: bad settings → exit 2, crash → exit 1."""
-    import inspect
-
     try:
         from gradfit.oof import fit
     except ImportError as exc:
@@ -411,13 +413,10 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
     if max_iter is not None:
         kwargs["max_iter"] = max_iter
     if errors not in _ERRORS_IMPLEMENTED:
-        try:
-            accepts = fit is not None and "errors" in inspect.signature(fit).parameters
-        except (TypeError, ValueError):
-            accepts = False
-        if not accepts:
-            raise CLIError(f"--errors {errors}: not implemented yet; only 'hessian' is available")
-        kwargs["errors"] = errors
+        raise CLIError(f"--errors {errors}: choose one of {', '.join(_ERRORS_IMPLEMENTED)}")
+    kwargs["errors"] = errors
+    if error_options:
+        kwargs["error_options"] = error_options
     if fit is None:
         raise CLIError(f"the OOF fit is not available: {missing}", EXIT_FAILED)
     try:
@@ -484,7 +483,15 @@ def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
     type=click.Choice(["hessian", "profile", "mcmc"]),
     default="hessian",
     show_default=True,
-    help="How coefficient errors are computed.",
+    help="How coefficient errors are computed: inverse Hessian, profile-likelihood "
+    "intervals (about ten refits per coefficient), or NUTS posterior samples (pyro-ppl).",
+)
+@click.option(
+    "--mcmc-samples",
+    type=click.IntRange(min=20),
+    default=300,
+    show_default=True,
+    help="Posterior draws per chain (2 chains) with --errors mcmc.",
 )
 @click.option(
     "--max-iter",
@@ -506,6 +513,7 @@ def fit_cmd(
     out,
     as_json,
     errors,
+    mcmc_samples,
     max_iter,
     figures,
     quiet,
@@ -525,6 +533,7 @@ def fit_cmd(
         errors=errors,
         quiet=quiet,
         max_iter=max_iter,
+        error_options={"num_samples": mcmc_samples} if errors == "mcmc" else None,
     )
     settings = dict(
         order=order,
@@ -537,9 +546,9 @@ def fit_cmd(
     )
     data = _write_outputs(sol, obs, out, file, settings, figures=figures)
     if not quiet:
-        names = "solution.json, phase.fits, surface.fits, model.fits"
+        names = "solution.json, phase.fits, surface.fits, surface_error.fits, model.fits"
         if figures:
-            names += ", maps.png, surface.png"
+            names += ", maps.png, surface.png, surface_error.png"
         click.echo(f"wrote {out}/: {names}", err=True)
     return _finish(sol, data, as_json, quiet)
 

@@ -626,7 +626,8 @@ def _unpack_map(result):
 
 
 def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None) -> dict:
-    """Write a fit's results: ``solution.json``, ``phase.fits`` and ``surface.fits``.
+    """Write a fit's results: ``solution.json``, ``phase.fits``, ``surface.fits`` and,
+    where the solution gives one, ``surface_error.fits`` (1σ uncertainty, µm).
 
     Parameters
     ----------
@@ -664,6 +665,10 @@ def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None)
     _image_hdu(surface, "um", "surface error", ext or extent, telescope, wavelength).writeto(
         outdir / "surface.fits", overwrite=True
     )
+    if hasattr(sol, "surface_error_map"):
+        err, ext = _unpack_map(sol.surface_error_map())
+        _image_hdu(err, "um", "surface error uncertainty (1 sigma)", ext or extent, telescope,
+                   wavelength).writeto(outdir / "surface_error.fits", overwrite=True)
     return data
 
 

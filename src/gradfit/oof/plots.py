@@ -195,8 +195,12 @@ def plot_surface(
     rms_um: float | None = None,
     telescope=None,
     weighted_rms_um: float | None = None,
+    uncertainty: bool = False,
 ):
     """Draw the surface-error map (µm) with the aperture outline.
+
+    With ``uncertainty=True`` the map is a 1σ uncertainty (non-negative): it gets a
+    sequential colour scale from zero and its rms is quoted without removing a mean.
 
     Parameters
     ----------
@@ -229,11 +233,14 @@ def plot_surface(
         raise ValueError(f"plot_surface: expected a 2-D map, got shape {data.shape}")
     finite = data[np.isfinite(data)]
     if rms_um is None and finite.size:
-        rms_um = float(np.sqrt(np.mean((finite - finite.mean()) ** 2)))
+        centre = 0.0 if uncertainty else finite.mean()
+        rms_um = float(np.sqrt(np.mean((finite - centre) ** 2)))
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
     fig.subplots_adjust(left=0.12, right=0.94, bottom=0.1, top=0.88)
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
     kw = dict(origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    if uncertainty:
+        kw.update(cmap="viridis", vmin=0.0)
     if extent_m is not None:
         art = ax.imshow(data, extent=list(extent_m), **kw)
         ax.set_xlabel("x (m)")
@@ -255,8 +262,8 @@ def plot_surface(
         ax.set_ylabel("y (pixel)")
     ax.set_aspect("equal")
     cb = fig.colorbar(art, ax=ax)
-    cb.set_label("surface error (µm)")
-    head = title or "Surface error"
+    cb.set_label("surface-error uncertainty, 1σ (µm)" if uncertainty else "surface error (µm)")
+    head = title or ("Surface-error uncertainty" if uncertainty else "Surface error")
     if rms_um is not None:
         head += f"\nrms {rms_um:.1f} µm"
         if weighted_rms_um is not None:
@@ -403,6 +410,21 @@ def plot_dir(
             rms_um=_number(rms),
             telescope=tel,
             weighted_rms_um=_number(sol.get("surface_rms_weighted_um")),
+        )
+        written.append(p)
+    if (outdir / "surface_error.fits").exists():
+        data, extent, header = io.read_image(outdir / "surface_error.fits")
+        method = (sol.get("errors") or {}).get("method", "hessian")
+        p = outdir / "surface_error.png"
+        plot_surface(
+            data,
+            extent,
+            p,
+            title=f"Surface-error uncertainty ({method}), "
+                  f"{tel_name or obs.telescope or 'telescope'}",
+            rms_um=_number(sol.get("surface_error_rms_um")),
+            telescope=_get_telescope(tel_name or obs.telescope),
+            uncertainty=True,
         )
         written.append(p)
     return written

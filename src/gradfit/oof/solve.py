@@ -117,6 +117,8 @@ class Solution:
     _params: dict = field(repr=False)
     _scale: float = field(repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
+    #: errors beyond the Hessian: {"method": "profile"|"mcmc", per-coefficient values}
+    extra_errors: dict = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------- coefficients
     @property
@@ -125,13 +127,43 @@ class Solution:
 
     @property
     def zernike(self) -> list[dict]:
-        """``[{n, l, value_rad, error_rad, value_waves, error_waves}, ...]``."""
-        return [
-            {"n": n, "l": l, "value_rad": 2 * math.pi * float(k),
-             "error_rad": 2 * math.pi * float(e), "value_waves": float(k),
-             "error_waves": float(e)}
-            for (n, l), k, e in zip(self.labels, self.K_waves, self.K_err_waves)
-        ]
+        """``[{n, l, value_rad, error_rad, value_waves, error_waves}, ...]``.
+
+        After ``errors='profile'`` each entry also has ``interval_waves`` and
+        ``interval_rad`` (68.27% profile-likelihood interval); after ``errors='mcmc'``,
+        ``posterior_mean_waves`` and ``posterior_std_waves``.
+        """
+        out = []
+        extra = self.extra_errors.get("per_coefficient", {})
+        for i, ((n, l), k, e) in enumerate(zip(self.labels, self.K_waves, self.K_err_waves)):
+            d = {"n": n, "l": l, "value_rad": 2 * math.pi * float(k),
+                 "error_rad": 2 * math.pi * float(e), "value_waves": float(k),
+                 "error_waves": float(e)}
+            for key, vals in extra.items():
+                v = vals[i]
+                d[key] = v
+                if key.endswith("_waves"):
+                    d[key[:-6] + "_rad"] = (None if v is None else
+                                            [2 * math.pi * x for x in v] if isinstance(v, list)
+                                            else 2 * math.pi * v)
+            out.append(d)
+        return out
+
+    def surface_error_map(self, n: int = 256) -> np.ndarray:
+        """Per-pixel 1σ surface-error uncertainty (µm) on the grid of :meth:`surface_map`.
+
+        From the posterior samples when the fit ran with ``errors='mcmc'``, else from the
+        coefficient covariance (other fitted parameters marginalised).
+        """
+        from .uncertainty import solution_error_map
+
+        return solution_error_map(self, n, self.extra_errors.get("samples"))
+
+    @property
+    def surface_error_rms_um(self) -> float:
+        """rms over the open aperture of :meth:`surface_error_map`."""
+        m = self.surface_error_map()
+        return float(np.sqrt(np.nanmean(m ** 2)))
 
     @property
     def extent_m(self) -> tuple[float, float, float, float]:
@@ -237,6 +269,9 @@ class Solution:
             "phase_rms_rad": self.phase_rms_rad,
             "phase_rms_weighted_rad": self.phase_rms_weighted_rad,
             "ruze_efficiency": self.ruze_efficiency,
+            "surface_error_rms_um": self.surface_error_rms_um,
+            "errors": {k: v for k, v in self.extra_errors.items()
+                       if k not in ("samples", "per_coefficient")} or {"method": "hessian"},
             "convention": CONVENTION,
         }
 
@@ -346,6 +381,8 @@ def fit(
     threads: int | None = None,
     max_iter: int | None = None,
     seed: int = 0,
+    errors: str = "hessian",
+    error_options: dict | None = None,
 ) -> Solution:
     """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
 
@@ -395,12 +432,22 @@ def fit(
         Iteration limit of the minimiser.
     seed : int
         Seed of the extra starts.
+    errors : {'hessian', 'profile', 'mcmc'}
+        'hessian' (default): 1σ errors from the inverse Hessian. 'profile' adds the
+        68.27% profile-likelihood interval of every coefficient (about ten refits each).
+        'mcmc' adds posterior means and standard deviations from NUTS (pyro-ppl), and
+        the surface-error map then comes from the posterior draws.
+    error_options : dict, optional
+        For 'mcmc': ``num_samples`` (default 300), ``warmup``, ``num_chains`` (2),
+        ``method`` ('nuts', 'hmc' or 'emcee'), ``seed``.
 
     Returns
     -------
     Solution
     """
     t_start = time.perf_counter()
+    if errors not in _ERRORS:
+        raise ValueError(f"unknown errors {errors!r}; choose one of: {', '.join(_ERRORS)}")
     _check_obs(obs)
     tel = get_telescope(telescope if telescope is not None else _need_telescope(obs))
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
@@ -535,11 +582,52 @@ def fit(
         "at_bounds": list(getattr(res, "at_bounds", ())),
         "data_scale": scale,
     }
-    return Solution(
+    sol = Solution(
         telescope=tel, order=order, wavelength_m=float(obs.wavelength_m),
         frequency_hz=float(obs.frequency_hz), labels=labels, K_waves=K, K_err_waves=Ke,
         nuisance=nuis, fit=fit_info, result=res, _model=model, _params=params, _scale=scale,
     )
+    if errors != "hessian" and res.success:
+        with torch_threads(n_threads):
+            sol.extra_errors.update(_extra_errors(res, errors, dict(error_options or {}),
+                                                  report))
+        sol.fit["time_s"] = time.perf_counter() - t_start
+    return sol
+
+
+_ERRORS = ("hessian", "profile", "mcmc")
+
+
+def _extra_errors(res, errors: str, opts: dict, report) -> dict:
+    """Profile intervals or posterior summaries of every free coefficient."""
+    nk = len(np.asarray(res.params["K"]))
+    labels = [f"K[{i}]" for i in range(nk)]
+    free = [lab in res.names for lab in labels]
+    t0 = time.perf_counter()
+    if errors == "profile":
+        from gradfit.profile import interval
+
+        iv = [None]
+        for i, lab in enumerate(labels):
+            report(stage="profile", nit=i + 1, of=nk)
+            iv.append(list(map(float, interval(res, lab, cl=0.6827))) if free[i] else None)
+        return {"method": "profile", "cl": 0.6827, "time_s": time.perf_counter() - t0,
+                "per_coefficient": {"interval_waves": iv}}
+    from gradfit.sampling import sample_result
+
+    method = opts.pop("method", "nuts")
+    opts.setdefault("num_samples", 300)
+    opts.setdefault("num_chains", 2)
+    report(stage="mcmc")
+    smp = sample_result(res, method=method, **opts)
+    draws = np.asarray(smp.samples["K"], dtype=np.float64).reshape(-1, nk)
+    mean = [None] + [float(v) for v in draws.mean(axis=0)]
+    std = [None] + [float(v) for v in draws.std(axis=0, ddof=1)]
+    rhat = np.asarray(smp.rhat.get("K", np.nan), dtype=np.float64)
+    return {"method": "mcmc", "sampler": method, "num_samples": int(draws.shape[0]),
+            "max_rhat": float(np.nanmax(rhat)) if rhat.size else None,
+            "time_s": time.perf_counter() - t0, "samples": draws,
+            "per_coefficient": {"posterior_mean_waves": mean, "posterior_std_waves": std}}
 
 
 def _need_telescope(obs):
