@@ -75,3 +75,17 @@ def stalled_at_resolution(gmax: float, decrease: float, f: float, dtype) -> bool
     eps = torch.finfo(dtype).eps
     scale = max(1.0, abs(float(f)))
     return gmax <= 70 * math.sqrt(eps) * scale or 0 <= decrease <= 1e4 * eps * scale
+
+
+def start_point(obj: Objective, z0, method: str):
+    """z, f (tensor), g, f (float), max|g|; or a RawSolution for a bad start."""
+    z = as_start(obj, z0)
+    f_t, g = obj.value_and_grad(z)
+    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
+    if not math.isfinite(f):
+        return nonfinite_start(z, f, method)
+    if not math.isfinite(gmax):
+        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
+    if obj.n == 0:
+        return finish(z, f, True, "no free parameters", 0, method)
+    return z, f_t, g, f, gmax

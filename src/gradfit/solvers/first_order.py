@@ -15,32 +15,17 @@ import torch
 
 from ..objective import Objective
 from ._common import (
-    as_start,
     call_back,
     extra,
     finish,
     max_iter,
-    nonfinite_start,
     stalled_at_resolution,
+    start_point,
 )
 from .base import RawSolution, SolverOptions
 from .linesearch import armijo_backtracking
 
 __all__ = ["adam", "gradient_descent"]
-
-
-def _start(obj, z0, method):
-    """z, f (tensor), g, f (float), max|g|; or a RawSolution for a bad start."""
-    z = as_start(obj, z0)
-    f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
-    if not math.isfinite(f):
-        return nonfinite_start(z, f, method)
-    if not math.isfinite(gmax):
-        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
-    if obj.n == 0:
-        return finish(z, f, True, "no free parameters", 0, method)
-    return z, f_t, g, f, gmax
 
 
 def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
@@ -52,7 +37,7 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     moderately ill-conditioned problems. Default ``max_iter`` 20000.
     """
     method = "gd"
-    start = _start(obj, z0, method)
+    start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
     z, _, g, f, gmax = start
@@ -107,7 +92,7 @@ def adam(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     rate halved, on the device and without a sync.
     """
     method = "adam"
-    start = _start(obj, z0, method)
+    start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
     z, f_t, g, f, gmax = start

@@ -21,13 +21,12 @@ import torch
 
 from ..objective import Objective
 from ._common import (
-    as_start,
     call_back,
     extra,
     finish,
     max_iter,
-    nonfinite_start,
     stalled_at_resolution,
+    start_point,
 )
 from .base import RawSolution, SolverOptions
 from .linesearch import armijo_backtracking
@@ -74,15 +73,10 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     Default ``max_iter`` 1000.
     """
     method = "newton-cg"
-    z = as_start(obj, z0)
-    f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
-    if not math.isfinite(f):
-        return nonfinite_start(z, f, method)
-    if not math.isfinite(gmax):
-        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
-    if obj.n == 0:
-        return finish(z, f, True, "no free parameters", 0, method)
+    start = start_point(obj, z0, method)
+    if isinstance(start, RawSolution):
+        return start
+    z, f_t, g, f, gmax = start
     maxit = max_iter(opts, 1000)
     max_cg = int(extra(opts, "max_cg", max(10, 2 * obj.n)))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
@@ -184,15 +178,10 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     1000. One Hessian (``n`` backward passes) per accepted step.
     """
     method = "trust-exact"
-    z = as_start(obj, z0)
-    f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
-    if not math.isfinite(f):
-        return nonfinite_start(z, f, method)
-    if not math.isfinite(gmax):
-        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
-    if obj.n == 0:
-        return finish(z, f, True, "no free parameters", 0, method)
+    start = start_point(obj, z0, method)
+    if isinstance(start, RawSolution):
+        return start
+    z, f_t, g, f, gmax = start
     maxit = max_iter(opts, 1000)
     delta = float(extra(opts, "initial_trust_radius", 1.0))
     delta_max = float(extra(opts, "max_trust_radius", 1e10))
@@ -302,15 +291,10 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     ``max_iter`` 1000.
     """
     method = "trust-krylov"
-    z = as_start(obj, z0)
-    f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
-    if not math.isfinite(f):
-        return nonfinite_start(z, f, method)
-    if not math.isfinite(gmax):
-        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
-    if obj.n == 0:
-        return finish(z, f, True, "no free parameters", 0, method)
+    start = start_point(obj, z0, method)
+    if isinstance(start, RawSolution):
+        return start
+    z, f_t, g, f, gmax = start
     maxit = max_iter(opts, 1000)
     delta = float(extra(opts, "initial_trust_radius", 1.0))
     delta_max = float(extra(opts, "max_trust_radius", 1e10))

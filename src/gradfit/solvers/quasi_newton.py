@@ -25,13 +25,12 @@ import torch
 
 from ..objective import Objective
 from ._common import (
-    as_start,
     call_back,
     extra,
     finish,
     max_iter,
-    nonfinite_start,
     stalled_at_resolution,
+    start_point,
 )
 from .base import RawSolution, SolverOptions
 from .linesearch import strong_wolfe
@@ -107,15 +106,10 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
     eps = torch.finfo(obj.dtype).eps
 
-    z = as_start(obj, z0)
-    f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
-    if not math.isfinite(f):
-        return nonfinite_start(z, f, method)
-    if not math.isfinite(gmax):
-        return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
-    if obj.n == 0:
-        return finish(z, f, True, "no free parameters", 0, method)
+    start = start_point(obj, z0, method)
+    if isinstance(start, RawSolution):
+        return start
+    z, f_t, g, f, gmax = start
     if gmax <= gtol * max(1.0, abs(f)):
         return finish(z, f, True, f"gradient below gtol={gtol:g} at the start", 0, method)
 
