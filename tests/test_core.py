@@ -31,7 +31,7 @@ def test_public_surface():
     }
     assert set(gradfit.__all__) == expected
     public = {n for n in dir(gradfit) if not n.startswith("_")}
-    modules = {"likelihoods", "objective", "params", "priors", "result", "solvers",
+    modules = {"fitting", "likelihoods", "objective", "params", "priors", "result", "solvers",
                "uncertainty", "nist", "profile", "sampling", "oof", "bench", "cli", "models"}
     assert public - modules == expected
 

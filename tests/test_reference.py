@@ -139,10 +139,6 @@ def test_oof_fits_reach_the_same_optimum(oof_small):
     np.testing.assert_allclose(after.x, before.x, atol=1e-3)
     # exact gradients: f and ∇f in one pass, far fewer model evaluations
     assert after.nfev < before.nfev
-    try:
-        import gradfit.fit  # noqa: F401
-    except ImportError:
-        pytest.skip("gradfit.fit is not available yet")
     gf = fit_gradfit(ref.neg_log_likelihood_torch, tt, theta0, method="bfgs")
     assert gf.fun == pytest.approx(before.fun, rel=1e-6)
 

@@ -3,46 +3,47 @@
 Write the model once in PyTorch; gradfit gives f, ∇f, Hessian-vector products,
 Hessians and Jacobians by automatic differentiation, runs the minimiser that
 suits the problem, and reports the answer with honest uncertainties.
+
+The names below are imported on first use, so that ``import gradfit`` (and the
+``gradfit`` command line) starts without loading torch.
 """
 
-from .fit import FitError, fit, minimize
-from .likelihoods import Cauchy, Gaussian, Likelihood, Poisson, StudentT
-from .params import Param
-from .priors import Laplace, LogNormal, Normal, Prior, Uniform
-from .result import FitResult
-from .uncertainty import FitWarning
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "fit",
-    "minimize",
-    "sample",
-    "Param",
-    "FitResult",
-    "FitError",
-    "FitWarning",
-    "Likelihood",
-    "Gaussian",
-    "Cauchy",
-    "StudentT",
-    "Poisson",
-    "Prior",
-    "Normal",
-    "Laplace",
-    "Uniform",
-    "LogNormal",
-    "Samples",
-]
+#: public name -> module that defines it
+_EXPORTS = {
+    "fit": "fitting",
+    "minimize": "fitting",
+    "FitError": "fitting",
+    "sample": "sampling",
+    "Samples": "sampling",
+    "Param": "params",
+    "FitResult": "result",
+    "FitWarning": "uncertainty",
+    "Likelihood": "likelihoods",
+    "Gaussian": "likelihoods",
+    "Cauchy": "likelihoods",
+    "StudentT": "likelihoods",
+    "Poisson": "likelihoods",
+    "Prior": "priors",
+    "Normal": "priors",
+    "Laplace": "priors",
+    "Uniform": "priors",
+    "LogNormal": "priors",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    # MCMC lives in its own module with optional dependencies; import it on first use
-    if name in ("sample", "Samples"):
-        from . import sampling
-
-        return getattr(sampling, name)
-    raise AttributeError(f"module 'gradfit' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradfit' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
 def __dir__():

@@ -255,10 +255,10 @@ def fit_gradfit(nll, st, theta0, *, method="bfgs", device="cpu", max_iter=None,
         When ``gradfit.minimize`` is not available.
     """
     try:
-        from gradfit.fit import minimize
+        from gradfit.fitting import minimize
     except ImportError as exc:
         raise ImportError(
-            "gradfit.minimize is not available (gradfit.fit could not be imported); "
+            "gradfit.minimize is not available (gradfit.fitting could not be imported); "
             "use fit_torch_bfgs instead"
         ) from exc
     t0 = time.perf_counter()
@@ -280,7 +280,7 @@ def fit_gradfit(nll, st, theta0, *, method="bfgs", device="cpu", max_iter=None,
 
 def _gradfit_available() -> bool:
     try:
-        from gradfit.fit import minimize  # noqa: F401
+        from gradfit.fitting import minimize  # noqa: F401
     except ImportError:
         return False
     return True

@@ -142,7 +142,7 @@ def digits(value, certified) -> np.ndarray:
 
 def fit_problem(prob: NistProblem, start: int = 1, method: str = "auto", **kwargs):
     """Fit one problem with gradfit's default least-squares path; returns the FitResult."""
-    from .fit import fit
+    from .fitting import fit
 
     model_b = MODELS[prob.name]
 

@@ -140,7 +140,7 @@ class _Profiler:
 
     def __call__(self, values, warm: np.ndarray):
         """−log L minimised with ``labels`` fixed at ``values``; returns (f, theta, success)."""
-        from .fit import run_problem
+        from .fitting import run_problem
 
         values = [float(v) for v in np.atleast_1d(values)]
         warm = np.array(warm, dtype=np.float64)

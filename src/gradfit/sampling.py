@@ -569,7 +569,7 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
     ImportError
         When pyro-ppl (NUTS/HMC) or emcee is not installed.
     """
-    from .fit import build_minimize_problem, build_problem
+    from .fitting import build_minimize_problem, build_problem
 
     t0 = time.perf_counter()
     method = _check_method(method)
@@ -655,7 +655,7 @@ def _sample_problem(prob, method, map_result, *, num_samples, warmup, num_chains
 
 def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, init, progress,
          options, t0, map_result=None) -> Samples:
-    from .fit import run_problem
+    from .fitting import run_problem
     from .profile import _flat
 
     sp = prob.space
@@ -834,7 +834,7 @@ def _run_emcee(post, z0, L, rng, W, num_samples, warmup, progress, options, dev,
 
 def _laplace(prob, res, theta0, rng, num_chains, num_samples):
     """Draws from N(theta_MAP, cov) in physical units, shape (chains, draws, n)."""
-    from .fit import _covariance
+    from .fitting import _covariance
 
     sp = prob.space
     if res is None:
