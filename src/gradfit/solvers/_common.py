@@ -89,3 +89,20 @@ def start_point(obj: Objective, z0, method: str):
     if obj.n == 0:
         return finish(z, f, True, "no free parameters", 0, method)
     return z, f_t, g, f, gmax
+
+
+def end_of_step(opts: SolverOptions, nit: int, z, f: float, f_old: float, gmax: float,
+                smax: float, zmax: float, method: str) -> RawSolution | None:
+    """The convergence tests after an accepted line-search step (gtol, ftol, xtol and the
+    callback, in that order); a finished RawSolution, or None to go on."""
+    gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    if gmax <= gtol * max(1.0, abs(f)):
+        return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
+                      nit, method)
+    if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
+        return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit, method)
+    if smax <= xtol * (zmax + xtol):
+        return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
+    if call_back(opts, nit, z, f):
+        return finish(z, f, False, "stopped by the callback", nit, method)
+    return None

@@ -16,6 +16,7 @@ import torch
 from ..objective import Objective
 from ._common import (
     call_back,
+    end_of_step,
     extra,
     finish,
     max_iter,
@@ -42,7 +43,7 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         return start
     z, _, g, f, gmax = start
     maxit = max_iter(opts, 20000)
-    gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    gtol = float(opts.gtol)
     if gmax <= gtol * max(1.0, abs(f)):
         return finish(z, f, True, f"gradient below gtol={gtol:g} at the start", 0, method)
     t = min(1.0, 1.0 / gmax)
@@ -66,16 +67,9 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             return finish(z, f, False, "gradient became non-finite", nit, method)
         f_old, f, z, g = f, f_new, z_new, g_new
         t = ss / sy if sy > 0 else 2.0 * ls.t
-        if gmax <= gtol * max(1.0, abs(f)):
-            return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
-                          nit, method)
-        if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-            return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit,
-                          method)
-        if smax <= xtol * (zmax + xtol):
-            return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
-        if call_back(opts, nit, z, f):
-            return finish(z, f, False, "stopped by the callback", nit, method)
+        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method)
+        if done is not None:
+            return done
     return finish(z, f, False, f"maximum number of iterations ({maxit}) reached", nit, method)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..objective import Objective
 from ._common import (
-    call_back,
+    end_of_step,
     extra,
     finish,
     max_iter,
@@ -103,7 +103,7 @@ class _TwoLoop:
 
 def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) -> RawSolution:
     maxit = max_iter(opts, int(extra(opts, "max_iter_default", 2000 if method == "bfgs" else 5000)))
-    gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+    gtol = float(opts.gtol)
     eps = torch.finfo(obj.dtype).eps
 
     start = start_point(obj, z0, method)
@@ -155,16 +155,9 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
             approx.update(s, y, ys_t)
         if not math.isfinite(gmax):
             return finish(z, f, False, "gradient became non-finite", nit, method)
-        if gmax <= gtol * max(1.0, abs(f)):
-            return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
-                          nit, method)
-        if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-            return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit,
-                          method)
-        if smax <= xtol * (zmax + xtol):
-            return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
-        if call_back(opts, nit, z, f):
-            return finish(z, f, False, "stopped by the callback", nit, method)
+        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method)
+        if done is not None:
+            return done
     return finish(z, f, False, f"maximum number of iterations ({maxit}) reached", nit, method)
 
 
