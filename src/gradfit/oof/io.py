@@ -356,21 +356,8 @@ def _read_pyoof(path, hdul, tables) -> Observation:
             sigma = None
         maps.append(_make_map(path, label, _extname(hdu), u, v, power, sigma, dz))
 
-    telescope = primary.get("TELESCOP")
-    telescope = str(telescope).strip().lower() if telescope not in (None, "") else None
-    meta = _meta(primary)
-    if noise is not None:
-        meta["NOISE"] = noise
-    meta["source"] = str(path)
-    return Observation(
-        maps=maps,
-        wavelength_m=wavel,
-        frequency_hz=freq,
-        telescope=telescope,
-        layout=_layout(primary, "pyoof"),
-        meta=meta,
-        truth=_read_truth(hdul),
-    )
+    extra = {"NOISE": noise} if noise is not None else {}
+    return _observation(path, hdul, maps, wavel, freq, "pyoof", extra)
 
 
 def _read_oof(path, hdul, tables) -> Observation:
@@ -410,16 +397,23 @@ def _read_oof(path, hdul, tables) -> Observation:
         sigma = _column(path, label, hdu, "UFNu") if _has_col(hdu, "UFNU") else None
         name = _extname(hdu) or f"MAP {len(maps) + 1}"
         maps.append(_make_map(path, label, name, u, v, power, sigma, dz))
+    return _observation(path, hdul, maps, wavel, freq, "oof")
+
+
+def _observation(path, hdul, maps, wavel, freq, layout: str, extra_meta=None) -> Observation:
+    """The Observation of a read file: telescope, metadata and truth from its headers."""
+    primary = hdul[0].header
     telescope = primary.get("TELESCOP")
     telescope = str(telescope).strip().lower() if telescope not in (None, "") else None
     meta = _meta(primary)
+    meta.update(extra_meta or {})
     meta["source"] = str(path)
     return Observation(
         maps=maps,
         wavelength_m=wavel,
         frequency_hz=freq,
         telescope=telescope,
-        layout=_layout(primary, "oof"),
+        layout=_layout(primary, layout),
         meta=meta,
         truth=_read_truth(hdul),
     )
