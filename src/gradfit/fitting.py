@@ -267,29 +267,34 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         mp = _ModelParams({n: p[n] for n in user_names})
         return model(mp, xt)
 
-    def nll(theta):
-        p = space.unflatten(theta)
-        mu = predict(p)
-        out = lik.nll(yt, mu, {n: p[n] for n in nuis_names})
-        if log_prior is not None:
-            out = out - log_prior(p)
-        return out
+    has_res = lik.has_residuals and prior_ok
 
-    residuals = None
-    lik_residuals = None
-    if lik.has_residuals and prior_ok:
-        def lik_residuals(theta):
-            return lik.residuals(yt, predict(space.unflatten(theta))).reshape(-1)
+    def make(sp: ParamSpace) -> Problem:
+        """The problem on parameter space ``sp``: the same model, data and likelihood."""
 
-        if prior_res is None:
+        def nll(theta):
+            p = sp.unflatten(theta)
+            out = lik.nll(yt, predict(p), {n: p[n] for n in nuis_names})
+            return out - log_prior(p) if log_prior is not None else out
+
+        residuals = lik_residuals = None
+        if has_res:
+            def lik_residuals(theta):
+                return lik.residuals(yt, predict(sp.unflatten(theta))).reshape(-1)
+
             residuals = lik_residuals
-        else:
-            def residuals(theta):
-                p = space.unflatten(theta)
-                return torch.cat([lik.residuals(yt, predict(p)).reshape(-1), prior_res(p)])
+            if prior_res is not None:
+                def residuals(theta):
+                    p = sp.unflatten(theta)
+                    return torch.cat([lik.residuals(yt, predict(p)).reshape(-1), prior_res(p)])
 
+        return Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
+                       gauss_newton=isinstance(lik, Gaussian) and has_res, rebuild=make,
+                       lik_residuals=lik_residuals)
+
+    prob = make(space)
     with torch.no_grad():
-        f0 = nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
+        f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
     if not torch.isfinite(f0):
         nbad = int((~torch.isfinite(mu0)).sum())
         hint = (f" (the model returned non-finite values at {nbad} of {mu0.numel()} points)"
@@ -297,36 +302,6 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         raise ValueError(
             f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
             "choose a starting point where the model and likelihood are finite")
-
-    def rebuild(new_space: ParamSpace) -> Problem:
-        # same model, data and likelihood; new fixed/initial values
-        pr = Problem.__new__(Problem)
-        pr.__dict__.update(prob.__dict__)
-        pr.space = new_space
-
-        def nll2(theta):
-            p = new_space.unflatten(theta)
-            out = lik.nll(yt, predict(p), {n: p[n] for n in nuis_names})
-            return out - log_prior(p) if log_prior is not None else out
-
-        pr.nll = nll2
-        pr.residuals = None
-        pr.lik_residuals = None
-        if residuals is not None:
-            def res2(theta):
-                p = new_space.unflatten(theta)
-                r = lik.residuals(yt, predict(p)).reshape(-1)
-                return torch.cat([r, prior_res(p)]) if prior_res is not None else r
-
-            def lres2(theta):
-                return lik.residuals(yt, predict(new_space.unflatten(theta))).reshape(-1)
-
-            pr.residuals, pr.lik_residuals = res2, lres2
-        return pr
-
-    prob = Problem(space, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
-                   gauss_newton=isinstance(lik, Gaussian) and residuals is not None,
-                   rebuild=rebuild, lik_residuals=lik_residuals)
     return prob
 
 
