@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -110,10 +111,6 @@ class Problem:
         self.gauss_newton = gauss_newton
         self.rebuild = rebuild
         self.lik_residuals = lik_residuals
-
-    def theta_tensor(self, theta) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(theta, dtype=np.float64), device=self.device,
-                               dtype=self.dtype)
 
     def objective(self) -> Objective:
         """The objective in the unconstrained space the solvers see."""
@@ -407,9 +404,8 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     if tol is not None:
         opts.gtol = opts.ftol = opts.xtol = float(tol)
     if space.n_free == 0:
-        with torch.no_grad():
-            fz = float(obj.value(z0)) if space.n_free == 0 else math.nan
-        raw = solvers.base.RawSolution(z0, fz, True, "no free parameters", 0, meth)
+        raw = solvers.base.RawSolution(z0, float(obj.value(z0)), True, "no free parameters", 0,
+                                       meth)
     else:
         raw = solvers.solve(meth, obj, z0, opts)
     if progress:
@@ -433,7 +429,6 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
     bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
     if bounds_hit and errors:
-        import warnings
         warnings.warn(
             f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
             "Hessian are not reliable there", FitWarning, stacklevel=3)
@@ -468,7 +463,6 @@ def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
             rl = prob.lik_residuals(theta) if prob.lik_residuals is not None else None
         dof = prob.ndata - n
         if rl is None or dof <= 0:
-            import warnings
             warnings.warn(
                 f"least squares with {prob.ndata} points and {n} free parameters leaves no "
                 "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=4)
