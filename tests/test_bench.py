@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gradfit import bench
+from gradfit.bench import scaling as bench
 
 TINY = dict(quick=True, sizes=(16, 24), orders=(1, 2), params_nn=16, repeats=1,
             numpy_fit_cap_s=5.0, generic_nn=16, generic_sources=1, gradfit_methods=("lbfgs",),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gradfit.bench import fit_gradfit, fit_numpy_fd, fit_torch_bfgs
-from gradfit.models import gaussians2d as g2
-from gradfit.oof import reference as ref
+from gradfit.bench import gaussians2d as g2
+from gradfit.bench import reference as ref
 
 
 # ------------------------------------------------------------------ geometry
@@ -145,8 +145,8 @@ def test_oof_fits_reach_the_same_optimum(oof_small):
 
 def test_numpy_fit_cap_is_reported(oof_small):
     st, theta0 = oof_small
-    rep = fit_numpy_fd(ref.neg_log_likelihood_numpy, st, theta0, maxiter=2)
-    assert rep.capped and "capped at maxiter=2" in rep.message
+    rep = fit_numpy_fd(ref.neg_log_likelihood_numpy, st, theta0, max_iter=2)
+    assert rep.capped and "capped at max_iter=2" in rep.message
     rep = fit_numpy_fd(ref.neg_log_likelihood_numpy, st, theta0, max_time=0.0)
     assert rep.capped and "wall time" in rep.message and rep.nit <= 1
 
@@ -170,9 +170,9 @@ def test_jax_twin_agrees_or_bench_says_why_not(oof_small):
     import importlib.util
 
     if importlib.util.find_spec("jax") is None:
-        from gradfit.bench import _jax_available
+        from gradfit.bench import jax_available
 
-        ok, note = _jax_available()
+        ok, note = jax_available()
         assert not ok and "jax not measured" in note
         return
     import dataclasses

@@ -20,7 +20,11 @@ from .result import FitResult
 from .solvers.base import SolverOptions
 from .uncertainty import FitWarning, correlation, covariance_from_hessian
 
-__all__ = ["fit", "minimize", "FitError", "Problem", "build_problem", "build_minimize_problem"]
+__all__ = ["fit", "minimize", "FitError", "Problem", "build_problem", "build_minimize_problem",
+           "run_problem", "ERRORS"]
+
+#: the choices of ``errors``: the covariance from the Hessian (or JᵀJ), or none
+ERRORS = ("hessian", "none")
 
 
 class FitError(RuntimeError):
@@ -97,6 +101,10 @@ class Problem:
     likelihood : the Likelihood (None for minimize)
     gauss_newton : whether the covariance uses JᵀJ (Gaussian least squares)
     rebuild : callable ``ParamSpace -> Problem`` with the same data and model
+
+    Follow-ups (profiles, intervals, MCMC) work through the public methods
+    :meth:`run`, :meth:`covariance` and :meth:`theta_of`, so that they need not
+    import this module (which would make an import cycle through ``result``).
     """
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
@@ -126,6 +134,53 @@ class Problem:
         """The objective in physical units (for Hessians and errors)."""
         return Objective(self.nll, self.space.n_free, residual_fun=self.residuals,
                          device=self.device, dtype=self.dtype)
+
+    def run(self, method="auto", **kwargs) -> FitResult:
+        """Minimise this problem; the same as :func:`run_problem` ``(self, method, ...)``."""
+        return run_problem(self, method, **kwargs)
+
+    def theta_of(self, params: Mapping) -> np.ndarray:
+        """Named values (as in ``FitResult.params``) -> the flat free vector ``theta``."""
+        sp = self.space
+        out = np.empty(sp.n_free)
+        for k, label in enumerate(sp.labels):
+            name, idx = sp.parse_label(label)
+            out[k] = float(np.asarray(params[name], dtype=np.float64)[idx])
+        return out
+
+    def covariance(self, theta: torch.Tensor) -> tuple[np.ndarray, int]:
+        """Covariance of the free parameters at ``theta`` (physical units).
+
+        From JᵀJ for Gaussian least squares, else from the Hessian of ``nll``;
+        scaled by RSS/(n−p) when the likelihood's sigma is unknown. Returns
+        ``(cov, extra model evaluations)``; degenerate directions give NaN with a
+        :class:`FitWarning` (see :func:`gradfit.uncertainty.covariance_from_hessian`).
+        """
+        tobj = self.theta_objective()
+        labels = self.space.labels
+        n = self.space.n_free
+        if self.gauss_newton:
+            r, J = tobj.residuals_and_jacobian(theta)
+            Jn = J.detach().cpu().numpy().astype(np.float64)
+            H = Jn.T @ Jn
+        else:
+            H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
+        cov = covariance_from_hessian(H, labels)
+        lik = self.likelihood
+        if lik is not None and lik.scale_errors:
+            with torch.no_grad():
+                rl = self.lik_residuals(theta) if self.lik_residuals is not None else None
+            dof = self.ndata - n
+            if rl is None or dof <= 0:
+                warnings.warn(
+                    f"least squares with {self.ndata} points and {n} free parameters leaves "
+                    "no degrees of freedom to estimate sigma; errors are NaN", FitWarning,
+                    stacklevel=4)
+                cov = np.full_like(cov, np.nan)
+            else:
+                rss = float((rl * rl).sum())
+                cov = cov * (rss / dof)
+        return cov, tobj.nfev
 
 
 def _normalise_priors(priors, space_params: dict) -> tuple[dict, Callable | None]:
@@ -374,9 +429,31 @@ def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
     return "lbfgs", f"auto chose 'lbfgs' ({n} free parameters)"
 
 
-def _progress_callback(enabled: bool):
-    if not enabled:
+def _errors_mode(errors, where: str) -> str:
+    """The ``errors`` choice as a string; the old bool spelling still works, deprecated."""
+    if isinstance(errors, bool):
+        new = "hessian" if errors else "none"
+        warnings.warn(f"{where}(errors={errors}) is deprecated; use errors={new!r}",
+                      DeprecationWarning, stacklevel=3)
+        return new
+    if isinstance(errors, str) and errors.lower() in ERRORS:
+        return errors.lower()
+    raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}, got {errors!r}")
+
+
+def _progress_callback(progress):
+    """The solver callback for ``progress``: False/None (off), True (stderr) or a callable."""
+    if progress is None or progress is False:
         return None
+    if callable(progress):
+        def report(nit, z, f):
+            progress({"stage": "fit", "nit": int(nit), "fun": float(f)})
+            return False  # a progress report never stops the fit
+
+        return report
+    if progress is not True:
+        raise TypeError(f"progress must be True, False or a callable progress(info), "
+                        f"got {progress!r}")
     last = [0.0]
 
     def cb(nit, z, f):
@@ -391,9 +468,16 @@ def _progress_callback(enabled: bool):
 
 
 def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progress=False,
-                options=None, strict=False, errors=True, theta0=None) -> FitResult:
-    """Minimise a built :class:`Problem` and return a :class:`FitResult`."""
+                options=None, strict=False, errors="hessian", theta0=None) -> FitResult:
+    """Minimise a built :class:`Problem` and return a :class:`FitResult`.
+
+    Options are as for :func:`fit`; ``errors`` may also be a bool here (True is
+    ``'hessian'``), without a warning, since this is the layer below the public API.
+    """
     t0 = time.perf_counter()
+    if isinstance(errors, bool):
+        errors = "hessian" if errors else "none"
+    errors = _errors_mode(errors, "run_problem")
     meth, why = _choose_method(method, prob)
     space = prob.space
     obj = prob.objective()
@@ -408,7 +492,7 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
                                        meth)
     else:
         raw = solvers.solve(meth, obj, z0, opts)
-    if progress:
+    if progress is True:
         sys.stderr.write("\n")
     with torch.no_grad():
         theta_t = space.to_external(obj.as_tensor(raw.z))
@@ -422,13 +506,13 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     n = space.n_free
     nfev, njev = obj.nfev, obj.ngev + obj.njev
     cov = np.full((n, n), np.nan)
-    if errors and n and math.isfinite(fun):
-        cov, extra = _covariance(prob, theta_t)
+    if errors == "hessian" and n and math.isfinite(fun):
+        cov, extra = prob.covariance(theta_t)
         nfev += extra
     corr = correlation(cov) if n else np.zeros((0, 0))
     err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
     bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
-    if bounds_hit and errors:
+    if bounds_hit and errors == "hessian":
         warnings.warn(
             f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
             "Hessian are not reliable there", FitWarning, stacklevel=3)
@@ -439,43 +523,15 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
         cov=cov, corr=corr, names=list(space.labels), fun=fun, success=success,
         message=message, method=raw.method or meth, nfev=nfev, njev=njev, nit=int(raw.nit),
         time_s=time.perf_counter() - t0, ndata=ndata,
-        dof=None if ndata is None else ndata - n, at_bounds=bounds_hit, _problem=prob)
+        dof=None if ndata is None else ndata - n, at_bounds=bounds_hit, problem=prob)
     if strict and not success:
         raise FitError(f"fit did not succeed: {message}")
     return res
 
 
-def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
-    """Covariance of the free parameters at theta; returns (cov, extra evaluations)."""
-    tobj = prob.theta_objective()
-    labels = prob.space.labels
-    n = prob.space.n_free
-    if prob.gauss_newton:
-        r, J = tobj.residuals_and_jacobian(theta)
-        Jn = J.detach().cpu().numpy().astype(np.float64)
-        H = Jn.T @ Jn
-    else:
-        H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
-    cov = covariance_from_hessian(H, labels)
-    lik = prob.likelihood
-    if lik is not None and lik.scale_errors:
-        with torch.no_grad():
-            rl = prob.lik_residuals(theta) if prob.lik_residuals is not None else None
-        dof = prob.ndata - n
-        if rl is None or dof <= 0:
-            warnings.warn(
-                f"least squares with {prob.ndata} points and {n} free parameters leaves no "
-                "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=4)
-            cov = np.full_like(cov, np.nan)
-        else:
-            rss = float((rl * rl).sum())
-            cov = cov * (rss / dof)
-    return cov, tobj.nfev
-
-
 def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
         device="cpu", dtype=torch.float64, strict=False, max_iter=None, tol=None,
-        progress=False, options=None, errors=True) -> FitResult:
+        progress=False, options=None, errors="hessian") -> FitResult:
     """Fit ``model(p, x)`` to data ``y`` by maximum likelihood (or MAP with ``priors``).
 
     Parameters
@@ -503,15 +559,20 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         Raise :class:`FitError` when the fit does not succeed.
     max_iter, tol, options :
         Solver limits; ``options`` is a dict of solver-specific settings.
-    progress : bool
-        Print the iteration and objective on stderr while fitting.
-    errors : bool
-        Compute the covariance (default True).
+    progress : bool or callable
+        True prints the iteration and objective on stderr while fitting; a callable
+        is called after each iteration as ``progress({"stage": "fit", "nit": ...,
+        "fun": ...})``.
+    errors : {'hessian', 'none'}
+        'hessian' (default): the covariance from the Hessian (JᵀJ for least squares);
+        'none': no errors (NaN). The old bools True/False still work, with a
+        DeprecationWarning.
 
     Returns
     -------
     FitResult
     """
+    errors = _errors_mode(errors, "fit")
     prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
                          device=device, dtype=dtype)
     return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
@@ -520,13 +581,14 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
 
 def minimize(nll, params, method="auto", *, priors=None, device="cpu", dtype=torch.float64,
              strict=False, max_iter=None, tol=None, progress=False, options=None,
-             errors=True) -> FitResult:
+             errors="hessian") -> FitResult:
     """Minimise any scalar ``nll(p)`` (e.g. a −log posterior) over named parameters.
 
     The errors are from the inverse Hessian of ``nll`` at the minimum, so ``nll``
     should be a negative log-likelihood or log-posterior for them to mean 1σ.
     Parameters are as for :func:`fit`.
     """
+    errors = _errors_mode(errors, "minimize")
     prob = build_minimize_problem(nll, params, priors=priors, device=device, dtype=dtype)
     return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
                        options=options, strict=strict, errors=errors)

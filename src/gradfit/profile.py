@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .serialize import to_jsonable
+from .uncertainty import FitWarning
+
 __all__ = ["Profile", "Profile2D", "profile", "profile2d", "interval"]
 
 
@@ -33,19 +36,29 @@ class _Progress:
     """A one-line progress counter on stderr, shown only for runs longer than ``delay`` s.
 
     ``enabled=None`` shows it when stderr is a terminal; True always (after the delay);
-    False never.
+    False never; a callable is called after every point as ``enabled({"stage": stage,
+    "done": k, "total": n})`` instead.
     """
 
-    def __init__(self, total: int, what: str, enabled=None, delay: float = 1.0):
-        if enabled is None:
+    def __init__(self, total: int, what: str, enabled=None, delay: float = 1.0,
+                 stage: str = "profile"):
+        self.report = None
+        if callable(enabled):
+            self.report, enabled = enabled, False
+        elif enabled is None:
             enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
-        self.enabled = bool(enabled)
-        self.total, self.what, self.delay = total, what, delay
+        elif not isinstance(enabled, bool):
+            raise TypeError(f"progress must be True, False, None or a callable "
+                            f"progress(info), got {enabled!r}")
+        self.enabled = enabled
+        self.total, self.what, self.delay, self.stage = total, what, delay, stage
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.shown = False
 
     def update(self, done: int) -> None:
+        if self.report is not None:
+            self.report({"stage": self.stage, "done": done, "total": self.total})
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -68,11 +81,18 @@ def _free_labels_message(space) -> str:
 
 
 def _check_result(res):
-    prob = getattr(res, "_problem", None)
+    prob = getattr(res, "problem", None)
     if prob is None or getattr(prob, "rebuild", None) is None:
         raise ValueError(
             "this result carries no fitting problem to re-minimise; profiles need a "
             "FitResult returned by gradfit.fit or gradfit.minimize")
+    if not res.success:
+        # a profile is measured from the minimum; from wherever a failed fit stopped it
+        # would give numbers that look like an interval and mean nothing
+        raise ValueError(
+            f"the fit did not succeed ({res.message}); profiles and intervals are measured "
+            "from the minimum, so refit until it converges (e.g. another start, method or "
+            "max_iter) and profile that result")
     return prob
 
 
@@ -97,15 +117,6 @@ def _check_label(space, name) -> int:
                      f"(free: {_free_labels_message(space)})")
 
 
-def _flat(space, params: dict) -> np.ndarray:
-    """Named values -> the flat free vector of ``space``."""
-    out = np.empty(space.n_free)
-    for k, label in enumerate(space.labels):
-        name, idx = space.parse_label(label)
-        out[k] = float(np.asarray(params[name], dtype=np.float64)[idx])
-    return out
-
-
 def _method_for(res, method):
     from . import solvers
 
@@ -127,7 +138,7 @@ class _Profiler:
         self.labels = list(labels)
         self.method = _method_for(res, method)
         self.tol, self.max_iter = tol, max_iter
-        self.theta_best = _flat(self.space, res.params)
+        self.theta_best = self.prob.theta_of(res.params)
         self.fun = float(res.fun)
         if not math.isfinite(self.fun):
             raise ValueError("the fit's −log L is not finite; fit successfully before profiling")
@@ -140,8 +151,6 @@ class _Profiler:
 
     def __call__(self, values, warm: np.ndarray):
         """−log L minimised with ``labels`` fixed at ``values``; returns (f, theta, success)."""
-        from .fitting import run_problem
-
         values = [float(v) for v in np.atleast_1d(values)]
         warm = np.array(warm, dtype=np.float64)
         for i, v in zip(self.idx, values):
@@ -154,9 +163,8 @@ class _Profiler:
         with warnings.catch_warnings():
             # bounds hit by the nuisance parameters do not matter for the profile value
             warnings.simplefilter("ignore")
-            r = run_problem(sub, self.method, errors=False, tol=self.tol,
-                            max_iter=self.max_iter)
-        theta = _flat(self.space, r.params)
+            r = sub.run(self.method, errors="none", tol=self.tol, max_iter=self.max_iter)
+        theta = self.prob.theta_of(r.params)
         f = float(r.fun)
         if math.isfinite(f) and f < self.lowest[0]:
             self.lowest = (f, theta)
@@ -169,7 +177,7 @@ class _Profiler:
                 f"{what}: a profile point has −log L lower than the fit's by {drop:.3g}; the "
                 "fit did not reach the minimum, so the profile is relative to a wrong "
                 "reference (refit from the better point and profile again)",
-                _fit_warning(), stacklevel=3)
+                FitWarning, stacklevel=3)
 
 
 def _fixed_space(space, theta, labels):
@@ -191,12 +199,6 @@ def _fixed_space(space, theta, labels):
         specs[n] = Param(np.asarray(vals[n], dtype=np.float64), fixed=fixed[n],
                          bounds=(lo, hi) if has_b else None)
     return type(space)(specs)
-
-
-def _fit_warning():
-    from .uncertainty import FitWarning
-
-    return FitWarning
 
 
 def _grid_1d(prof: _Profiler, k: int, bound, size: int, what: str) -> np.ndarray:
@@ -338,9 +340,7 @@ class Profile:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (non-finite numbers become None)."""
-        from .result import _jsonable
-
-        return _jsonable({
+        return to_jsonable({
             "name": self.name, "grid": self.grid, "nll": self.nll,
             "success": [bool(s) for s in self.success], "best": self.best, "fun": self.fun,
             "params": self.params, "interrupted": self.interrupted, "cl": self.cl,
@@ -404,9 +404,10 @@ def profile(res, name: str, *, bound=3.0, size: int = 30, cl: float | None = Non
         stored in ``Profile.limits``; ``bound`` is then ignored.
     method, tol, max_iter :
         Minimiser for each point (default: the method of the fit) and its limits.
-    progress : bool or None
+    progress : bool, None or callable
         A progress counter on stderr for runs over a second (None: when stderr is a
-        terminal).
+        terminal); a callable is called after each point as ``progress({"stage":
+        "profile", "done": k, "total": n})``.
 
     Returns
     -------
@@ -558,14 +559,14 @@ def _interval(prof: _Profiler, cl: float, xtol: float = 1e-7) -> tuple[float, fl
                     f"the {cl:g} interval of {name!r} reaches its "
                     f"{'lower' if side < 0 else 'upper'} bound {bound:g} (2Δ(−log L) = "
                     f"{(fa + sq) ** 2:.3g} < {q:.3g} at {a:.6g}); that end is the bound",
-                    _fit_warning(), stacklevel=3)
+                    FitWarning, stacklevel=3)
                 ends.append(float(bound))
                 continue
             warnings.warn(
                 f"the profile of {name!r} levels off below 2Δ(−log L) = {q:.3g} on the "
                 f"{'lower' if side < 0 else 'upper'} side (2Δ = {(fa + sq) ** 2:.3g} at "
                 f"{a:.6g}): the {cl:g} interval has no {'lower' if side < 0 else 'upper'} "
-                f"limit; that end is {'-' if side < 0 else '+'}inf", _fit_warning(), stacklevel=3)
+                f"limit; that end is {'-' if side < 0 else '+'}inf", FitWarning, stacklevel=3)
             ends.append(side * math.inf)
             continue
         root = brentq(level, a, b, xtol=xtol * sigma, rtol=1e-12, maxiter=200)
@@ -628,9 +629,7 @@ class Profile2D:
         return ax
 
     def to_dict(self) -> dict:
-        from .result import _jsonable
-
-        return _jsonable({
+        return to_jsonable({
             "names": list(self.names), "x": self.x, "y": self.y, "nll": self.nll,
             "success": self.success.tolist(), "best": list(self.best), "fun": self.fun,
             "interrupted": self.interrupted, "time_s": self.time_s})
@@ -674,7 +673,8 @@ def profile2d(res, name1: str, name2: str, *, bound=3.0, size=20, method: str | 
     ok = np.zeros((gx.size, gy.size), dtype=bool)
     thetas = {}
     j0 = int(np.argmin(np.abs(gy - by)))
-    bar = _Progress(gx.size * gy.size, f"profile2d {name1}, {name2}", progress)
+    bar = _Progress(gx.size * gy.size, f"profile2d {name1}, {name2}", progress,
+                    stage="profile2d")
     done = 0
     interrupted = False
     try:

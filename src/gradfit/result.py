@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .serialize import to_jsonable as _jsonable
+
 __all__ = ["FitResult"]
 
 
@@ -22,21 +24,6 @@ def _round_to_error(value: float, error: float) -> tuple[str, str]:
         d = max(0, 1 - int(math.floor(math.log10(error / scale))))
         return f"{value / scale:.{d}f}e{exp:+03d}", f"{error / scale:.{d}f}e{exp:+03d}"
     return f"{value:.{digits}f}", f"{error:.{digits}f}"
-
-
-def _jsonable(v):
-    if isinstance(v, np.ndarray):
-        return [_jsonable(x) for x in v.tolist()] if v.ndim else _jsonable(float(v))
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 @dataclass(frozen=True)
@@ -64,6 +51,13 @@ class FitResult:
         Wall time of the whole fit, errors included.
     ndata, dof : int or None
         Number of data points and degrees of freedom (None for :func:`minimize`).
+    at_bounds : tuple of str
+        Free elements that ended at one of their bounds.
+    problem : gradfit.fitting.Problem or None
+        The fitting problem behind the result (model, data, likelihood, priors,
+        parameter space), kept so that :meth:`profile`, :meth:`interval` and
+        :func:`gradfit.sampling.sample_result` can re-minimise or sample it; None
+        for a result built by hand.
     """
 
     params: dict
@@ -82,7 +76,7 @@ class FitResult:
     ndata: int | None = None
     dof: int | None = None
     at_bounds: tuple = ()
-    _problem: object = field(default=None, repr=False, compare=False)
+    problem: object = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------ follow-ups
     def profile(self, name: str, **kwargs):

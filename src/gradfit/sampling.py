@@ -31,16 +31,13 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .serialize import to_jsonable
+from .uncertainty import FitWarning
+
 __all__ = ["Samples", "sample", "sample_posterior", "sample_result", "split_rhat",
            "effective_sample_size"]
 
 METHODS = ("nuts", "hmc", "emcee", "laplace")
-
-
-def _fit_warning():
-    from .uncertainty import FitWarning
-
-    return FitWarning
 
 
 def _require(module: str, method: str):
@@ -294,8 +291,6 @@ class Samples:
         samples : bool
             Also include every draw (``"samples"``: name -> nested lists).
         """
-        from .result import _jsonable
-
         st = self._flat_stats()
         out = {
             "method": self.method,
@@ -317,7 +312,7 @@ class Samples:
         }
         if samples:
             out["samples"] = self.samples
-        return _jsonable(out)
+        return to_jsonable(out)
 
     def __str__(self) -> str:
         st = self._flat_stats()
@@ -458,7 +453,7 @@ class _Posterior:
                        f"torch.func.vmap ({type(exc).__name__}: {str(exc)[:200]}); each "
                        "walker is evaluated in turn, which is slower")
                 self.notes.append(msg)
-                warnings.warn(msg, _fit_warning(), stacklevel=4)
+                warnings.warn(msg, FitWarning, stacklevel=4)
         if self.batched:
             return torch.func.vmap(self.potential)(Z)
         return torch.stack([self.potential(z) for z in Z])
@@ -502,10 +497,14 @@ def _check_int(value, what: str, minimum: int) -> int:
     return int(value)
 
 
-def _progress_default(progress) -> bool:
+def _progress_default(progress):
+    """True/False for the back-ends' bars, or the user's callable progress(info)."""
     if progress is None:
         return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return bool(progress)
+    if isinstance(progress, bool) or callable(progress):
+        return progress
+    raise TypeError(f"progress must be True, False, None or a callable progress(info), "
+                    f"got {progress!r}")
 
 
 # ------------------------------------------------------------------ entry points
@@ -551,8 +550,9 @@ def sample(model=None, x=None, y=None, *, params, likelihood="gaussian", priors=
         machinery. Chains start at draws from the Laplace approximation around it.
     device, dtype :
         As for :func:`gradfit.fit`.
-    progress : bool or None
-        Progress bars on stderr (None: when stderr is a terminal).
+    progress : bool, None or callable
+        Progress bars on stderr (None: when stderr is a terminal); a callable is
+        called after each step as ``progress({"stage": "mcmc", "step": ..., ...})``.
     options : dict, optional
         Passed on to ``pyro.infer.mcmc.NUTS``/``HMC`` (e.g. ``max_tree_depth``,
         ``target_accept_prob``, ``full_mass``) or ``emcee.EnsembleSampler`` (e.g.
@@ -615,7 +615,7 @@ def sample_result(res, method: str = "nuts", *, num_samples: int = 1000,
     Samples
     """
     t0 = time.perf_counter()
-    prob = getattr(res, "_problem", None)
+    prob = getattr(res, "problem", None)
     if prob is None:
         raise ValueError("this result carries no fitting problem to sample; pass a FitResult "
                          "returned by gradfit.fit or gradfit.minimize")
@@ -656,25 +656,24 @@ def _sample_problem(prob, method, map_result, *, num_samples, warmup, num_chains
 def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, init, progress,
          options, t0, map_result=None) -> Samples:
     from .fitting import run_problem
-    from .profile import _flat
 
     sp = prob.space
     post = _Posterior(prob)
     notes: list[str] = []
     res = map_result
     if res is not None:
-        theta0 = _flat(sp, res.params)
+        theta0 = prob.theta_of(res.params)
     elif init is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = run_problem(prob, "auto", errors=True)
+            res = run_problem(prob, "auto", errors="hessian")
         if not res.success:
             notes.append(f"the MAP fit did not converge ({res.message}); chains start from "
                          "where it stopped")
-            warnings.warn(notes[-1], _fit_warning(), stacklevel=3)
+            warnings.warn(notes[-1], FitWarning, stacklevel=3)
         elif caught:
             notes.extend(str(w.message) for w in caught)
-        theta0 = _flat(sp, res.params)
+        theta0 = prob.theta_of(res.params)
     else:
         if not isinstance(init, dict):
             raise TypeError("init must be a dict of name -> starting value")
@@ -684,7 +683,7 @@ def _run(prob, method, *, num_samples, warmup, num_chains, num_walkers, seed, in
                 raise ValueError(f"init names unknown parameter {k!r}; parameters are: "
                                  f"{', '.join(sp.names)}")
             vals[k] = v
-        theta0 = _flat(sp, vals)
+        theta0 = prob.theta_of(vals)
     z0 = sp.to_internal(theta0)
     L = _laplace_factor(prob, res, z0)
     dev, dt = prob.device, prob.dtype
@@ -759,10 +758,13 @@ def _run_pyro(post, method, z0, L, rng, num_samples, warmup, num_chains, seed, p
         chains.append(kept)
         diag: dict = {}
 
-        def hook(kernel, params, stage, i, kept=kept, diag=diag):
+        def hook(kernel, params, stage, i, kept=kept, diag=diag, c=c):
             if stage == "Sample":
                 kept.append(z0_t + L_t @ params["w"].detach())
                 diag.update(kernel.diagnostics())
+            if callable(progress):
+                progress({"stage": "mcmc", "chain": c, "phase": stage.lower(),
+                          "step": int(i)})
 
         try:
             kernel = kernel_cls(potential_fn=potential_fn, **kw)
@@ -771,7 +773,7 @@ def _run_pyro(post, method, z0, L, rng, num_samples, warmup, num_chains, seed, p
                 from exc
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup,
                     initial_params={"w": torch.as_tensor(start, device=dev, dtype=dt)},
-                    disable_progbar=not progress, hook_fn=hook)
+                    disable_progbar=progress is not True, hook_fn=hook)
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed * 1000 + c)
@@ -821,8 +823,11 @@ def _run_emcee(post, z0, L, rng, W, num_samples, warmup, progress, options, dev,
         int(rng.integers(2**31 - 1))).get_state())
     interrupted = False
     try:
-        for _ in sampler.sample(state, iterations=warmup + num_samples, progress=progress):
-            pass
+        total = warmup + num_samples
+        for k, _ in enumerate(sampler.sample(state, iterations=total,
+                                             progress=progress is True)):
+            if callable(progress):
+                progress({"stage": "mcmc", "step": k + 1, "total": total})
     except KeyboardInterrupt:
         interrupted = True
     done = sampler.iteration
@@ -834,13 +839,11 @@ def _run_emcee(post, z0, L, rng, W, num_samples, warmup, progress, options, dev,
 
 def _laplace(prob, res, theta0, rng, num_chains, num_samples):
     """Draws from N(theta_MAP, cov) in physical units, shape (chains, draws, n)."""
-    from .fitting import _covariance
-
     sp = prob.space
     if res is None:
         # a user-given start: the covariance at that point
         theta_t = torch.as_tensor(theta0, device=prob.device, dtype=prob.dtype)
-        cov, _ = _covariance(prob, theta_t)
+        cov, _ = prob.covariance(theta_t)
     else:
         cov = np.asarray(res.cov, dtype=np.float64)
     if not np.all(np.isfinite(cov)):

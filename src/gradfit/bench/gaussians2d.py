@@ -1,6 +1,6 @@
 """A generic, non-OOF benchmark model: 2-D Gaussian sources on an image, Cauchy likelihood.
 
-The same pair as :mod:`gradfit.oof.reference`, so that the NumPy-versus-PyTorch
+The same pair as :mod:`gradfit.bench.reference`, so that the NumPy-versus-PyTorch
 result is not specific to holography: :func:`neg_log_likelihood_numpy` (the
 "before", fitted with finite-difference gradients) and
 :func:`neg_log_likelihood_torch` (the "after", exact autodiff gradients), which

@@ -1,6 +1,6 @@
 """``gradfit bench``: NumPy + finite differences versus PyTorch autodiff, measured side by side.
 
-One run times, for the OOF reference likelihood (:mod:`gradfit.oof.reference`):
+One run times, for the OOF reference likelihood (:mod:`gradfit.bench.reference`):
 
 1. ``kind="size"``: maps of ``nn x nn`` points (3 maps), ``nn = 32, 64, ...`` at a fixed
    Zernike order;
@@ -14,7 +14,7 @@ repeats, and each is fitted from the same start: the NumPy one with
 ``scipy.optimize.minimize(method="BFGS")`` and finite-difference gradients, the
 others with the same BFGS fed f and ∇f from one autodiff pass, and the torch
 ones also with gradfit's own minimiser (``gradfit.minimize``). The generic
-model of :mod:`gradfit.models.gaussians2d` is timed the same way (``"generic"``).
+model of :mod:`gradfit.bench.gaussians2d` is timed the same way (``"generic"``).
 
 Tests never assert on these times; :func:`run` takes the size lists as
 arguments so that a test can run a tiny configuration.
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 
-__all__ = ["FitReport", "fit_numpy_fd", "fit_torch_bfgs", "fit_gradfit", "run", "main"]
+__all__ = ["FitReport", "fit_numpy_fd", "fit_torch_bfgs", "fit_gradfit", "jax_available", "run",
+           "main"]
 
 QUICK = {
     "sizes": (32, 64, 128, 256),
@@ -112,7 +113,22 @@ class FitReport:
     capped: bool = False
 
 
-def _bfgs(fun, x0, jac, maxiter, max_time, method_name, gtol, counter):
+def _max_iter(max_iter, kwargs, where):
+    """``max_iter``, or the deprecated spelling ``maxiter`` (with a DeprecationWarning)."""
+    if "maxiter" in kwargs:
+        import warnings
+
+        warnings.warn(f"{where}(maxiter=...) is deprecated; use max_iter=...",
+                      DeprecationWarning, stacklevel=3)
+        if max_iter is not None:
+            raise TypeError(f"{where}: give max_iter or maxiter, not both")
+        max_iter = kwargs.pop("maxiter")
+    if kwargs:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(kwargs)}")
+    return max_iter
+
+
+def _bfgs(fun, x0, jac, max_iter, max_time, method_name, gtol, counter):
     """SciPy BFGS with an optional wall-time cap (checked after each iteration)."""
     t0 = time.perf_counter()
 
@@ -121,15 +137,15 @@ def _bfgs(fun, x0, jac, maxiter, max_time, method_name, gtol, counter):
             raise StopIteration
 
     opts = {"gtol": gtol}
-    if maxiter is not None:
-        opts["maxiter"] = int(maxiter)
+    if max_iter is not None:
+        opts["maxiter"] = int(max_iter)  # SciPy's spelling
     res = scipy.optimize.minimize(fun, x0, jac=jac, method="BFGS", callback=callback,
                                   options=opts)
     dt = time.perf_counter() - t0
     if res.status == 99:  # the callback stopped it
         capped, msg = True, f"capped at {max_time:g} s of wall time"
     elif res.status == 1:
-        capped, msg = True, f"capped at maxiter={maxiter}"
+        capped, msg = True, f"capped at max_iter={max_iter}"
     else:
         capped, msg = False, str(res.message)
     return FitReport(
@@ -145,7 +161,8 @@ def _bfgs(fun, x0, jac, maxiter, max_time, method_name, gtol, counter):
     )
 
 
-def fit_numpy_fd(nll, st, theta0, *, maxiter=None, max_time=None, gtol=1e-5) -> FitReport:
+def fit_numpy_fd(nll, st, theta0, *, max_iter=None, max_time=None, gtol=1e-5,
+                 **deprecated) -> FitReport:
     """The "before": ``scipy.optimize.minimize(method="BFGS")``, finite-difference gradient.
 
     Parameters
@@ -156,8 +173,8 @@ def fit_numpy_fd(nll, st, theta0, *, maxiter=None, max_time=None, gtol=1e-5) -> 
         Passed through to ``nll``.
     theta0 : array_like
         Start.
-    maxiter : int, optional
-        Iteration cap.
+    max_iter : int, optional
+        Iteration cap (``maxiter`` is accepted with a DeprecationWarning).
     max_time : float, optional
         Wall-time cap in seconds, checked after each iteration.
     gtol : float
@@ -167,13 +184,14 @@ def fit_numpy_fd(nll, st, theta0, *, maxiter=None, max_time=None, gtol=1e-5) -> 
     -------
     FitReport
     """
+    max_iter = _max_iter(max_iter, deprecated, "fit_numpy_fd")
     counter = [0]
 
     def f(x):
         counter[0] += 1
         return float(nll(x, st))
 
-    return _bfgs(f, np.asarray(theta0, np.float64), None, maxiter, max_time,
+    return _bfgs(f, np.asarray(theta0, np.float64), None, max_iter, max_time,
                  "scipy-bfgs+fd", gtol, counter)
 
 
@@ -192,8 +210,8 @@ def _torch_value_and_grad(nll, st, device):
     return fg
 
 
-def fit_torch_bfgs(nll, st, theta0, *, device="cpu", maxiter=None, max_time=None,
-                   gtol=1e-5) -> FitReport:
+def fit_torch_bfgs(nll, st, theta0, *, device="cpu", max_iter=None, max_time=None,
+                   gtol=1e-5, **deprecated) -> FitReport:
     """The "after": the same SciPy BFGS, f and the exact ∇f from one autodiff pass.
 
     Parameters
@@ -206,13 +224,14 @@ def fit_torch_bfgs(nll, st, theta0, *, device="cpu", maxiter=None, max_time=None
         Start.
     device : str
         Device of ``st``.
-    maxiter, max_time, gtol :
+    max_iter, max_time, gtol :
         As in :func:`fit_numpy_fd`.
 
     Returns
     -------
     FitReport
     """
+    max_iter = _max_iter(max_iter, deprecated, "fit_torch_bfgs")
     counter = [0]
     fg0 = _torch_value_and_grad(nll, st, device)
 
@@ -220,7 +239,7 @@ def fit_torch_bfgs(nll, st, theta0, *, device="cpu", maxiter=None, max_time=None
         counter[0] += 1
         return fg0(x)
 
-    return _bfgs(fg, np.asarray(theta0, np.float64), True, maxiter, max_time,
+    return _bfgs(fg, np.asarray(theta0, np.float64), True, max_iter, max_time,
                  "scipy-bfgs+autodiff", gtol, counter)
 
 
@@ -249,22 +268,13 @@ def fit_gradfit(nll, st, theta0, *, method="bfgs", device="cpu", max_iter=None,
     -------
     FitReport
 
-    Raises
-    ------
-    ImportError
-        When ``gradfit.minimize`` is not available.
     """
-    try:
-        from gradfit.fitting import minimize
-    except ImportError as exc:
-        raise ImportError(
-            "gradfit.minimize is not available (gradfit.fitting could not be imported); "
-            "use fit_torch_bfgs instead"
-        ) from exc
+    from gradfit.fitting import minimize
+
     t0 = time.perf_counter()
     res = minimize(lambda p: nll(p["theta"], st),
                    params={"theta": np.asarray(theta0, np.float64)},
-                   method=method, device=device, max_iter=max_iter, errors=False, **options)
+                   method=method, device=device, max_iter=max_iter, errors="none", **options)
     dt = time.perf_counter() - t0
     return FitReport(
         x=np.asarray(res.params["theta"], dtype=np.float64),
@@ -276,14 +286,6 @@ def fit_gradfit(nll, st, theta0, *, method="bfgs", device="cpu", max_iter=None,
         message=str(res.message),
         method=f"gradfit-{method}",
     )
-
-
-def _gradfit_available() -> bool:
-    try:
-        from gradfit.fitting import minimize  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------- timing
@@ -353,9 +355,8 @@ def _torch_impl(name, nll, st_np, device, max_time, gradfit_method):
 
     def fits(theta0):
         out = [fit_torch_bfgs(nll, st, theta0, device=device, max_time=max_time)]
-        if _gradfit_available():
-            for m in gradfit_method or ():
-                out.append(fit_gradfit(nll, st, theta0, method=m, device=device))
+        for m in gradfit_method or ():
+            out.append(fit_gradfit(nll, st, theta0, method=m, device=device))
         return out
 
     return _Impl(name, f, fg, fits, sync)
@@ -410,7 +411,7 @@ def _jax_impl(nll_jax, st_np, arrays):
     return _Impl("jax", f, fg, fits)
 
 
-def _jax_available() -> tuple[bool, str]:
+def jax_available() -> tuple[bool, str]:
     try:
         import jax  # noqa: F401
     except Exception as exc:  # any import failure means: skip, with the reason
@@ -420,7 +421,7 @@ def _jax_available() -> tuple[bool, str]:
 
 # ---------------------------------------------------------------- the problems
 def _oof_problem(nn, order, seed):
-    from gradfit.oof import reference as ref
+    from . import reference as ref
 
     st = ref.simulate(nn, order, seed=seed)
     rng = np.random.default_rng(seed + 1000)
@@ -431,7 +432,7 @@ def _oof_problem(nn, order, seed):
 
 
 def _generic_problem(nn, n_sources, seed):
-    from gradfit.models import gaussians2d as g2
+    from . import gaussians2d as g2
 
     st = g2.simulate(nn, n_sources, seed=seed)
     rng = np.random.default_rng(seed + 1000)
@@ -575,7 +576,7 @@ def _thread_rows(sizes, order, repeats, seed, log):
     """f+∇f of torch-cpu with 1 thread and with every core, per map size."""
     import torch
 
-    from gradfit.oof import reference as ref
+    from . import reference as ref
 
     n0 = torch.get_num_threads()
     counts = sorted({1, os.cpu_count() or 1})
@@ -689,15 +690,13 @@ def run(quick: bool = False, out: str | None = None, json_out: bool = False, *,
 def _run(quick, out, json_out, cfg, impls, gradfit_methods, generic, sizes, threads_check,
          seed, log):
     cuda_ok = "torch-cuda" in impls and _cuda_available()
-    jax_ok, jax_note = _jax_available() if "jax" in impls else (False, "")
+    jax_ok, jax_note = jax_available() if "jax" in impls else (False, "")
     machine = _machine(cuda_ok, jax_note if "jax" in impls else "")
     cfg_sizes = list(cfg["sizes"])
     if cuda_ok and not quick and sizes is None:
         cfg_sizes.append(GPU_EXTRA_SIZE)
     cfg["sizes"] = cfg_sizes
-    cfg["gradfit_methods"] = list(gradfit_methods) if _gradfit_available() else []
-    if gradfit_methods and not _gradfit_available():
-        machine["notes"].append("gradfit.minimize not importable: the gradfit fits were skipped")
+    cfg["gradfit_methods"] = list(gradfit_methods)
     t_start = time.perf_counter()
 
     results = []
@@ -1018,7 +1017,7 @@ def _figures(report, d: Path):
 
 # ----------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
-    """``python -m gradfit.bench [--quick] [--json] [--out DIR]``; returns the exit code."""
+    """``gradfit bench [--quick] [--json] [--out DIR]``; returns the exit code."""
     ap = argparse.ArgumentParser(
         prog="gradfit bench",
         description="NumPy + finite differences versus PyTorch autodiff, measured side by side.")

@@ -7,7 +7,7 @@ the same function with ``np`` replaced by ``torch`` in four lines. The NumPy
 one is fitted with ``scipy.optimize.minimize(method="BFGS")`` and
 finite-difference gradients; the torch one with the
 same BFGS but the exact autodiff gradient, f and ∇f from one pass, or with
-gradfit's own minimiser; the fitting recipes live in :mod:`gradfit.bench`.
+gradfit's own minimiser; the fitting recipes live in :mod:`gradfit.bench.scaling`.
 
 Physics and conventions follow pyoof (see ``tests/data/oof-pyoof/README.md``):
 
