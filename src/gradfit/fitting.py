@@ -148,14 +148,15 @@ class Problem:
             out[k] = float(np.asarray(params[name], dtype=np.float64)[idx])
         return out
 
-    def covariance(self, theta: torch.Tensor) -> tuple[np.ndarray, int]:
-        """Covariance of the free parameters at ``theta`` (physical units).
+    def covariance(self, theta) -> tuple[np.ndarray, int]:
+        """Covariance of the free parameters at ``theta`` (physical units; array or tensor).
 
         From JᵀJ for Gaussian least squares, else from the Hessian of ``nll``;
         scaled by RSS/(n−p) when the likelihood's sigma is unknown. Returns
         ``(cov, extra model evaluations)``; degenerate directions give NaN with a
         :class:`FitWarning` (see :func:`gradfit.uncertainty.covariance_from_hessian`).
         """
+        theta = torch.as_tensor(theta, device=self.device, dtype=self.dtype)
         tobj = self.theta_objective()
         labels = self.space.labels
         n = self.space.n_free

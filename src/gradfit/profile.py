@@ -145,6 +145,16 @@ class _Profiler:
         cov = np.asarray(res.cov, dtype=np.float64)
         self.sigma = np.array([math.sqrt(cov[i, i]) if cov.size and cov[i, i] > 0 else math.nan
                                for i in self.idx])
+        if not np.all(np.isfinite(self.sigma)):
+            # errors='none' leaves no covariance: measure the curvature now. A parameter
+            # that still has none is degenerate or unconstrained (see no_curvature)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cov, _ = self.prob.covariance(self.theta_best)
+            for k, i in enumerate(self.idx):
+                if not math.isfinite(self.sigma[k]):
+                    v = float(cov[i, i])
+                    self.sigma[k] = math.sqrt(v) if math.isfinite(v) and v > 0 else math.nan
         self.lo = self.space.theta_lo[self.idx]
         self.hi = self.space.theta_hi[self.idx]
         self.lowest = (self.fun, self.theta_best)
@@ -169,6 +179,14 @@ class _Profiler:
         if math.isfinite(f) and f < self.lowest[0]:
             self.lowest = (f, theta)
         return f, theta, bool(r.success) and math.isfinite(f)
+
+    def no_curvature(self, k: int) -> str | None:
+        """Why parameter ``k`` has no profile interval, or None when it has curvature."""
+        if math.isfinite(self.sigma[k]) and self.sigma[k] > 0:
+            return None
+        return (f"{self.labels[k]!r} has no curvature at the best fit (the Hessian gives it no "
+                "finite error: it is degenerate with other parameters or not constrained by "
+                "the data), so its profile-likelihood interval is not defined")
 
     def check_minimum(self, what: str) -> None:
         drop = self.fun - self.lowest[0]
@@ -222,8 +240,8 @@ def _grid_1d(prof: _Profiler, k: int, bound, size: int, what: str) -> np.ndarray
         s = prof.sigma[k]
         if not (math.isfinite(s) and s > 0):
             raise ValueError(
-                f"{what}: the fit has no finite error for {prof.labels[k]!r} to scale "
-                "bound=<sigmas>; give the range explicitly, bound=(lo, hi)")
+                f"{what}: {prof.no_curvature(k)}, and bound=<sigmas> has no error to scale; "
+                "give the range explicitly, bound=(lo, hi)")
         lo, hi = best - nsig * s, best + nsig * s
     lo, hi = max(lo, lo_b), min(hi, hi_b)
     if not lo < hi:
@@ -420,6 +438,10 @@ def profile(res, name: str, *, bound=3.0, size: int = 30, cl: float | None = Non
     limits = None
     if cl is not None:
         cl = _check_cl(cl)
+        why = prof.no_curvature(0)
+        if why is not None:
+            raise ValueError(f"profile(cl=...): {why}; give the range explicitly, "
+                             "bound=(lo, hi)")
         limits = _interval(prof, cl)
         width = limits[1] - limits[0]
         bound = (limits[0] - 0.25 * width, limits[1] + 0.25 * width)
@@ -481,10 +503,26 @@ def interval(res, name: str, cl: float = 0.6827, *, method: str | None = None,
     -------
     (low, high) : tuple of float
         Where the profile does not rise to the level before a bound of the parameter,
-        that end is the bound and a :class:`gradfit.FitWarning` says so.
+        that end is the bound and a :class:`gradfit.FitWarning` says so. For a
+        parameter without curvature at the best fit (no finite Hessian error:
+        degenerate or unconstrained) the interval is not defined: ``(nan, nan)``
+        with a :class:`gradfit.FitWarning`.
+
+    Raises
+    ------
+    ValueError
+        When the fit did not succeed (there is no minimum to measure from).
     """
     cl = _check_cl(cl)
     prof = _Profiler(res, [name], method=method, tol=tol, max_iter=max_iter)
+    why = prof.no_curvature(0)
+    if why is not None:
+        # walking a flat profile ends in float round-off far out, which would look like a
+        # finite interval; say what is going on instead
+        warnings.warn(f"{why}: the interval is (nan, nan); profile(res, {name!r}, "
+                      "bound=(lo, hi)) shows its profile over a range you choose",
+                      FitWarning, stacklevel=2)
+        return math.nan, math.nan
     out = _interval(prof, cl, xtol=xtol)
     prof.check_minimum(f"interval of {name!r}")
     return out
@@ -498,10 +536,7 @@ def _interval(prof: _Profiler, cl: float, xtol: float = 1e-7) -> tuple[float, fl
     i = prof.idx[0]
     name = prof.labels[0]
     best = float(prof.theta_best[i])
-    sigma = float(prof.sigma[0])
-    if not (math.isfinite(sigma) and sigma > 0):
-        # no Hessian error to scale the first step: start small and let the steps grow
-        sigma = 1e-3 * max(abs(best), 1.0)
+    sigma = float(prof.sigma[0])  # finite: the callers check no_curvature first
     sq = math.sqrt(q)
     ends = []
     for side in (-1.0, 1.0):
