@@ -19,8 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import gradfit
 
 SRC = Path(gradfit.__file__).resolve().parent  # .../src/gradfit
