@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gradfit.bench.timing import fd_value_and_grad, median_time
 from gradfit.objective import Objective
 
 P_VALUES = (2, 4, 10, 20, 50, 100, 200)
@@ -69,31 +68,6 @@ def nll_torch(theta, x, y, width, sigma):
     return 0.5 * torch.sum(((y - m) / sigma) ** 2)
 
 
-def fd_value_and_grad(f, x):
-    """f and its forward-difference gradient: P + 1 calls of f."""
-    f0 = f(x)
-    h = np.sqrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(x))
-    g = np.empty_like(x)
-    for i in range(x.size):
-        xi = x.copy()
-        xi[i] += h[i]
-        g[i] = (f(xi) - f0) / h[i]
-    return f0, g
-
-
-def median_time(fn, repeats: int, budget_s: float = 5.0) -> float:
-    """Median wall time of ``fn()`` after one warm-up call (fewer repeats past the budget)."""
-    fn()
-    times, t_start = [], time.perf_counter()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - t_start > budget_s:
-            break
-    return float(statistics.median(times))
-
-
 def measure(p: int, n: int, repeats: int) -> dict:
     """One row of the table for P = p parameters on n points."""
     if p < 2 or p % 2:
@@ -103,14 +77,15 @@ def measure(p: int, n: int, repeats: int) -> dict:
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     obj = Objective(lambda z: nll_torch(z, xt, yt, width, sigma), p)
     z = obj.as_tensor(theta)
-    t_f = median_time(lambda: obj.value(z), repeats)
-    t_fg = median_time(lambda: obj.value_and_grad(z), repeats)
+    t_f = median_time(lambda: obj.value(z), repeats, budget_s=5.0)
+    t_fg = median_time(lambda: obj.value_and_grad(z), repeats, budget_s=5.0)
 
     def f_np(t):
         return nll_numpy(t, x, y, width, sigma)
 
-    t_f_np = median_time(lambda: f_np(theta), repeats)
-    t_fd = median_time(lambda: fd_value_and_grad(f_np, theta), repeats)
+    t_f_np = median_time(lambda: f_np(theta), repeats, budget_s=5.0)
+    t_fd = median_time(lambda: fd_value_and_grad(f_np, theta), repeats,
+                       budget_s=5.0)
     # the two gradients agree (a benchmark of a wrong gradient would be worthless)
     _, g_ad = obj.value_and_grad(z)
     _, g_fd = fd_value_and_grad(f_np, theta)

@@ -7,7 +7,9 @@ them. Modules:
   autodiff, measured side by side (``gradfit bench``, ``benchmarks/scaling.py``);
 * :mod:`gradfit.bench.reference`: the OOF likelihood written with NumPy and its
   PyTorch twin (four lines apart), the "before" and "after" of the comparison;
-* :mod:`gradfit.bench.gaussians2d`: the same pair for a generic (non-OOF) model.
+* :mod:`gradfit.bench.gaussians2d`: the same pair for a generic (non-OOF) model;
+* :mod:`gradfit.bench.timing`: median wall times and finite-difference gradients,
+  shared with ``benchmarks/gradient_cost.py``.
 
 The scripts in the repository's ``benchmarks/`` folder import what they share
 from here.

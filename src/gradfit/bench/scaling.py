@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.optimize
+
+from .timing import fd_value_and_grad, median_time
 
 __all__ = ["FitReport", "fit_numpy_fd", "fit_torch_bfgs", "fit_gradfit", "jax_available", "run",
            "main"]
@@ -289,46 +290,6 @@ def fit_gradfit(nll, st, theta0, *, method="bfgs", device="cpu", max_iter=None,
 
 
 # ------------------------------------------------------------------- timing
-def _median_time(fn, repeats: int, sync=None, budget_s: float = 10.0, warmup=None,
-                 with_min=False):
-    """Median wall time of ``fn()`` after one warm-up call (of ``warmup`` if given).
-
-    Stops early (at least one timed call) once ``budget_s`` is spent, so the slow
-    NumPy finite-difference cases do not dominate the run. With ``with_min``,
-    returns ``(median, min)``: the minimum is the figure least disturbed by other
-    processes on a shared machine.
-    """
-    (warmup or fn)()
-    if sync is not None:
-        sync()
-    times = []
-    t_start = time.perf_counter()
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - t_start > budget_s:
-            break
-    if with_min:
-        return float(statistics.median(times)), float(min(times))
-    return float(statistics.median(times))
-
-
-def _fd_value_and_grad(f, x):
-    """f and its forward-difference gradient with SciPy's '2-point' step: P + 1 calls."""
-    x = np.asarray(x, np.float64)
-    f0 = f(x)
-    h = np.sqrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(x))
-    g = np.empty_like(x)
-    for i in range(x.size):
-        xi = x.copy()
-        xi[i] += h[i]
-        g[i] = (f(xi) - f0) / h[i]
-    return f0, g
-
-
 class _Impl:
     """One implementation of one problem: f and f+∇f as NumPy-in, float-out callables."""
 
@@ -367,7 +328,7 @@ def _numpy_impl(nll, st, cap_s):
         return nll(x, st)
 
     def fg(x):
-        return _fd_value_and_grad(f, x)
+        return fd_value_and_grad(f, x)
 
     def fits(theta0):
         return [fit_numpy_fd(nll, st, theta0, max_time=cap_s)]
@@ -460,10 +421,10 @@ def _measure(problem, impls_wanted, repeats, cap_s, gradfit_methods, log, cuda_o
     for impl in impls:
         x = np.asarray(theta0, np.float64)
         slow = impl.name == "numpy-fd"
-        t_f, t_f_min = _median_time(lambda impl=impl, x=x: impl.f(x), repeats, impl.sync,
+        t_f, t_f_min = median_time(lambda impl=impl, x=x: impl.f(x), repeats, impl.sync,
                                     with_min=True)
         # finite differences are P + 1 calls of f, already warm: no second warm-up
-        t_fg, t_fg_min = _median_time(
+        t_fg, t_fg_min = median_time(
             lambda impl=impl, x=x: impl.fg(x), repeats, impl.sync,
             budget_s=20.0 if slow else 10.0, with_min=True,
             warmup=(lambda impl=impl, x=x: impl.f(x)) if slow else None)
@@ -589,7 +550,7 @@ def _thread_rows(sizes, order, repeats, seed, log):
             row = {"nn": nn, "n_params": int(theta0.size)}
             for n in counts:
                 torch.set_num_threads(n)
-                row[f"t_eval_{n}thread_s"] = _median_time(lambda fg=fg, x=theta0: fg(x), repeats)
+                row[f"t_eval_{n}thread_s"] = median_time(lambda fg=fg, x=theta0: fg(x), repeats)
             rows.append(row)
             log(f"    threads nn={nn}  " + "  ".join(
                 f"{n}: {row[f't_eval_{n}thread_s']:.2e} s" for n in counts))
