@@ -17,11 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["Objective", "resolve_device", "NonFiniteError"]
-
-
-class NonFiniteError(FloatingPointError):
-    """The objective or its gradient is not finite at the requested point."""
+__all__ = ["Objective", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
