@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 
+from gradfit.serialize import to_jsonable
+
 from .timing import fd_value_and_grad, median_time
 
 __all__ = ["FitReport", "fit_numpy_fd", "fit_torch_bfgs", "fit_gradfit", "jax_available", "run",
@@ -710,24 +712,11 @@ def _run(quick, out, json_out, cfg, impls, gradfit_methods, generic, sizes, thre
         write_outputs(report, out, figures=True)
         log(f"wrote {Path(out) / 'bench.json'} and figures")
     if json_out:
-        print(json.dumps(_jsonable(report)))
+        print(json.dumps(to_jsonable(report)))
     return report
 
 
 # -------------------------------------------------------------------- output
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def format_table(report: dict) -> str:
     """The results as an aligned text table."""
     head = (f"{'kind':6s} {'nn':>5s} {'P':>3s} {'impl':10s} {'method':20s} {'t_f':>9s} "
@@ -925,7 +914,7 @@ def write_outputs(report: dict, out: str, figures: bool = True) -> None:
     """Write ``bench.json``, ``summary.txt``, ``tables.md`` and (``figures``) two PNGs."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "bench.json").write_text(json.dumps(_jsonable(report), indent=1))
+    (d / "bench.json").write_text(json.dumps(to_jsonable(report), indent=1))
     (d / "summary.txt").write_text(report["summary"] + "\n\n" + format_table(report) + "\n")
     (d / "tables.md").write_text(markdown_tables(report))
     if figures:
