@@ -156,32 +156,7 @@ class Problem:
         ``(cov, extra model evaluations)``; degenerate directions give NaN with a
         :class:`FitWarning` (see :func:`gradfit.uncertainty.covariance_from_hessian`).
         """
-        theta = torch.as_tensor(theta, device=self.device, dtype=self.dtype)
-        tobj = self.theta_objective()
-        labels = self.space.labels
-        n = self.space.n_free
-        if self.gauss_newton:
-            r, J = tobj.residuals_and_jacobian(theta)
-            Jn = J.detach().cpu().numpy().astype(np.float64)
-            H = Jn.T @ Jn
-        else:
-            H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
-        cov = covariance_from_hessian(H, labels)
-        lik = self.likelihood
-        if lik is not None and lik.scale_errors:
-            with torch.no_grad():
-                rl = self.lik_residuals(theta) if self.lik_residuals is not None else None
-            dof = self.ndata - n
-            if rl is None or dof <= 0:
-                warnings.warn(
-                    f"least squares with {self.ndata} points and {n} free parameters leaves "
-                    "no degrees of freedom to estimate sigma; errors are NaN", FitWarning,
-                    stacklevel=4)
-                cov = np.full_like(cov, np.nan)
-            else:
-                rss = float((rl * rl).sum())
-                cov = cov * (rss / dof)
-        return cov, tobj.nfev
+        return _covariance(self, torch.as_tensor(theta, device=self.device, dtype=self.dtype))
 
 
 def _normalise_priors(priors, space_params: dict) -> tuple[dict, Callable | None]:
@@ -508,7 +483,7 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     nfev, njev = obj.nfev, obj.ngev + obj.njev
     cov = np.full((n, n), np.nan)
     if errors == "hessian" and n and math.isfinite(fun):
-        cov, extra = prob.covariance(theta_t)
+        cov, extra = _covariance(prob, theta_t)
         nfev += extra
     corr = correlation(cov) if n else np.zeros((0, 0))
     err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
@@ -528,6 +503,34 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     if strict and not success:
         raise FitError(f"fit did not succeed: {message}")
     return res
+
+
+def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Covariance of the free parameters at theta; returns (cov, extra evaluations)."""
+    tobj = prob.theta_objective()
+    labels = prob.space.labels
+    n = prob.space.n_free
+    if prob.gauss_newton:
+        r, J = tobj.residuals_and_jacobian(theta)
+        Jn = J.detach().cpu().numpy().astype(np.float64)
+        H = Jn.T @ Jn
+    else:
+        H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
+    cov = covariance_from_hessian(H, labels)
+    lik = prob.likelihood
+    if lik is not None and lik.scale_errors:
+        with torch.no_grad():
+            rl = prob.lik_residuals(theta) if prob.lik_residuals is not None else None
+        dof = prob.ndata - n
+        if rl is None or dof <= 0:
+            warnings.warn(
+                f"least squares with {prob.ndata} points and {n} free parameters leaves no "
+                "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=4)
+            cov = np.full_like(cov, np.nan)
+        else:
+            rss = float((rl * rl).sum())
+            cov = cov * (rss / dof)
+    return cov, tobj.nfev
 
 
 def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
