@@ -176,3 +176,24 @@ def test_bad_input():
     assert detect_scan_axis(_raster(2)) == "u"
     assert isinstance(scan_noise(_raster(2)), ScanNoise)
     assert "lag-1 correlation" in str(scan_noise(_raster(2)))
+
+
+@pytest.mark.parametrize("axis", ["u", "v"])
+@pytest.mark.parametrize("method", ["jackknife", "bootstrap"])
+def test_replicates_keep_a_product_grid(axis, method):
+    obs = _toy_obs(3, n=10)
+    seen = []
+
+    def record(o):
+        for m in o.maps:
+            assert m.shape is not None
+            U, V = m.u.reshape(m.shape), m.v.reshape(m.shape)
+            np.testing.assert_array_equal(U, np.broadcast_to(U[:1], U.shape))
+            np.testing.assert_array_equal(V, np.broadcast_to(V[:, :1], V.shape))
+            seen.append(m.shape)
+        return {"mean": o.maps[0].power.mean()}
+
+    resample_over_scans(record, obs, axis, n=5, method=method, seed=1)
+    assert len(seen) == 10
+    if method == "jackknife":
+        assert set(seen) == ({(8, 10)} if axis == "u" else {(10, 8)})

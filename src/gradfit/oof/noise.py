@@ -372,12 +372,34 @@ def scan_labels(beam_map: BeamMap, scan_axis: str) -> np.ndarray:
     return rows if scan_axis == "u" else cols
 
 
+def _sub_grid(shape, idx: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``idx`` in u-fastest order and its shape, if whole rows or columns were taken.
+
+    ``idx`` comes grouped by scan. Whole rows or whole columns of a u-fastest grid
+    (repeats allowed, as a bootstrap draws them) form a product grid, which keeps the
+    model's fast separable transform; anything else is returned sorted, without shape.
+    """
+    if shape is not None and idx.size:
+        n_v, n_u = shape
+        rows, cols = np.divmod(idx, n_u)
+        if idx.size % n_u == 0:  # blocks of whole rows, each in u order
+            r, c = rows.reshape(-1, n_u), cols.reshape(-1, n_u)
+            if np.all(r == r[:, :1]) and np.all(c == np.arange(n_u)):
+                return idx, (idx.size // n_u, n_u)
+        if idx.size % n_v == 0:  # blocks of whole columns, each in v order
+            r, c = rows.reshape(-1, n_v), cols.reshape(-1, n_v)
+            if np.all(c == c[:, :1]) and np.all(r == np.arange(n_v)):
+                return idx.reshape(-1, n_v).T.ravel(), (n_v, idx.size // n_v)
+    return np.sort(idx, kind="stable"), None
+
+
 def _subset(obs: Observation, picks: list[np.ndarray]) -> Observation:
     maps = []
     for m, idx in zip(obs.maps, picks):
+        idx, shape = _sub_grid(m.shape, idx)
         maps.append(BeamMap(u=m.u[idx], v=m.v[idx], power=m.power[idx], dz=m.dz,
                             sigma=None if m.sigma is None else m.sigma[idx], name=m.name,
-                            shape=None))
+                            shape=shape))
     return dataclasses.replace(obs, maps=maps)
 
 
@@ -421,6 +443,12 @@ def resample_over_scans(
     return_samples : bool
         Also return the per-replicate parameters.
 
+    Notes
+    -----
+    Replicates of a gridded map that drop or repeat whole scans keep a ``shape`` (a
+    product grid, with the samples in u-fastest order), so a model's separable transform
+    still applies; other subsets are passed as scattered samples.
+
     Returns
     -------
     dict
@@ -458,7 +486,7 @@ def resample_over_scans(
                 drop = set(np.array_split(u, n)[k].tolist())
                 chosen = [sid for sid in u if sid not in drop]
             else:
-                chosen = rng.choice(u, size=u.size, replace=True)
+                chosen = np.sort(rng.choice(u, size=u.size, replace=True))
             picks.append(np.concatenate([mem[sid] for sid in chosen]))
         replicates.append(_as_params(fit_fn(_subset(obs, picks))))
     names = list(replicates[0])
