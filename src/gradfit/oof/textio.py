@@ -293,7 +293,7 @@ def _levels(x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     level_sorted = np.cumsum(new) - 1
     idx = np.empty(x.size, dtype=np.int64)
     idx[order] = level_sorted
-    centres = np.array([xs[level_sorted == k].mean() for k in range(level_sorted[-1] + 1)])
+    centres = np.bincount(level_sorted, weights=xs) / np.bincount(level_sorted)
     return centres, idx
 
 
