@@ -197,3 +197,11 @@ def test_replicates_keep_a_product_grid(axis, method):
     assert len(seen) == 10
     if method == "jackknife":
         assert set(seen) == ({(8, 10)} if axis == "u" else {(10, 8)})
+
+
+def test_missing_samples_and_masked_rows_are_tolerated():
+    z = _raster(4)
+    z[10, :] = np.nan  # a whole scan lost
+    z[30, 5] = np.nan  # a flagged sample
+    est = scan_noise(z, "u")
+    assert 0.9 < est.sigma / 2.5 < 1.1 and abs(est.lag1_along - 0.75) < 0.06

@@ -241,7 +241,11 @@ def scan_noise(values, scan_axis: str = "auto", *, model=None,
         if fraction < 1.0:
             phi, sigma2 = _fit_ar1_variogram(Z)
     across = Z[1:, :] - Z[:-1, :]
-    row_mean = np.nanmean(across, axis=1, keepdims=True)
+    # nan-aware mean without numpy's warning for a row masked entirely
+    finite = np.isfinite(across)
+    count = finite.sum(axis=1, keepdims=True)
+    row_mean = np.where(count > 0, np.where(finite, across, 0.0).sum(axis=1, keepdims=True)
+                        / np.maximum(count, 1), np.nan)
     v_raw = _robust_var(across)
     v_rem = _robust_var(across - row_mean)
     # removing each pair's mean difference also removes this share of the noise variance
