@@ -7,20 +7,22 @@ out about half the real scatter, and Hessian errors that assume independent samp
 far too small.
 
 :func:`scan_noise` measures, from differences of neighbouring samples (which cancel a
-background, a plane and, along a scan, the scan offsets) with robust (MAD) spreads:
+background, a plane and, along a scan, the scan offsets) with robust spreads
+(4-sigma-clipped variances, the clip set by the MAD):
 
-- ``lag1_along`` from the ratio of lag-2 to lag-1 difference variances
-  (``1 + phi`` for AR(1) noise along the scans);
-- ``sigma``, the standard deviation of the noise along a scan, from the lag-1 variance
-  ``2 sigma^2 (1 - phi)``;
+- ``sigma`` (the noise along a scan) and ``lag1_along``, fitted to the variogram along
+  the scans at lags 1-12, ``2 sigma^2 (1 - phi^k)`` (AR(1) along the scans): the long
+  lags pin sigma, the short ones phi;
 - ``lag1_across`` from differences between neighbouring scans with each pair's mean
   difference removed (which removes the scan offsets);
 - ``offset_sd``, the scatter of the per-scan offsets, from the same differences with
   and without that removal.
 
-It works on data (the beam, where it is a minority of the samples, is ignored by the
-MAD) and better on residuals of a fit. :func:`inflation_factor` turns the correlations
-into the variance inflation of a mean (the effective sample size), and
+It works on data (where the beam stands out it is masked after a first estimate; a
+defocused beam that fills its map is not separable from noise: see
+:func:`observation_noise`) and best on residuals of a fit. :func:`inflation_factor`
+turns the correlations into the variance inflation of a mean (the effective sample
+size), and
 :func:`resample_over_scans` gives parameter errors that respect the correlation by a
 jackknife over blocks of scans or a bootstrap of scans, for any fit callable.
 """
