@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gradfit.oof import simulate, textio
-from gradfit.oof.noise import observation_noise, scan_noise
+from gradfit.oof.noise import observation_noise, scan_labels, scan_noise
 from gradfit.oof.realistic import simulate_realistic
 
 SMALL = dict(order=3, npix=33, grid=64, rms_waves=0.08)
@@ -51,6 +51,30 @@ def test_noise_of_the_simulation_is_recovered(realistic):
         assert est.scan_axis == "u"
         assert 0.8 < est.sigma / sigma < 1.2
         assert abs(est.lag1_along - 0.75) < 0.12
+
+
+def test_flagged_maps_go_back_on_their_grid(realistic):
+    """Maps that lost their shape to a flag: noise and scan labels still work."""
+    obs, truth = realistic
+    for k, m in enumerate(obs.maps):
+        assert m.shape is None
+        np.testing.assert_array_equal(scan_labels(m, "u"), truth["scans"][k])
+        grid = np.full(33 * 33, np.nan)
+        keep = np.ones(33 * 33, bool)
+        keep[truth["flagged"][k]] = False
+        grid[keep] = m.power
+        a = scan_noise(m, "u", model=truth["model"][k], signal_threshold=None)
+        b = scan_noise(grid.reshape(33, 33) - _on_grid(truth["model"][k], keep), "u",
+                       signal_threshold=None)
+        assert a == b
+    adopted, per_map = observation_noise(obs)
+    assert len(per_map) == 3 and 0.8 < adopted.sigma / truth["noise"]["sigma"] < 1.2
+
+
+def _on_grid(values, keep):
+    out = np.full(keep.size, np.nan)
+    out[keep] = values
+    return out.reshape(33, 33)
 
 
 def test_pointing_drift_moves_the_beam_and_keeps_its_power():

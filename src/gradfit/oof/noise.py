@@ -166,14 +166,40 @@ class ScanNoise:
         )
 
 
+def _holey_grid(m: BeamMap) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of each sample of a map on a grid with missing samples.
+
+    Raises ValueError unless the samples are distinct points of a product grid that
+    they fill to at least 90% (a raster with a few flagged samples removed).
+    """
+    from gradfit.oof.textio import grid_indices
+
+    ua, va, iu, iv = grid_indices(m.u, m.v)
+    cells = iv * ua.size + iu
+    if (ua.size < 4 or va.size < 4 or np.unique(cells).size != m.n
+            or m.n < 0.9 * ua.size * va.size):
+        raise ValueError(
+            f"map {m.name!r} is not a raster: its {m.n} samples fill "
+            f"{m.n / (ua.size * va.size):.0%} of a {va.size} x {ua.size} grid; pass a 2-D "
+            "array (NaN where a sample is missing), or scan labels"
+        )
+    return iv, iu
+
+
+def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
+    if m.shape is not None:
+        return values.reshape(m.shape)
+    rows, cols = _holey_grid(m)
+    z = np.full((rows.max() + 1, cols.max() + 1), np.nan)
+    z[rows, cols] = values
+    return z
+
+
 def _grid(values, model=None) -> np.ndarray:
     if isinstance(values, BeamMap):
-        if values.shape is None:
-            raise ValueError(
-                f"map {values.name!r}: scan_noise needs a regular grid (BeamMap.shape); "
-                "pass the values as a 2-D array (NaN where a sample is missing)"
-            )
-        z = values.power.reshape(values.shape)
+        z = _map_to_grid(values, values.power)
+        if model is not None:
+            model = _map_to_grid(values, np.asarray(model, dtype=np.float64).ravel())
     else:
         z = np.asarray(values, dtype=np.float64)
         if z.ndim != 2:
@@ -207,7 +233,8 @@ def scan_noise(values, scan_axis: str = "auto", *, model=None,
     ----------
     values : 2-D array ``(n_v, n_u)`` or BeamMap
         The map on its grid (u varying along the rows, as ``BeamMap.shape``); NaN marks a
-        missing sample.
+        missing sample. A BeamMap without ``shape`` whose samples are a raster with a few
+        samples missing (flagged) is put back on its grid.
     scan_axis : {'auto', 'u', 'v'}
         Direction of the scans; 'auto' uses :func:`detect_scan_axis`.
     model : array_like, optional
@@ -291,11 +318,6 @@ def observation_noise(obs: Observation, scan_axis: str = "auto", *, models=None,
         raise ValueError(f"models has {len(models)} entries for {len(obs.maps)} maps")
     per_map = []
     for k, m in enumerate(obs.maps):
-        if m.shape is None:
-            raise ValueError(
-                f"map {m.name!r} is not on a regular grid (flagged samples removed?); "
-                "use scan_noise on a 2-D array with NaN at the missing samples"
-            )
         per_map.append(scan_noise(m, scan_axis, model=None if models is None else models[k],
                                   signal_threshold=None if models is not None
                                   else signal_threshold))
@@ -362,19 +384,18 @@ def _fit_ar1_variogram(Z: np.ndarray) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- resampling
 def scan_labels(beam_map: BeamMap, scan_axis: str) -> np.ndarray:
-    """The scan number of each sample of a gridded map (scans along ``scan_axis``).
+    """The scan number of each sample of a raster map (scans along ``scan_axis``).
 
-    Scans along u are the grid's rows (one v each); scans along v its columns.
+    Scans along u are the grid's rows (one v each); scans along v its columns. A map
+    without ``shape`` (flagged samples removed) is placed on its grid first.
     """
     if scan_axis not in ("u", "v"):
         raise ValueError(f"scan_axis must be 'u' or 'v', got {scan_axis!r}")
     if beam_map.shape is None:
-        raise ValueError(
-            f"map {beam_map.name!r} is not on a regular grid: give its scan labels "
-            "explicitly (one integer per sample)"
-        )
-    n_v, n_u = beam_map.shape
-    rows, cols = np.divmod(np.arange(n_v * n_u), n_u)
+        rows, cols = _holey_grid(beam_map)  # a raster with flagged samples removed
+    else:
+        n_v, n_u = beam_map.shape
+        rows, cols = np.divmod(np.arange(n_v * n_u), n_u)
     return rows if scan_axis == "u" else cols
 
 

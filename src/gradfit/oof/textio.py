@@ -47,6 +47,7 @@ __all__ = [
     "convert",
     "parse_dz",
     "regular_grid",
+    "grid_indices",
 ]
 
 _C = 299_792_458.0
@@ -297,6 +298,23 @@ def _levels(x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     return centres, idx
 
 
+def grid_indices(u, v):
+    """``(u_axis, v_axis, iu, iv)``: the distinct u and v values and each sample's index.
+
+    Values closer than 1e-6 of the map's extent are one level. For samples on a grid
+    (complete or with holes) ``u_axis[iu]``, ``v_axis[iv]`` give their grid positions.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if u.size == 0 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        raise ValueError("grid_indices needs finite coordinates")
+    scale = max(float(np.ptp(u)), float(np.ptp(v)), 1e-300)
+    tol = 1e-6 * scale
+    ua, iu = _levels(u, tol)
+    va, iv = _levels(v, tol)
+    return ua, va, iu, iv
+
+
 def regular_grid(u: np.ndarray, v: np.ndarray):
     """``(order, shape, u_axis, v_axis)`` if the samples fill a regular grid, else None.
 
@@ -305,10 +323,7 @@ def regular_grid(u: np.ndarray, v: np.ndarray):
     """
     if u.size < 4 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
         return None
-    scale = max(float(np.ptp(u)), float(np.ptp(v)), 1e-300)
-    tol = 1e-6 * scale
-    ua, iu = _levels(u, tol)
-    va, iv = _levels(v, tol)
+    ua, va, iu, iv = grid_indices(u, v)
     nu, nv = ua.size, va.size
     if nu < 2 or nv < 2 or nu * nv != u.size:
         return None
