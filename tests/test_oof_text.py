@@ -193,6 +193,10 @@ def test_bad_arguments(tmp_path):
         textio.read_text([good], dz=[float("nan")], frequency=1e9)
     with pytest.raises(ValueError, match="exactly one of frequency= \\(Hz\\) or wavelength="):
         textio.read_text([good], dz=[0.0])
+    with pytest.raises(ValueError, match="frequency must be a positive number of Hz, got 'x'"):
+        textio.read_text([good], dz=[0.0], frequency="x")
+    with pytest.raises(ValueError, match="wavelength must be a positive number of metres"):
+        textio.read_text([good], dz=[0.0], wavelength=-1.0)
     with pytest.raises(ValueError, match="unknown telescope 'arecibo'"):
         textio.read_text([good], dz=[0.0], frequency=1e9, telescope="arecibo")
 
@@ -236,4 +240,8 @@ def test_from_arrays_checks_lengths():
         textio.from_arrays([u[:5]], [v[:5]], [u[:5]], [0.0], frequency=1e9)
     obs = textio.from_arrays([u], [v], [_power(u, v)], 0.0, wavelength=0.0135,
                              telescope=get_telescope("srt"))
+    p = _power(u, v)
+    p[4] = np.nan
+    with pytest.warns(UserWarning, match=r"map 1: masked 1 flagged sample .*first at sample 5"):
+        textio.from_arrays([u], [v], [p], 0.0, wavelength=0.0135)
     assert obs.telescope == "srt" and obs.maps[0].shape == (10, 12)

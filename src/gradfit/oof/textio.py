@@ -97,6 +97,7 @@ class TextMap:
     units: str
     fast_axis: str | None
     path: str
+    from_file: bool = True
 
     @property
     def n(self) -> int:
@@ -395,11 +396,17 @@ def _wavelength(frequency, wavelength) -> tuple[float, float]:
             "record the observing frequency"
         )
     if frequency is not None:
-        f = float(frequency)
+        try:
+            f = float(frequency)
+        except (TypeError, ValueError):
+            f = math.nan
         if not (math.isfinite(f) and f > 0):
             raise ValueError(f"frequency must be a positive number of Hz, got {frequency!r}")
         return _C / f, f
-    lam = float(wavelength)
+    try:
+        lam = float(wavelength)
+    except (TypeError, ValueError):
+        lam = math.nan
     if not (math.isfinite(lam) and lam > 0):
         raise ValueError(f"wavelength must be a positive number of metres, got {wavelength!r}")
     return lam, _C / lam
@@ -464,7 +471,8 @@ def from_arrays(
         if p.size < _MIN_SAMPLES:
             raise ValueError(f"{sources[k]}: {p.size} samples; a beam map needs at least "
                              f"{_MIN_SAMPLES}")
-        maps_raw.append(TextMap(u, v, p, np.arange(1, p.size + 1), "rad", None, sources[k]))
+        maps_raw.append(TextMap(u, v, p, np.arange(1, p.size + 1), "rad", None, sources[k],
+                                from_file=False))
     return _observation(maps_raw, dz, frequency=frequency, wavelength=wavelength,
                         telescope=telescope, names=names, sigma=sigma,
                         zero_is_flag=zero_is_flag, layout=layout, meta=meta)
@@ -515,10 +523,11 @@ def _observation(raw: list[TextMap], dz, *, frequency, wavelength, telescope, na
             if n_bad == p.size:
                 raise ValueError(f"{m.path}: all {p.size} samples are flagged (NaN or zero)")
             first = int(np.min(line[bad]))
+            where = "line" if m.from_file else "sample"
             warnings.warn(
                 f"{m.path}: masked {n_bad} flagged sample{'s' if n_bad > 1 else ''} of "
                 f"{p.size} ({int(bad_nan.sum())} NaN, {int((bad_zero & ~bad_nan).sum())} "
-                f"exact zero; first at line {first})",
+                f"exact zero; first at {where} {first})",
                 UserWarning,
                 stacklevel=3,
             )
