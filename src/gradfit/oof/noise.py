@@ -1,0 +1,535 @@
+"""Honest noise on raster maps: correlated along scans, offset per scan, on a background.
+
+Real beam maps are rasters of scans. Their noise is correlated along a scan (lag-1
+0.75 is common), each scan has its own offset, and the map sits on a background. A
+noise level from the map's edges or from neighbouring samples along a scan then comes
+out about half the real scatter, and Hessian errors that assume independent samples are
+far too small.
+
+:func:`scan_noise` measures, from differences of neighbouring samples (which cancel a
+background, a plane and, along a scan, the scan offsets) with robust spreads
+(4-sigma-clipped variances, the clip set by the MAD):
+
+- ``sigma`` (the noise along a scan) and ``lag1_along``, fitted to the variogram along
+  the scans at lags 1-12, ``2 sigma^2 (1 - phi^k)`` (AR(1) along the scans): the long
+  lags pin sigma, the short ones phi;
+- ``lag1_across`` from differences between neighbouring scans with each pair's mean
+  difference removed (which removes the scan offsets);
+- ``offset_sd``, the scatter of the per-scan offsets, from the same differences with
+  and without that removal.
+
+It works on data (where the beam stands out it is masked after a first estimate; a
+defocused beam that fills its map is not separable from noise: see
+:func:`observation_noise`) and best on residuals of a fit. :func:`inflation_factor`
+turns the correlations into the variance inflation of a mean (the effective sample
+size), and
+:func:`resample_over_scans` gives parameter errors that respect the correlation by a
+jackknife over blocks of scans or a bootstrap of scans, for any fit callable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradfit.oof.observation import BeamMap, Observation
+
+__all__ = [
+    "ScanNoise",
+    "scan_noise",
+    "observation_noise",
+    "detect_scan_axis",
+    "scan_labels",
+    "ar1_mean_factor",
+    "inflation_factor",
+    "resample_over_scans",
+]
+
+_MAD = 1.482602218505602  # 1 / Phi^-1(3/4): MAD -> standard deviation for a Gaussian
+# variance of a unit Gaussian truncated to |x| < 4: 1 - 8 phi(4) / (2 Phi(4) - 1)
+_CLIP4 = 1 - 8 * math.exp(-8) / math.sqrt(2 * math.pi) / math.erf(4 / math.sqrt(2))
+_MAX_LAG = 12
+
+
+def _robust_var(x: np.ndarray) -> float:
+    """Variance of the core of ``x``: samples beyond 4 MAD-sigmas of the median dropped.
+
+    The clip ignores the few large differences where the beam is (or outliers); the
+    plain variance of the rest is twice as efficient as the MAD itself. The factor
+    corrects the variance a Gaussian loses beyond 4 sigma (0.1%).
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < 3:
+        raise ValueError("too few finite samples for a noise estimate")
+    med = float(np.median(x))
+    s = _MAD * float(np.median(np.abs(x - med)))
+    if s == 0:
+        return 0.0
+    for _ in range(2):
+        core = x[np.abs(x - med) < 4 * s]
+        med = float(np.mean(core))
+        s = float(np.std(core)) / math.sqrt(_CLIP4)
+    return s * s
+
+
+def ar1_mean_factor(lag1: float, n: int | None = None) -> float:
+    """Variance of the mean of ``n`` AR(1) samples over that of ``n`` independent ones.
+
+    ``1 + 2 sum_{k=1}^{n-1} (1 - k/n) phi^k``; for ``n`` None the limit
+    ``(1 + phi) / (1 - phi)``.
+    """
+    phi = float(lag1)
+    if not -1 < phi < 1:
+        raise ValueError(f"lag1 must be in (-1, 1), got {lag1}")
+    if n is None:
+        return (1 + phi) / (1 - phi)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    k = np.arange(1, n)
+    return float(1 + 2 * np.sum((1 - k / n) * phi**k))
+
+
+def inflation_factor(lag1_along: float, n_along: int | None = None, lag1_across: float = 0.0,
+                     n_across: int | None = None, offset_ratio: float = 0.0) -> float:
+    """Variance inflation of a map mean over the independent-sample formula.
+
+    For noise that is AR(1) along scans (``lag1_along``) and between scans
+    (``lag1_across``), plus per-scan offsets of ``offset_ratio`` times the noise sigma,
+    the mean of ``n_along x n_across`` samples has a variance this many times
+    ``sigma_total^2 / N``; ``N`` over it is the effective sample size. For a parameter
+    whose template varies on scales shorter than a scan, the true inflation lies between
+    1 and this value: errors scaled by its square root are conservative, and
+    :func:`resample_over_scans` measures them instead.
+    """
+    fa = ar1_mean_factor(lag1_along, n_along)
+    fx = ar1_mean_factor(lag1_across, n_across)
+    r2 = float(offset_ratio) ** 2
+    n = n_along if n_along is not None else math.inf
+    if r2 and not math.isfinite(n):
+        return math.inf
+    return (fa * fx + (r2 * n if r2 else 0.0)) / (1 + r2)
+
+
+@dataclass(frozen=True)
+class ScanNoise:
+    """Noise of a raster map, as measured by :func:`scan_noise`.
+
+    sigma : standard deviation of the noise along a scan (offsets excluded).
+    sigma_total : ``sqrt(sigma^2 + offset_sd^2)``, the scatter of one sample about the model.
+    lag1_along, lag1_across : lag-1 correlation along the scans and between neighbouring scans.
+    offset_sd : scatter of the per-scan offsets.
+    scan_axis : 'u' or 'v', the direction of the scans.
+    n_scans, n_along : raster size.
+    inflation_ar : ``(1 + phi_a)/(1 - phi_a) (1 + phi_x)/(1 - phi_x)``: variance inflation of
+        slowly varying quantities from the correlations alone.
+    inflation_mean : :func:`inflation_factor` of the whole map's mean (offsets included).
+    signal_fraction : fraction of the samples left out as beam signal (0 with a model);
+        1 when the beam filled the map and every sample was used (then the estimate
+        contains signal: use a model, or another map of the observation).
+    """
+
+    sigma: float
+    sigma_total: float
+    lag1_along: float
+    lag1_across: float
+    offset_sd: float
+    scan_axis: str
+    n_scans: int
+    n_along: int
+    inflation_ar: float
+    inflation_mean: float
+    signal_fraction: float = 0.0
+
+    @property
+    def n_eff(self) -> float:
+        """Effective number of independent samples for the map mean."""
+        return self.n_scans * self.n_along / self.inflation_mean
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["n_eff"] = self.n_eff
+        return out
+
+    def __str__(self) -> str:
+        return (
+            f"noise sigma {self.sigma:.4g} (with scan offsets {self.sigma_total:.4g}); "
+            f"lag-1 correlation {self.lag1_along:.2f} along the scans ({self.scan_axis}), "
+            f"{self.lag1_across:.2f} across; scan offsets scatter {self.offset_sd:.3g}; "
+            f"variance inflation x{self.inflation_ar:.1f} (correlation), "
+            f"x{self.inflation_mean:.1f} (map mean)"
+        )
+
+
+def _holey_grid(m: BeamMap) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of each sample of a map on a grid with missing samples.
+
+    Raises ValueError unless the samples are distinct points of a product grid that
+    they fill to at least 90% (a raster with a few flagged samples removed).
+    """
+    from gradfit.oof.textio import grid_indices
+
+    ua, va, iu, iv = grid_indices(m.u, m.v)
+    cells = iv * ua.size + iu
+    if (ua.size < 4 or va.size < 4 or np.unique(cells).size != m.n
+            or m.n < 0.9 * ua.size * va.size):
+        raise ValueError(
+            f"map {m.name!r} is not a raster: its {m.n} samples fill "
+            f"{m.n / (ua.size * va.size):.0%} of a {va.size} x {ua.size} grid; pass a 2-D "
+            "array (NaN where a sample is missing), or scan labels"
+        )
+    return iv, iu
+
+
+def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
+    if m.shape is not None:
+        return values.reshape(m.shape)
+    rows, cols = _holey_grid(m)
+    z = np.full((rows.max() + 1, cols.max() + 1), np.nan)
+    z[rows, cols] = values
+    return z
+
+
+def _grid(values, model=None) -> np.ndarray:
+    if isinstance(values, BeamMap):
+        z = _map_to_grid(values, values.power)
+        if model is not None:
+            model = _map_to_grid(values, np.asarray(model, dtype=np.float64).ravel())
+    else:
+        z = np.asarray(values, dtype=np.float64)
+        if z.ndim != 2:
+            raise ValueError(f"scan_noise needs a 2-D array (n_v, n_u), got shape {z.shape}")
+    if model is not None:
+        m = np.asarray(model, dtype=np.float64).reshape(z.shape)
+        z = z - m
+    if min(z.shape) < 4:
+        raise ValueError(f"scan_noise needs at least 4 x 4 samples, got {z.shape}")
+    return z
+
+
+def detect_scan_axis(values) -> str:
+    """'u' or 'v': the direction along which neighbouring samples differ least.
+
+    ``values`` is a 2-D array ``(n_v, n_u)`` (u along the rows) or a gridded BeamMap.
+    Noise correlated along the scans and offsets between scans both make neighbours
+    along a scan more alike than neighbours across.
+    """
+    z = _grid(values)
+    du = _robust_var(np.diff(z, axis=1))
+    dv = _robust_var(np.diff(z, axis=0))
+    return "u" if du <= dv else "v"
+
+
+def scan_noise(values, scan_axis: str = "auto", *, model=None,
+               signal_threshold: float | None = 3.0) -> ScanNoise:
+    """Noise level and correlations of a raster map (see the module notes).
+
+    Parameters
+    ----------
+    values : 2-D array ``(n_v, n_u)`` or BeamMap
+        The map on its grid (u varying along the rows, as ``BeamMap.shape``); NaN marks a
+        missing sample. A BeamMap without ``shape`` whose samples are a raster with a few
+        samples missing (flagged) is put back on its grid.
+    scan_axis : {'auto', 'u', 'v'}
+        Direction of the scans; 'auto' uses :func:`detect_scan_axis`.
+    model : array_like, optional
+        Subtracted first (a fit's model: the estimate then uses residuals).
+    signal_threshold : float or None
+        Samples where the map, smoothed over 3 x 3 samples, stands more than this many
+        noise sigmas above its median (and their neighbours) are left out, after a first
+        estimate; None keeps every sample (right for residuals).
+
+    Returns
+    -------
+    ScanNoise
+
+    Notes
+    -----
+    The along-scan correlation is taken to be AR(1) (its lag-2 value the square of its
+    lag-1 value). The beam enters the differences only where it is; the MAD ignores it
+    while it covers a minority of the samples (in-focus maps easily; strongly defocused
+    maps that fill the map do not: pass ``model`` for those).
+    """
+    z = _grid(values, model)
+    if scan_axis == "auto":
+        scan_axis = detect_scan_axis(z)
+    if scan_axis not in ("u", "v"):
+        raise ValueError(f"scan_axis must be 'auto', 'u' or 'v', got {scan_axis!r}")
+    Z = z if scan_axis == "u" else z.T  # rows are scans
+    n_scans, n = Z.shape
+    phi, sigma2 = _fit_ar1_variogram(Z)
+    fraction = 0.0
+    if signal_threshold is not None:
+        # where the beam stands above the noise its gradients would count as noise
+        Z, fraction = _mask_signal(Z, math.sqrt(sigma2), signal_threshold)
+        if fraction < 1.0:
+            phi, sigma2 = _fit_ar1_variogram(Z)
+    across = Z[1:, :] - Z[:-1, :]
+    # nan-aware mean without numpy's warning for a row masked entirely
+    finite = np.isfinite(across)
+    count = finite.sum(axis=1, keepdims=True)
+    row_mean = np.where(count > 0, np.where(finite, across, 0.0).sum(axis=1, keepdims=True)
+                        / np.maximum(count, 1), np.nan)
+    v_raw = _robust_var(across)
+    v_rem = _robust_var(across - row_mean)
+    # removing each pair's mean difference also removes this share of the noise variance
+    share = ar1_mean_factor(phi, n) / n
+    a = v_rem / (1 - share)  # 2 sigma^2 (1 - rho_across)
+    rho = float(np.clip(1 - a / (2 * sigma2), -0.95, 0.98))
+    offset_var = max(0.0, (v_raw - a) / 2)
+    sigma = math.sqrt(sigma2)
+    offset_sd = math.sqrt(offset_var)
+    return ScanNoise(
+        sigma=sigma,
+        sigma_total=math.sqrt(sigma2 + offset_var),
+        lag1_along=phi,
+        lag1_across=rho,
+        offset_sd=offset_sd,
+        scan_axis=scan_axis,
+        n_scans=int(n_scans),
+        n_along=int(n),
+        inflation_ar=ar1_mean_factor(phi) * ar1_mean_factor(rho),
+        inflation_mean=inflation_factor(phi, n, rho, n_scans, offset_sd / sigma),
+        signal_fraction=fraction,
+    )
+
+
+def observation_noise(obs: Observation, scan_axis: str = "auto", *, models=None,
+                      signal_threshold: float | None = 3.0) -> tuple[ScanNoise, list[ScanNoise]]:
+    """The noise of an observation's gridded maps: one adopted estimate and each map's.
+
+    The maps of one observation share receiver and scan speed, so one noise describes
+    them. Without models, beam signal can only add to the differences (defocused beams
+    can fill a map, and their gradients then pass for noise), so the maps whose sigma is
+    within 15% of the lowest are pooled (usually the in-focus one, where the beam is
+    small and masked). With ``models`` (one per map, e.g. a fit's), the residuals of all
+    maps are pooled. Pooling averages variances and correlations, weighted by size.
+
+    Returns
+    -------
+    (adopted, per_map)
+    """
+    if models is not None and len(models) != len(obs.maps):
+        raise ValueError(f"models has {len(models)} entries for {len(obs.maps)} maps")
+    per_map = []
+    for k, m in enumerate(obs.maps):
+        per_map.append(scan_noise(m, scan_axis, model=None if models is None else models[k],
+                                  signal_threshold=None if models is not None
+                                  else signal_threshold))
+    use = per_map
+    if models is None:
+        # beam signal only adds to the differences: the lowest estimates are the clean ones
+        low = min(s.sigma for s in per_map)
+        use = [s for s in per_map if s.sigma <= 1.15 * low]
+    w = np.array([s.n_scans * s.n_along for s in use], dtype=float)
+    w /= w.sum()
+
+    def avg(name):
+        return float(np.sum(w * np.array([getattr(s, name) for s in use])))
+
+    sigma2 = float(np.sum(w * np.array([s.sigma**2 for s in use])))
+    off2 = float(np.sum(w * np.array([s.offset_sd**2 for s in use])))
+    phi, rho = avg("lag1_along"), avg("lag1_across")
+    first = use[0]
+    adopted = ScanNoise(
+        sigma=math.sqrt(sigma2), sigma_total=math.sqrt(sigma2 + off2), lag1_along=phi,
+        lag1_across=rho, offset_sd=math.sqrt(off2), scan_axis=first.scan_axis,
+        signal_fraction=float(np.sum(w * np.array([s.signal_fraction for s in use]))),
+        n_scans=first.n_scans, n_along=first.n_along,
+        inflation_ar=ar1_mean_factor(phi) * ar1_mean_factor(rho),
+        inflation_mean=inflation_factor(phi, first.n_along, rho, first.n_scans,
+                                        math.sqrt(off2 / sigma2)),
+    )
+    return adopted, per_map
+
+
+def _mask_signal(Z: np.ndarray, sigma: float, threshold: float) -> tuple[np.ndarray, float]:
+    """Z with NaN where its smoothed excess over the median exceeds ``threshold`` sigma."""
+    from scipy.ndimage import binary_dilation, uniform_filter
+
+    filled = np.where(np.isfinite(Z), Z, np.nanmedian(Z))
+    excess = np.abs(uniform_filter(filled - np.median(filled), size=3, mode="nearest"))
+    # the 3 x 3 mean of correlated noise scatters by at most sigma: threshold it in sigmas
+    signal = binary_dilation(excess > threshold * sigma, iterations=1)
+    if signal.mean() > 0.75:
+        return Z, 1.0  # the beam fills the map: nothing to gain, keep every sample
+    return np.where(signal, np.nan, Z), float(signal.mean())
+
+
+def _fit_ar1_variogram(Z: np.ndarray) -> tuple[float, float]:
+    """``(phi, sigma^2)`` of AR(1) noise along the rows from the variogram at lags 1..12.
+
+    ``var(Z[j + k] - Z[j]) = 2 sigma^2 (1 - phi^k)``: the long lags pin sigma (the sill)
+    and the short ones phi, far more stably than lags 1 and 2 alone.
+    """
+    n = Z.shape[1]
+    lags = np.arange(1, min(_MAX_LAG, n - 2) + 1)
+    gamma = np.array([_robust_var(Z[:, k:] - Z[:, :-k]) for k in lags])
+    if not gamma[0] > 0:
+        raise ValueError("scan_noise: the map has no noise (neighbouring samples are equal)")
+    best = None
+    for phi in np.linspace(-0.9, 0.98, 189):
+        shape = 2 * (1 - phi**lags)
+        s2 = float(gamma @ shape / (shape @ shape))  # least squares for the sill
+        cost = float(np.sum((gamma - s2 * shape) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, float(phi), s2)
+    return best[1], best[2]
+
+
+# ---------------------------------------------------------------- resampling
+def scan_labels(beam_map: BeamMap, scan_axis: str) -> np.ndarray:
+    """The scan number of each sample of a raster map (scans along ``scan_axis``).
+
+    Scans along u are the grid's rows (one v each); scans along v its columns. A map
+    without ``shape`` (flagged samples removed) is placed on its grid first.
+    """
+    if scan_axis not in ("u", "v"):
+        raise ValueError(f"scan_axis must be 'u' or 'v', got {scan_axis!r}")
+    if beam_map.shape is None:
+        rows, cols = _holey_grid(beam_map)  # a raster with flagged samples removed
+    else:
+        n_v, n_u = beam_map.shape
+        rows, cols = np.divmod(np.arange(n_v * n_u), n_u)
+    return rows if scan_axis == "u" else cols
+
+
+def _sub_grid(shape, idx: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``idx`` in u-fastest order and its shape, if whole rows or columns were taken.
+
+    ``idx`` comes grouped by scan. Whole rows or whole columns of a u-fastest grid
+    (repeats allowed, as a bootstrap draws them) form a product grid, which keeps the
+    model's fast separable transform; anything else is returned sorted, without shape.
+    """
+    if shape is not None and idx.size:
+        n_v, n_u = shape
+        rows, cols = np.divmod(idx, n_u)
+        if idx.size % n_u == 0:  # blocks of whole rows, each in u order
+            r, c = rows.reshape(-1, n_u), cols.reshape(-1, n_u)
+            if np.all(r == r[:, :1]) and np.all(c == np.arange(n_u)):
+                return idx, (idx.size // n_u, n_u)
+        if idx.size % n_v == 0:  # blocks of whole columns, each in v order
+            r, c = rows.reshape(-1, n_v), cols.reshape(-1, n_v)
+            if np.all(c == c[:, :1]) and np.all(r == np.arange(n_v)):
+                return idx.reshape(-1, n_v).T.ravel(), (n_v, idx.size // n_v)
+    return np.sort(idx, kind="stable"), None
+
+
+def _subset(obs: Observation, picks: list[np.ndarray]) -> Observation:
+    maps = []
+    for m, idx in zip(obs.maps, picks):
+        idx, shape = _sub_grid(m.shape, idx)
+        maps.append(BeamMap(u=m.u[idx], v=m.v[idx], power=m.power[idx], dz=m.dz,
+                            sigma=None if m.sigma is None else m.sigma[idx], name=m.name,
+                            shape=shape))
+    return dataclasses.replace(obs, maps=maps)
+
+
+def _as_params(result) -> dict:
+    if isinstance(result, Mapping):
+        return {k: np.asarray(v, dtype=np.float64) for k, v in result.items()}
+    arr = np.asarray(result, dtype=np.float64)
+    if arr.ndim > 1:
+        raise ValueError(f"fit_fn must return a mapping or a 1-D array, got shape {arr.shape}")
+    return {"theta": arr}
+
+
+def resample_over_scans(
+    fit_fn: Callable[[Observation], Mapping | np.ndarray],
+    obs: Observation,
+    scans,
+    n: int = 10,
+    *,
+    method: str = "jackknife",
+    seed: int = 0,
+    return_samples: bool = False,
+):
+    """Parameter standard deviations that respect the correlation along and within scans.
+
+    Parameters
+    ----------
+    fit_fn : callable
+        ``fit_fn(obs) -> {name: value or array}`` (or a 1-D array): fits one observation
+        and returns the parameters.
+    obs : Observation
+    scans : str or sequence of arrays
+        Per map, the scan number of each sample; or ``'u'``/``'v'`` to derive them from
+        gridded maps with :func:`scan_labels`.
+    n : int
+        Jackknife: number of blocks of neighbouring scans, deleted in turn (each map's
+        scans split into ``n`` blocks; block ``k`` of every map is dropped together).
+        Bootstrap: number of replicates, each drawing every map's scans with replacement.
+    method : {'jackknife', 'bootstrap'}
+    seed : int
+        Seeds the bootstrap.
+    return_samples : bool
+        Also return the per-replicate parameters.
+
+    Notes
+    -----
+    Replicates of a gridded map that drop or repeat whole scans keep a ``shape`` (a
+    product grid, with the samples in u-fastest order), so a model's separable transform
+    still applies; other subsets are passed as scattered samples.
+
+    Returns
+    -------
+    dict
+        ``{name: standard deviation}`` (arrays keep the shape of the parameter); with
+        ``return_samples``, ``(sd, samples)`` where ``samples[name]`` stacks the
+        replicates.
+    """
+    if method not in ("jackknife", "bootstrap"):
+        raise ValueError(f"method must be 'jackknife' or 'bootstrap', got {method!r}")
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    n = int(n)
+    if isinstance(scans, str):
+        scans = [scan_labels(m, scans) for m in obs.maps]
+    scans = [np.asarray(s).ravel() for s in scans]
+    if len(scans) != len(obs.maps):
+        raise ValueError(f"scans has {len(scans)} entries for {len(obs.maps)} maps")
+    ids = []
+    for m, s in zip(obs.maps, scans):
+        if s.size != m.n:
+            raise ValueError(f"map {m.name!r}: {s.size} scan labels for {m.n} samples")
+        u = np.unique(s)
+        if method == "jackknife" and u.size < n:
+            raise ValueError(
+                f"map {m.name!r} has {u.size} scans, fewer than the {n} jackknife blocks"
+            )
+        ids.append(u)
+    rng = np.random.default_rng(seed)
+    members = [{sid: np.flatnonzero(s == sid) for sid in u} for s, u in zip(scans, ids)]
+    replicates = []
+    for k in range(n):
+        picks = []
+        for u, mem in zip(ids, members):
+            if method == "jackknife":
+                drop = set(np.array_split(u, n)[k].tolist())
+                chosen = [sid for sid in u if sid not in drop]
+            else:
+                chosen = np.sort(rng.choice(u, size=u.size, replace=True))
+            picks.append(np.concatenate([mem[sid] for sid in chosen]))
+        replicates.append(_as_params(fit_fn(_subset(obs, picks))))
+    names = list(replicates[0])
+    samples = {}
+    for name in names:
+        try:
+            samples[name] = np.stack([r[name] for r in replicates])
+        except (KeyError, ValueError):
+            raise ValueError(f"fit_fn returned parameter {name!r} inconsistently "
+                             "across replicates") from None
+    sd = {}
+    for name, s in samples.items():
+        if method == "jackknife":
+            dev = s - s.mean(axis=0)
+            value = np.sqrt((n - 1) / n * np.sum(dev**2, axis=0))
+        else:
+            value = s.std(axis=0, ddof=1)
+        sd[name] = float(value) if np.ndim(value) == 0 else value
+    return (sd, samples) if return_samples else sd
