@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from gradfit.oof import io
-from gradfit.oof.aperture import choose_grid_size
+from gradfit.oof.grid import choose_grid_size
 from gradfit.oof.model import BeamModel, torch_threads
 from gradfit.oof.simulate import phase_rms_notilt, simulate
 from gradfit.oof.solve import fit
