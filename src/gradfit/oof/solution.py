@@ -107,15 +107,20 @@ class Solution:
         """Per-pixel 1σ surface-error uncertainty (µm) on the grid of :meth:`surface_map`.
 
         From the posterior samples when the fit ran with ``errors='mcmc'``, else from the
-        coefficient covariance (other fitted parameters marginalised).
+        coefficient covariance (other fitted parameters marginalised); NaN after
+        ``errors='none'``.
         """
         from .uncertainty import solution_error_map
 
+        if self.extra_errors.get("method") == "none":  # fitted with errors='none'
+            return np.full((n, n), np.nan)
         return solution_error_map(self, n, self.extra_errors.get("samples"))
 
     @property
     def surface_error_rms_um(self) -> float:
-        """rms over the open aperture of :meth:`surface_error_map`."""
+        """rms over the open aperture of :meth:`surface_error_map` (NaN without errors)."""
+        if self.extra_errors.get("method") == "none":
+            return math.nan
         m = self.surface_error_map()
         return float(np.sqrt(np.nanmean(m ** 2)))
 
