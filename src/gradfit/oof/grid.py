@@ -10,11 +10,14 @@ import numpy as np
 import torch
 
 from .model import BeamModel, torch_threads
+from .nuisance import NUISANCE
 from .telescope import Telescope, get_telescope
 from .zernike import zernike_count
 
 __all__ = ["choose_grid_size", "GRID_LADDER"]
 
+#: edge taper of the test aperture: the fit's default
+C_DB = NUISANCE["c_dB"].default
 #: grid sizes (cells across the diameter) tried by :func:`choose_grid_size`
 GRID_LADDER = (64, 96, 128, 192, 256, 384, 512)
 
@@ -88,7 +91,7 @@ def choose_grid_size(
         if n not in beams:
             m = BeamModel(obs, tel, order=order, grid=n, illumination=illumination)
             with torch.no_grad():
-                beams[n] = m({"K": K[1:], "c_dB": -12.0}).cpu().numpy()
+                beams[n] = m({"K": K[1:], "c_dB": C_DB}).cpu().numpy()
         return beams[n]
 
     sizes = np.cumsum([0] + [m.n for m in obs.maps])

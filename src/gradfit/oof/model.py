@@ -142,6 +142,7 @@ class BeamModel:
         self.dz = np.array([m.dz for m in obs.maps])
         self.sizes = [m.n for m in obs.maps]
         self.n_maps = len(obs.maps)
+        self.infocus_index = obs.infocus_index
         g = self.grid
         self.pr = pr = tel.primary_radius_m
         t = self._t

@@ -268,7 +268,7 @@ class _Bound:
 
 def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, dict]:
     """``(params, const)``: the fitted parameters (gradfit.Param) and the fixed values."""
-    B, ref = model.n_maps, int(np.argmin(np.abs(model.dz)))
+    B, ref = model.n_maps, model.infocus_index
     params = {"K": np.asarray(K0[1:], dtype=np.float64)}
     const = {}
     for name, spec in NUISANCE.items():
