@@ -582,7 +582,8 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         ``mu.shape + p[name].shape``, for every parameter with a free element: an
         exact Jacobian of the model, used instead of autodiff by least-squares
         solvers (``'lm'``) and for the Gauss-Newton covariance. The bound transforms
-        and the likelihood's residual derivative are applied by gradfit.
+        and the likelihood's residual derivative (elementwise in the model, as for
+        every built-in likelihood) are applied by gradfit.
 
     Returns
     -------
