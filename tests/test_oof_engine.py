@@ -118,6 +118,20 @@ def test_exact_jacobian_matches_finite_differences(small_obs, rng, illum):
                 assert err < 1e-6, (n, i, err)
 
 
+def test_exact_jacobian_in_float32_matches_float64(small_obs, rng):
+    """The float32 model (as on a GPU) gives the same Jacobian to 1e-3 of each column."""
+    p = _params("pedestal", rng)
+    names = list(p)
+    _, d64 = BeamModel(small_obs, "effelsberg", 4, 32).jacobian(p, names)
+    m32 = BeamModel(small_obs, "effelsberg", 4, 32, dtype=torch.float32)
+    _, d32 = m32.jacobian({k: v.float() for k, v in p.items()}, names)
+    for n in names:
+        assert d32[n].dtype == torch.float32
+        col = d64[n].reshape(d64[n].shape[0], -1)
+        err = (d32[n].double().reshape(col.shape) - col).abs().max(0).values
+        assert torch.all(err <= 1e-3 * col.abs().max(0).values), n
+
+
 def test_jacobian_rejects_bad_names_and_transforms(small_obs):
     m = BeamModel(small_obs, "effelsberg", 4, 32)
     p = {"K": torch.zeros(14, dtype=torch.float64)}
