@@ -463,6 +463,10 @@ def _progress_callback(enabled: bool):
 def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progress=False,
                 options=None, strict=False, errors=True, theta0=None) -> FitResult:
     """Minimise a built :class:`Problem` and return a :class:`FitResult`."""
+    if isinstance(errors, str):  # 'hessian' | 'none', the spelling oof.fit passes on
+        if errors not in ("hessian", "none"):
+            raise ValueError(f"errors must be 'hessian' or 'none', got {errors!r}")
+        errors = errors == "hessian"
     t0 = time.perf_counter()
     meth, why = _choose_method(method, prob)
     space = prob.space

@@ -320,7 +320,7 @@ def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int)
         # LM's polish (extra Gauss-Newton/Newton steps past convergence, for NIST-grade
         # digits) halves the speed here and changes no coefficient beyond the noise
         options = {"polish": False} if s.method == "lm" else None
-        kw = {} if s.errors else {"errors": False}
+        kw = {} if s.errors else {"errors": "none"}
         # the sample points live in the model; gradfit.fit's x is not used
         res = gradfit.fit(bound, None, data.y, params=params, likelihood=data.likelihood,
                           method=s.method, priors=s.priors, device=s.device, dtype=s.dtype,
