@@ -1,22 +1,25 @@
-"""OOF holography: gradfit's fit time and accuracy beside pyoof's, plus the model's design choices.
+"""OOF holography: gradfit's fit time and accuracy beside pyoof's, and the Jacobian's cost.
 
 Cases: the two public pyoof-made observations (tests/data/oof-pyoof) and
-gradfit-simulated Effelsberg observations of 33x33, 65x65 and 129x129 points per
-map at order 5. For each case:
+gradfit-simulated Effelsberg observations of 33x33 to 129x129 points per map at
+order 5. Printed side by side, all measured in this one run:
 
-* ``cold``: wall time of a fresh ``python`` process that imports gradfit, reads the
-  FITS file and fits it (what a command-line user waits for, minus the figures);
-* ``warm``: a second fit in an already warmed-up process;
-* accuracy against the truth: rms of K - K_true over n >= 2 (waves) and the rms of
-  the phase of K - K_true with piston and tilt removed (radians, pyoof's definition);
+* the Jacobian table: for 22-45 free parameters, the time of one residual
+  evaluation t(f) and of one residual Jacobian t(J), by autodiff (one double-backward
+  column per parameter, what oof.fit used before) and by the model's exact Jacobian
+  (``BeamModel.jacobian`` through ``gradfit.fit(jacobian=...)``), and t(J)/t(f);
+* the fit table: a warm fit in this process with each Jacobian (best of three,
+  interleaved), the largest coefficient difference between them, a fresh
+  ``gradfit oof fit --no-figures`` process, and pyoof 0.2.3's time on the same
+  2-vCPU machine (data README and issue 3: 49.1 s and 118.0 s on the public cases;
+  49 s for 33x33 at order 4, 72-118 s for 41x41 to 65x65 at order 5, 864 s for
+  129x129), with gradfit's speed-up over it;
+* accuracy against the truth (rms of K - K_true over n >= 2, waves; phase rms of
+  K - K_true with piston and tilt removed, radians) beside pyoof's.
 
-printed beside pyoof 0.2.3's figures on the same 2-vCPU machine (data README and
-issue 3: 49.1 s and 118.0 s on the public cases; 49 s for 33x33 at order 4,
-72-118 s for 41x41 to 65x65 at order 5, 864 s for 129x129).
-
-Also measured: the exact matrix Fourier transform (MFT) against FFT + linear
-interpolation (time per model evaluation, error against the noiseless maps, a
-whole fit), the grid-convergence ladder, and one against two torch threads.
+``--extras`` adds the design measurements kept from earlier issues: the exact
+matrix Fourier transform (MFT) against FFT + linear interpolation, and one against
+two torch threads.
 
     python benchmarks/oof_vs_pyoof.py [--out bench-output/oof_vs_pyoof.json] [--quick]
 """
@@ -36,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import gradfit
+from gradfit.fitting import build_problem
 from gradfit.oof import io
-from gradfit.oof.aperture import choose_grid_size
 from gradfit.oof.model import BeamModel, torch_threads
 from gradfit.oof.simulate import phase_rms_notilt, simulate
 from gradfit.oof.solve import fit
@@ -52,19 +56,16 @@ PYOOF = {
     "eff-n5-snr1000": {"time_s": 118.0, "rms_K_n2": 0.0103, "phase_rms": 0.096,
                        "note": "data README"},
     "sim-33x33-o5": {"time_s": 49.0, "note": "issue 3: 33x33 at order 4 (order 5 is slower)"},
+    "sim-41x41-o5": {"time_s": 72.0, "note": "issue 3: 41x41-65x65 at order 5, 72-118 s; "
+                                             "the low end taken"},
+    "sim-49x49-o5": {"time_s": 72.0, "note": "issue 3: 41x41-65x65 at order 5, 72-118 s; "
+                                             "the low end taken"},
     "sim-65x65-o5": {"time_s": 118.0, "note": "issue 3: 41x41-65x65 at order 5, 72-118 s"},
     "sim-129x129-o5": {"time_s": 864.0, "note": "issue 3: 129x129, 512^2 FFT"},
 }
 
-COLD = """
-import json, sys, time
-t0 = time.perf_counter()
-from gradfit.oof import io, fit
-obs = io.read(sys.argv[1])
-sol = fit(obs, order=int(sys.argv[2]))
-print(json.dumps({"total_s": time.perf_counter() - t0, "fit_s": sol.fit["time_s"],
-                  "K": sol.K_waves.tolist(), "success": sol.fit["success"]}))
-"""
+#: a fresh command-line process, as a user runs it (no figures)
+CLI = [sys.executable, "-c", "import sys; from gradfit.cli import main; sys.exit(main())"]
 
 
 def accuracy(K_fit, K_true, order):
@@ -85,7 +86,7 @@ def cases(tmp: Path, quick: bool):
         d = np.load(DATA / f"{name}.npz")
         out.append((name, DATA / f"{name}.fits", truth["zernike"]["order"], K,
                     d["power_noiseless"].reshape(3, -1)))
-    sizes = (33, 65) if quick else (33, 65, 129)
+    sizes = (33, 49) if quick else (33, 41, 49, 65, 129)
     for i, npix in enumerate(sizes):
         obs = simulate("effelsberg", order=5, snr=1000, npix=npix, seed=200 + i)
         path = tmp / f"sim-{npix}.fits"
@@ -95,32 +96,81 @@ def cases(tmp: Path, quick: bool):
     return out
 
 
-def cold_fit(path: Path, order: int) -> dict:
-    """A fresh process: wall time, and its CPU time (user + system), which a busy
-    shared machine inflates far less than the wall time."""
-    env = dict(os.environ)
+def cold_fit(path: Path, order: int, outdir: Path) -> dict:
+    """A fresh ``gradfit oof fit --no-figures`` process: wall time, and its CPU time
+    (user + system), which a busy shared machine inflates far less than the wall time."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", COLD, str(path), str(order)], env=env,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(CLI + ["oof", "fit", str(path), "--order", str(order), "--out",
+                                 str(outdir), "--no-figures", "--quiet", "--json"],
+                          env=dict(os.environ), capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["wall_s"] = wall
-    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return res
+    if proc.returncode != 0:
+        raise RuntimeError(f"gradfit oof fit failed: {proc.stderr.strip()[-500:]}")
+    sol = json.loads(proc.stdout)
+    return {"wall_s": wall,
+            "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "fit_s": sol["fit"]["time_s"], "K": [z["value_waves"] for z in sol["zernike"]]}
 
 
-def warm_fit(obs, order):
-    """Best wall time of three fits in this process, and the CPU time of that fit."""
-    best = None
-    for _ in range(3):
-        c = time.process_time()
-        sol = fit(obs, order=order)
-        cpu = time.process_time() - c
-        if best is None or sol.fit["time_s"] < best[0].fit["time_s"]:
-            best = (sol, cpu)
+def warm_fits(obs, order, reps=3):
+    """Best of ``reps`` fits in this process with each Jacobian, interleaved."""
+    best = {}
+    for _ in range(reps):
+        for jac in ("autodiff", "exact"):
+            c = time.process_time()
+            sol = fit(obs, order=order, jacobian=jac)
+            cpu = time.process_time() - c
+            if jac not in best or sol.fit["time_s"] < best[jac][0].fit["time_s"]:
+                best[jac] = (sol, cpu)
     return best
+
+
+def jacobian_cost(obs, order: int, grid: int, free=("amp", "c_dB"), reps=7) -> dict:
+    """t(f), t(J) by autodiff and t(J) exact, side by side, through gradfit.fit's objective."""
+    model = BeamModel(obs, "effelsberg", order, grid)
+    y = np.concatenate([m.power for m in obs.maps])
+    y = y / y.max()
+    rng = np.random.default_rng(0)
+    params = {"K": rng.normal(0, 0.05, model.n_coeff - 1), "amp": 1.0,
+              "c_dB": gradfit.Param(-12.0, bounds=(-30.0, -3.0))}
+    params = {k: v for k, v in params.items() if k == "K" or k in free}
+    names = tuple(params)
+
+    def run(p, x):
+        return model({"c_dB": -12.0, **p})
+
+    def jac(p, x):
+        return model.jacobian({"c_dB": -12.0, **p}, names)
+
+    lik = gradfit.Gaussian(sigma=1e-3)
+    objs = {"autodiff": build_problem(run, None, y, params, likelihood=lik).objective(),
+            "exact": build_problem(run, None, y, params, likelihood=lik,
+                                   jacobian=jac).objective()}
+    space = build_problem(run, None, y, params, likelihood=lik).space
+    z = objs["exact"].as_tensor(space.to_internal(space.theta0))
+    t = {"f": [], "autodiff": [], "exact": []}
+    cpu = {k: [] for k in t}
+    J = {}
+    for _ in range(reps):  # interleaved: the machine's load hits all three alike
+        for key in t:
+            tic, c = time.perf_counter(), time.process_time()
+            if key == "f":
+                objs["exact"].residuals(z)
+            else:
+                J[key] = objs[key].residuals_and_jacobian(z)[1]
+            t[key].append(time.perf_counter() - tic)
+            cpu[key].append(time.process_time() - c)
+    tf, ta, te = (min(t[k]) for k in ("f", "autodiff", "exact"))
+    # CPU time (one thread) is what a busy shared machine inflates least
+    cf, ca, ce = (float(np.min(cpu[k])) for k in ("f", "autodiff", "exact"))
+    diff = float((J["exact"] - J["autodiff"]).abs().max() / J["autodiff"].abs().max())
+    return {"n_params": space.n_free, "order": order, "grid": grid, "points": y.size,
+            "t_f_ms": 1e3 * tf, "t_J_autodiff_ms": 1e3 * ta, "t_J_exact_ms": 1e3 * te,
+            "ratio_autodiff": ta / tf, "ratio_exact": te / tf, "J_rel_diff": diff,
+            "cpu_f_ms": 1e3 * cf, "cpu_J_autodiff_ms": 1e3 * ca, "cpu_J_exact_ms": 1e3 * ce,
+            "cpu_ratio_autodiff": ca / cf, "cpu_ratio_exact": ce / cf}
 
 
 def time_eval(model, p, reps=20) -> float:
@@ -192,88 +242,101 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench-output/oof_vs_pyoof.json",
                     help="JSON file to write (default: %(default)s)")
-    ap.add_argument("--quick", action="store_true", help="skip the 129x129 case")
+    ap.add_argument("--quick", action="store_true", help="only 33x33 and 49x49 simulations")
+    ap.add_argument("--extras", action="store_true",
+                    help="also MFT vs FFT and one vs two threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     report = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
-                          "python": sys.version.split()[0]}, "cases": []}
+                          "python": sys.version.split()[0],
+                          "load_avg": os.getloadavg()}, "jacobian": [], "cases": []}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         all_cases = cases(tmp, args.quick)
-        print("cold: fresh process (imports, read, fit), wall and CPU seconds; warm: best of 3 "
-              "fits in one process")
-        print(f"{'case':16s} {'cold s':>7s} {'cpu s':>6s} {'warm s':>7s} {'cpu s':>6s} "
-              f"{'pyoof s':>8s} {'speed-up':>9s} | {'rms dK n>=2':>11s} {'pyoof':>7s} | "
-              f"{'phase rms':>9s} {'pyoof':>6s} | grid")
+
+        print("Jacobian of the residuals, order 5-8, 49x49 maps: wall ms (best of 7, "
+              "interleaved) and, after the bars, CPU ms (best of 7) and its ratios")
+        print(f"{'params':>6s} {'grid':>4s} {'t(f)':>7s} | {'t(J) autodiff':>13s} "
+              f"{'/t(f)':>6s} | {'t(J) exact':>10s} {'/t(f)':>6s} | {'speed-up':>8s} "
+              f"{'max rel diff':>12s} || {'cpu f':>6s} {'J ad':>6s} {'/f':>5s} "
+              f"{'J ex':>6s} {'/f':>5s}")
+        obs49 = io.read(next(c[1] for c in all_cases if c[0] == "sim-49x49-o5"))
+        for order, free in ((5, ("amp", "c_dB")), (6, ("amp", "c_dB")),
+                            (7, ("amp", "c_dB")), (8, ("amp",))):
+            r = jacobian_cost(obs49, order, 64, free)
+            report["jacobian"].append(r)
+            print(f"{r['n_params']:6d} {r['grid']:4d} {r['t_f_ms']:7.2f} | "
+                  f"{r['t_J_autodiff_ms']:13.1f} {r['ratio_autodiff']:6.1f} | "
+                  f"{r['t_J_exact_ms']:10.1f} {r['ratio_exact']:6.1f} | "
+                  f"{r['t_J_autodiff_ms'] / r['t_J_exact_ms']:7.1f}x {r['J_rel_diff']:12.1e}"
+                  f" || {r['cpu_f_ms']:6.2f} {r['cpu_J_autodiff_ms']:6.1f} "
+                  f"{r['cpu_ratio_autodiff']:5.1f} {r['cpu_J_exact_ms']:6.1f} "
+                  f"{r['cpu_ratio_exact']:5.1f}")
+
+        print("\nfits: warm = best of 3 in this process (interleaved), wall and CPU seconds "
+              "of the exact-J fit; cold = fresh `gradfit oof fit --no-figures` process")
+        print(f"{'case':16s} {'grid':>4s} {'autodiff s':>10s} {'exact s':>8s} {'cpu s':>6s} "
+              f"{'gain':>5s} {'max|dK|':>8s} | {'cold s':>6s} {'cpu s':>6s} | {'pyoof s':>7s} "
+              f"{'warm x':>7s} {'cpu x':>6s} {'cold x':>6s} | {'rms dK':>7s} {'pyoof':>6s}")
         for name, path, order, K, _clean in all_cases:
-            cold = cold_fit(path, order)
             obs = io.read(path)
-            warm, warm_cpu = warm_fit(obs, order)
-            acc = accuracy(warm.K_waves, K, order)
-            acc_cold = accuracy(cold["K"], K, order)
+            warm = warm_fits(obs, order)
+            new, old = warm["exact"][0], warm["autodiff"][0]
+            cold = cold_fit(path, order, tmp / f"out-{name}")
+            acc = accuracy(new.K_waves, K, order)
             py = PYOOF[name]
-            sigma = float(np.median(np.concatenate([m.sigma for m in obs.maps])))
-            grid, hist = choose_grid_size(obs, "effelsberg", sigma, order=max(order, 3),
-                                          return_history=True)
+            dK = float(np.max(np.abs(new.K_waves - old.K_waves)))
             row = {"case": name, "order": order, "points_per_map": obs.maps[0].n,
-                   "cold_wall_s": cold["wall_s"], "cold_cpu_s": cold["cpu_s"],
-                   "cold_fit_s": cold["fit_s"],
-                   "warm_fit_s": warm.fit["time_s"], "warm_cpu_s": warm_cpu,
-                   "nfev": warm.fit["nfev"],
-                   "nit": warm.fit["nit"], "success": warm.fit["success"],
-                   "grid_cells": warm.fit["grid_cells"],
-                   "grid_history": [list(h) for h in hist],
-                   "accuracy": acc, "accuracy_cold": acc_cold, "pyoof": py,
-                   "speedup_cold": py["time_s"] / cold["wall_s"],
-                   "speedup_cold_cpu": py["time_s"] / cold["cpu_s"],
-                   "speedup_warm": py["time_s"] / warm.fit["time_s"],
-                   "speedup_warm_cpu": py["time_s"] / warm_cpu}
+                   "grid_cells": new.fit["grid_cells"], "n_free": new.fit["n_free"],
+                   "warm_autodiff_s": old.fit["time_s"], "warm_exact_s": new.fit["time_s"],
+                   "warm_exact_cpu_s": warm["exact"][1], "max_abs_dK_waves": dK,
+                   "nit": new.fit["nit"], "nfev": new.fit["nfev"],
+                   "success": new.fit["success"], "cold_wall_s": cold["wall_s"],
+                   "cold_cpu_s": cold["cpu_s"], "cold_fit_s": cold["fit_s"],
+                   "accuracy": acc, "accuracy_cold": accuracy(cold["K"], K, order),
+                   "pyoof": py, "speedup_warm": py["time_s"] / new.fit["time_s"],
+                   "speedup_cold": py["time_s"] / cold["wall_s"]}
             report["cases"].append(row)
             prms = py.get("rms_K_n2")
-            pph = py.get("phase_rms")
-            print(f"{name:16s} {cold['wall_s']:7.2f} {cold['cpu_s']:6.2f} "
-                  f"{warm.fit['time_s']:7.2f} {warm_cpu:6.2f} "
-                  f"{py['time_s']:8.1f} {row['speedup_cold']:8.0f}x | "
-                  f"{acc['rms_K_n2_waves']:11.5f} "
-                  f"{'' if prms is None else f'{prms:.4f}':>7s} | "
-                  f"{acc['phase_rms_rad']:9.4f} {'' if pph is None else f'{pph:.3f}':>6s} | "
-                  f"{warm.fit['grid_cells']}")
-            print(f"{'':16s} speed-up over pyoof: cold {row['speedup_cold']:.0f}x wall, "
-                  f"{row['speedup_cold_cpu']:.0f}x CPU; warm {row['speedup_warm']:.0f}x wall, "
-                  f"{row['speedup_warm_cpu']:.0f}x CPU")
-            if prms is not None:
-                print(f"{'':16s} accuracy vs pyoof: K {prms / acc['rms_K_n2_waves']:.1f}x, "
-                      f"phase {pph / acc['phase_rms_rad']:.1f}x better")
+            print(f"{name:16s} {row['grid_cells']:4d} {old.fit['time_s']:10.3f} "
+                  f"{new.fit['time_s']:8.3f} {warm['exact'][1]:6.3f} "
+                  f"{old.fit['time_s'] / new.fit['time_s']:4.1f}x "
+                  f"{dK:8.1e} | {cold['wall_s']:6.2f} {cold['cpu_s']:6.2f} | "
+                  f"{py['time_s']:7.1f} {row['speedup_warm']:6.0f}x "
+                  f"{py['time_s'] / warm['exact'][1]:5.0f}x {row['speedup_cold']:5.0f}x"
+                  f" | {acc['rms_K_n2_waves']:7.4f} {'' if prms is None else f'{prms:.4f}':>6s}")
 
-        name, path, order, K, clean = all_cases[1]  # eff-n5-snr1000
-        grid = report["cases"][1]["grid_cells"]
-        print(f"\nMFT vs FFT + linear interpolation on {name} (error vs noiseless, peak = 1; "
-              f"noise sigma 1e-3):")
-        rows = transforms(path, order, K, clean, grid)
-        report["transforms"] = rows
-        for r in rows:
-            if r.get("fit"):
-                print(f"  fit with {r['transform']:3s}: {r['fit_s']:.2f} s, rms dK n>=2 "
-                      f"{r['rms_K_n2_waves']:.5f}, phase rms {r['phase_rms_rad']:.4f} rad")
-            else:
-                fs = "" if r["fft_size"] is None else f", FFT {r['fft_size']}^2"
-                print(f"  {r['transform']:3s} grid {r['grid']:4d}{fs:12s}: "
-                      f"{r['eval_ms']:8.2f} ms/eval, max err {r['max_err']:.2e}, "
-                      f"rms err {r['rms_err']:.2e}")
-
-        print("\nthreads (warm fits, best of 3):")
-        report["threads"] = {}
-        for name, path, order, *_ in all_cases:
-            if not name.startswith("sim"):
-                continue
-            t = threads(path, order)
-            report["threads"][name] = t
-            print(f"  {name:16s} 1 thread {min(t['fit_s_1_thread']):.2f} s, "
-                  f"2 threads {min(t['fit_s_2_thread']):.2f} s")
+        if args.extras:
+            name, path, order, K, clean = all_cases[1]  # eff-n5-snr1000
+            grid = report["cases"][1]["grid_cells"]
+            print(f"\nMFT vs FFT + linear interpolation on {name} (error vs noiseless, "
+                  f"peak = 1; noise sigma 1e-3):")
+            rows = transforms(path, order, K, clean, grid)
+            report["transforms"] = rows
+            for r in rows:
+                if r.get("fit"):
+                    print(f"  fit with {r['transform']:3s}: {r['fit_s']:.2f} s, rms dK n>=2 "
+                          f"{r['rms_K_n2_waves']:.5f}, phase rms {r['phase_rms_rad']:.4f} rad")
+                else:
+                    fs = "" if r["fft_size"] is None else f", FFT {r['fft_size']}^2"
+                    print(f"  {r['transform']:3s} grid {r['grid']:4d}{fs:12s}: "
+                          f"{r['eval_ms']:8.2f} ms/eval, max err {r['max_err']:.2e}, "
+                          f"rms err {r['rms_err']:.2e}")
+            print("\nthreads (warm fits, best of 3):")
+            report["threads"] = {}
+            for name, path, order, *_ in all_cases:
+                if not name.startswith("sim"):
+                    continue
+                t = threads(path, order)
+                report["threads"][name] = t
+                print(f"  {name:16s} 1 thread {min(t['fit_s_1_thread']):.2f} s, "
+                      f"2 threads {min(t['fit_s_2_thread']):.2f} s")
+    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} "
+          f"(at the start {report['machine']['load_avg'][0]:.1f}) on {os.cpu_count()} CPUs")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradfit.oof.aperture import aperture_grid, choose_grid_size
+from gradfit.oof.aperture import aperture_grid
+from gradfit.oof.grid import choose_grid_size
 from gradfit.oof.model import BeamModel, torch_threads
 from gradfit.oof.observation import BeamMap, Observation
 from gradfit.oof.simulate import phase_rms_notilt, simulate

@@ -23,10 +23,9 @@ import gradfit
 
 SRC = Path(gradfit.__file__).resolve().parent  # .../src/gradfit
 
-#: Owned by the OOF-engine work of issue 8 (gradfit/oof/); tolerated here until it
-#: lands, then these two sets must be emptied. Nothing else may be added to them.
-KNOWN_OOF_EDGES = {("gradfit.oof.aperture", "gradfit.oof.model")}
-KNOWN_OOF_PRIVATE = {("gradfit.oof.solve", "gradfit.oof.aperture", "_infocus_index")}
+#: Exceptions to the rules below (none now; the OOF engine of issue 8 removed the last).
+KNOWN_OOF_EDGES: set = set()
+KNOWN_OOF_PRIVATE: set = set()
 
 #: Names with a leading underscore that are public API of the standard library.
 PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}

@@ -105,10 +105,12 @@ class Problem:
     Follow-ups (profiles, intervals, MCMC) work through the public methods
     :meth:`run`, :meth:`covariance` and :meth:`theta_of`, so that they need not
     import this module (which would make an import cycle through ``result``).
+    residual_jacobian : callable ``theta -> (r, dr/dtheta)`` or None (a model-supplied
+        exact Jacobian, see ``fit(jacobian=...)``)
     """
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
-                 gauss_newton=False, rebuild=None, lik_residuals=None):
+                 gauss_newton=False, rebuild=None, lik_residuals=None, residual_jacobian=None):
         self.space = space
         self.nll = nll
         self.residuals = residuals
@@ -119,6 +121,7 @@ class Problem:
         self.gauss_newton = gauss_newton
         self.rebuild = rebuild
         self.lik_residuals = lik_residuals
+        self.residual_jacobian = residual_jacobian
 
     def objective(self) -> Objective:
         """The objective in the unconstrained space the solvers see."""
@@ -128,12 +131,23 @@ class Problem:
             r = self.residuals
             res = (lambda z: r(sp.to_external(z))) if sp.bounded else r
         f = (lambda z: self.nll(sp.to_external(z))) if sp.bounded else self.nll
-        return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype)
+        rj = self.residual_jacobian
+        if rj is not None and sp.bounded:
+            def rj(z, rj_theta=self.residual_jacobian):
+                # chain rule through the elementwise bound transform theta(z)
+                with torch.enable_grad():
+                    zz = z.detach().requires_grad_(True)
+                    (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
+                r_, J = rj_theta(sp.to_external(z))
+                return r_, J * dtheta
+        return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype,
+                         residual_jacobian_fun=rj)
 
     def theta_objective(self) -> Objective:
         """The objective in physical units (for Hessians and errors)."""
         return Objective(self.nll, self.space.n_free, residual_fun=self.residuals,
-                         device=self.device, dtype=self.dtype)
+                         device=self.device, dtype=self.dtype,
+                         residual_jacobian_fun=self.residual_jacobian)
 
     def run(self, method="auto", **kwargs) -> FitResult:
         """Minimise this problem; the same as :func:`run_problem` ``(self, method, ...)``."""
@@ -218,10 +232,13 @@ def _prior_residual_fn(priors: dict, whole):
 
 
 def build_problem(model, x, y, params, likelihood="gaussian", priors=None, device="cpu",
-                  dtype=torch.float64) -> Problem:
+                  dtype=torch.float64, jacobian=None) -> Problem:
     """Check the inputs and build the :class:`Problem` behind :func:`fit`."""
     if not callable(model):
         raise TypeError(f"model must be a callable model(p, x), not {type(model).__name__}")
+    if jacobian is not None and not callable(jacobian):
+        raise TypeError(f"jacobian must be a callable jacobian(p, x) -> (model, {{name: "
+                        f"d model / d p[name]}}), not {type(jacobian).__name__}")
     dev = resolve_device(device)
     dt = _resolve_dtype(dtype)
     lik = get_likelihood(likelihood)
@@ -316,9 +333,15 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                     p = sp.unflatten(theta)
                     return torch.cat([lik.residuals(yt, predict(p)).reshape(-1), prior_res(p)])
 
+        res_jac = None
+        if jacobian is not None and has_res:
+            def res_jac(theta):
+                return _residual_jacobian(jacobian, sp, theta, user_names, xt, yt, lik,
+                                          prior_res)
+
         return Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
                        gauss_newton=isinstance(lik, Gaussian) and has_res, rebuild=make,
-                       lik_residuals=lik_residuals)
+                       lik_residuals=lik_residuals, residual_jacobian=res_jac)
 
     prob = make(space)
     with torch.no_grad():
@@ -331,6 +354,53 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
             f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
             "choose a starting point where the model and likelihood are finite")
     return prob
+
+
+def _residual_jacobian(jacobian, sp: ParamSpace, theta, user_names, xt, yt, lik, prior_res):
+    """Residuals and ``dr/dtheta`` from a model-supplied ``jacobian(p, x)``.
+
+    The model's derivatives (one array per parameter) are reduced to the free
+    elements in ``theta`` order and multiplied by the likelihood's ``dr/dmu``, which
+    is diagonal: every built-in residual form is elementwise in the model.
+    """
+    p = sp.unflatten(theta)
+    mu, d = jacobian(_ModelParams({n: p[n] for n in user_names}), xt)
+    if not isinstance(mu, torch.Tensor) or tuple(mu.shape) != tuple(yt.shape):
+        raise ValueError(f"jacobian returned a model of shape "
+                         f"{tuple(getattr(mu, 'shape', ()))}; y has shape {tuple(yt.shape)}")
+    m = mu.numel()
+    cols = []
+    for name in sp.names:
+        free = sp.free[name].reshape(-1)
+        if not free.any():
+            continue
+        if name not in d:
+            raise ValueError(f"jacobian returned no derivative for the free parameter {name!r}")
+        D = torch.as_tensor(d[name], dtype=theta.dtype, device=theta.device)
+        if tuple(D.shape) != tuple(mu.shape) + tuple(sp.shapes[name]):
+            raise ValueError(
+                f"jacobian: the derivative for {name!r} has shape {tuple(D.shape)}; expected "
+                f"{tuple(mu.shape) + tuple(sp.shapes[name])} (model shape + parameter shape)")
+        D = D.reshape(m, free.size)
+        cols.append(D if free.all() else D[:, torch.as_tensor(np.flatnonzero(free),
+                                                              device=D.device)])
+    J = torch.cat(cols, dim=1)
+    with torch.enable_grad():
+        mu_leaf = mu.detach().requires_grad_(True)
+        r = lik.residuals(yt, mu_leaf).reshape(-1)
+        (dr,) = torch.autograd.grad(r.sum(), mu_leaf)
+    r, J = r.detach(), dr.reshape(-1, 1) * J
+    if prior_res is not None:
+        with torch.enable_grad():
+            th = theta.detach().requires_grad_(True)
+            rp = prior_res(sp.unflatten(th))
+            rows = []
+            for i in range(rp.numel()):
+                (g,) = torch.autograd.grad(rp[i], th, retain_graph=True, allow_unused=True)
+                rows.append(torch.zeros_like(th) if g is None else g)
+        r = torch.cat([r, rp.detach()])
+        J = torch.cat([J, torch.stack(rows)])
+    return r, J
 
 
 def build_minimize_problem(nll_fn, params, priors=None, device="cpu", dtype=torch.float64):
@@ -535,7 +605,7 @@ def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
 
 def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
         device="cpu", dtype=torch.float64, strict=False, max_iter=None, tol=None,
-        progress=False, options=None, errors="hessian") -> FitResult:
+        progress=False, options=None, errors="hessian", jacobian=None) -> FitResult:
     """Fit ``model(p, x)`` to data ``y`` by maximum likelihood (or MAP with ``priors``).
 
     Parameters
@@ -571,6 +641,13 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         'hessian' (default): the covariance from the Hessian (JᵀJ for least squares);
         'none': no errors (NaN). The old bools True/False still work, with a
         DeprecationWarning.
+    jacobian : callable, optional
+        ``jacobian(p, x) -> (mu, {name: d mu / d p[name]})``, each derivative of shape
+        ``mu.shape + p[name].shape``, for every parameter with a free element: an
+        exact Jacobian of the model, used instead of autodiff by least-squares
+        solvers (``'lm'``) and for the Gauss-Newton covariance. The bound transforms
+        and the likelihood's residual derivative (elementwise in the model, as for
+        every built-in likelihood) are applied by gradfit.
 
     Returns
     -------
@@ -578,7 +655,7 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
     """
     errors = _errors_mode(errors, "fit")
     prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, jacobian=jacobian)
     return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
                        options=options, strict=strict, errors=errors)
 

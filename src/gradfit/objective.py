@@ -59,6 +59,9 @@ class Objective:
         Enables Levenberg–Marquardt.
     device, dtype :
         Where every tensor of the problem lives.
+    residual_jacobian_fun : callable, optional
+        ``residual_jacobian_fun(z) -> (r, J)`` with ``J = dr/dz`` of shape ``(m, n)``:
+        an exact Jacobian supplied by the model, used instead of autodiff columns.
     """
 
     def __init__(
@@ -69,9 +72,11 @@ class Objective:
         residual_fun: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float64,
+        residual_jacobian_fun: Callable | None = None,
     ):
         self._fun = fun
         self._res = residual_fun
+        self._res_jac = residual_jacobian_fun
         self.n = int(n)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -160,6 +165,10 @@ class Objective:
             raise TypeError("this objective has no residual form; Levenberg–Marquardt needs one")
         self.nfev += 1
         self.njev += 1
+        if self._res_jac is not None:
+            with torch.no_grad():
+                r, J = self._res_jac(self.as_tensor(z))
+            return r.detach(), J.detach()
         z = self.as_tensor(z).requires_grad_(True)
         with torch.enable_grad():
             r = self._res(z)

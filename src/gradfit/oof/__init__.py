@@ -3,6 +3,13 @@
 >>> from gradfit import oof
 >>> obs = oof.read("obs.fits")                      # doctest: +SKIP
 >>> sol = oof.fit(obs, order=5, telescope="effelsberg")   # doctest: +SKIP
+
+The pipeline, top to bottom: ``observation`` (maps and their geometry) and ``io``
+(readers, writers); ``telescope``, ``zernike``, ``aperture`` (the sampled dish),
+``nuisance`` (the table of nuisance parameters), ``transforms`` (mft | dft | fft);
+``model`` (the beams and their exact Jacobian); ``grid`` (the grid size for a fit);
+``solve`` (``fit`` as named steps) -> ``solution`` (the immutable result). Importing
+this package loads neither matplotlib nor SciPy; astropy loads when a file is read.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 from gradfit.oof.io import OOFDataError, read, write, write_solution
 from gradfit.oof.observation import BeamMap, Observation
 from gradfit.oof.simulate import simulate
-from gradfit.oof.solve import Solution, fit
+from gradfit.oof.solution import Solution
+from gradfit.oof.solve import fit
 from gradfit.oof.telescope import Telescope, get_telescope
 
 __all__ = [

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.observation import BeamMap, Observation
+from gradfit.oof.observation import BeamMap, Observation, grid_shape
 
 __all__ = ["OOFDataError", "read", "write", "write_solution", "write_maps", "PYOOF_MAP_NAMES"]
 
@@ -198,30 +198,6 @@ def _wavelength(path, headers) -> tuple[float, float]:
     )
 
 
-def _grid_shape(u: np.ndarray, v: np.ndarray) -> tuple[int, int] | None:
-    """(n_v, n_u) if (u, v) is a regular grid with u varying fastest, else None."""
-    n = u.size
-    if n < 4:
-        return None
-    change = np.flatnonzero(v != v[0])
-    n_u = int(change[0]) if change.size else n
-    if n_u < 2 or n % n_u:
-        return None
-    n_v = n // n_u
-    if n_v < 2:
-        return None
-    U = u.reshape(n_v, n_u)
-    V = v.reshape(n_v, n_u)
-    scale = max(np.ptp(u), np.ptp(v), 1e-300)
-    tol = 1e-6 * scale
-    if np.any(np.abs(U - U[0]) > tol) or np.any(np.abs(V - V[:, :1]) > tol):
-        return None
-    du, dv = np.diff(U[0]), np.diff(V[:, 0])
-    if not (np.all(du > 0) or np.all(du < 0)) or not (np.all(dv > 0) or np.all(dv < 0)):
-        return None
-    return (n_v, n_u)
-
-
 def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
     """Check one map's arrays, mask non-finite samples, and build the BeamMap."""
     lengths = {"U": u.size, "V": v.size, "BEAM": power.size}
@@ -238,7 +214,7 @@ def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
     n_bad = int(power.size - finite.sum())
     if n_bad == power.size:
         raise OOFDataError(f"{path}: {label}: all {power.size} samples are NaN or infinite")
-    shape = _grid_shape(u, v) if n_bad == 0 else None
+    shape = grid_shape(u, v) if n_bad == 0 else None
     if n_bad:
         warnings.warn(
             f"{path}: {label}: masked {n_bad} of {power.size} samples with NaN or infinite values",

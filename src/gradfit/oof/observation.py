@@ -1,12 +1,60 @@
-"""The data of one OOF holography observation: any number of beam maps at known defocus."""
+"""The data of one OOF holography observation: any number of beam maps at known defocus.
+
+The maps own their geometry: :meth:`BeamMap.grid_axes` (the one test for a regular
+grid, used by the readers and the model), :meth:`BeamMap.noise` (the noise estimate
+from the map edges) and :attr:`Observation.infocus_index` (the reference map).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BeamMap", "Observation"]
+__all__ = ["BeamMap", "Observation", "grid_shape", "GRID_RTOL"]
+
+#: samples within this fraction of the map extent of a regular grid count as on it
+GRID_RTOL = 1e-6
+
+
+def grid_shape(u: np.ndarray, v: np.ndarray, rtol: float = GRID_RTOL) -> tuple[int, int] | None:
+    """``(n_v, n_u)`` if ``(u, v)`` is a regular grid with u varying fastest, else None.
+
+    Rows must repeat the first row's u and columns the first column's v to ``rtol``
+    times the map extent, and both axes must be strictly monotonic.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    n = u.size
+    if n < 4 or v.size != n:
+        return None
+    change = np.flatnonzero(v != v[0])
+    n_u = int(change[0]) if change.size else n
+    if n_u < 2 or n % n_u:
+        return None
+    n_v = n // n_u
+    if n_v < 2:
+        return None
+    if _axes(u, v, (n_v, n_u), rtol) is None:
+        return None
+    return (n_v, n_u)
+
+
+def _axes(u, v, shape, rtol):
+    n_v, n_u = shape
+    if n_v * n_u != u.size:
+        return None
+    U = u.reshape(n_v, n_u)
+    V = v.reshape(n_v, n_u)
+    tol = rtol * max(np.ptp(u), np.ptp(v), 1e-300)
+    if np.any(np.abs(U - U[0]) > tol) or np.any(np.abs(V - V[:, :1]) > tol):
+        return None
+    ua, va = U[0], V[:, 0]
+    du, dv = np.diff(ua), np.diff(va)
+    if not (np.all(du > 0) or np.all(du < 0)) or not (np.all(dv > 0) or np.all(dv < 0)):
+        return None
+    return ua, va
 
 
 @dataclass
@@ -51,6 +99,36 @@ class BeamMap:
     def n(self) -> int:
         return self.power.size
 
+    def grid_axes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(u_axis, v_axis)`` when the map is a regular grid of :attr:`shape`, else None."""
+        if self.shape is None:
+            return None
+        return _axes(self.u, self.v, tuple(self.shape), GRID_RTOL)
+
+    @property
+    def side(self) -> int:
+        """Samples along the shortest grid axis (``sqrt(n)`` for scattered samples)."""
+        return min(self.shape) if self.grid_axes() is not None else int(math.sqrt(self.n))
+
+    def noise(self) -> float:
+        """Noise sigma of the map from its edges (same units as ``power``).
+
+        For a regular grid, the first differences along each axis of the two outermost
+        rows and columns (the beam is smooth there, the noise is white):
+        ``sigma = 1.4826 MAD(diff) / sqrt(2)``. For scattered samples, the robust spread
+        (1.4826 MAD) of the 10 % of samples farthest from the map centre.
+        """
+        if self.grid_axes() is not None and min(self.shape) >= 4:
+            P = self.power.reshape(self.shape)
+            k = 2
+            diffs = [np.diff(P[:k], axis=1), np.diff(P[-k:], axis=1),
+                     np.diff(P[:, :k], axis=0), np.diff(P[:, -k:], axis=0)]
+            d = np.concatenate([x.ravel() for x in diffs])
+            return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
+        r = np.hypot(self.u - np.median(self.u), self.v - np.median(self.v))
+        edge = self.power[r >= np.quantile(r, 0.9)]
+        return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
+
 
 @dataclass
 class Observation:
@@ -76,3 +154,8 @@ class Observation:
     @property
     def n_points(self) -> int:
         return sum(m.n for m in self.maps)
+
+    @property
+    def infocus_index(self) -> int:
+        """Index of the map closest to focus (the reference for amplitude and pointing)."""
+        return int(np.argmin([abs(m.dz) for m in self.maps]))

@@ -92,6 +92,9 @@ def simulate(
         Seed of ``numpy.random.default_rng``: first K, then the noise.
     c_dB, q, x0, y0, illumination :
         True illumination (edge taper in dB, pedestal exponent, offsets in metres).
+        The default taper, -14 dB, is that of the pyoof reference data; a fit starts
+        from ``gradfit.oof.nuisance.NUISANCE["c_dB"].default`` (-12 dB), so that a
+        simulation does not hand the fit its own truth.
     K_waves : array_like, optional
         Explicit true coefficients (waves), overriding the random ones.
     half_width_beams : float
@@ -151,7 +154,7 @@ def simulate(
         with torch.no_grad():
             P = model(p).cpu().numpy().reshape(len(dzs), -1)
         rms_notilt = phase_rms_notilt(K, order)
-    ref = int(np.argmin(np.abs(dzs)))
+    ref = obs.infocus_index
     peak = float(P[ref].max())
     P = P / peak
     sigma = 1.0 / float(snr)

@@ -1,16 +1,28 @@
 """oof.fit: the Zernike aperture phase from OOF beam maps, by maximum likelihood.
 
-The forward model is :class:`~gradfit.oof.model.BeamModel`; the fit itself is
-:func:`gradfit.fit` (this module builds the parameters, the noise model and the
-likelihood, and turns the result into a :class:`Solution`).
+The fit is a pipeline of named steps, each a small function below:
+
+1. :func:`_check_inputs`: the observation, the order, the options;
+2. :func:`_data`: the data in units of the in-focus peak, their noise, the likelihood;
+3. :func:`_build_model`: the aperture grid size (:mod:`~gradfit.oof.grid`) and the
+   :class:`~gradfit.oof.model.BeamModel`;
+4. :func:`_minimise`: :func:`gradfit.fit` from one start (or order by order), and the
+   multi-start when the first fit does not describe the data;
+5. :func:`_extra_errors`: profile intervals or MCMC, when asked;
+6. :func:`_solution`: the immutable :class:`~gradfit.oof.solution.Solution`.
+
+The minimiser, the likelihood and the errors are the core library's; this module only
+builds the parameters (:mod:`~gradfit.oof.nuisance`) and hands the model's exact
+Jacobian (:meth:`~gradfit.oof.model.BeamModel.jacobian`) to :func:`gradfit.fit`.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,280 +31,85 @@ import gradfit
 from gradfit.likelihoods import Likelihood
 from gradfit.objective import resolve_device
 
-from .aperture import _infocus_index, choose_grid_size
-from .model import BeamModel, map_axes, torch_threads
+from .grid import choose_grid_size
+from .model import BeamModel, torch_threads
+from .nuisance import NUISANCE
 from .observation import Observation
+from .solution import CONVENTION, Solution
 from .telescope import Telescope, get_telescope
-from .zernike import zernike_basis, zernike_count, zernike_labels
+from .zernike import zernike_count, zernike_labels
 
-__all__ = ["fit", "Solution", "estimate_noise", "CONVENTION", "NUISANCE"]
+__all__ = ["fit", "Solution", "estimate_noise", "CONVENTION", "NUISANCE", "ERRORS",
+           "JACOBIANS"]
 
-CONVENTION = (
-    "pyoof: phase = 2*pi*(sum_nl K_nl U_n^l(rho, theta) + delta(r; dz)/lambda), K in waves; "
-    "U_n^l Born & Wolf, not normalised (R_n^m(1) = 1), cos(|l| theta) for l >= 0, "
-    "sin(|l| theta) for l < 0, rho = r/pr, theta = atan2(y, x); "
-    "F(u, v) = integral E(x, y) exp(-2*pi*i*(x*u + y*v)/lambda) dx dy (numpy forward-FFT sign, "
-    "x along u); defocus delta = dz*[(1 - a^2)/(1 + a^2) + (1 - b^2)/(1 + b^2)], "
-    "a = r/(2 Fp), b = r/(2 F_eff) (prime focus: first term only); "
-    "surface = phase*lambda/(4*pi)"
-)
-
-#: nuisance parameters a fit can free: name -> (start, bounds, unit)
-NUISANCE = {
-    "amp": (None, None, "peak-normalised power"),
-    "c_dB": (-12.0, (-30.0, -3.0), "dB"),
-    "q": (2.0, (0.5, 6.0), ""),
-    "x0": (0.0, None, "m"),
-    "y0": (0.0, None, "m"),
-    "pointing": (0.0, None, "lambda/D"),
-}
 _LIKELIHOODS = ("gaussian", "cauchy")
+#: choices of ``errors``
+ERRORS = ("hessian", "none", "profile", "mcmc")
+#: choices of ``jacobian``
+JACOBIANS = ("auto", "exact", "autodiff")
 #: robust normalised residual above which 'auto' multi-start tries other starts; a
 #: good fit gives 1 +- 0.05 for a few thousand points; local minima seen at 1.5-5
 MISFIT_LIMIT = 1.25
 
 
-# ---------------------------------------------------------------------- noise
 def estimate_noise(m) -> float:
-    """Noise sigma of one beam map from its edges.
-
-    For a regular grid, the first differences along each axis of the two outermost
-    rows and columns (the beam is smooth there, the noise is white):
-    ``sigma = 1.4826 MAD(diff) / sqrt(2)``. For scattered samples, the robust spread
-    (1.4826 MAD) of the 10 % of samples farthest from the map centre.
-
-    Parameters
-    ----------
-    m : BeamMap
-
-    Returns
-    -------
-    float
-    """
-    axes = map_axes(m)
-    if axes is not None and min(m.shape) >= 4:
-        P = m.power.reshape(m.shape)
-        k = 2
-        diffs = [np.diff(P[:k], axis=1), np.diff(P[-k:], axis=1),
-                 np.diff(P[:, :k], axis=0), np.diff(P[:, -k:], axis=0)]
-        d = np.concatenate([x.ravel() for x in diffs])
-        return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
-    r = np.hypot(m.u - np.median(m.u), m.v - np.median(m.v))
-    edge = m.power[r >= np.quantile(r, 0.9)]
-    return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
+    """Noise sigma of one beam map from its edges (see :meth:`BeamMap.noise`)."""
+    return m.noise()
 
 
-# ------------------------------------------------------------------- solution
-@dataclass(frozen=True, eq=False)
-class Solution:
-    """The result of :func:`fit`.
+# -------------------------------------------------------------- 1. the inputs
+@dataclass(frozen=True)
+class _Settings:
+    """The checked options of one fit (what every step after the checks needs)."""
 
-    Attributes
-    ----------
-    telescope : Telescope
-    order : int
-    wavelength_m, frequency_hz : float
-    labels : list of (n, l)
-    K_waves, K_err_waves : numpy.ndarray
-        All coefficients (piston included, fixed at 0) and their 1-sigma errors, waves.
-    nuisance : dict
-        Name -> {"value", "error"} of the other fitted (or fixed, error 0) parameters.
-    fit : dict
-        success, message, method, nfev, time_s, neg_log_likelihood and details.
-    result : gradfit.FitResult
-        The core library's result (covariance of all free parameters).
-    """
-
-    telescope: Telescope
     order: int
-    wavelength_m: float
-    frequency_hz: float
-    labels: list
-    K_waves: np.ndarray
-    K_err_waves: np.ndarray
-    nuisance: dict
-    fit: dict
-    result: object = field(repr=False)
-    _model: BeamModel = field(repr=False)
-    _params: dict = field(repr=False)
-    _scale: float = field(repr=False)
-    _cache: dict = field(default_factory=dict, repr=False)
-    #: errors beyond the Hessian: {"method": "profile"|"mcmc", per-coefficient values}
-    extra_errors: dict = field(default_factory=dict, repr=False)
-
-    # ----------------------------------------------------------- coefficients
-    @property
-    def success(self) -> bool:
-        return bool(self.fit["success"])
-
-    @property
-    def zernike(self) -> list[dict]:
-        """``[{n, l, value_rad, error_rad, value_waves, error_waves}, ...]``.
-
-        After ``errors='profile'`` each entry also has ``interval_waves`` and
-        ``interval_rad`` (68.27% profile-likelihood interval); after ``errors='mcmc'``,
-        ``posterior_mean_waves`` and ``posterior_std_waves``.
-        """
-        out = []
-        extra = self.extra_errors.get("per_coefficient", {})
-        for i, ((n, l), k, e) in enumerate(zip(self.labels, self.K_waves, self.K_err_waves)):
-            d = {"n": n, "l": l, "value_rad": 2 * math.pi * float(k),
-                 "error_rad": 2 * math.pi * float(e), "value_waves": float(k),
-                 "error_waves": float(e)}
-            for key, vals in extra.items():
-                v = vals[i]
-                d[key] = v
-                if key.endswith("_waves"):
-                    d[key[:-6] + "_rad"] = (None if v is None else
-                                            [2 * math.pi * x for x in v] if isinstance(v, list)
-                                            else 2 * math.pi * v)
-            out.append(d)
-        return out
-
-    def surface_error_map(self, n: int = 256) -> np.ndarray:
-        """Per-pixel 1σ surface-error uncertainty (µm) on the grid of :meth:`surface_map`.
-
-        From the posterior samples when the fit ran with ``errors='mcmc'``, else from the
-        coefficient covariance (other fitted parameters marginalised).
-        """
-        from .uncertainty import solution_error_map
-
-        return solution_error_map(self, n, self.extra_errors.get("samples"))
-
-    @property
-    def surface_error_rms_um(self) -> float:
-        """rms over the open aperture of :meth:`surface_error_map`."""
-        m = self.surface_error_map()
-        return float(np.sqrt(np.nanmean(m ** 2)))
-
-    @property
-    def extent_m(self) -> tuple[float, float, float, float]:
-        """``(x0, x1, y0, y1)`` of :meth:`phase_map` and :meth:`surface_map` (metres)."""
-        pr = self.telescope.primary_radius_m
-        return (-pr, pr, -pr, pr)
-
-    # ------------------------------------------------------------------ maps
-    def _phase_grid(self, n: int):
-        key = ("phase", int(n))
-        if key not in self._cache:
-            tel = self.telescope
-            pr = tel.primary_radius_m
-            ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
-            X, Y = np.meshgrid(ax, ax)
-            open_ = tel.illuminated(X, Y)
-            x, y = X[open_], Y[open_]
-            U = zernike_basis(self.order, np.hypot(x, y) / pr, np.arctan2(y, x)).numpy()
-            K = self.K_waves.copy()
-            ph = 2 * math.pi * (K @ U)
-            # remove piston and tilt by least squares over the open aperture
-            A = np.stack([np.ones_like(x), x, y], axis=1)
-            ph = ph - A @ np.linalg.lstsq(A, ph, rcond=None)[0]
-            img = np.full(X.shape, np.nan)
-            img[open_] = ph
-            self._cache[key] = (img, open_, x, y)
-        return self._cache[key]
-
-    def phase_map(self, n: int = 256) -> np.ndarray:
-        """Aperture phase (radians) on an ``n x n`` grid of cell centres over ``[-pr, pr]^2``.
-
-        Indexed ``[y, x]``; NaN where the aperture is blocked; piston and tilt removed
-        (least squares over the open aperture). The extent is :attr:`extent_m`.
-        """
-        return self._phase_grid(n)[0].copy()
-
-    def surface_map(self, n: int = 256) -> np.ndarray:
-        """Surface error (micrometres), ``phase * lambda / (4 pi)``, as :meth:`phase_map`."""
-        return self.phase_map(n) * self.wavelength_m / (4 * math.pi) * 1e6
-
-    def _rms(self, weighted: bool, n: int = 256) -> float:
-        img, open_, x, y = self._phase_grid(n)
-        ph = img[open_]
-        if not weighted:
-            return float(np.sqrt(np.mean((ph - ph.mean()) ** 2)))
-        c = self.nuisance.get("c_dB", {}).get("value", -12.0)
-        q = self.nuisance.get("q", {}).get("value", 2.0)
-        x0 = self.nuisance.get("x0", {}).get("value", 0.0)
-        y0 = self.nuisance.get("y0", {}).get("value", 0.0)
-        r2 = ((x - x0) ** 2 + (y - y0) ** 2) / self.telescope.primary_radius_m**2
-        C = 10 ** (c / 20)
-        if self._model.illumination == "pedestal":
-            w = C + (1 - C) * np.clip(1 - r2, 0, None) ** q
-        else:
-            w = C**r2
-        mean = np.sum(w * ph) / np.sum(w)
-        return float(np.sqrt(np.sum(w * (ph - mean) ** 2) / np.sum(w)))
-
-    @property
-    def phase_rms_rad(self) -> float:
-        """Unweighted rms of the aperture phase (piston and tilt removed), radians."""
-        return self._rms(False)
-
-    @property
-    def phase_rms_weighted_rad(self) -> float:
-        """Illumination-weighted rms of the aperture phase (piston and tilt removed)."""
-        return self._rms(True)
-
-    @property
-    def surface_rms_um(self) -> float:
-        """Unweighted rms surface error over the open aperture (micrometres)."""
-        return self.phase_rms_rad * self.wavelength_m / (4 * math.pi) * 1e6
-
-    @property
-    def surface_rms_weighted_um(self) -> float:
-        """Illumination-weighted rms surface error (micrometres)."""
-        return self.phase_rms_weighted_rad * self.wavelength_m / (4 * math.pi) * 1e6
-
-    @property
-    def ruze_efficiency(self) -> float:
-        """Ruze aperture efficiency ``exp(-sigma^2)``, sigma the weighted phase rms."""
-        return math.exp(-self.phase_rms_weighted_rad**2)
-
-    def model_maps(self) -> list[np.ndarray]:
-        """Model power at every observed sample, one 1-D array per map, in data units."""
-        with torch.no_grad(), torch_threads(1):
-            flat = self._model(self._params).cpu().numpy() * self._scale
-        return np.split(flat, np.cumsum(self._model.sizes)[:-1])
-
-    # ------------------------------------------------------------------ output
-    def to_dict(self) -> dict:
-        """JSON-ready summary (plain Python values)."""
-        return {
-            "telescope": self.telescope.blockage_dict(),
-            "wavelength_m": self.wavelength_m,
-            "frequency_hz": self.frequency_hz,
-            "order": self.order,
-            "zernike": self.zernike,
-            "nuisance": {k: dict(v) for k, v in self.nuisance.items()},
-            "fit": dict(self.fit),
-            "surface_rms_um": self.surface_rms_um,
-            "surface_rms_weighted_um": self.surface_rms_weighted_um,
-            "phase_rms_rad": self.phase_rms_rad,
-            "phase_rms_weighted_rad": self.phase_rms_weighted_rad,
-            "ruze_efficiency": self.ruze_efficiency,
-            "surface_error_rms_um": self.surface_error_rms_um,
-            "errors": {k: v for k, v in self.extra_errors.items()
-                       if k not in ("samples", "per_coefficient")} or {"method": "hessian"},
-            "convention": CONVENTION,
-        }
-
-    def __str__(self) -> str:
-        lines = [
-            f"OOF fit of {self.telescope.name} at {self.frequency_hz / 1e9:.4g} GHz, "
-            f"order {self.order}: {'converged' if self.success else 'FAILED'} "
-            f"({self.fit['message']}), {self.fit['time_s']:.2f} s",
-            f"{'n':>3} {'l':>3} {'K (waves)':>12} {'error':>9}",
-        ]
-        for (n, l), k, e in zip(self.labels, self.K_waves, self.K_err_waves):
-            lines.append(f"{n:>3} {l:>3} {k:>+12.5f} {e:>9.5f}")
-        for name, v in self.nuisance.items():
-            lines.append(f"{name} = {np.round(v['value'], 5)} +- {np.round(v['error'], 5)}")
-        lines.append(f"surface rms {self.surface_rms_um:.1f} um (weighted "
-                     f"{self.surface_rms_weighted_um:.1f} um), Ruze efficiency "
-                     f"{self.ruze_efficiency:.3f}")
-        return "\n".join(lines)
+    telescope: Telescope
+    free: tuple
+    start: dict
+    method: str
+    priors: dict | None
+    max_iter: int | None
+    device: torch.device
+    dtype: torch.dtype
+    jacobian: bool
+    report: object
+    errors: bool
 
 
-# ------------------------------------------------------------------------ fit
+def _check_inputs(obs, order, telescope, free, start, n_starts, errors, jacobian,
+                  transform) -> tuple:
+    """Check everything a user passes; returns ``(order, telescope, free, start)``."""
+    if errors not in ERRORS:
+        raise ValueError(f"unknown errors {errors!r}; choose one of: {', '.join(ERRORS)}")
+    if jacobian not in JACOBIANS:
+        raise ValueError(f"unknown jacobian {jacobian!r}; choose one of: {', '.join(JACOBIANS)}")
+    _check_obs(obs)
+    tel = get_telescope(telescope if telescope is not None else _need_telescope(obs))
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    order = int(order)
+    if isinstance(free, str):
+        free = (free,)
+    free = tuple(free)
+    unknown = [f for f in free if f not in NUISANCE]
+    if unknown:
+        raise ValueError(f"unknown free parameter(s) {', '.join(map(repr, unknown))}; choose "
+                         f"from: {', '.join(NUISANCE)}")
+    start = dict(start or {})
+    bad = [k for k in start if k not in NUISANCE and k != "K"]
+    if bad:
+        raise ValueError(f"unknown start value(s) {', '.join(map(repr, bad))}; choose from: K, "
+                         f"{', '.join(NUISANCE)}")
+    _check_order(obs, order, sum(NUISANCE[f].n_free(len(obs.maps)) for f in free))
+    if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
+            n_starts, (int, np.integer)) or n_starts < 1):
+        raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
+    if jacobian == "exact" and transform != "mft":
+        raise ValueError(f"jacobian='exact' needs transform='mft', not {transform!r}; use "
+                         "jacobian='auto' or 'autodiff'")
+    return order, tel, free, start
+
+
 def _check_obs(obs: Observation) -> None:
     if not isinstance(obs, Observation):
         raise TypeError(f"obs must be a gradfit.oof.Observation, not {type(obs).__name__}")
@@ -318,10 +135,7 @@ def _check_obs(obs: Observation) -> None:
 
 
 def _check_order(obs: Observation, order: int, n_free: int) -> None:
-    sides = []
-    for m in obs.maps:
-        sides.append(min(m.shape) if map_axes(m) is not None else int(math.sqrt(m.n)))
-    side = min(sides)
+    side = min(m.side for m in obs.maps)
     max_order = side - 2
     npts = obs.n_points
     while max_order >= 0 and 3 * (zernike_count(max_order) - 1 + n_free) > npts:
@@ -333,6 +147,68 @@ def _check_order(obs: Observation, order: int, n_free: int) -> None:
             f"axis and 3 samples per free parameter; the highest possible order here is "
             f"{max(max_order, 0) if max_order >= 1 else 'none (maps too small)'}"
         )
+
+
+def _need_telescope(obs):
+    if not obs.telescope:
+        raise ValueError("the observation names no telescope; pass telescope=... "
+                         "(e.g. 'effelsberg' or a Telescope)")
+    return obs.telescope
+
+
+def _reporter(progress):
+    """``report(**info)`` for ``progress``: None/False (silent), True (stderr) or a callable."""
+    if progress is None or progress is False:
+        return lambda **info: None
+    if progress is True:
+        def report(**info):
+            parts = [str(info.get("stage", ""))]
+            parts += [f"{k} {v}" for k, v in info.items() if k != "stage" and v is not None]
+            sys.stderr.write("\r  " + ", ".join(parts) + " " * 8)
+            if info.get("stage") == "done":
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+        return report
+    if callable(progress):
+        return lambda **info: progress(info)
+    raise TypeError(f"progress must be a bool or a callable progress(info), not "
+                    f"{type(progress).__name__}")
+
+
+# ----------------------------------------------------------------- 2. the data
+@dataclass(frozen=True, eq=False)
+class _Data:
+    """The data in units of the in-focus peak, with per-point noise and the likelihood."""
+
+    y: np.ndarray
+    sigma: np.ndarray
+    scale: float
+    likelihood: object
+    sigma_source: str
+
+
+def _data(obs: Observation, likelihood) -> _Data:
+    ref = obs.maps[obs.infocus_index]
+    scale = float(np.max(ref.power))
+    if not scale > 0:
+        raise ValueError(f"{ref.name or 'in-focus map'}: its maximum is {scale}; "
+                         "expected a positive beam peak")
+    y = np.concatenate([m.power for m in obs.maps]) / scale
+    sig_parts, source = [], "given"
+    for m in obs.maps:
+        if m.sigma is not None:
+            sig_parts.append(m.sigma / scale)
+        else:
+            source = "estimated from the map edges"
+            s = m.noise() / scale
+            if not s > 0:
+                s = 1e-6  # noiseless data: any small sigma gives the same minimum
+            sig_parts.append(np.full(m.n, s))
+    sigma = np.concatenate(sig_parts)
+    if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
+        raise ValueError("the noise sigma of some samples is not positive and finite")
+    return _Data(y, sigma, scale, _likelihood(likelihood, sigma), source)
 
 
 def _likelihood(likelihood, sigma_flat):
@@ -348,256 +224,176 @@ def _likelihood(likelihood, sigma_flat):
     return gradfit.Cauchy(gamma=sigma_flat)
 
 
-def _choose_threads(model: BeamModel) -> int:
-    """Torch CPU threads for a fit: one.
-
-    Measured on the 2-core development machine (``benchmarks/oof_vs_pyoof.py`` and a
-    model+gradient timing at 129 x 129 points): one thread beat two at every size
-    tried, from 33 x 33 points on a 64-cell grid (f + grad 21 ms against 142 ms) to
-    129 x 129 on a 512-cell grid (247 ms against 725 ms); two threads also showed
-    erratic stalls of up to 50x. Pass ``threads=`` to override on bigger machines.
-    """
-    return 1
-
-
-def fit(
-    obs: Observation,
-    order: int = 5,
-    telescope: str | Telescope | None = None,
-    likelihood="gaussian",
-    method: str = "lm",
-    device="cpu",
-    dtype=torch.float64,
-    priors: dict | None = None,
-    free=("amp", "c_dB"),
-    progress=None,
-    *,
-    start: dict | None = None,
-    grid: int | None = None,
-    transform: str = "mft",
-    illumination: str = "pedestal",
-    n_starts="auto",
-    stepwise: bool = False,
-    threads: int | None = None,
-    max_iter: int | None = None,
-    seed: int = 0,
-    errors: str = "hessian",
-    error_options: dict | None = None,
-) -> Solution:
-    """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
-
-    Parameters
-    ----------
-    obs : Observation
-        Two or more beam maps at known defocus.
-    order : int
-        Highest Zernike radial order; all coefficients but piston are fitted.
-    telescope : str or Telescope, optional
-        Defaults to ``obs.telescope``.
-    likelihood : {'gaussian', 'cauchy'} or gradfit likelihood
-        Gaussian with per-point sigma (given in the maps, else estimated from the map
-        edges), or Cauchy with that sigma as half width (robust to glitches).
-    method : str
-        Minimiser of :func:`gradfit.fit` (default Levenberg-Marquardt).
-    device, dtype :
-        Where the model runs (default CPU, float64).
-    priors : dict, optional
-        Name -> gradfit prior, e.g. ``{"K": gradfit.Normal(0, 0.3)}`` (waves): MAP fit.
-    free : iterable of str
-        Nuisance parameters to fit besides K: any of 'amp', 'c_dB', 'q', 'x0', 'y0',
-        'pointing' (per-map offsets in lambda/D, the in-focus map fixed). The others
-        stay at ``start`` values (defaults: c_dB -12 dB, q 2, x0 = y0 = 0).
-    progress : callable, optional
-        Called as ``progress({"stage": ..., "nit": ..., "fun": ...})`` while fitting.
-    start : dict, optional
-        Start (or fixed) values: ``'K'`` (waves, full length with piston, or without),
-        'c_dB', 'q', 'x0', 'y0', 'amp'.
-    grid : int, optional
-        Aperture cells across the dish; default from
-        :func:`~gradfit.oof.aperture.choose_grid_size`.
-    transform : {'mft', 'dft', 'fft'}
-        Beam evaluation (see :mod:`gradfit.oof.model`); 'mft' is exact and fastest.
-    illumination : {'pedestal', 'gaussian'}
-    n_starts : int or 'auto'
-        Starts of a multi-start: 'auto' refits from up to 3 other starts (random K of
-        0.1 waves rms) only when the first fit does not describe the data (robust
-        normalised residual 1.4826 MAD(r / sigma) above ``MISFIT_LIMIT``), stopping at
-        the first good one; an integer runs exactly that many and keeps the best.
-    stepwise : bool
-        Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
-    threads : int, optional
-        Torch CPU threads during the fit (restored afterwards); default 1 (measured
-        fastest for these sizes, see :func:`_choose_threads`).
-    max_iter : int, optional
-        Iteration limit of the minimiser.
-    seed : int
-        Seed of the extra starts.
-    errors : {'hessian', 'profile', 'mcmc'}
-        'hessian' (default): 1σ errors from the inverse Hessian. 'profile' adds the
-        68.27% profile-likelihood interval of every coefficient (about ten refits each).
-        'mcmc' adds posterior means and standard deviations from NUTS (pyro-ppl), and
-        the surface-error map then comes from the posterior draws.
-    error_options : dict, optional
-        For 'mcmc': ``num_samples`` (default 300), ``warmup``, ``num_chains`` (2),
-        ``method`` ('nuts', 'hmc' or 'emcee'), ``seed``.
-
-    Returns
-    -------
-    Solution
-    """
-    t_start = time.perf_counter()
-    if errors not in _ERRORS:
-        raise ValueError(f"unknown errors {errors!r}; choose one of: {', '.join(_ERRORS)}")
-    _check_obs(obs)
-    tel = get_telescope(telescope if telescope is not None else _need_telescope(obs))
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    device = resolve_device(device)
-    order = int(order)
-    free = tuple(free)
-    unknown = [f for f in free if f not in NUISANCE]
-    if unknown:
-        raise ValueError(f"unknown free parameter(s) {', '.join(map(repr, unknown))}; choose "
-                         f"from: {', '.join(NUISANCE)}")
-    start = dict(start or {})
-    bad = [k for k in start if k not in NUISANCE and k != "K"]
-    if bad:
-        raise ValueError(f"unknown start value(s) {', '.join(map(repr, bad))}; choose from: K, "
-                         f"{', '.join(NUISANCE)}")
-    n_nuis = sum(1 if f != "pointing" else 2 * (len(obs.maps) - 1) for f in free)
-    _check_order(obs, order, n_nuis)
-    if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
-            n_starts, (int, np.integer)) or n_starts < 1):
-        raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
-
-    def report(**info):
-        if progress is not None:
-            progress(info)
-
-    # data in units of the in-focus peak; per-point sigma given or from the edges
-    ref = _infocus_index(obs)
-    scale = float(np.max(obs.maps[ref].power))
-    if not scale > 0:
-        raise ValueError(f"{obs.maps[ref].name or 'in-focus map'}: its maximum is {scale}; "
-                         "expected a positive beam peak")
-    y = np.concatenate([m.power for m in obs.maps]) / scale
-    sig_parts, sigma_source = [], "given"
-    for m in obs.maps:
-        if m.sigma is not None:
-            sig_parts.append(m.sigma / scale)
-        else:
-            sigma_source = "estimated from the map edges"
-            s = estimate_noise(m) / scale
-            if not s > 0:
-                s = 1e-6  # noiseless data: any small sigma gives the same minimum
-            sig_parts.append(np.full(m.n, s))
-    sigma = np.concatenate(sig_parts)
-    if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
-        raise ValueError("the noise sigma of some samples is not positive and finite")
-    lik = _likelihood(likelihood, sigma)
-    report(stage="grid")
-
-    sigma_ref = float(np.median(sigma))
+# ---------------------------------------------------------------- 3. the model
+def _build_model(obs, tel, order, data: _Data, grid, transform, illumination, device,
+                 dtype) -> BeamModel:
+    """The aperture grid (given, or the converged one for this noise) and the model."""
     with torch_threads(1):
         n_grid = int(grid) if grid is not None else choose_grid_size(
-            obs, tel, sigma_ref, order=max(order, 3), illumination=illumination)
-        model = BeamModel(obs, tel, order, n_grid, transform=transform,
-                          illumination=illumination, device=device, dtype=dtype)
-    n_threads = _choose_threads(model) if threads is None else int(threads)
+            obs, tel, float(np.median(data.sigma)), order=max(order, 3),
+            illumination=illumination)
+        return BeamModel(obs, tel, order, n_grid, transform=transform,
+                         illumination=illumination, device=device, dtype=dtype)
 
+
+# ------------------------------------------------------------------ 4. minimise
+class _Bound:
+    """The model as :func:`gradfit.fit` sees it: fixed values merged in, progress reported.
+
+    ``jacobian`` is the hook of ``gradfit.fit(jacobian=...)``: the model's exact
+    derivatives for the fitted parameters ``names``.
+    """
+
+    def __init__(self, model: BeamModel, const: dict, names: tuple, report, start_index):
+        self.model, self.const, self.names = model, const, names
+        self.report, self.start_index = report, start_index
+        self.calls, self.last = 0, 0.0
+
+    def _merged(self, p):
+        self.calls += 1
+        now = time.perf_counter()
+        if now - self.last > 0.2:
+            self.last = now
+            self.report(stage="fit", nit=self.calls, start=self.start_index)
+        q = dict(self.const)
+        q.update(p)
+        return q
+
+    def __call__(self, p, x):
+        return self.model(self._merged(p))
+
+    def jacobian(self, p, x):
+        return self.model.jacobian(self._merged(p), self.names)
+
+
+def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, dict]:
+    """``(params, const)``: the fitted parameters (gradfit.Param) and the fixed values."""
+    B, ref = model.n_maps, model.infocus_index
+    params = {"K": np.asarray(K0[1:], dtype=np.float64)}
+    const = {}
+    for name, spec in NUISANCE.items():
+        if name in s.free or name == "amp":
+            continue
+        if name in ("c_dB", "q", "x0", "y0"):
+            const[name] = float(s.start.get(name, spec.default))
+        elif name in s.start:
+            const[name] = np.broadcast_to(np.asarray(s.start[name], dtype=np.float64),
+                                          spec.shape(B)).copy()
+    for name in s.free:  # in the order given; amp last (its start needs the others)
+        spec = NUISANCE[name]
+        if name == "amp":
+            continue
+        shape = spec.shape(B)
+        value = np.broadcast_to(np.asarray(s.start.get(name, spec.default), dtype=np.float64),
+                                shape).copy()
+        if not shape:
+            params[name] = gradfit.Param(float(value), bounds=spec.bounds)
+            continue
+        fixed = np.zeros(shape, dtype=bool)
+        if spec.infocus_fixed:
+            fixed[ref] = True
+            value[ref] = spec.default
+        params[name] = gradfit.Param(value, bounds=spec.bounds, fixed=fixed)
+    if "amp" in s.free:
+        amp0 = s.start.get("amp")
+        if amp0 is None:  # the linear least-squares amplitude at the start
+            p0 = {k: (v.value if isinstance(v, gradfit.Param) else v) for k, v in params.items()}
+            p0.update(const)
+            with torch.no_grad():
+                m0 = model(p0).cpu().numpy()
+            w = 1 / data.sigma**2
+            amp0 = float(np.sum(w * data.y * m0) / np.sum(w * m0 * m0))
+        params["amp"] = float(amp0)
+    else:
+        const["amp"] = float(s.start.get("amp", NUISANCE["amp"].default))
+    return params, const
+
+
+def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int):
+    """One call of :func:`gradfit.fit` from full-length start coefficients ``K0``."""
+    params, const = _parameters(model, data, s, K0)
+    bound = _Bound(model, const, tuple(params), s.report, start_index)
+    jac = bound.jacobian if s.jacobian and model.transform == "mft" else None
+    with warnings.catch_warnings():
+        # c_dB ending on its bound is reported in the fit message, not as a warning
+        warnings.simplefilter("ignore", gradfit.FitWarning)
+        # LM's polish (extra Gauss-Newton/Newton steps past convergence, for NIST-grade
+        # digits) halves the speed here and changes no coefficient beyond the noise
+        options = {"polish": False} if s.method == "lm" else None
+        kw = {} if s.errors else {"errors": "none"}
+        # the sample points live in the model; gradfit.fit's x is not used
+        res = gradfit.fit(bound, None, data.y, params=params, likelihood=data.likelihood,
+                          method=s.method, priors=s.priors, device=s.device, dtype=s.dtype,
+                          max_iter=s.max_iter, options=options, jacobian=jac, **kw)
+    return res, const
+
+
+def _misfit(res, const, model, data: _Data) -> float:
+    """Robust normalised residual: 1.4826 MAD(r / sigma); about 1 for a good fit."""
+    p = dict(const)
+    p.update(res.params)
+    with torch.no_grad():
+        mu = model(p).cpu().numpy()
+    r = (data.y - mu) / data.sigma
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, obs, grid_n,
+              transform, illumination):
+    """Fit (order by order with ``stepwise``), then the multi-start; returns
+    ``(best, const, misfit, fits)`` with ``fits`` every result in the order run."""
+    order = s.order
     orders = list(range(1, order + 1)) if stepwise else [order]
-    K0 = _start_K(start.get("K"), order)
-    fixed_vals = {k: float(start.get(k, NUISANCE[k][0])) for k in ("c_dB", "q", "x0", "y0")
-                  if k not in free}
-    results = []
-    with torch_threads(n_threads):
-        best = None
-        prev_K = K0
-        for o in orders:
-            m_o = model if o == order else BeamModel(
-                obs, tel, o, n_grid, transform=transform, illumination=illumination,
-                device=device, dtype=dtype)
-            Ko = np.zeros(zernike_count(o))
-            k = min(len(prev_K), len(Ko))
-            Ko[:k] = prev_K[:k]
-            best = _fit_once(m_o, y, sigma, lik, Ko, start, free, fixed_vals, method, device,
-                             dtype, priors, max_iter, report, 0)
-            results.append(best)
-            prev_K = np.concatenate([[0.0], best.params["K"]])
-        # multi-start: other starting points when the fit does not describe the data
-        auto = n_starts == "auto"
+    prev_K = _start_K(s.start.get("K"), order)
+    fits = []
+    for o in orders:
+        m_o = model if o == order else BeamModel(
+            obs, s.telescope, o, grid_n, transform=transform, illumination=illumination,
+            device=s.device, dtype=s.dtype)
+        Ko = np.zeros(zernike_count(o))
+        k = min(len(prev_K), len(Ko))
+        Ko[:k] = prev_K[:k]
+        best, const = _fit_from(m_o, data, s, Ko, 0)
+        fits.append(best)
+        prev_K = np.concatenate([[0.0], best.params["K"]])
+    misfit = _misfit(best, const, model, data)
 
-        def poor(r):
-            return not r.success or _misfit(r, model, y, sigma) > MISFIT_LIMIT
+    # multi-start: other starting points when the fit does not describe the data
+    auto = n_starts == "auto"
 
-        extra = (3 if poor(best) else 0) if auto else int(n_starts) - 1
-        rng = np.random.default_rng(seed)
-        for i in range(extra):
-            Ks = rng.normal(0.0, 0.1, zernike_count(order))
-            Ks[0] = 0.0
-            r = _fit_once(model, y, sigma, lik, Ks, start, free, fixed_vals, method, device,
-                          dtype, priors, max_iter, report, i + 1)
-            results.append(r)
-            if (r.success, -r.fun) > (best.success, -best.fun):
-                best = r
-            if auto and not poor(best):
-                break
-    report(stage="done", fun=best.fun)
+    def poor(res, mis):
+        return not res.success or mis > MISFIT_LIMIT
 
-    res = best
-    labels = zernike_labels(order)
-    K = np.concatenate([[0.0], np.asarray(res.params["K"], dtype=np.float64)])
-    Ke = np.concatenate([[0.0], np.asarray(res.errors["K"], dtype=np.float64)])
-    nuis = {}
-    for name in ("amp", "c_dB", "q", "x0", "y0", "pointing"):
-        if name in res.params:
-            v, e = np.asarray(res.params[name]), np.asarray(res.errors[name])
-            nuis[name] = {"value": v.tolist() if v.ndim else float(v),
-                          "error": e.tolist() if e.ndim else float(e)}
-        elif name in fixed_vals:
-            nuis[name] = {"value": fixed_vals[name], "error": 0.0}
-    params = {"K": res.params["K"], **fixed_vals}
-    for name in free:
-        params[name] = res.params[name]
-    nstarts_used = len(results) - (len(orders) - 1)
-    fit_info = {
-        "success": bool(res.success),
-        "message": str(res.message),
-        "method": str(res.method),
-        "nfev": int(sum(r.nfev for r in results)),
-        "nit": int(res.nit),
-        "time_s": time.perf_counter() - t_start,
-        "neg_log_likelihood": float(res.fun),
-        "likelihood": getattr(lik, "name", str(likelihood)),
-        "ndata": int(y.size),
-        "n_free": len(res.names),
-        "sigma": sigma_source,
-        "normalised_residual": float(_misfit(res, model, y, sigma)),
-        "grid_cells": n_grid,
-        "grid_pixels": model.grid.n_pixels,
-        "transform": model.transform,
-        "threads": n_threads,
-        "starts": nstarts_used,
-        "stepwise": bool(stepwise),
-        "at_bounds": list(getattr(res, "at_bounds", ())),
-        "data_scale": scale,
-    }
-    sol = Solution(
-        telescope=tel, order=order, wavelength_m=float(obs.wavelength_m),
-        frequency_hz=float(obs.frequency_hz), labels=labels, K_waves=K, K_err_waves=Ke,
-        nuisance=nuis, fit=fit_info, result=res, _model=model, _params=params, _scale=scale,
-    )
-    if errors != "hessian" and res.success:
-        with torch_threads(n_threads):
-            sol.extra_errors.update(_extra_errors(res, errors, dict(error_options or {}),
-                                                  report))
-        sol.fit["time_s"] = time.perf_counter() - t_start
-    return sol
+    extra = (3 if poor(best, misfit) else 0) if auto else int(n_starts) - 1
+    rng = np.random.default_rng(seed)
+    for i in range(extra):
+        Ks = rng.normal(0.0, 0.1, zernike_count(order))
+        Ks[0] = 0.0
+        r, c = _fit_from(model, data, s, Ks, i + 1)
+        fits.append(r)
+        if (r.success, -r.fun) > (best.success, -best.fun):
+            best, const, misfit = r, c, _misfit(r, c, model, data)
+        if auto and not poor(best, misfit):
+            break
+    return best, const, misfit, fits
 
 
-_ERRORS = ("hessian", "profile", "mcmc")
+def _start_K(K, order):
+    nk = zernike_count(order)
+    if K is None:
+        return np.zeros(nk)
+    K = np.asarray(K, dtype=np.float64).ravel()
+    if K.size == nk - 1:
+        K = np.concatenate([[0.0], K])
+    if K.size > nk:
+        K = K[:nk]
+    if K.size < nk:
+        K = np.concatenate([K, np.zeros(nk - K.size)])
+    K[0] = 0.0
+    return K
 
 
+# ---------------------------------------------------------- 5. extra errors
 def _extra_errors(res, errors: str, opts: dict, report) -> dict:
     """Profile intervals or posterior summaries of every free coefficient."""
     nk = len(np.asarray(res.params["K"]))
@@ -630,85 +426,179 @@ def _extra_errors(res, errors: str, opts: dict, report) -> dict:
             "per_coefficient": {"posterior_mean_waves": mean, "posterior_std_waves": std}}
 
 
-def _need_telescope(obs):
-    if not obs.telescope:
-        raise ValueError("the observation names no telescope; pass telescope=... "
-                         "(e.g. 'effelsberg' or a Telescope)")
-    return obs.telescope
+# -------------------------------------------------------------- 6. solution
+def _nuisance_summary(res, const) -> dict:
+    """Name -> {"value", "error"} of the fitted nuisance parameters and the fixed ones
+    the model used (error 0)."""
+    out = {}
+    for name in NUISANCE:
+        if name in res.params:
+            v, e = np.asarray(res.params[name]), np.asarray(res.errors[name])
+            out[name] = {"value": v.tolist() if v.ndim else float(v),
+                         "error": e.tolist() if e.ndim else float(e)}
+        elif name in const and name != "amp":
+            v = np.asarray(const[name])
+            out[name] = {"value": v.tolist() if v.ndim else float(v),
+                         "error": np.zeros_like(v).tolist() if v.ndim else 0.0}
+    return out
 
 
-def _start_K(K, order):
-    nk = zernike_count(order)
-    if K is None:
-        return np.zeros(nk)
-    K = np.asarray(K, dtype=np.float64).ravel()
-    if K.size == nk - 1:
-        K = np.concatenate([[0.0], K])
-    if K.size > nk:
-        K = K[:nk]
-    if K.size < nk:
-        K = np.concatenate([K, np.zeros(nk - K.size)])
-    K[0] = 0.0
-    return K
+def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, fits,
+              stepwise, n_threads, extra, t_start) -> Solution:
+    order = s.order
+    K = np.concatenate([[0.0], np.asarray(best.params["K"], dtype=np.float64)])
+    Ke = np.concatenate([[0.0], np.asarray(best.errors["K"], dtype=np.float64)])
+    params = dict(const)
+    params.update({k: v for k, v in best.params.items()})
+    n_orders = order if stepwise else 1
+    fit_info = {
+        "success": bool(best.success),
+        "message": str(best.message),
+        "method": str(best.method),
+        "nfev": int(sum(r.nfev for r in fits)),
+        "nit": int(best.nit),
+        "time_s": time.perf_counter() - t_start,
+        "neg_log_likelihood": float(best.fun),
+        "likelihood": getattr(data.likelihood, "name", str(data.likelihood)),
+        "ndata": int(data.y.size),
+        "n_free": len(best.names),
+        "sigma": data.sigma_source,
+        "normalised_residual": float(misfit),
+        "grid_cells": model.grid.n,
+        "grid_pixels": model.grid.n_pixels,
+        "transform": model.transform,
+        "jacobian": "exact" if s.jacobian and model.transform == "mft" else "autodiff",
+        "threads": n_threads,
+        "starts": len(fits) - (n_orders - 1),
+        "stepwise": bool(stepwise),
+        "at_bounds": list(getattr(best, "at_bounds", ())),
+        "data_scale": data.scale,
+    }
+    return Solution(
+        telescope=tel, order=order, wavelength_m=float(obs.wavelength_m),
+        frequency_hz=float(obs.frequency_hz), labels=zernike_labels(order), K_waves=K,
+        K_err_waves=Ke, nuisance=_nuisance_summary(best, const), fit=fit_info, result=best,
+        extra_errors=extra, illumination=model.illumination, _model=model, _params=params,
+        _scale=data.scale)
 
 
-def _misfit(res, model, y, sigma) -> float:
-    """Robust normalised residual: 1.4826 MAD(r / sigma); about 1 for a good fit."""
-    p = dict(res.params)
-    with torch.no_grad():
-        mu = model(p).cpu().numpy()
-    r = (y - mu) / sigma
-    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+# ------------------------------------------------------------------------ fit
+def fit(
+    obs: Observation,
+    order: int = 5,
+    telescope: str | Telescope | None = None,
+    likelihood="gaussian",
+    method: str = "lm",
+    device="cpu",
+    dtype=torch.float64,
+    priors: dict | None = None,
+    free=("amp", "c_dB"),
+    progress=None,
+    *,
+    start: dict | None = None,
+    grid: int | None = None,
+    transform: str = "mft",
+    illumination: str = "pedestal",
+    n_starts="auto",
+    stepwise: bool = False,
+    threads: int | None = None,
+    max_iter: int | None = None,
+    seed: int = 0,
+    errors: str = "hessian",
+    error_options: dict | None = None,
+    jacobian: str = "auto",
+) -> Solution:
+    """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
 
+    Parameters
+    ----------
+    obs : Observation
+        Two or more beam maps at known defocus.
+    order : int
+        Highest Zernike radial order; all coefficients but piston are fitted.
+    telescope : str or Telescope, optional
+        Defaults to ``obs.telescope``.
+    likelihood : {'gaussian', 'cauchy'} or gradfit likelihood
+        Gaussian with per-point sigma (given in the maps, else estimated from the map
+        edges), or Cauchy with that sigma as half width (robust to glitches).
+    method : str
+        Minimiser of :func:`gradfit.fit` (default Levenberg-Marquardt).
+    device, dtype :
+        Where the model runs (default CPU, float64).
+    priors : dict, optional
+        Name -> gradfit prior, e.g. ``{"K": gradfit.Normal(0, 0.3)}`` (waves): MAP fit.
+    free : iterable of str
+        Nuisance parameters to fit besides K, any of :data:`gradfit.oof.nuisance.NUISANCE`:
+        'amp', 'c_dB', 'q', 'x0', 'y0', and per map 'pointing' (offsets in lambda/D),
+        'gain' (relative to the in-focus map, which stays fixed) and 'background'. The
+        others stay at ``start`` values or their defaults (c_dB -12 dB, q 2, x0 = y0 = 0,
+        no pointing offset, gain 1, background 0).
+    progress : bool or callable, optional
+        True prints the stage and iteration on stderr; a callable is called as
+        ``progress({"stage": ..., "nit": ..., "fun": ...})`` while fitting.
+    start : dict, optional
+        Start (or fixed) values: ``'K'`` (waves, full length with piston, or without)
+        and any nuisance parameter (per-map ones broadcast to one value per map).
+    grid : int, optional
+        Aperture cells across the dish; default from
+        :func:`~gradfit.oof.grid.choose_grid_size`.
+    transform : {'mft', 'dft', 'fft'}
+        Beam evaluation (see :mod:`gradfit.oof.model`); 'mft' is exact and fastest.
+    illumination : {'pedestal', 'gaussian'}
+    n_starts : int or 'auto'
+        Starts of a multi-start: 'auto' refits from up to 3 other starts (random K of
+        0.1 waves rms) only when the first fit does not describe the data (robust
+        normalised residual 1.4826 MAD(r / sigma) above ``MISFIT_LIMIT``), stopping at
+        the first good one; an integer runs exactly that many and keeps the best.
+    stepwise : bool
+        Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
+    threads : int, optional
+        Torch CPU threads during the fit (restored afterwards); default 1: on the
+        2-core development machine one thread beat two at every size tried, from 33 x 33
+        points on a 64-cell grid to 129 x 129 on a 512-cell grid, and two threads showed
+        erratic stalls (``benchmarks/oof_vs_pyoof.py``). Pass more on bigger machines.
+    max_iter : int, optional
+        Iteration limit of the minimiser.
+    seed : int
+        Seed of the extra starts.
+    errors : {'hessian', 'none', 'profile', 'mcmc'}
+        'hessian' (default): 1σ errors from the inverse Hessian (Gauss-Newton for the
+        Gaussian likelihood). 'none': no errors (NaN), a little faster. 'profile' adds
+        the 68.27% profile-likelihood interval of every coefficient (about ten refits
+        each). 'mcmc' adds posterior means and standard deviations from NUTS (pyro-ppl),
+        and the surface-error map then comes from the posterior draws.
+    error_options : dict, optional
+        For 'mcmc': ``num_samples`` (default 300), ``warmup``, ``num_chains`` (2),
+        ``method`` ('nuts', 'hmc' or 'emcee'), ``seed``.
+    jacobian : {'auto', 'exact', 'autodiff'}
+        'auto' (default) and 'exact': the model's exact Jacobian
+        (:meth:`~gradfit.oof.model.BeamModel.jacobian`, a few batched transforms) for
+        Levenberg-Marquardt and the errors, with transform 'mft'; 'autodiff': one
+        autodiff pass per parameter (slower, the same numbers to rounding).
 
-def _fit_once(model, y, sigma, lik, K0, start, free, fixed_vals, method, device, dtype,
-              priors, max_iter, report, start_index):
-    """One call of gradfit.fit from full-length start coefficients ``K0``."""
-    const = dict(fixed_vals)
-    counter = {"n": 0, "t": 0.0}
-
-    def fmodel(p, x):
-        counter["n"] += 1
-        if report is not None:
-            now = time.perf_counter()
-            if now - counter["t"] > 0.2:
-                counter["t"] = now
-                report(stage="fit", nit=counter["n"], start=start_index)
-        q = dict(const)
-        q.update(p)
-        return model(q)
-
-    params = {"K": np.asarray(K0[1:], dtype=np.float64)}
-    for name in free:
-        if name == "amp":
-            continue
-        v0, bounds, _ = NUISANCE[name]
-        v = start.get(name, v0)
-        if name == "pointing":
-            fixed = np.zeros((model.n_maps, 2), dtype=bool)
-            fixed[int(np.argmin(np.abs(model.dz)))] = True
-            params[name] = gradfit.Param(np.zeros((model.n_maps, 2)), fixed=fixed)
-        else:
-            params[name] = gradfit.Param(float(v), bounds=bounds)
-    if "amp" in free:
-        amp0 = start.get("amp")
-        if amp0 is None:  # the linear least-squares amplitude at the start
-            p0 = {k: (v.value if isinstance(v, gradfit.Param) else v) for k, v in params.items()}
-            p0.update(const)
-            with torch.no_grad():
-                m0 = model(p0).cpu().numpy()
-            w = 1 / sigma**2
-            amp0 = float(np.sum(w * y * m0) / np.sum(w * m0 * m0))
-        params["amp"] = float(amp0)
-    else:
-        const["amp"] = float(start.get("amp", 1.0))
-    x = np.zeros(1)  # the sample points live in the model; gradfit.fit wants an x
-    with warnings.catch_warnings():
-        # c_dB ending on its bound is reported in the fit message, not as a warning
-        warnings.simplefilter("ignore", gradfit.FitWarning)
-        # LM's polish (extra Gauss-Newton/Newton steps past convergence, for NIST-grade
-        # digits) halves the speed here and changes no coefficient beyond the noise
-        options = {"polish": False} if method == "lm" else None
-        return gradfit.fit(fmodel, x, y, params=params, likelihood=lik, method=method,
-                           priors=priors, device=device, dtype=dtype, max_iter=max_iter,
-                           options=options)
+    Returns
+    -------
+    Solution
+    """
+    t_start = time.perf_counter()
+    order, tel, free, start = _check_inputs(obs, order, telescope, free, start, n_starts,
+                                            errors, jacobian, transform)
+    s = _Settings(order=order, telescope=tel, free=free, start=start, method=method,
+                  priors=priors, max_iter=max_iter, device=resolve_device(device), dtype=dtype,
+                  jacobian=jacobian != "autodiff", report=_reporter(progress),
+                  errors=errors != "none")
+    data = _data(obs, likelihood)
+    s.report(stage="grid")
+    model = _build_model(obs, tel, order, data, grid, transform, illumination, s.device, dtype)
+    n_threads = 1 if threads is None else int(threads)
+    with torch_threads(n_threads):
+        best, const, misfit, fits = _minimise(model, data, s, stepwise, n_starts, seed, obs,
+                                              model.grid.n, transform, illumination)
+        s.report(stage="done", fun=best.fun)
+        extra = {}
+        if errors == "none":
+            extra = {"method": "none"}
+        elif errors != "hessian" and best.success:
+            extra = _extra_errors(best, errors, dict(error_options or {}), s.report)
+    return _solution(obs, tel, model, data, s, best, const, misfit, fits, stepwise,
+                     n_threads, extra, t_start)

@@ -7,12 +7,13 @@ ordered by ``n`` and then ``l = -n, -n+2, ..., n``.
 
 from __future__ import annotations
 
-from math import factorial
+from math import comb, factorial
 
 import numpy as np
 import torch
 
-__all__ = ["zernike_labels", "zernike_count", "radial_poly", "zernike_basis"]
+__all__ = ["zernike_labels", "zernike_count", "radial_poly", "zernike_basis",
+           "monomial_labels", "zernike_monomials"]
 
 
 def zernike_labels(order: int) -> list[tuple[int, int]]:
@@ -103,3 +104,40 @@ def zernike_basis(order: int, rho, theta, *, device=None, dtype=torch.float64) -
             trig[m, l >= 0] = torch.cos(m * theta) if l >= 0 else torch.sin(m * theta)
         rows.append(radial_poly(n, m, rho, powers) * trig[m, l >= 0])
     return torch.stack(rows)
+
+
+def monomial_labels(order: int) -> list[tuple[int, int]]:
+    """The exponents ``(a, b)`` of the monomials ``x^a y^b`` with ``a + b <= order``.
+
+    Ordered by ``a``, then ``b`` (the order of :meth:`gradfit.oof.transforms.MFT.monomials`).
+    """
+    order = _check_order(order)
+    return [(a, b) for a in range(order + 1) for b in range(order + 1 - a)]
+
+
+def zernike_monomials(order: int) -> np.ndarray:
+    """Coefficients ``C`` with ``U_k(x, y) = sum_m C[k, m] x^a_m y^b_m`` on the unit disc.
+
+    Exact expansion (``x = rho cos theta``, ``y = rho sin theta``): ``rho^(n-2s) cos(l theta)``
+    is ``(x^2 + y^2)^((n-2s-l)/2) Re (x + i y)^l`` (``Im`` for the sine terms).
+
+    Returns
+    -------
+    numpy.ndarray ``(zernike_count(order), len(monomial_labels(order)))``
+    """
+    mono = {ab: i for i, ab in enumerate(monomial_labels(order))}
+    C = np.zeros((zernike_count(order), len(mono)))
+    for k, (n, l) in enumerate(zernike_labels(order)):
+        m = abs(l)
+        # Re or Im of (x + i y)^m: sum_j binom(m, j) x^(m-j) (i y)^j
+        ang = {}
+        for j in range(m + 1):
+            if (j % 2 == 0) == (l >= 0):
+                sign = (-1) ** (j // 2)
+                ang[(m - j, j)] = ang.get((m - j, j), 0) + sign * comb(m, j)
+        for p, c in _radial_coeffs(n, m):
+            h = (p - m) // 2  # (x^2 + y^2)^h
+            for t in range(h + 1):
+                for (a, b), ca in ang.items():
+                    C[k, mono[(a + 2 * t, b + 2 * (h - t))]] += c * comb(h, t) * ca
+    return C
