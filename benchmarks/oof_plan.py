@@ -34,7 +34,7 @@ def main(argv=None):
     kw = dict(order=a.order, snr=a.snr, nominal_K=K)
     P.evaluate_plan(a.telescope, a.frequency, **kw)  # warm the aperture grid cache
     t = time.perf_counter()
-    e = P.evaluate_plan(a.telescope, a.frequency, **kw)
+    P.evaluate_plan(a.telescope, a.frequency, **kw)
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
     r = P.plan(a.telescope, a.frequency, criterion=a.criterion, **kw)

@@ -158,3 +158,45 @@ def test_monte_carlo_three_plans_and_recommended_is_better():
         pred_gain = out[name][1] / out["best"][1]
         assert emp_gain > 1.0
         assert abs(emp_gain / pred_gain - 1) < 0.15
+
+
+# ------------------------------------------------------------------------ CLI
+def _run(*args):
+    from click.testing import CliRunner
+
+    from gradfit.cli import cli
+
+    return CliRunner().invoke(cli, ["oof", "plan", *map(str, args)])
+
+
+def test_cli_plan_json_fields(tmp_path):
+    fig = tmp_path / "plan.png"
+    r = _run("--telescope", "effelsberg", "--frequency", "32e9", "--order", "4", "--snr",
+             "1000", "--npix", "25", "--json", "--figure", fig)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    rec = d["recommended"]
+    assert rec["dz_m"][1] == 0.0 and rec["dz_m"][2] > 0
+    assert [(s["n"], s["l"]) for s in rec["sigma_K_waves"]] == zernike_labels(4)[1:]
+    assert all(s["sigma"] > 0 for s in rec["sigma_K_waves"])
+    assert rec["criterion"] == "D" and len(d["candidates"]) >= 13
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(fig)
+    assert img.shape[0] > 200 and img.shape[1] > 400 and float(img[..., :3].std()) > 0.05
+    # the same plan through the API gives the same recommendation
+    r2 = P.plan("effelsberg", 32e9, order=4, snr=1000, npix=25)
+    assert rec["dz_m"] == pytest.approx(list(r2.recommended.dz_m), rel=1e-12)
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--snr", "-1"), "snr must be"),
+    (("--dz", "0.01,0,0.01"), "same defocus"),
+    (("--order", "30"), "order 30 needs"),
+    (("--criterion", "E"), "unknown criterion"),
+    (("--dz", "0.01,x"), "not a comma-separated list"),
+])
+def test_cli_plan_bad_input(args, match):
+    r = _run(*args)
+    assert r.exit_code == 2
+    assert match in r.stderr and r.stdout == "" and "Traceback" not in r.stderr

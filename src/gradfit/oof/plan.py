@@ -611,7 +611,7 @@ def plan_figure(result: Plan, path) -> None:
         ax[0].plot(x, [e.sigma_surface_um for e in es], "o-", label=f"half width {hw:g} beams")
         ax[1].plot(x, [e.criterion_value for e in es], "o-", label=f"half width {hw:g} beams")
     r = result.recommended
-    for a, y in ((ax[0], r.sigma_surface_um), (ax[1], r.criterion_value)):
+    for a in ax:
         if len(r.dz_m) == 3:
             a.axvline(abs(r.dz_m[2]) * 1e3, color="k", ls=":", label="recommended")
         a.set_xscale("log")
