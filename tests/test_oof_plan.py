@@ -139,25 +139,28 @@ def test_bad_input(kwargs, match):
 
 @pytest.mark.slow
 def test_monte_carlo_three_plans_and_recommended_is_better():
-    """Acceptance: three plans (the recommended one among them), 50 refits each:
-    predicted σ per coefficient within 15 % of the scatter (rms over coefficients),
-    and the recommended dz beats dz halved and doubled by the predicted amount."""
+    """Acceptance: plans at the recommended dz, half of it, double it and today's default,
+    50 refits each: the predicted rms σ is within 15 % of the measured rms error, and the
+    measured gain of the recommended plan over each other plan is the predicted one within
+    the Monte Carlo error (15 %); where more than 10 % is predicted, it is measured too."""
     r = P.plan(order=5, snr=300, nominal_K=NOMINAL, criterion="A")  # A: rms of the σ's
     d = abs(r.recommended.dz_m[2])
     out = {}
-    for name, dz in (("half", d / 2), ("best", d), ("double", 2 * d)):
+    for name, dz in (("half", d / 2), ("best", d), ("double", 2 * d),
+                     ("default", P.DEFAULT_DZ_M)):
         e = P.evaluate_plan(order=5, snr=300, dz=(-dz, 0.0, dz), nominal_K=NOMINAL)
         ks = P.simulate_refits(e, order=5, n=50, nominal_K=NOMINAL, seed=11)
-        emp = np.sqrt(np.mean((ks - NOMINAL[1:]) ** 2, axis=0))
-        ratio = float(np.sqrt(np.mean(emp**2)) / np.sqrt(np.mean(e.sigma_K_waves**2)))
-        assert 0.85 < ratio < 1.15, (name, ratio)
-        out[name] = (float(np.sqrt(np.mean(emp**2))), float(np.sqrt(np.mean(
-            e.sigma_K_waves**2))))
-    for name in ("half", "double"):
+        emp = float(np.sqrt(np.mean((ks - NOMINAL[1:]) ** 2)))
+        pred = float(np.sqrt(np.mean(e.sigma_K_waves**2)))
+        assert 0.85 < emp / pred < 1.15, (name, emp / pred)
+        out[name] = (emp, pred)
+    for name in ("half", "double", "default"):
         emp_gain = out[name][0] / out["best"][0]
         pred_gain = out[name][1] / out["best"][1]
-        assert emp_gain > 1.0
-        assert abs(emp_gain / pred_gain - 1) < 0.15
+        assert pred_gain >= 1.0
+        assert abs(emp_gain / pred_gain - 1) < 0.15, (name, emp_gain, pred_gain)
+        if pred_gain > 1.1:
+            assert emp_gain > 1.0, (name, emp_gain, pred_gain)
 
 
 # ------------------------------------------------------------------------ CLI
