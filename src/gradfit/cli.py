@@ -553,6 +553,58 @@ def fit_cmd(
     return _finish(sol, data, as_json, quiet)
 
 
+@oof.command("plan")
+@click.option("--telescope", default="effelsberg", show_default=True, help="Telescope name.")
+@click.option("--frequency", type=float, default=32e9, show_default=True,
+              help="Observing frequency (Hz).")
+@click.option("--order", type=int, default=5, show_default=True, help="Zernike order fitted.")
+@click.option("--snr", type=float, default=1000.0, show_default=True,
+              help="In-focus peak over the noise per sample.")
+@click.option("--npix", type=int, default=33, show_default=True, help="Samples per map side.")
+@click.option("--half-width", "half_width", default="8", show_default=True,
+              help="Map half width(s) in beams of 1.22 lambda/D, comma-separated to compare.")
+@click.option("--dz", "dz", multiple=True,
+              help="A candidate plan: defocus of each map in metres, comma-separated "
+                   "(0 for the in-focus map); repeat to compare plans. Default: search "
+                   "symmetric plans -d, 0, +d.")
+@click.option("--criterion", default="D", show_default=True,
+              help="D (determinant), A (trace) or worst (largest coefficient error).")
+@click.option("--nuisance", default="amp,c_dB", show_default=True,
+              help="Nuisance parameters marginalised, comma-separated.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Write the figure of expected errors against dz to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON to stdout.")
+def plan_cmd(telescope, frequency, order, snr, npix, half_width, dz, criterion, nuisance,
+             figure, as_json):
+    """Plan an observation: expected coefficient errors by Fisher information."""
+    from gradfit.oof import plan as planning
+
+    def floats(text, option):
+        try:
+            return [float(t) for t in str(text).split(",") if t.strip()]
+        except ValueError:
+            raise CLIError(f"{option} {text}: not a comma-separated list of numbers") from None
+
+    if figure is not None and Path(figure).exists():
+        raise CLIError(f"--figure {figure}: exists; choose a new file name")
+    try:
+        result = planning.plan(
+            telescope, frequency, order=order, snr=snr, npix=npix,
+            half_width_beams=floats(half_width, "--half-width"),
+            dz=[floats(d, "--dz") for d in dz] or None, criterion=criterion,
+            nuisance=[n.strip() for n in nuisance.split(",") if n.strip()])
+    except (ValueError, KeyError) as exc:
+        raise CLIError(f"oof plan: {_one_line(exc.args[0] if exc.args else exc)}") from None
+    if figure is not None:
+        planning.plan_figure(result, figure)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=1, allow_nan=False))
+    else:
+        click.echo(str(result), err=True)
+
+
 @oof.command("plot")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
