@@ -295,3 +295,17 @@ def test_device_cuda_without_a_gpu_says_so(gaussian_batch):
     else:
         with pytest.raises(ValueError, match="no CUDA GPU"):
             gradfit.fit_batch(gauss2d, X, Y, params=start(P0), device="cuda")
+
+
+def test_readme_example_runs(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Many fits at once", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    batch = ns["batch"]
+    assert batch.success.all() and batch.params["a"].shape == (500,)
+    np.testing.assert_allclose(batch.params["a"], ns["a"], atol=0.2)
+    assert "FitResult" in capsys.readouterr().out

@@ -568,7 +568,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 f"problem(s) {_indices(bad)}; choose starting points where the model and "
                 "likelihood are finite")
         obj = BatchedObjective(res_z, val_z, n, data, dev, dt)
-        check = int(opts.get("check_every", 4 if method == "lm" else 8))
+        check = int(opts.get("check_every", 2 if method == "lm" else 8))
         if n == 0:
             z = z0
             fun_t = f0

@@ -174,7 +174,7 @@ class _Driver:
     ``state`` is a dict of tensors with a leading batch axis; it must hold ``code``
     (0 while running). Every ``check_every`` iterations the host reads the number
     still running; finished rows are written back to the full state, and the
-    working set shrinks to the running ones when they are at most half of it.
+    working set shrinks to the running ones when they are at most 3/4 of it.
     """
 
     def __init__(self, obj, state, check_every, keep):
@@ -197,7 +197,7 @@ class _Driver:
                 n_run = int(running.sum())  # the one host sync
                 if n_run == 0:
                     break
-                if n_run <= size // 2:
+                if n_run <= (3 * size) // 4:
                     self._write_back(idx, st)
                     keep = torch.nonzero(running).reshape(-1)
                     idx = idx.index_select(0, keep)
@@ -218,7 +218,7 @@ _KEEP_LBFGS = ("z", "f", "code", "nit", "nfev")
 
 def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
                gtol: float = 1e-10, ftol: float = 1e-15, xtol: float = 1e-12,
-               check_every: int = 4) -> BatchedSolution:
+               check_every: int = 2) -> BatchedSolution:
     """Minimise ``0.5 |r_i(z_i)|²`` for every problem i by Levenberg–Marquardt.
 
     Marquardt's scaled damping with Nielsen's (1999) update of λ: the step solves
