@@ -309,3 +309,30 @@ def test_readme_example_runs(capsys):
     assert batch.success.all() and batch.params["a"].shape == (500,)
     np.testing.assert_allclose(batch.params["a"], ns["a"], atol=0.2)
     assert "FitResult" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lik, priors, method", [
+    (gradfit.StudentT(nu=3.0, scale=0.3), None, "lm"),
+    (gradfit.Cauchy(gamma=0.2), None, "lbfgs"),
+    ("gaussian", {"k": gradfit.Normal(1.0, 0.05)}, "lm"),
+    (gradfit.Gaussian(sigma=0.3), {"k": gradfit.Laplace(1.0, 0.05)}, "lbfgs"),
+])
+def test_other_likelihoods_and_priors_follow_fit(lik, priors, method):
+    rng = np.random.default_rng(4)
+    x = np.linspace(0, 3, 30)
+    amp = rng.uniform(1, 3, 4)
+    Y = amp[:, None] * np.exp(-1.1 * x) + 0.3 * rng.standard_t(3, (4, 30))
+
+    def expo(p, x):
+        return p["a"] * torch.exp(-p["k"] * x)
+
+    res = gradfit.fit_batch(expo, x, Y, params={"a": 2.0, "k": 1.0}, likelihood=lik,
+                            priors=priors, method=method)
+    assert res.success.all(), res.failures()
+    for i in range(4):
+        one = gradfit.fit(expo, x, Y[i], params={"a": 2.0, "k": 1.0}, likelihood=lik,
+                          priors=priors, method="bfgs")
+        for n in ("a", "k"):
+            assert close(res.params[n][i], one.params[n], 1e-6), (i, n)
+            assert close(res.errors[n][i], one.errors[n], 1e-5), (i, n)
+        assert res.fun[i] == pytest.approx(one.fun, rel=1e-9)

@@ -519,7 +519,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             f = nll_one(Yb, mu)
             return f - log_prior(P) if prior_map else f
 
-        return (res if has_res else None), val, (lik_res if has_res else None)
+        # RSS for the error scale comes from the likelihood's residuals alone, even
+        # where a prior without a residual form leaves the whole objective without one
+        return (res if has_res else None), val, (lik_res if lik.has_residuals else None)
 
     res_t, val_t, lik_res_t = theta_fns()
     to_ext = space.to_external
@@ -569,15 +571,19 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 "likelihood are finite")
         obj = BatchedObjective(res_z, val_z, n, data, dev, dt)
         check = int(opts.get("check_every", 2 if method == "lm" else 8))
+        J_end = None
         if n == 0:
             z = z0
             fun_t = f0
             code = torch.full((rows.size,), 4, dtype=torch.int64)
             nit = nfev = torch.zeros(rows.size, dtype=torch.int64)
         elif method == "lm":
+            # unbounded: z is theta, and the solver's last Jacobian serves the errors
+            reuse = errors and gauss_newton and not space.bounded
             sol = batched_lm(obj, z0, max_iter=200 if max_iter is None else int(max_iter),
-                             check_every=check, **tol_kw)
+                             check_every=check, keep_jacobian=reuse, **tol_kw)
             z, code, nit, nfev = sol.z, sol.code, sol.nit, sol.nfev
+            J_end = sol.jac
         else:
             sol = batched_lbfgs(obj, z0, max_iter=1000 if max_iter is None else int(max_iter),
                                 memory=int(opts.get("memory", 10)), check_every=check,
@@ -588,7 +594,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             fun_t = val_t(theta, data)
         if errors and n:
             if gauss_newton:
-                _, J = jacobian(lambda th, d=data: res_t(th, d), theta, n)
+                J = J_end if J_end is not None else \
+                    jacobian(lambda th, d=data: res_t(th, d), theta, n)[1]
                 H = J.transpose(1, 2) @ J
             else:
                 H = hessian(lambda th, d=data: val_t(th, d), theta, n)
@@ -608,7 +615,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         fun_out[rows] = fun_t.cpu().numpy()
         code_out[rows] = code.cpu().numpy()
         nit_out[rows] = nit.cpu().numpy()
-        nfev_out[rows] = nfev.cpu().numpy() + (1 if errors and n else 0)
+        nfev_out[rows] = nfev.cpu().numpy() + (1 if errors and n and J_end is None else 0)
     if warn_dof:
         warnings.warn(
             f"least squares with {ndata} points and {n} free parameters leaves no degrees of "

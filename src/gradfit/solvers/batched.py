@@ -156,6 +156,7 @@ class BatchedSolution:
     nit: torch.Tensor     # (B,)
     nfev: torch.Tensor    # (B,) objective evaluations (each with its derivatives)
     method: str
+    jac: torch.Tensor | None = None  # (B, m, n) Jacobian at z (LM with keep_jacobian)
 
 
 def _all_finite(t):
@@ -218,8 +219,11 @@ _KEEP_LBFGS = ("z", "f", "code", "nit", "nfev")
 
 def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
                gtol: float = 1e-10, ftol: float = 1e-15, xtol: float = 1e-12,
-               check_every: int = 2) -> BatchedSolution:
+               check_every: int = 2, keep_jacobian: bool = False) -> BatchedSolution:
     """Minimise ``0.5 |r_i(z_i)|²`` for every problem i by Levenberg–Marquardt.
+
+    With ``keep_jacobian`` the Jacobian at each final point comes back too (it is
+    at hand: every accepted point has one), so that errors need no second one.
 
     Marquardt's scaled damping with Nielsen's (1999) update of λ: the step solves
     ``(JᵀJ + λ D) p = -Jᵀr`` with ``D = diag`` of the running max of ``diag(JᵀJ)``
@@ -316,9 +320,10 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         state["code"] = torch.where(state["code"] == 0, torch.full_like(code, -1), state["code"])
         final = state
     else:
-        final = _Driver(obj, state, check_every, _KEEP_LM).run(step, max_iter)
+        keep = _KEEP_LM + (("J",) if keep_jacobian else ())
+        final = _Driver(obj, state, check_every, keep).run(step, max_iter)
     return BatchedSolution(final["z"], final["cost"], final["code"], final["nit"],
-                           final["nfev"], "lm")
+                           final["nfev"], "lm", final["J"] if keep_jacobian else None)
 
 
 def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 1000,
