@@ -315,7 +315,7 @@ def test_readme_example_runs(capsys):
     (gradfit.StudentT(nu=3.0, scale=0.3), None, "lm"),
     (gradfit.Cauchy(gamma=0.2), None, "lbfgs"),
     ("gaussian", {"k": gradfit.Normal(1.0, 0.05)}, "lm"),
-    (gradfit.Gaussian(sigma=0.3), {"k": gradfit.Laplace(1.0, 0.05)}, "lbfgs"),
+    (gradfit.Gaussian(sigma=0.3), {"k": gradfit.LogNormal(0.0, 0.1)}, "lbfgs"),
 ])
 def test_other_likelihoods_and_priors_follow_fit(lik, priors, method):
     rng = np.random.default_rng(4)
