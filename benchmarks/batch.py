@@ -13,6 +13,7 @@ started from its own perturbed truth. Side by side in one run:
   tight tolerances) over the problems where both converged.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch.py --max-b 10000 --json out.json
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch.py --single   # one small fit
 
 Gpufit (Przybylski et al. 2017, Sci. Rep. 7:15722): its abstract reports a speed-up
 of up to 42x over the same LM algorithm on a CPU (Cpufit). Its absolute throughput
@@ -137,6 +138,41 @@ def max_rel_diff(batch, refs, getter):
     return worst_v, worst_e, n
 
 
+def single_fit_profile(n=20):
+    """Where one small gradfit.fit spends its time, beside curve_fit (ms per fit)."""
+    import gradfit
+    from gradfit.fitting import build_problem
+
+    Y, P0 = problems(n, "gaussian", seed=1)
+    gradfit.fit(gauss2d, X, Y[0], params=dict(zip(NAMES, P0[0])))  # warm-up
+    out = {}
+    for label, opts in (("fit", None), ("fit_no_polish", {"polish": False})):
+        t0 = time.perf_counter()
+        for i in range(n):
+            r = gradfit.fit(gauss2d, X, Y[i], params=dict(zip(NAMES, P0[i])), options=opts)
+        out[label + "_ms"] = 1e3 * (time.perf_counter() - t0) / n
+        out[label + "_jacobians_per_fit"] = r.njev
+    out["curve_fit_ms"] = 1e3 * run_curve_fit_loop(Y, P0)[1]
+    prob = build_problem(gauss2d, X, Y[0], dict(zip(NAMES, P0[0])))
+    obj = prob.objective()
+    z = obj.as_tensor(P0[0])
+    k = 50
+    t0 = time.perf_counter()
+    for _ in range(k):
+        obj.residuals(z)
+    out["residuals_ms"] = 1e3 * (time.perf_counter() - t0) / k
+    t0 = time.perf_counter()
+    for _ in range(k):
+        obj.residuals_and_jacobian(z)
+    out["jacobian_ms"] = 1e3 * (time.perf_counter() - t0) / k
+    t0 = time.perf_counter()
+    for i in range(n):
+        build_problem(gauss2d, X, Y[i], dict(zip(NAMES, P0[i])))
+    out["setup_ms"] = 1e3 * (time.perf_counter() - t0) / n
+    out["fit_over_curve_fit"] = out["fit_ms"] / out["curve_fit_ms"]
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-b", type=float, default=1e5,
@@ -146,7 +182,17 @@ def main(argv=None):
     ap.add_argument("--noise", default="gaussian,poisson", help="gaussian,poisson")
     ap.add_argument("--chunk", type=int, default=None, help="fit_batch chunk_size")
     ap.add_argument("--json", default=None, help="write the results as JSON to this file")
+    ap.add_argument("--single", action="store_true",
+                    help="only profile one small gradfit.fit beside curve_fit")
     args = ap.parse_args(argv)
+    if args.single:
+        prof = single_fit_profile()
+        for k, v in prof.items():
+            print(f"{k:32s} {v:10.3f}")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(prof, fh, indent=2)
+        return 0
     sizes = [b for b in (100, 1000, 10_000, 100_000) if b <= args.max_b]
     if not sizes:
         ap.error("--max-b must be at least 100")
