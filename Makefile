@@ -20,3 +20,4 @@ lint:
 bench:
 	$(PY) benchmarks/nist_strd.py
 	$(PY) benchmarks/gradient_cost.py
+	$(PY) benchmarks/batch.py --max-b 10000

@@ -28,11 +28,13 @@ def test_public_surface():
         "fit", "minimize", "sample", "Param", "FitResult", "FitError", "FitWarning",
         "Likelihood", "Gaussian", "Cauchy", "StudentT", "Poisson",
         "Prior", "Normal", "Laplace", "Uniform", "LogNormal", "Samples",
+        "fit_batch", "BatchResult",
     }
     assert set(gradfit.__all__) == expected
     public = {n for n in dir(gradfit) if not n.startswith("_")}
     modules = {"fitting", "likelihoods", "objective", "params", "priors", "result", "solvers",
-               "uncertainty", "nist", "profile", "sampling", "oof", "bench", "cli", "serialize"}
+               "uncertainty", "nist", "profile", "sampling", "oof", "bench", "cli", "serialize",
+               "batch"}
     assert public - modules == expected
 
 
