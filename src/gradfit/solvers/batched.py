@@ -110,33 +110,23 @@ class BatchedObjective:
 
 
 def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see above).
-
-    ``w = Jᵀu`` comes from one backward pass seeded with ``u`` itself (no ``r·u``
-    product in the graph), and column j from a backward pass of ``w`` seeded with
-    the unit vector ``e_j`` of every problem (no select-and-sum nodes); the
-    columns are written into one ``(b, n, m)`` buffer. Measured on the 7-parameter
-    benchmark model this is 1.3-2x faster than the select-and-sum form.
-    """
+    """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see above)."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         r = fun(z)
         if not r.requires_grad:
             return r.detach(), torch.zeros(*r.shape, n, dtype=r.dtype, device=r.device)
         u = torch.zeros_like(r, requires_grad=True)
-        (w,) = torch.autograd.grad(r, z, grad_outputs=u, create_graph=True, allow_unused=True)
-        out = torch.zeros(r.shape[0], n, r.shape[1], dtype=r.dtype, device=r.device)
-        if w is not None and w.requires_grad:
-            e = torch.zeros_like(w)
-            for j in range(n):
-                e.zero_()
-                e[:, j] = 1
-                (c,) = torch.autograd.grad(w, u, grad_outputs=e, retain_graph=j < n - 1,
+        (w,) = torch.autograd.grad((r * u).sum(), z, create_graph=True, allow_unused=True)
+        cols = []
+        for j in range(n):
+            c = None
+            if w is not None and w.requires_grad:
+                (c,) = torch.autograd.grad(w[:, j].sum(), u, retain_graph=True,
                                            allow_unused=True)
-                if c is not None:
-                    out[:, j] = c
-    # (b, n, m), handed out as its (b, m, n) transpose
-    return r.detach(), out.transpose(1, 2)
+            cols.append(torch.zeros_like(r) if c is None else c)
+    # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
+    return r.detach(), torch.stack(cols, dim=1).detach().transpose(1, 2)
 
 
 def hessian(fun: Callable, z: torch.Tensor, n: int) -> torch.Tensor:
@@ -145,16 +135,14 @@ def hessian(fun: Callable, z: torch.Tensor, n: int) -> torch.Tensor:
     with torch.enable_grad():
         f = fun(z)
         (g,) = torch.autograd.grad(f.sum(), z, create_graph=True)
-        H = torch.zeros(z.shape[0], n, n, dtype=z.dtype, device=z.device)
-        if g.requires_grad:
-            e = torch.zeros_like(g)
-            for j in range(n):
-                e.zero_()
-                e[:, j] = 1
-                (h,) = torch.autograd.grad(g, z, grad_outputs=e, retain_graph=j < n - 1,
+        rows = []
+        for j in range(n):
+            h = None
+            if g.requires_grad:
+                (h,) = torch.autograd.grad(g[:, j].sum(), z, retain_graph=True,
                                            allow_unused=True)
-                if h is not None:
-                    H[:, j] = h
+            rows.append(torch.zeros_like(z) if h is None else h)
+    H = torch.stack(rows, dim=1).detach()
     return 0.5 * (H + H.transpose(1, 2))
 
 
