@@ -57,11 +57,15 @@ class BatchedObjective:
         Per-problem data, each with a leading batch axis (cut down with the working set).
     device, dtype :
         Where every tensor lives.
+    residual_jacobian_fun : callable, optional
+        ``residual_jacobian_fun(z, data) -> (r (b, m), J (b, m, n))``: exact Jacobians
+        supplied by the model, used instead of autodiff columns.
     """
 
     def __init__(self, residual_fun: Callable | None, value_fun: Callable | None, n: int,
-                 data: tuple, device, dtype):
+                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None):
         self._res = residual_fun
+        self._res_jac = residual_jacobian_fun
         self._val = value_fun
         self.n = int(n)
         self.data = tuple(data)
@@ -72,7 +76,7 @@ class BatchedObjective:
         """The same objective on the problems ``idx`` (a 1-D index tensor)."""
         return BatchedObjective(self._res, self._val, self.n,
                                 tuple(d.index_select(0, idx) for d in self.data),
-                                self.device, self.dtype)
+                                self.device, self.dtype, self._res_jac)
 
     @property
     def has_residuals(self) -> bool:
@@ -90,8 +94,12 @@ class BatchedObjective:
         linear in a dummy ``u``, and ``∂(Σ_b w_bj)/∂u`` is ``J[:, :, j]``. This has
         no first-call start-up (forward mode's is about 2 s) and, measured on a
         7-parameter model, costs the same as ``vmap(jacfwd)`` once that is warm;
-        ``vmap(jacrev)`` is 100x slower.
+        ``vmap(jacrev)`` is 100x slower. A model-supplied Jacobian skips all of this.
         """
+        if self._res_jac is not None:
+            with torch.no_grad():
+                r, J = self._res_jac(z.detach(), self.data)
+            return r.detach(), J.detach()
         return jacobian(lambda zz: self._res(zz, self.data), z, self.n)
 
     def value(self, z: torch.Tensor) -> torch.Tensor:
@@ -156,7 +164,13 @@ class BatchedSolution:
     nit: torch.Tensor     # (B,)
     nfev: torch.Tensor    # (B,) objective evaluations (each with its derivatives)
     method: str
-    jac: torch.Tensor | None = None  # (B, m, n) Jacobian at z (LM with keep_jacobian)
+    jtj: torch.Tensor | None = None  # (B, n, n) JᵀJ at z (LM with keep_jtj)
+
+
+def _normal_equations(r, J):
+    """``JᵀJ (b, n, n)`` and ``Jᵀr (b, n)`` per problem."""
+    Jt = J.transpose(1, 2)
+    return Jt @ J, (Jt @ r.unsqueeze(-1)).squeeze(-1)
 
 
 def _all_finite(t):
@@ -219,11 +233,13 @@ _KEEP_LBFGS = ("z", "f", "code", "nit", "nfev")
 
 def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
                gtol: float = 1e-10, ftol: float = 1e-15, xtol: float = 1e-12,
-               check_every: int = 2, keep_jacobian: bool = False) -> BatchedSolution:
+               check_every: int = 2, keep_jtj: bool = False) -> BatchedSolution:
     """Minimise ``0.5 |r_i(z_i)|²`` for every problem i by Levenberg–Marquardt.
 
-    With ``keep_jacobian`` the Jacobian at each final point comes back too (it is
-    at hand: every accepted point has one), so that errors need no second one.
+    With ``keep_jtj`` the Gauss-Newton matrix ``JᵀJ`` at each final point comes back
+    too (it is at hand: every accepted point has one), so that errors need no second
+    Jacobian. The state carries ``JᵀJ`` and ``Jᵀr`` (n² + n numbers per problem), not
+    r and J (m·(n + 1)): the Jacobian is reduced as soon as it is made.
 
     Marquardt's scaled damping with Nielsen's (1999) update of λ: the step solves
     ``(JᵀJ + λ D) p = -Jᵀr`` with ``D = diag`` of the running max of ``diag(JᵀJ)``
@@ -242,13 +258,14 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
     z = z0.detach().clone()
     r, J = obj.residuals_and_jacobian(z)
     cost = 0.5 * (r * r).sum(-1)
+    A, g = _normal_equations(r, J)
     code = torch.zeros(B, dtype=torch.int64, device=dev)
     code = torch.where(~torch.isfinite(cost), torch.full_like(code, -2), code)
-    code = torch.where((code == 0) & ~_all_finite(J),
+    code = torch.where((code == 0) & ~_all_finite(A),
                        torch.full_like(code, -3), code)
     code = torch.where((code == 0) & (cost == 0), torch.full_like(code, 4), code)
     state = {
-        "z": z, "r": r, "J": J, "cost": cost, "code": code,
+        "z": z, "A": A, "g": g, "cost": cost, "code": code,
         "lam": torch.full((B,), 1e-3, dtype=dt, device=dev),
         "nu": torch.full((B,), 2.0, dtype=dt, device=dev),
         "D": torch.zeros(B, n, dtype=dt, device=dev),
@@ -258,11 +275,8 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
     eye = torch.eye(n, dtype=dt, device=dev)
 
     def step(o, s, it):
-        z, r, J, cost, code = s["z"], s["r"], s["J"], s["cost"], s["code"]
+        z, A, g, cost, code = s["z"], s["A"], s["g"], s["cost"], s["code"]
         run = code == 0
-        Jt = J.transpose(1, 2)
-        A = Jt @ J
-        g = (Jt @ r.unsqueeze(-1)).squeeze(-1)
         diagA = torch.diagonal(A, dim1=1, dim2=2)
         # gradient test at the current point (MINPACK's gtol)
         colnorm = torch.sqrt(diagA)
@@ -285,10 +299,13 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         z_new = z + p
         r_new, J_new = o.residuals_and_jacobian(z_new)
         cost_new = 0.5 * (r_new * r_new).sum(-1)
+        A_new, g_new = _normal_equations(r_new, J_new)
+        del r_new, J_new
         Ap = (A @ p.unsqueeze(-1)).squeeze(-1)
         pred = -((g * p).sum(-1) + 0.5 * (p * Ap).sum(-1))
         actred = cost - cost_new
-        finite = torch.isfinite(cost_new) & _all_finite(J_new)
+        # (a non-finite J gives a non-finite JᵀJ; an overflow to inf counts as one too)
+        finite = torch.isfinite(cost_new) & _all_finite(A_new)
         ok = run & solved & finite & (actred > 0)
         rho = torch.where(pred > 0, actred / pred, torch.zeros_like(pred))
         lam_ok = lam * torch.clamp(1 - (2 * rho - 1) ** 3, min=1.0 / 3.0)
@@ -296,8 +313,8 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         lam = torch.where(ok, lam_ok, lam * nu)
         nu = torch.where(ok, torch.full_like(nu, 2.0), 2 * nu)
         z = _where(ok, z_new, z)
-        r = _where(ok, r_new, r)
-        J = _where(ok, J_new, J)
+        A = _where(ok, A_new, A)
+        g = _where(ok, g_new, g)
         rel_scale = torch.where(cost > 0, cost, torch.ones_like(cost))
         # tests on the step just taken (or refused)
         small_red = ok & (actred <= ftol * rel_scale) & (pred <= ftol * rel_scale)
@@ -313,17 +330,17 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         code = torch.where((code == 0) & run & (lam > 1e16), torch.full_like(code, -4), code)
         nit = s["nit"] + run.to(s["nit"].dtype)
         code = torch.where((code == 0) & (nit >= max_iter), torch.full_like(code, -1), code)
-        return {"z": z, "r": r, "J": J, "cost": cost, "code": code, "lam": lam, "nu": nu,
+        return {"z": z, "A": A, "g": g, "cost": cost, "code": code, "lam": lam, "nu": nu,
                 "D": D, "nit": nit, "nfev": s["nfev"] + run.to(s["nit"].dtype)}
 
     if max_iter <= 0:
         state["code"] = torch.where(state["code"] == 0, torch.full_like(code, -1), state["code"])
         final = state
     else:
-        keep = _KEEP_LM + (("J",) if keep_jacobian else ())
+        keep = _KEEP_LM + (("A",) if keep_jtj else ())
         final = _Driver(obj, state, check_every, keep).run(step, max_iter)
     return BatchedSolution(final["z"], final["cost"], final["code"], final["nit"],
-                           final["nfev"], "lm", final["J"] if keep_jacobian else None)
+                           final["nfev"], "lm", final["A"] if keep_jtj else None)
 
 
 def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 1000,
