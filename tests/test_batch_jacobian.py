@@ -25,7 +25,7 @@ def gauss2d_jac(p, x):
 
 
 def rel(a, b):
-    return np.max(np.abs(a - b) / np.maximum(np.abs(a), np.abs(b)))
+    return np.max(np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-300))
 
 
 def test_jacobian_matches_autodiff_and_curve_fit():
