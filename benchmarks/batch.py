@@ -198,6 +198,8 @@ def main(argv=None):
     ap.add_argument("--noise", default="gaussian,poisson", help="gaussian,poisson")
     ap.add_argument("--chunk", type=int, default=None, help="fit_batch chunk_size")
     ap.add_argument("--json", default=None, help="write the results as JSON to this file")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: as torch starts, 1 with OMP_NUM_THREADS=1)")
     ap.add_argument("--single", action="store_true",
                     help="only profile one small gradfit.fit beside curve_fit")
     args = ap.parse_args(argv)
@@ -209,6 +211,8 @@ def main(argv=None):
             with open(args.json, "w") as fh:
                 json.dump(prof, fh, indent=2)
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [b for b in (100, 1000, 10_000, 100_000) if b <= args.max_b]
     if not sizes:
         ap.error("--max-b must be at least 100")
@@ -226,29 +230,35 @@ def main(argv=None):
         loop_cf, t_cf = run_curve_fit_loop(Ymax[:nl], P0max[:nl])
         ref_cf = run_curve_fit_loop(Ymax[:nl], P0max[:nl], tight=True)[0] \
             if noise == "gaussian" else None
-        run_batch(Ymax[:10], P0max[:10], lik, "cpu", args.chunk)  # warm-up
-        for dev in devices:
-            for B in sizes:
-                res, t = run_batch(Ymax[:B], P0max[:B], lik, dev, args.chunk)
-                sub = res if B >= nl else None
-                row = {"noise": noise, "device": dev, "B": B, "time_s": t, "fits_per_s": B / t,
-                       "success_frac": float(res.success.mean()),
-                       "median_nit": float(np.median(res.nit)),
-                       "loop_fit_per_s": 1 / t_fit, "loop_curve_fit_per_s": 1 / t_cf,
-                       "speedup_vs_fit_loop": (B / t) * t_fit,
-                       "speedup_vs_curve_fit_loop": (B / t) * t_cf}
-                if sub is not None:
-                    head = _Head(res, nl)
-                    v, e, n = max_rel_diff(head, loop_fit, lambda r: (
-                        [r.params[k] for k in NAMES], [r.errors[k] for k in NAMES])
-                        if r.success else None)
-                    row.update(max_rel_value_vs_fit=v, max_rel_error_vs_fit=e, compared_fit=n)
-                    if ref_cf is not None:
-                        v, e, n = max_rel_diff(head, ref_cf, lambda r: r)
-                        row.update(max_rel_value_vs_curve_fit=v, max_rel_error_vs_curve_fit=e,
-                                   compared_curve_fit=n)
-                rows.append(row)
-                print(_fmt(row), file=sys.stderr)
+        for jac in (False, True):
+            run_batch(Ymax[:10], P0max[:10], lik, "cpu", args.chunk, jac)  # warm-up
+        for dev, B, jac in [(d, b, j) for d in devices for b in sizes for j in (False, True)]:
+            # curve_fit's loop is re-timed beside each row: the load changes
+            t_cf = run_curve_fit_loop(Ymax[:nl], P0max[:nl])[1]
+            c0 = time.process_time()
+            res, t = run_batch(Ymax[:B], P0max[:B], lik, dev, args.chunk, jac)
+            cpu = time.process_time() - c0
+            sub = res if B >= nl else None
+            row = {"noise": noise, "device": dev, "B": B,
+                   "jacobian": "model" if jac else "autodiff",
+                   "time_s": t, "cpu_s": cpu, "fits_per_s": B / t,
+                   "success_frac": float(res.success.mean()),
+                   "median_nit": float(np.median(res.nit)),
+                   "loop_fit_per_s": 1 / t_fit, "loop_curve_fit_per_s": 1 / t_cf,
+                   "speedup_vs_fit_loop": (B / t) * t_fit,
+                   "speedup_vs_curve_fit_loop": (B / t) * t_cf}
+            if sub is not None:
+                head = _Head(res, nl)
+                v, e, n = max_rel_diff(head, loop_fit, lambda r: (
+                    [r.params[k] for k in NAMES], [r.errors[k] for k in NAMES])
+                    if r.success else None)
+                row.update(max_rel_value_vs_fit=v, max_rel_error_vs_fit=e, compared_fit=n)
+                if ref_cf is not None:
+                    v, e, n = max_rel_diff(head, ref_cf, lambda r: r)
+                    row.update(max_rel_value_vs_curve_fit=v, max_rel_error_vs_curve_fit=e,
+                               compared_curve_fit=n)
+            rows.append(row)
+            print(_fmt(row), file=sys.stderr)
     print(table(rows))
     print(GPUFIT_NOTE)
     if args.json:
@@ -267,13 +277,15 @@ class _Head:
 
 
 def _fmt(r):
-    return (f"{r['noise']:8s} {r['device']:4s} B={r['B']:>6d}  {r['fits_per_s']:9.0f} fits/s  "
+    return (f"{r['noise']:8s} {r['device']:4s} {r['jacobian']:8s} B={r['B']:>6d}  "
+            f"{r['fits_per_s']:9.0f} fits/s  "
             f"x{r['speedup_vs_curve_fit_loop']:.1f} vs curve_fit loop, "
             f"x{r['speedup_vs_fit_loop']:.1f} vs fit loop")
 
 
 def table(rows):
-    head = (f"{'noise':8s} {'dev':4s} {'B':>6s} {'fits/s':>9s} {'fit loop/s':>10s} "
+    head = (f"{'noise':8s} {'dev':4s} {'jacobian':8s} {'B':>6s} {'fits/s':>9s} "
+            f"{'fit loop/s':>10s} "
             f"{'curve_fit/s':>11s} {'x curve_fit':>11s} {'x fit':>7s} {'ok':>5s} "
             f"{'dv(fit)':>8s} {'de(fit)':>8s} {'dv(cf)':>8s} {'de(cf)':>8s}")
     lines = [head]
@@ -282,7 +294,8 @@ def table(rows):
             v = r.get(k)
             return f"{v:8.1e}" if v is not None else f"{'-':>8s}"
         lines.append(
-            f"{r['noise']:8s} {r['device']:4s} {r['B']:>6d} {r['fits_per_s']:9.0f} "
+            f"{r['noise']:8s} {r['device']:4s} {r['jacobian']:8s} {r['B']:>6d} "
+            f"{r['fits_per_s']:9.0f} "
             f"{r['loop_fit_per_s']:10.1f} {r['loop_curve_fit_per_s']:11.1f} "
             f"{r['speedup_vs_curve_fit_loop']:11.1f} {r['speedup_vs_fit_loop']:7.1f} "
             f"{r['success_frac']:5.3f} {g('max_rel_value_vs_fit')} {g('max_rel_error_vs_fit')} "
