@@ -118,6 +118,24 @@ def _newton_step(obj, z, J, r, d):
     return -torch.cholesky_solve(((J.T @ r) / d)[:, None], L)[:, 0] / d
 
 
+#: the polish runs only where the Gauss–Newton step would move a parameter by more
+#: than this, relative to its value: below it the point is already good to about as
+#: many digits (measured on NIST StRD, the polish moved parameters by 6e-7 at most,
+#: on ENSO; on well-conditioned fits by 1e-12 to 1e-9, at 5 Jacobians a fit)
+POLISH_REL_STEP = 1e-9
+
+
+def _polish_can_help(z, r, J, rank_tol):
+    """Whether the Gauss–Newton step at z is large enough for :func:`_polish` to matter.
+
+    One thin SVD of the Jacobian at hand, no new residuals or Jacobians.
+    """
+    d = torch.linalg.vector_norm(J, dim=0)
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    p = _gn_step(J, r, d, rank_tol)
+    return not bool((p.abs() <= POLISH_REL_STEP * z.abs()).all())
+
+
 def _polish(obj, z, r, J, fnorm, rank_tol, steps=8):
     """Extra steps past the point where the cost stops resolving progress.
 
@@ -220,7 +238,8 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     def converged(message, nit, method):
         # Polish every converged fit: even a passed gradient test can leave a few
         # digits on the table when J is ill-conditioned.
-        zp, costp = _polish(obj, z, r, J, fnorm, rank_tol) if polish else (z, cost)
+        zp, costp = _polish(obj, z, r, J, fnorm, rank_tol) \
+            if polish and _polish_can_help(z, r, J, rank_tol) else (z, cost)
         return finish(zp, costp, True, message, nit, method)
 
     rank_tol = 0.0
