@@ -229,27 +229,39 @@ class ParamSpace:
         Works on a leading batch dimension: ``theta`` of shape ``(..., n_free)``.
         """
         dev, dt = theta.device, theta.dtype
-        batch = theta.shape[:-1]
+        batch = tuple(theta.shape[:-1])
         out: dict[str, torch.Tensor] = {}
-        k = 0
-        for name in self.names:
-            shape = self.shapes[name]
-            size = int(np.prod(shape)) if shape else 1
-            free = self.free[name].reshape(-1)
-            nf = int(free.sum())
+        for name, shape, size, k, nf, init, idx in self._unflatten_plan():
             if nf == size:
                 t = theta[..., k:k + nf]
             elif nf == 0:
-                t = torch.as_tensor(self.init[name].reshape(-1), device=dev, dtype=dt)
+                t = torch.as_tensor(init, device=dev, dtype=dt)
                 t = t.expand(*batch, size)
             else:
-                base = torch.as_tensor(self.init[name].reshape(-1), device=dev, dtype=dt)
-                idx = torch.as_tensor(np.flatnonzero(free), device=dev)
+                base = torch.as_tensor(init, device=dev, dtype=dt)
                 t = base.expand(*batch, size).clone()
-                t = t.index_copy(t.dim() - 1, idx, theta[..., k:k + nf])
-            k += nf
-            out[name] = t.reshape(tuple(batch) + tuple(shape))
+                t = t.index_copy(t.dim() - 1, torch.as_tensor(idx, device=dev),
+                                 theta[..., k:k + nf])
+            out[name] = t.reshape(batch + shape)
         return out
+
+    def _unflatten_plan(self) -> list:
+        """Per parameter ``(name, shape, size, offset, n_free, init, free_idx)``, made once:
+        :meth:`unflatten` runs at every model evaluation, where NumPy bookkeeping per call
+        cost about as much as a small model."""
+        plan = self.__dict__.get("_uplan")
+        if plan is None:
+            plan, k = [], 0
+            for name in self.names:
+                shape = tuple(self.shapes[name])
+                size = int(np.prod(shape)) if shape else 1
+                free = self.free[name].reshape(-1)
+                nf = int(free.sum())
+                plan.append((name, shape, size, k, nf, self.init[name].reshape(-1).copy(),
+                             np.flatnonzero(free)))
+                k += nf
+            self._uplan = plan
+        return plan
 
     def unflatten_numpy(self, theta: np.ndarray, fill_fixed: float | None = None) -> dict:
         """Free vector (NumPy) -> dict of floats / arrays; fixed elements from the initial
