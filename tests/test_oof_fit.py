@@ -1,5 +1,6 @@
 """oof.fit: accuracy on pyoof-made data, honest errors, robustness, bad input, Solution API."""
 
+import dataclasses
 import json
 import math
 
@@ -236,14 +237,70 @@ def test_solution_api(public_fits):
     surf = sol.surface_map(n=128)
     np.testing.assert_allclose(surf[open_], ph[open_] * obs.wavelength_m / (4 * np.pi) * 1e6)
     assert d["surface_rms_um"] == pytest.approx(sol.surface_rms_um)
-    assert 0 < sol.ruze_efficiency <= 1
-    assert sol.surface_rms_weighted_um > 0
+    # (the rms values and the Ruze efficiency: test_surface_rms_and_ruze_efficiency_closed_form)
+    assert sol.ruze_efficiency == pytest.approx(math.exp(-sol.phase_rms_weighted_rad**2))
 
     model = sol.model_maps()
     assert [m.size for m in model] == [m.n for m in obs.maps]
     res = np.concatenate([m.power for m in obs.maps]) - np.concatenate(model)
     assert np.std(res) == pytest.approx(truth["noise"]["sigma"], rel=0.1)
     assert "order 4" in str(sol)
+
+
+@pytest.mark.parametrize("term", [(2, 0), (2, 2)])
+@pytest.mark.parametrize("c_dB, q", [(0.0, 2.0), (-12.0, 2.0), (-8.0, 1.3)])
+def test_surface_rms_and_ruze_efficiency_closed_form(public_fits, term, c_dB, q):
+    """A pure defocus (2, 0) or astigmatism (2, 2) of a waves on an open circular dish:
+    the phase is 2 pi a Z(rho, theta) and, with t = rho^2, its rms over the disc and its
+    rms weighted by the pedestal illumination w(t) = C + (1 - C)(1 - t)^q are integrals in
+    t alone; the Ruze efficiency is exp(-(4 pi eps / lambda)^2), eps the weighted surface
+    rms. c_dB = 0 is uniform illumination, where weighted and plain agree."""
+    from scipy.integrate import quad
+
+    from gradfit.oof.telescope import Telescope
+
+    _, _, sol = public_fits["eff-n4-snr300"]
+    a = 0.05  # waves
+    K = np.zeros(len(sol.labels))
+    K[sol.labels.index(term)] = a
+    C = 10 ** (c_dB / 20)
+    disc = dataclasses.replace(sol, telescope=Telescope.generic(100.0, 30.0), K_waves=K,
+                               nuisance={"c_dB": {"value": c_dB, "error": 0.0},
+                                         "q": {"value": q, "error": 0.0}}, _cache={})
+
+    def w(t):
+        return C + (1 - C) * (1 - t) ** q
+
+    # Z over the disc as a function of t: the angular mean of Z and Z^2
+    if term == (2, 0):
+        z1, z2 = (lambda t: 2 * t - 1), (lambda t: (2 * t - 1) ** 2)
+    else:  # rho^2 cos(2 theta): angular means 0 and t^2 / 2
+        z1, z2 = (lambda t: 0.0), (lambda t: t**2 / 2)
+
+    def wmean(f, weight):
+        return quad(lambda t: weight(t) * f(t), 0, 1)[0] / quad(weight, 0, 1)[0]
+
+    one = (lambda t: 1.0)  # noqa: E731
+    phase_rms = 2 * np.pi * a * np.sqrt(wmean(z2, one) - wmean(z1, one) ** 2)
+    phase_rms_w = 2 * np.pi * a * np.sqrt(wmean(z2, w) - wmean(z1, w) ** 2)
+    if term == (2, 0):
+        assert phase_rms == pytest.approx(2 * np.pi * a / np.sqrt(3), rel=1e-12)
+    else:
+        assert phase_rms == pytest.approx(2 * np.pi * a / np.sqrt(6), rel=1e-12)
+    lam = sol.wavelength_m
+    eps_um, eps_w_um = (r * lam / (4 * np.pi) * 1e6 for r in (phase_rms, phase_rms_w))
+    # a 256 x 256 grid of cell centres samples the disc to about 0.1 %
+    assert disc.phase_rms_rad == pytest.approx(phase_rms, rel=3e-3)
+    assert disc.surface_rms_um == pytest.approx(eps_um, rel=3e-3)
+    assert disc.phase_rms_weighted_rad == pytest.approx(phase_rms_w, rel=3e-3)
+    assert disc.surface_rms_weighted_um == pytest.approx(eps_w_um, rel=3e-3)
+    ruze = np.exp(-((4 * np.pi * eps_w_um * 1e-6 / lam) ** 2))
+    assert disc.ruze_efficiency == pytest.approx(ruze, rel=1e-3)
+    d = disc.to_dict()
+    assert d["ruze_efficiency"] == disc.ruze_efficiency
+    assert d["surface_rms_weighted_um"] == disc.surface_rms_weighted_um
+    if c_dB == 0.0:
+        assert phase_rms_w == pytest.approx(phase_rms, rel=1e-12)
 
 
 def test_options_threads_starts_and_fixed_taper():
