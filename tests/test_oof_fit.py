@@ -302,6 +302,18 @@ def test_surface_rms_and_ruze_efficiency_closed_form(public_fits, term, c_dB, q)
     if c_dB == 0.0:
         assert phase_rms_w == pytest.approx(phase_rms, rel=1e-12)
 
+    # the surface-error (uncertainty) rms: a variance v on this one coefficient alone gives
+    # a per-pixel 1-sigma of |Z - piston - tilt| sqrt(v) lambda / 2, whose rms over the disc
+    # is sqrt(v) lambda / 2 times the plain rms of Z found above
+    v = 0.003**2
+    cov = np.zeros_like(sol.result.cov)
+    i = sol.result.names.index(f"K[{sol.labels.index(term) - 1}]")
+    cov[i, i] = v
+    disc = dataclasses.replace(disc, result=dataclasses.replace(sol.result, cov=cov),
+                               _cache={})
+    expected = np.sqrt(v) * lam / 2 * 1e6 * phase_rms / (2 * np.pi * a)
+    assert disc.surface_error_rms_um == pytest.approx(expected, rel=3e-3)
+
 
 def test_options_threads_starts_and_fixed_taper():
     obs = simulate("alma", order=3, snr=1000, npix=21, freq_hz=100e9, dz=0.003, seed=5)
