@@ -247,8 +247,8 @@ def test_solution_api(public_fits):
     assert "order 4" in str(sol)
 
 
-@pytest.mark.parametrize("term", [(2, 0), (2, 2)])
-@pytest.mark.parametrize("c_dB, q", [(0.0, 2.0), (-12.0, 2.0), (-8.0, 1.3)])
+@pytest.mark.parametrize("term, c_dB, q", [((2, 0), 0.0, 2.0), ((2, 0), -12.0, 2.0),
+                                            ((2, 2), -8.0, 1.3)])
 def test_surface_rms_and_ruze_efficiency_closed_form(public_fits, term, c_dB, q):
     """A pure defocus (2, 0) or astigmatism (2, 2) of a waves on an open circular dish:
     the phase is 2 pi a Z(rho, theta) and, with t = rho^2, its rms over the disc and its
