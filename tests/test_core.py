@@ -413,7 +413,8 @@ def test_nan_during_fit_is_backed_out_of(expo_data, method):
 
 
 @pytest.mark.parametrize("start", [1.0, 10.0])
-@pytest.mark.parametrize("method", ["lm", "bfgs", "lbfgs"])
+@pytest.mark.parametrize("method", ["lm", "bfgs", "lbfgs", "newton-cg", "trust-exact",
+                                    "trust-krylov"])
 def test_nan_wall_before_the_optimum_is_a_failure(expo_data, method, start):
     # NaN for k < 1.4 and the optimum at k = 1.28: every method runs into the wall and
     # stops there, at a point that is not a minimum; none may report success.
