@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from figures import assert_png
 from gradfit.cli import cli
+from honest import assert_chi2
 from test_oof_io import _grid, oof_hdul, pyoof_hdul, replace_table, save
 
 DATA = Path(__file__).parent / "data" / "oof-pyoof"
@@ -350,7 +351,10 @@ def test_simulate_then_fit_json_round_trip(tmp_path):
         for c, t in zip(z, truth, strict=True)
         if c["n"] >= 1
     ]
-    assert len(pulls) == 5 and max(abs(p) for p in pulls) < 5, pulls
+    assert len(pulls) == 5
+    # two-sided: the sum of squared pulls is about chi-square(5) (the coefficients are
+    # only weakly correlated here); the full-covariance checks are in test_oof_fit.py
+    assert_chi2(float(np.sum(np.square(pulls))), 5, "CLI fit against the truth")
     assert sol["settings"]["order"] == 2 and sol["input"]["path"] == str(out.resolve())
 
 
