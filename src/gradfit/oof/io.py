@@ -28,10 +28,23 @@ import numpy as np
 
 from gradfit.oof.observation import BeamMap, Observation
 
-__all__ = ["OOFDataError", "read", "write", "write_solution", "write_maps", "PYOOF_MAP_NAMES"]
+__all__ = [
+    "OOFDataError",
+    "read",
+    "write",
+    "write_solution",
+    "write_maps",
+    "PYOOF_MAP_NAMES",
+    "MAX_INPUT_BYTES",
+]
 
 #: The map tables of a pyoof file, in pyoof's order.
 PYOOF_MAP_NAMES = ("MINUS OOF", "ZERO OOF", "PLUS OOF")
+
+#: Largest input file :func:`read` opens (bytes). Beam maps of 1000 x 1000 points in
+#: ten maps take about 250 MB; anything far larger is not an OOF observation, and a
+#: device such as /dev/zero would otherwise be read until memory runs out.
+MAX_INPUT_BYTES = 2 * 1024**3
 
 _C = 299_792_458.0  # speed of light, m/s
 _TRUTH_HDU = "GRADFIT TRUTH"
@@ -47,7 +60,7 @@ class OOFDataError(ValueError):
 # ---------------------------------------------------------------------------- reading
 
 
-def read(path: str | os.PathLike) -> Observation:
+def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observation:
     """Read an OOF holography observation from a FITS file.
 
     The layout (pyoof or original OOF) is detected from the file's contents.
@@ -56,6 +69,8 @@ def read(path: str | os.PathLike) -> Observation:
     ----------
     path : str or path-like
         The FITS file.
+    max_bytes : int, optional
+        Refuse files larger than this (default :data:`MAX_INPUT_BYTES`).
 
     Returns
     -------
@@ -69,8 +84,9 @@ def read(path: str | os.PathLike) -> Observation:
     Raises
     ------
     OOFDataError
-        If the file is missing or not FITS, or an HDU, column or header keyword is
-        missing or invalid, or a map is all zero or all NaN.
+        If the file is missing, not a regular file, larger than ``max_bytes``, not FITS
+        or truncated, or an HDU, column or header keyword is missing, duplicated or
+        invalid, or a map is all zero or all NaN.
 
     Warns
     -----
@@ -78,22 +94,21 @@ def read(path: str | os.PathLike) -> Observation:
         When samples with a NaN (or infinite) value are masked; the message says how
         many, in which map.
     """
+    path = Path(path)
+    size = _regular_file_size(path, max_bytes)
     from astropy.io import fits
 
-    path = Path(path)
-    if not path.exists():
-        raise OOFDataError(f"{path}: no such file")
-    if path.is_dir():
-        raise OOFDataError(f"{path}: is a directory, not a FITS file")
     try:
         with warnings.catch_warnings():
             # astropy warns on non-standard cards; the checks below are what matters here
             warnings.simplefilter("ignore")
             hdul = fits.open(path, memmap=False)
             hdul.verify("silentfix")
-    except (OSError, ValueError, TypeError) as exc:
-        raise OOFDataError(f"{path}: not a readable FITS file ({exc})") from None
+            hdul.readall()
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise OOFDataError(f"{path}: not a readable FITS file ({_one_line(exc)})") from None
     with hdul:
+        _check_complete(path, hdul, size)
         tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
         if not tables:
             raise OOFDataError(
@@ -103,6 +118,79 @@ def read(path: str | os.PathLike) -> Observation:
         if _is_pyoof(hdul, tables):
             return _read_pyoof(path, hdul, tables)
         return _read_oof(path, hdul, tables)
+
+
+def _one_line(exc) -> str:
+    return "; ".join(s.strip() for s in str(exc).strip().splitlines() if s.strip())
+
+
+def _regular_file_size(path: Path, max_bytes: int | None) -> int:
+    """The size of ``path``, refusing what is not a regular file of a sane size.
+
+    Checked before anything is read: a FIFO, a device (``/dev/zero``) or a huge file
+    would otherwise block or be read until memory runs out.
+    """
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise OOFDataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise OOFDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OOFDataError(f"{path}: is a directory, not a FITS file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OOFDataError(
+            f"{path}: not a regular file (a device, pipe or socket); give a FITS file"
+        )
+    limit = MAX_INPUT_BYTES if max_bytes is None else int(max_bytes)
+    if st.st_size > limit:
+        raise OOFDataError(
+            f"{path}: {st.st_size} bytes is larger than the input limit of {limit} bytes; "
+            "this is not an OOF observation (raise max_bytes if it really is)"
+        )
+    if st.st_size == 0:
+        raise OOFDataError(f"{path}: empty file, not a FITS file")
+    return int(st.st_size)
+
+
+def _data_bytes(header) -> int:
+    """Bytes of an HDU's data from its header (FITS standard 4.4.1, without padding)."""
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+    if header.get("GROUPS") and dims and dims[0] == 0:  # random groups
+        dims = dims[1:]
+    n = 1
+    for d in dims:
+        n *= d
+    gcount = int(header.get("GCOUNT", 1))
+    pcount = int(header.get("PCOUNT", 0))
+    return abs(int(header.get("BITPIX", 8))) // 8 * gcount * (pcount + n)
+
+
+def _check_complete(path: Path, hdul, size: int) -> None:
+    """Raise a 'truncated' OOFDataError if an HDU's data run past the end of the file."""
+    end = 0
+    for i, hdu in enumerate(hdul):
+        info = hdul.fileinfo(i)
+        if info is None:
+            continue
+        need = int(info["datLoc"]) + _data_bytes(hdu.header)
+        if need > size:
+            raise OOFDataError(
+                f"{path}: truncated: {_hdu_label(hdu, i)} needs {need} bytes but the file "
+                f"has {size} (the file was cut short; copy it again)"
+            )
+        end = int(info["datLoc"]) + int(info["datSpan"])
+    # bytes after the last complete HDU that astropy skipped: a header cut short
+    if size - end >= 80:
+        raise OOFDataError(
+            f"{path}: truncated: {size - end} bytes after the last complete HDU do not form "
+            "a complete HDU (the file was cut short; copy it again)"
+        )
 
 
 def _colnames(hdu) -> list[str]:
@@ -308,6 +396,21 @@ def _read_truth(hdul) -> dict | None:
         return None
 
 
+def _no_duplicate_names(path, map_hdus) -> None:
+    """Two map HDUs with one name: which one is meant is unknowable, so refuse."""
+    seen: dict[str, int] = {}
+    for index, hdu in map_hdus:
+        name = _extname(hdu)
+        if not name:
+            continue
+        if name in seen:
+            raise OOFDataError(
+                f"{path}: HDUs {seen[name]} and {index} are both named {name!r}; "
+                "each map must appear once"
+            )
+        seen[name] = index
+
+
 def _read_pyoof(path, hdul, tables) -> Observation:
     primary = hdul[0].header
     wavel, freq = _wavelength(path, [("primary header", primary)])
@@ -335,8 +438,15 @@ def _read_pyoof(path, hdul, tables) -> Observation:
                     f"{path}: missing HDU {name!r} (pyoof layout needs "
                     f"{', '.join(PYOOF_MAP_NAMES)}; found: {present})"
                 )
+            if len(found) > 1:
+                where = ", ".join(str(hdul.index(h)) for h in found)
+                raise OOFDataError(
+                    f"{path}: {len(found)} HDUs are named {name!r} (HDUs {where}); "
+                    "each map must appear once"
+                )
             map_hdus.append((hdul.index(found[0]), found[0]))
         map_hdus.sort(key=lambda t: t[0])
+    _no_duplicate_names(path, map_hdus)
 
     noise = _header_float(path, "primary header", primary, ("NOISE",), required=False)
     if noise is not None and noise <= 0:
@@ -377,6 +487,7 @@ def _read_oof(path, hdul, tables) -> Observation:
                 f"(OOF layout needs DX, DY, FNu; columns: {', '.join(_colnames(hdu))})"
             )
         map_hdus.append((index, hdu))
+    _no_duplicate_names(path, map_hdus)
     if not map_hdus:
         first = tables[0]
         raise OOFDataError(
