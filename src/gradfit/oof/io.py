@@ -487,7 +487,7 @@ def _read_oof(path, hdul, tables) -> Observation:
                 f"(OOF layout needs DX, DY, FNu; columns: {', '.join(_colnames(hdu))})"
             )
         map_hdus.append((index, hdu))
-    _no_duplicate_names(path, map_hdus)
+    # (OOF-layout files name every table alike, e.g. 'OOF BEAM'; their dz tells them apart)
     if not map_hdus:
         first = tables[0]
         raise OOFDataError(
@@ -576,7 +576,8 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     path : str or path-like
         Output FITS file; its directory must exist.
     overwrite : bool
-        Replace an existing file.
+        Replace an existing file; if False, an existing file raises
+        :class:`~gradfit.oof.output.OutputError` (a ``ValueError``).
 
     Returns
     -------
@@ -638,7 +639,12 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
         text = json.dumps(obs.truth, default=_json_default)
         col = fits.Column(name="JSON", format=f"{max(len(text), 1)}A", array=np.array([text]))
         hdus.append(fits.BinTableHDU.from_columns([col], name=_TRUTH_HDU))
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    from gradfit.oof.output import atomic_path
+
+    # a temporary file renamed into place: a full disk or an interrupt leaves the old
+    # file (or none), never a truncated one
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
     return path
 
 
@@ -714,6 +720,13 @@ def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m):
     return img
 
 
+def _write_image(hdu, path: Path) -> None:
+    from gradfit.oof.output import atomic_path
+
+    with atomic_path(path) as tmp:
+        hdu.writeto(tmp, overwrite=True)
+
+
 def _unpack_map(result):
     """A map method may return the 2-D array, or (array, extent) / (x, y, array)."""
     if isinstance(result, tuple):
@@ -749,13 +762,19 @@ def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None)
     dict
         The JSON content written (plain Python values).
     """
+    from gradfit.oof.output import atomic_path
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    data = dict(sol.to_dict())
+    with warnings.catch_warnings():
+        # a degenerate fit has NaN errors; its rms over an all-NaN map is NaN, said once
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        data = dict(sol.to_dict())
     if extra:
         data.update(extra)
     text = to_json(data, indent=2)
-    (outdir / "solution.json").write_text(text + "\n")
+    with atomic_path(outdir / "solution.json") as tmp:
+        tmp.write_text(text + "\n")
     data = json.loads(text)  # JSON-ready: NumPy values become plain Python
 
     extent = getattr(sol, "extent_m", None)
@@ -763,17 +782,16 @@ def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None)
     telescope = getattr(telescope, "name", telescope)
     wavelength = getattr(sol, "wavelength_m", None)
     phase, ext = _unpack_map(sol.phase_map())
-    _image_hdu(phase, "rad", "aperture phase", ext or extent, telescope, wavelength).writeto(
-        outdir / "phase.fits", overwrite=True
-    )
+    _write_image(_image_hdu(phase, "rad", "aperture phase", ext or extent, telescope,
+                            wavelength), outdir / "phase.fits")
     surface, ext = _unpack_map(sol.surface_map())
-    _image_hdu(surface, "um", "surface error", ext or extent, telescope, wavelength).writeto(
-        outdir / "surface.fits", overwrite=True
-    )
+    _write_image(_image_hdu(surface, "um", "surface error", ext or extent, telescope,
+                            wavelength), outdir / "surface.fits")
     if hasattr(sol, "surface_error_map"):
         err, ext = _unpack_map(sol.surface_error_map())
-        _image_hdu(err, "um", "surface error uncertainty (1 sigma)", ext or extent, telescope,
-                   wavelength).writeto(outdir / "surface_error.fits", overwrite=True)
+        _write_image(_image_hdu(err, "um", "surface error uncertainty (1 sigma)",
+                                ext or extent, telescope, wavelength),
+                     outdir / "surface_error.fits")
     return data
 
 

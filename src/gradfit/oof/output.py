@@ -306,6 +306,12 @@ class ResultDir:
         self.earlier = _earlier_result(t)
         known = set(RESULT_FILES)
         foreign = [n for n in entries if n not in known]
+        inside = [p for p in self.inputs if _is_inside(p, t)]
+        if inside and (not self.overwrite or any(p.name in foreign for p in inside)):
+            raise OutputError(
+                f"--out {self.target}: holds the input {inside[0]}, which the new result "
+                "would replace; choose another --out"
+                + ("" if any(p.name in foreign for p in inside) else " or pass --overwrite"))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise OutputError(
@@ -317,12 +323,6 @@ class ResultDir:
             raise OutputError(
                 f"--out {self.target}: holds result files but no readable solution.json "
                 "(an incomplete or foreign result); remove it or choose another directory"
-            )
-        inside = [p for p in self.inputs if _is_inside(p, t)]
-        if inside and not self.overwrite:
-            raise OutputError(
-                f"--out {self.target}: holds the input {inside[0]}, which the new result "
-                "would replace; choose another --out or pass --overwrite"
             )
         if self.earlier is not None and not self.overwrite:
             old = (self.earlier.get("input") or {}).get("sha256")
