@@ -47,6 +47,30 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"gradfit: warning: {_one_line(message)}", err=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that ``finally`` blocks remove staging files."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _on_sigterm():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _restore_sigterm(old) -> None:
+    import signal
+
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
 class _Group(click.Group):
     """Top-level group: one-line errors, exit codes 0/1/2/3, warnings as stderr lines."""
 
@@ -57,6 +81,7 @@ class _Group(click.Group):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.showwarning = _show_warning
+            old_term = _on_sigterm()
             try:
                 rv = super().main(
                     args=args,
@@ -77,9 +102,16 @@ class _Group(click.Group):
             except click.ClickException as exc:
                 click.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
                 code = exc.exit_code
-            except click.Abort:
-                click.echo(f"{prog_name}: aborted", err=True)
-                code = 130
+            except click.Abort as exc:
+                if isinstance(exc.__cause__, _Terminated):  # click turns it into Abort
+                    click.echo(f"{prog_name}: terminated", err=True)
+                    code = 143
+                else:
+                    click.echo(f"{prog_name}: aborted", err=True)
+                    code = 130
+            except _Terminated:
+                click.echo(f"{prog_name}: terminated", err=True)
+                code = 143
             except KeyboardInterrupt:
                 click.echo(f"{prog_name}: interrupted", err=True)
                 code = 130
@@ -92,6 +124,8 @@ class _Group(click.Group):
                     err=True,
                 )
                 code = EXIT_FAILED
+            finally:
+                _restore_sigterm(old_term)
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -161,12 +195,12 @@ def _telescope(name, obs=None, source=None):
         raise CLIError(f"{label}: {_one_line(exc.args[0] if exc.args else exc)}") from None
 
 
-def _check_observation(obs, tel, order, source) -> None:
+def _check_observation(obs, tel, order, source, likelihood=None) -> None:
     """Pre-fit sanity checks (units, defocus, structure, order): refusals exit 2."""
     from gradfit.oof import checks
 
     try:
-        notes = checks.check_observation(obs, tel, order)
+        notes = checks.check_observation(obs, tel, order, likelihood)
     except ValueError as exc:
         raise CLIError(f"{source}: {_one_line(exc)}") from None
     for note in notes:
@@ -666,7 +700,7 @@ def fit_cmd(
     tel = _telescope(telescope, obs, file)
     device = _resolve_device(device)
     rd = _result_dir(out, [file], overwrite)
-    _check_observation(obs, tel, order, file)
+    _check_observation(obs, tel, order, file, likelihood)
     try:
         rd.__enter__()  # lock held from the fit to the commit: a second writer stops now
     except output.OutputError as exc:

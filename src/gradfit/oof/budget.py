@@ -34,10 +34,16 @@ class BudgetExceeded(BaseException):
         super().__init__(msg)
 
 
+_STAGES = {"grid": "while choosing the aperture grid", "fit": "while fitting",
+           "profile": "during the profile-likelihood intervals",
+           "mcmc": "while sampling the posterior"}
+
+
 def _where(info: dict | None) -> str:
     if not info:
         return ""
-    parts = [str(info.get("stage", ""))]
+    stage = str(info.get("stage", ""))
+    parts = [_STAGES.get(stage, stage)]
     if info.get("nit") is not None:
         parts.append(f"evaluation {info['nit']}")
     if isinstance(info.get("fun"), (int, float)):

@@ -23,6 +23,7 @@ __all__ = [
     "EXTENT_BEAMS",
     "DEFOCUS_WAVES",
     "STRUCTURE_SIGMA",
+    "GLITCH_RATIO",
     "SanityError",
     "beam_width_rad",
     "map_extent_beams",
@@ -45,6 +46,9 @@ EXTENT_BEAMS = (2.0, 1000.0)
 DEFOCUS_WAVES = (0.1, 50.0)
 #: a map must differ from a constant by this many standard deviations (chi-square test)
 STRUCTURE_SIGMA = 5.0
+#: a sample this many times brighter (above the median) than every other sample of its map
+#: is a glitch: a beam sampled coarsely (1.2 lambda/D) still gives a ratio below about 50
+GLITCH_RATIO = 1000.0
 
 # angle units a U/V column is mistaken for, radians per unit
 _ANGLE_UNITS = (("arcsec", math.pi / 648000), ("arcmin", math.pi / 10800), ("degrees",
@@ -180,7 +184,8 @@ def _unit_hint(extent: float, too_big: bool) -> str:
     return "; ".join(hints)
 
 
-def check_observation(obs, telescope, order: int | None = None) -> list[str]:
+def check_observation(obs, telescope, order: int | None = None,
+                      likelihood: str | None = None) -> list[str]:
     """Refuse an observation that no fit can describe; return notes about the rest.
 
     Checks, for every map: its extent in beam widths (:data:`EXTENT_BEAMS`, naming the
@@ -193,11 +198,16 @@ def check_observation(obs, telescope, order: int | None = None) -> list[str]:
     obs : Observation
     telescope : str or Telescope
     order : int, optional
+    likelihood : str, optional
+        With 'gaussian', a single sample :data:`GLITCH_RATIO` times brighter than every
+        other sample of its map (a glitch: no sampled beam looks like that) is refused;
+        it would set the data scale and the required model precision, and the fit would
+        run for hours. Other likelihoods (Cauchy) are robust to it.
 
     Returns
     -------
     list of str
-        Notes that do not stop a fit (e.g. a glitch that suggests the Cauchy likelihood).
+        Notes that do not stop a fit (e.g. a weak defocused map).
 
     Raises
     ------
@@ -249,13 +259,18 @@ def check_observation(obs, telescope, order: int | None = None) -> list[str]:
                 f"{label}: the in-focus map has no structure above its noise (it differs "
                 f"from a constant by {s:.2g} sigma, noise {noise_sigma(m):.3g}; at least "
                 f"{STRUCTURE_SIGMA:g} needed): a noise-only map, or a wrong NOISE/SIGMA")
+        dev = np.abs(m.power - np.median(m.power))
+        top = np.argsort(dev)[-2:]
+        if (likelihood == "gaussian" and top.size == 2 and dev[top[1]] > 0
+                and dev[top[1]] > GLITCH_RATIO * dev[top[0]]):
+            raise SanityError(
+                f"{label}: sample {int(top[1])} (u = {m.u[top[1]]:.3g}, v = {m.v[top[1]]:.3g} "
+                f"rad) is {m.power[top[1]]:.3g}, {dev[top[1]] / dev[top[0]]:.3g} times brighter "
+                "than any other sample: a glitch; remove it, or use the Cauchy likelihood "
+                "(--likelihood cauchy), which is robust to it")
         if s < STRUCTURE_SIGMA:
             notes.append(f"{label}: the map barely differs from a constant ({s:.2g} sigma, "
                          f"noise {noise_sigma(m):.3g}); it adds little information")
-        top = np.sort(np.abs(m.power - np.median(m.power)))[-2:]
-        if top.size == 2 and top[0] > 0 and top[1] > 10 * top[0]:
-            notes.append(f"{label}: one sample is {top[1] / top[0]:.3g} times brighter than "
-                         "any other (a glitch?); the Cauchy likelihood is robust to it")
     if order is not None:
         check_order(obs, tel, int(order))
     return notes

@@ -343,6 +343,9 @@ class ResultDir:
         try:
             self.check()  # again, now that no one else can change it
             t = self._abs_target()
+            # staging directories of this target left by a killed writer (we hold the lock)
+            for stale in t.parent.glob(f".{t.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 self.staging = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.tmp-"))
             except OSError as exc:
