@@ -185,8 +185,15 @@ def _check_complete(path: Path, hdul, size: int) -> None:
                 f"has {size} (the file was cut short; copy it again)"
             )
         end = int(info["datLoc"]) + int(info["datSpan"])
-    # bytes after the last complete HDU that astropy skipped: a header cut short
-    if size - end >= 80:
+    # bytes after the last complete HDU that astropy skipped: a header cut short (padding
+    # after the last HDU, e.g. zero blocks, is not an HDU and is allowed)
+    if size - end >= 8:
+        with open(path, "rb") as f:
+            f.seek(end)
+            start = f.read(8)
+    else:
+        start = b""
+    if start == b"XTENSION":
         raise OOFDataError(
             f"{path}: truncated: {size - end} bytes after the last complete HDU do not form "
             "a complete HDU (the file was cut short; copy it again)"
