@@ -94,8 +94,33 @@ def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observatio
         When samples with a NaN (or infinite) value are masked; the message says how
         many, in which map.
     """
+    from gradfit.oof import fitsio
+
     path = Path(path)
     size = _regular_file_size(path, max_bytes)
+    try:
+        # the common, simple files without importing astropy (a fresh process's cost)
+        hdul = fitsio.read(path)
+        tables = [h for h in hdul[1:] if h.is_table]
+    except fitsio.Unsupported:
+        hdul = None
+    except OSError as exc:
+        raise OOFDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if hdul is None:
+        hdul, tables = _astropy_open(path, size)
+    with hdul:
+        if not tables:
+            raise OOFDataError(
+                f"{path}: no binary table HDUs; expected the pyoof layout "
+                f"({', '.join(PYOOF_MAP_NAMES)}) or OOF tables with DX, DY, FNu columns"
+            )
+        if _is_pyoof(hdul, tables):
+            return _read_pyoof(path, hdul, tables)
+        return _read_oof(path, hdul, tables)
+
+
+def _astropy_open(path: Path, size: int):
+    """Open with astropy (the general reader), checking that no HDU is cut short."""
     from astropy.io import fits
 
     try:
@@ -107,17 +132,12 @@ def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observatio
             hdul.readall()
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise OOFDataError(f"{path}: not a readable FITS file ({_one_line(exc)})") from None
-    with hdul:
+    try:
         _check_complete(path, hdul, size)
-        tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
-        if not tables:
-            raise OOFDataError(
-                f"{path}: no binary table HDUs; expected the pyoof layout "
-                f"({', '.join(PYOOF_MAP_NAMES)}) or OOF tables with DX, DY, FNu columns"
-            )
-        if _is_pyoof(hdul, tables):
-            return _read_pyoof(path, hdul, tables)
-        return _read_oof(path, hdul, tables)
+    except OOFDataError:
+        hdul.close()
+        raise
+    return hdul, [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
 
 
 def _one_line(exc) -> str:
@@ -591,13 +611,13 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     Path
         The file written.
     """
-    from astropy.io import fits
+    from gradfit.oof import fitsio
+    from gradfit.oof.output import atomic_path
 
     path = Path(path)
     if not obs.maps:
         raise ValueError("write: the observation has no maps")
-    primary = fits.PrimaryHDU()
-    h = primary.header
+    h = fitsio.Header()
     h["FREQ"] = (float(obs.frequency_hz), "observing frequency (Hz)")
     h["WAVEL"] = (float(obs.wavelength_m), "observing wavelength (m)")
     h["MEANEL"] = (float(obs.meta.get("MEANEL", 0.0)), "mean elevation (deg)")
@@ -618,9 +638,11 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
             common = float(first)
     if common is not None:
         h["NOISE"] = (common, "noise sigma per sample, units of BEAM")
+    reserved = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "END", "XTENSION", "PCOUNT", "GCOUNT",
+                "NOISE", "SOURCE", "NMAPS", "COMMENT", "HISTORY", "CONTINUE", "HIERARCH"}
     for key, value in obs.meta.items():
         key_u = str(key).upper()
-        if key_u in h or key_u in ("NOISE", "SOURCE", "NMAPS") or len(key_u) > 8:
+        if key_u in h or key_u in reserved or key_u.startswith("NAXIS") or len(key_u) > 8:
             continue
         if not key_u.replace("_", "").replace("-", "").isalnum():
             continue
@@ -630,28 +652,22 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     h["ORIGIN"] = "gradfit"
     h["LAYOUT"] = (obs.layout, "layout/convention of the data's origin")
 
-    hdus = [primary]
+    # gradfit's own small FITS writer: astropy.table alone costs more to import than a fit
+    hdus = [fitsio.primary_hdu(h.cards)]
     for name, m in zip(names, obs.maps, strict=True):
-        cols = [
-            fits.Column(name="U", format="D", unit="rad", array=m.u),
-            fits.Column(name="V", format="D", unit="rad", array=m.v),
-            fits.Column(name="BEAM", format="D", array=m.power),
-        ]
+        cols = [("U", m.u, "rad"), ("V", m.v, "rad"), ("BEAM", m.power, "")]
         if m.sigma is not None and common is None:
-            cols.append(fits.Column(name="SIGMA", format="D", array=m.sigma))
-        t = fits.BinTableHDU.from_columns(cols, name=name)
-        t.header["DZ"] = (float(m.dz), "subreflector defocus (m)")
-        hdus.append(t)
+            cols.append(("SIGMA", m.sigma, ""))
+        hdus.append(fitsio.table_hdu(name, cols, [("DZ", float(m.dz),
+                                                   "subreflector defocus (m)")]))
     if obs.truth is not None:
         text = json.dumps(obs.truth, default=_json_default)
-        col = fits.Column(name="JSON", format=f"{max(len(text), 1)}A", array=np.array([text]))
-        hdus.append(fits.BinTableHDU.from_columns([col], name=_TRUTH_HDU))
-    from gradfit.oof.output import atomic_path
-
+        hdus.append(fitsio.table_hdu(_TRUTH_HDU, [("JSON", np.array([text.encode("ascii")]),
+                                                   "")]))
     # a temporary file renamed into place: a full disk or an interrupt leaves the old
     # file (or none), never a truncated one
     with atomic_path(path, overwrite=overwrite) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+        fitsio.write(tmp, hdus)
     return path
 
 
@@ -701,37 +717,35 @@ def to_json(data: dict, **kwargs) -> str:
     return json.dumps(data, default=_json_default, **kwargs)
 
 
-def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m):
-    from astropy.io import fits
+def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m) -> bytes:
+    """A 2-D float64 image as FITS bytes, with its axes in metres (written by fitsio)."""
+    from gradfit.oof import fitsio
 
-    img = fits.PrimaryHDU(np.asarray(data, dtype=np.float64))
-    h = img.header
-    h["BUNIT"] = (unit, what)
-    h["BTYPE"] = what
+    data = np.asarray(data, dtype=np.float64)
+    cards = [("BUNIT", unit, what), ("BTYPE", what)]
     if extent_m is not None:
-        ny, nx = img.data.shape
+        ny, nx = data.shape
         x0, x1, y0, y1 = extent_m
         # pixel centres span the extent edges
         for axis, (lo, hi, n) in ((1, (x0, x1, nx)), (2, (y0, y1, ny))):
             step = (hi - lo) / n
-            h[f"CTYPE{axis}"] = "X" if axis == 1 else "Y"
-            h[f"CUNIT{axis}"] = "m"
-            h[f"CRPIX{axis}"] = 1.0
-            h[f"CRVAL{axis}"] = lo + 0.5 * step
-            h[f"CDELT{axis}"] = step
+            cards += [(f"CTYPE{axis}", "X" if axis == 1 else "Y"), (f"CUNIT{axis}", "m"),
+                      (f"CRPIX{axis}", 1.0), (f"CRVAL{axis}", lo + 0.5 * step),
+                      (f"CDELT{axis}", step)]
     if telescope:
-        h["TELESCOP"] = str(telescope)
+        cards.append(("TELESCOP", _ascii(telescope)[:68]))
     if wavelength_m:
-        h["WAVEL"] = (float(wavelength_m), "observing wavelength (m)")
-    h["ORIGIN"] = "gradfit"
-    return img
+        cards.append(("WAVEL", float(wavelength_m), "observing wavelength (m)"))
+    cards.append(("ORIGIN", "gradfit"))
+    return fitsio.image_hdu(data, cards)
 
 
-def _write_image(hdu, path: Path) -> None:
+def _write_image(hdu: bytes, path: Path) -> None:
+    from gradfit.oof import fitsio
     from gradfit.oof.output import atomic_path
 
     with atomic_path(path) as tmp:
-        hdu.writeto(tmp, overwrite=True)
+        fitsio.write(tmp, [hdu])
 
 
 def _unpack_map(result):
