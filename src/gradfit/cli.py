@@ -765,8 +765,11 @@ def plot_cmd(directory, obs_path, units):
     if not d.is_dir():
         raise CLIError(f"{d}: no such directory")
     obs = _read_observation(obs_path) if obs_path else None
+    from gradfit.oof.output import locked
+
     try:
-        written = plots.plot_dir(d, obs, units=units)
+        with locked(d):  # not while a fit is replacing the directory
+            written = plots.plot_dir(d, obs, units=units)
     except ValueError as exc:  # OOFDataError included
         raise CLIError(_one_line(exc)) from None
     except OSError as exc:

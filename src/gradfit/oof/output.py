@@ -38,6 +38,7 @@ __all__ = [
     "atomic_path",
     "file_sha256",
     "ResultDir",
+    "locked",
     "write_fit_result",
     "draw_figures",
 ]
@@ -213,6 +214,23 @@ class _Lock:
             with contextlib.suppress(OSError):
                 self.path.unlink()
         # the flock file stays: removing it would race with a process that opened it
+
+
+@contextlib.contextmanager
+def locked(target: str | os.PathLike):
+    """Hold the writer's lock of ``target`` (a result directory) for the block.
+
+    Raises
+    ------
+    OutputBusyError
+        If another process holds it.
+    """
+    lock = _Lock(Path(os.path.abspath(target)))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # -------------------------------------------------------------------- directories

@@ -1,0 +1,81 @@
+"""Fresh-process cost of `gradfit oof fit` beyond importing torch (issue 8's goal: <= 1.0 s).
+
+Runs, interleaved so that the machine's load hits both alike, N times each:
+
+    python -c "import torch"
+    gradfit oof fit FILE --order 5 --no-figures --out DIR -q
+
+on a simulated 49 x 49, order-5 Effelsberg observation, and prints the minimum and the
+median of each and of their difference. With ``--figures`` it also times the same fit
+with figures.
+
+    python benchmarks/cli_startup.py [--repeat 5] [--figures] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _time(cmd) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--figures", action="store_true", help="also time the fit with figures")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    py = sys.executable
+    script = shutil.which("gradfit")  # the installed command, as users run it
+    gradfit = [script] if script else [py, "-m", "gradfit.cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        obs = Path(tmp) / "sim49.fits"
+        subprocess.run(gradfit + ["oof", "simulate", "--npix", "49", "--order", "5", "--out",
+                                  str(obs)], check=True, stderr=subprocess.DEVNULL)
+        cases = {
+            "import torch": [py, "-c", "import torch"],
+            "oof fit --no-figures": gradfit + ["oof", "fit", str(obs), "--order", "5",
+                                               "--no-figures", "--out", f"{tmp}/r", "-q"],
+        }
+        if args.figures:
+            cases["oof fit (figures)"] = gradfit + ["oof", "fit", str(obs), "--order", "5",
+                                                    "--out", f"{tmp}/f", "-q"]
+        times = {k: [] for k in cases}
+        for _ in range(args.repeat):
+            for k, cmd in cases.items():
+                times[k].append(_time(cmd))
+    base = times["import torch"]
+    out = {}
+    for k, ts in times.items():
+        row = {"min_s": min(ts), "median_s": statistics.median(ts)}
+        if k != "import torch":
+            d = [t - b for t, b in zip(ts, base)]
+            row.update(beyond_torch_min_s=min(ts) - min(base),
+                       beyond_torch_median_s=statistics.median(d))
+        out[k] = row
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{'command':<24} {'min':>7} {'median':>7} {'beyond torch (min / median)':>30}")
+        for k, r in out.items():
+            extra = (f"{r['beyond_torch_min_s']:>13.2f} / {r['beyond_torch_median_s']:.2f} s"
+                     if "beyond_torch_min_s" in r else "")
+            print(f"{k:<24} {r['min_s']:>6.2f}s {r['median_s']:>6.2f}s {extra:>30}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
