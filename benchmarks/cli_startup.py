@@ -9,13 +9,14 @@ on a simulated 49 x 49, order-5 Effelsberg observation, and prints the minimum a
 median of each and of their difference. With ``--figures`` it also times the same fit
 with figures.
 
-    python benchmarks/cli_startup.py [--repeat 5] [--figures] [--json]
+    python benchmarks/cli_startup.py [--repeat 5] [--figures] [--compare OLD/src] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 
-def _time(cmd) -> float:
+def _time(cmd, env=None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=env)
     return time.perf_counter() - t0
 
 
@@ -36,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--figures", action="store_true", help="also time the fit with figures")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", metavar="SRC",
+                    help="also time the fit with PYTHONPATH=SRC (e.g. an older checkout's src)")
     args = ap.parse_args(argv)
 
     py = sys.executable
@@ -53,10 +57,15 @@ def main(argv=None) -> int:
         if args.figures:
             cases["oof fit (figures)"] = gradfit + ["oof", "fit", str(obs), "--order", "5",
                                                     "--out", f"{tmp}/f", "-q"]
+        envs = {k: None for k in cases}
+        if args.compare:
+            k = f"oof fit --no-figures [{args.compare}]"
+            cases[k] = cases["oof fit --no-figures"][:-2] + [f"{tmp}/c", "-q"]
+            envs[k] = dict(os.environ, PYTHONPATH=str(Path(args.compare).resolve()))
         times = {k: [] for k in cases}
         for _ in range(args.repeat):
             for k, cmd in cases.items():
-                times[k].append(_time(cmd))
+                times[k].append(_time(cmd, envs[k]))
     base = times["import torch"]
     out = {}
     for k, ts in times.items():
@@ -69,11 +78,11 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{'command':<24} {'min':>7} {'median':>7} {'beyond torch (min / median)':>30}")
+        print(f"{'command':<40} {'min':>7} {'median':>7} {'beyond torch (min / median)':>30}")
         for k, r in out.items():
             extra = (f"{r['beyond_torch_min_s']:>13.2f} / {r['beyond_torch_median_s']:.2f} s"
                      if "beyond_torch_min_s" in r else "")
-            print(f"{k:<24} {r['min_s']:>6.2f}s {r['median_s']:>6.2f}s {extra:>30}")
+            print(f"{k:<40} {r['min_s']:>6.2f}s {r['median_s']:>6.2f}s {extra:>30}")
     return 0
 
 
