@@ -367,3 +367,28 @@ def test_inadequate_fit_is_reported_and_strict_fails(sims, tmp_path):
     assert ad["causes"] and "MODEL DOES NOT DESCRIBE THE DATA" in r.stderr
     # a new directory gets the (failed) result; an earlier one would have been kept
     assert json.loads((tmp_path / "r" / "solution.json").read_text())["adequacy"] == ad
+
+
+def test_sigterm_during_the_fit_leaves_nothing(sims, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    # profile intervals keep it busy for many seconds once the staging directory exists
+    proc = subprocess.Popen([sys.executable, "-m", "gradfit.cli", "oof", "fit", str(sims[0]),
+                             "--order", "2", "--out", str(out), "--errors", "profile", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    t0 = time.monotonic()
+    while not list(tmp_path.glob(".r.tmp-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "gradfit: terminated"
+    assert not out.exists()
+    no_leftovers(tmp_path)
