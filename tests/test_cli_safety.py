@@ -392,3 +392,16 @@ def test_sigterm_during_the_fit_leaves_nothing(sims, tmp_path):
     assert err.strip().splitlines()[-1] == "gradfit: terminated"
     assert not out.exists()
     no_leftovers(tmp_path)
+
+
+def test_result_without_fingerprint_is_replaced_only_by_its_own_input(sims, result, tmp_path):
+    out = copy_result(result, tmp_path)
+    sol = json.loads((out / "solution.json").read_text())
+    del sol["input"]["sha256"]  # as written before fingerprints were recorded
+    (out / "solution.json").write_text(json.dumps(sol))
+    before = snapshot(out)
+    line = error_line(fit(sims[1], out, "--no-figures"), 2)
+    assert "no fingerprint recorded" in line
+    assert snapshot(out) == before
+    assert fit(sims[0], out, "--no-figures").exit_code == 0  # the same path: a refit
+    assert json.loads((out / "solution.json").read_text())["input"]["sha256"]

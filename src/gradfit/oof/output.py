@@ -345,7 +345,10 @@ class ResultDir:
         if self.earlier is not None and not self.overwrite:
             old = (self.earlier.get("input") or {}).get("sha256")
             old_path = (self.earlier.get("input") or {}).get("path")
-            if self.input_sha256 is not None and old != self.input_sha256:
+            same_path = (old is None and old_path is not None and self.inputs
+                         and os.path.realpath(old_path) == os.path.realpath(self.inputs[0]))
+            # (a result written before fingerprints were recorded: its path must match)
+            if self.input_sha256 is not None and old != self.input_sha256 and not same_path:
                 what = f"input {old_path}" if old_path else "another input"
                 if old is None:
                     what += " (no fingerprint recorded)"
