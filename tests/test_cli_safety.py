@@ -405,3 +405,11 @@ def test_result_without_fingerprint_is_replaced_only_by_its_own_input(sims, resu
     assert snapshot(out) == before
     assert fit(sims[0], out, "--no-figures").exit_code == 0  # the same path: a refit
     assert json.loads((out / "solution.json").read_text())["input"]["sha256"]
+
+
+def test_out_with_missing_parents_is_created(sims, tmp_path):
+    out = tmp_path / "a" / "b" / "r"
+    r = fit(sims[0], out, "--no-figures")
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert files(out) == CORE
+    no_leftovers(out.parent)

@@ -315,8 +315,8 @@ class ResultDir:
         t = self._abs_target()
         if t.exists() and not t.is_dir():
             raise OutputError(f"--out {self.target}: exists and is not a directory")
-        if not t.parent.is_dir():
-            raise OutputError(f"--out {self.target}: parent directory {t.parent} does not exist")
+        if t.parent.exists() and not t.parent.is_dir():
+            raise OutputError(f"--out {self.target}: {t.parent} is not a directory")
         if not t.exists():
             self.earlier = None
             return
@@ -360,6 +360,10 @@ class ResultDir:
     # --------------------------------------------------------------- lifecycle
     def __enter__(self) -> ResultDir:
         self.check()
+        try:  # the staging directory and the lock live beside the target
+            self._abs_target().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _io_error(self.target, exc, "cannot create its parent directory") from None
         self._lock.acquire()
         try:
             self.check()  # again, now that no one else can change it
