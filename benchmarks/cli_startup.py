@@ -3,7 +3,7 @@
 Runs, interleaved so that the machine's load hits both alike, N times each:
 
     python -c "import torch"
-    gradfit oof fit FILE --order 5 --no-figures --out DIR -q
+    gradfit oof fit FILE --order 5 --no-figures --out DIR
 
 on a simulated 49 x 49, order-5 Effelsberg observation, and prints the minimum and the
 median of each and of their difference. With ``--figures`` it also times the same fit
@@ -52,15 +52,15 @@ def main(argv=None) -> int:
         cases = {
             "import torch": [py, "-c", "import torch"],
             "oof fit --no-figures": gradfit + ["oof", "fit", str(obs), "--order", "5",
-                                               "--no-figures", "--out", f"{tmp}/r", "-q"],
+                                               "--no-figures", "--out", f"{tmp}/r"],
         }
         if args.figures:
             cases["oof fit (figures)"] = gradfit + ["oof", "fit", str(obs), "--order", "5",
-                                                    "--out", f"{tmp}/f", "-q"]
+                                                    "--out", f"{tmp}/f"]
         envs = {k: None for k in cases}
         if args.compare:
             k = f"oof fit --no-figures [{args.compare}]"
-            cases[k] = cases["oof fit --no-figures"][:-2] + [f"{tmp}/c", "-q"]
+            cases[k] = cases["oof fit --no-figures"][:-1] + [f"{tmp}/c"]
             envs[k] = dict(os.environ, PYTHONPATH=str(Path(args.compare).resolve()))
         times = {k: [] for k in cases}
         for _ in range(args.repeat):

@@ -13,7 +13,13 @@ Two input layouts are detected automatically:
   failing that, from the first map's header.
 
 Every problem with an input file raises :class:`OOFDataError` (a ``ValueError``) whose
-message names the file and the HDU, column or header keyword at fault.
+message names the file and the HDU, column or header keyword at fault; a path that is not
+a regular file, or is larger than :data:`MAX_INPUT_BYTES`, is refused before it is read.
+
+Files that use only simple FITS features (fixed-width numeric columns, no scaling) are
+read and all files are written by :mod:`gradfit.oof.fitsio`, which imports nothing
+heavy; anything else is read by astropy. Writers go through a temporary file renamed
+into place (:func:`gradfit.oof.output.atomic_path`).
 """
 
 from __future__ import annotations
