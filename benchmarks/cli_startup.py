@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -26,11 +27,16 @@ import time
 from pathlib import Path
 
 
-def _time(cmd, env=None) -> float:
+def _time(cmd, env=None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run; CPU time (user + system of the child) is what a
+    shared, loaded machine distorts least."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env=env)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main(argv=None) -> int:
@@ -63,26 +69,35 @@ def main(argv=None) -> int:
             cases[k] = cases["oof fit --no-figures"][:-1] + [f"{tmp}/c"]
             envs[k] = dict(os.environ, PYTHONPATH=str(Path(args.compare).resolve()))
         times = {k: [] for k in cases}
+        cpus = {k: [] for k in cases}
         for _ in range(args.repeat):
             for k, cmd in cases.items():
-                times[k].append(_time(cmd, envs[k]))
-    base = times["import torch"]
+                wall, cpu = _time(cmd, envs[k])
+                times[k].append(wall)
+                cpus[k].append(cpu)
     out = {}
-    for k, ts in times.items():
-        row = {"min_s": min(ts), "median_s": statistics.median(ts)}
-        if k != "import torch":
-            d = [t - b for t, b in zip(ts, base)]
-            row.update(beyond_torch_min_s=min(ts) - min(base),
-                       beyond_torch_median_s=statistics.median(d))
+    for k in cases:
+        row = {}
+        for what, series in (("wall", times), ("cpu", cpus)):
+            ts, base = series[k], series["import torch"]
+            row[f"{what}_min_s"] = min(ts)
+            row[f"{what}_median_s"] = statistics.median(ts)
+            if k != "import torch":
+                row[f"{what}_beyond_torch_min_s"] = min(ts) - min(base)
+                row[f"{what}_beyond_torch_median_s"] = statistics.median(
+                    [t - b for t, b in zip(ts, base)])
         out[k] = row
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{'command':<40} {'min':>7} {'median':>7} {'beyond torch (min / median)':>30}")
+        print(f"{'command':<40} {'wall min/median':>16} {'CPU min/median':>15} "
+              f"{'beyond torch: wall / CPU (medians)':>36}")
         for k, r in out.items():
-            extra = (f"{r['beyond_torch_min_s']:>13.2f} / {r['beyond_torch_median_s']:.2f} s"
-                     if "beyond_torch_min_s" in r else "")
-            print(f"{k:<40} {r['min_s']:>6.2f}s {r['median_s']:>6.2f}s {extra:>30}")
+            extra = (f"{r['wall_beyond_torch_median_s']:.2f} / "
+                     f"{r['cpu_beyond_torch_median_s']:.2f} s"
+                     if "wall_beyond_torch_min_s" in r else "")
+            print(f"{k:<40} {r['wall_min_s']:>7.2f}/{r['wall_median_s']:<7.2f}s "
+                  f"{r['cpu_min_s']:>6.2f}/{r['cpu_median_s']:<6.2f}s {extra:>36}")
     return 0
 
 

@@ -413,3 +413,19 @@ def test_out_with_missing_parents_is_created(sims, tmp_path):
     assert r.exit_code == 0, (r.output, r.exception)
     assert files(out) == CORE
     no_leftovers(out.parent)
+
+
+def test_a_broken_figure_does_not_cost_the_solution(sims, tmp_path, monkeypatch):
+    from gradfit.oof import plots
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(plots, "plot_dir", boom)
+    monkeypatch.delenv("GRADFIT_DEBUG", raising=False)
+    out = tmp_path / "r"
+    r = fit(sims[0], out)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "figures not drawn (RuntimeError: no backend)" in r.stderr
+    assert files(out) == CORE
+    no_leftovers(tmp_path)

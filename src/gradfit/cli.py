@@ -565,7 +565,18 @@ def _publish(rd, sol, obs, *, input_path, settings, adequacy, figures, failed, q
                                        input_sha256=sha, settings=settings,
                                        adequacy=adequacy)
         if figures:  # after the solution files, from them
-            output.draw_figures(rd.staging, obs)
+            try:
+                output.draw_figures(rd.staging, obs)
+            except (OSError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a figure must not cost the solution
+                if os.environ.get("GRADFIT_DEBUG"):
+                    raise
+                figures = False
+                for png in rd.staging.glob("*.png"):
+                    png.unlink()
+                click.echo(f"gradfit: warning: figures not drawn ({type(exc).__name__}: "
+                           f"{_one_line(exc)}); 'gradfit oof plot {rd.target}' retries", err=True)
         rd.commit()
     except output.OutputError as exc:
         raise CLIError(_one_line(exc)) from None
