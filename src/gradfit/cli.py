@@ -561,12 +561,13 @@ def _publish(rd, sol, obs, *, input_path, settings, adequacy, figures, failed, q
         if write_observation:
             io.write(obs, rd.staging / "observation.fits")
             sha = output.file_sha256(rd.staging / "observation.fits")
-        data = output.write_fit_result(rd.staging, sol, obs, input_path=input_path,
-                                       input_sha256=sha, settings=settings,
-                                       adequacy=adequacy)
-        if figures:  # after the solution files, from them
+        data = io.write_fit_result(rd.staging, sol, obs, input_path=input_path,
+                                   input_sha256=sha, settings=settings, adequacy=adequacy)
+        if figures:  # after the solution files, from them (matplotlib is imported only now)
+            from gradfit.oof import plots
+
             try:
-                output.draw_figures(rd.staging, obs)
+                plots.plot_dir(rd.staging, obs)
             except (OSError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # noqa: BLE001 - a figure must not cost the solution
