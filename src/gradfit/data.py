@@ -494,12 +494,15 @@ def build_data_problem(model, x, y, params, *, likelihood="gaussian", priors=Non
                                  f"{tuple(yt.shape)}")
             ndata += int(yt.numel())
 
+    info = {"ndata": ndata}  # the total over ranks replaces it after set-up (fit_data)
+
     def make(sp):
-        return _data_problem(Problem, sp, terms, chunks, reducer, dev, dt, ndata, lik,
+        return _data_problem(Problem, sp, terms, chunks, reducer, dev, dt, info["ndata"], lik,
                              prob0.gauss_newton, source.in_memory, make)
 
     prob = make(prob0.space)
     prob.source = source
+    prob.data_info = info
     return prob
 
 
@@ -599,6 +602,8 @@ def fit_data(model, x, y, params, *, likelihood, method, priors, device, dtype, 
     except Exception as exc:  # noqa: BLE001 - every rank raises in check_same
         err = exc
     dd.check_same("" if prob is None else _signature(prob.space), err)
+    ndata = int(reducer.sum(torch.tensor([float(prob.ndata)], dtype=torch.float64))[0])
+    prob.ndata = prob.data_info["ndata"] = ndata
     # identical starts (a fitted nuisance parameter starts from rank 0's data)
     theta0 = dd.broadcast(torch.as_tensor(prob.space.theta0, dtype=torch.float64), dev)
     res = run_problem(prob, method, theta0=theta0.numpy(), **run_kwargs)

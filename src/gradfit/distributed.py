@@ -20,6 +20,7 @@ The same script runs on a cluster::
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import time
@@ -67,7 +68,15 @@ def setup(device: torch.device, timeout_s: float | None = None):
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend, timeout=datetime.timedelta(
             seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s))
+        # A group left alive at interpreter exit aborts the process (gloo's threads).
+        atexit.register(_destroy)
     return dist.get_rank(), dist.get_world_size(), dist.get_backend()
+
+
+def _destroy():
+    dist = _dist()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Reducer:
