@@ -470,6 +470,7 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     t0 = time.perf_counter()
     meth, why = _choose_method(method, prob)
     space = prob.space
+    how = _error_how(errors, space.n_free)
     obj = prob.objective()
     th0 = space.theta0 if theta0 is None else np.asarray(theta0, dtype=np.float64)
     z0 = obj.as_tensor(space.to_internal(th0))
@@ -495,7 +496,6 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
         message = f"{message} [{why}]"
     n = space.n_free
     nfev, njev = obj.nfev, obj.ngev + obj.njev
-    how = _error_how(errors, n)
     cov = np.full((n, n), np.nan) if n <= DENSE_LIMIT else None
     err_flat, error_method = np.full(n, np.nan), "none"
     if how is not None and n and math.isfinite(fun):
@@ -504,6 +504,7 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
             error_method = "dense-gauss-newton" if prob.gauss_newton else "dense-hessian"
         else:
             err_flat, error_method, extra = _scale_errors(prob, theta_t, how, options)
+            cov = None
         nfev += extra
     if cov is not None:
         err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
@@ -569,7 +570,7 @@ def _scale_errors(prob: Problem, theta: torch.Tensor, how, options) -> tuple:
     which = how if isinstance(how, list) else None
     out = variances(tobj, theta, prob.gauss_newton, labels,
                     method="cg" if which is not None or how == "cg" else "hutchinson",
-                    which=which, probes=int(opts.get("error_probes", 64)),
+                    which=which, probes=int(opts.get("error_probes", 32)),
                     seed=int(opts.get("error_seed", 0)))
     var = out.var * _variance_scale(prob, theta)
     return np.sqrt(var), out.method, tobj.nfev
