@@ -167,8 +167,9 @@ def _to_tensor(v, what, device, dtype, check):
         arr = np.asarray(v)
         if arr.dtype.kind not in "fiub":
             return v
-        t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float64) if arr.dtype.kind
-                            in "fiu" else arr, device=device)
+        # a copy: memmap and h5py slices may be read-only views of the file
+        t = torch.as_tensor(np.array(arr, dtype=np.float64 if arr.dtype.kind in "fiu"
+                                     else arr.dtype), device=device)
         if t.is_floating_point():
             t = t.to(dtype)
     if check and t.is_floating_point():

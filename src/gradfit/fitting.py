@@ -442,7 +442,8 @@ def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
     n = prob.space.n_free
     if prob.residuals is not None:
         m, why = _lm_variant(prob)
-        return m, f"auto chose '{m}' (least-squares form, {n} free parameters)"
+        why = f"; {why}" if why else ""
+        return m, f"auto chose '{m}' (least-squares form, {n} free parameters{why})"
     if n <= 200:
         return "bfgs", f"auto chose 'bfgs' (no least-squares form, {n} free parameters)"
     return "lbfgs", f"auto chose 'lbfgs' ({n} free parameters)"
