@@ -246,3 +246,21 @@ def test_1e5_parameter_deconvolution_in_bounded_memory(method):
     assert np.abs(r.params["u"] - exact).max() <= tol * np.abs(exact).max()
     # the dense Jacobian would be 3e5 x 1e5 doubles (240 GB); the fit needs O(m + n)
     assert mem.increase < 1.0e9, mem.increase
+
+
+def test_cg_errors_on_the_hessian_operator_match_the_dense_hessian():
+    # Cauchy with a fitted width: not least squares, so errors come from the Hessian
+    rng = np.random.default_rng(5)
+    x = np.linspace(-3, 3, 400)
+    y = 2.0 * np.exp(-0.5 * (x - 0.3) ** 2 / 0.8**2) + 0.05 * rng.standard_cauchy(x.size)
+
+    def m(p, x):
+        return p["A"] * torch.exp(-0.5 * (x - p["mu"]) ** 2 / p["s"] ** 2)
+
+    p0 = {"A": 1.5, "mu": 0.0, "s": 1.0}
+    dense = gradfit.fit(m, x, y, p0, likelihood="cauchy", method="bfgs")
+    assert dense.error_method == "dense-hessian"
+    r = gradfit.fit(m, x, y, p0, likelihood="cauchy", method="bfgs", errors="cg")
+    assert r.error_method.startswith("cg-hessian (4 marginal solves)")
+    for k in ("A", "mu", "s", "gamma"):
+        assert abs(r.errors[k] / dense.errors[k] - 1) <= 1e-6, k
