@@ -69,6 +69,9 @@ def test_every_source_gives_the_in_memory_answer(files):
         assert r.method == "lm-normal" and "summed over the data chunks" in r.message, name
         assert r.error_method == "dense-gauss-newton"
         assert_same(r, ref, 1e-12)
+    # float32 (e.g. on a GPU): the same answer to float32's resolution
+    r32 = gradfit.fit(model, x, y, P0, chunk_size=1000, dtype="float32")
+    assert_same(r32, dense, 1e-5, 1e-4)
     # the other solvers see the same objective through value_and_grad / hvp / hessian
     for meth, tol in (("lm-cg", 1e-10), ("bfgs", 1e-8), ("trust-exact", 1e-10)):
         assert_same(gradfit.fit(model, x, y, P0, method=meth, chunk_size=1000), dense, tol, 1e-6)

@@ -407,16 +407,16 @@ LM_DENSE_MAX_JACOBIAN = 25_000_000
 
 
 def _lm_variant(prob: Problem) -> tuple[str, str]:
-    """Which Levenberg–Marquardt runs for ``method='lm'``: dense, normal equations or CG."""
+    """Which Levenberg–Marquardt runs for ``method='lm'`` (dense, normal equations or
+    matrix-free CG), and why ('' for the dense one)."""
     n = prob.space.n_free
     if n > LM_DENSE_MAX_PARAMS:
-        return "lm-cg", f"'lm' ran as matrix-free 'lm-cg' ({n} free parameters > " \
-                        f"{LM_DENSE_MAX_PARAMS})"
+        return "lm-cg", f"matrix-free: {n} free parameters > {LM_DENSE_MAX_PARAMS}"
     if not prob.in_memory:
-        return "lm-normal", "'lm' ran as 'lm-normal' (JᵀJ and Jᵀr summed over the data chunks)"
+        return "lm-normal", "JᵀJ and Jᵀr summed over the data chunks"
     if n * (prob.ndata or 0) > LM_DENSE_MAX_JACOBIAN:
-        return "lm-cg", f"'lm' ran as matrix-free 'lm-cg' (a dense Jacobian would have " \
-                        f"{n * prob.ndata:.3g} elements > {LM_DENSE_MAX_JACOBIAN:.3g})"
+        return "lm-cg", (f"matrix-free: a dense Jacobian would have {n * prob.ndata:.3g} "
+                         f"elements > {LM_DENSE_MAX_JACOBIAN:.3g}")
     return "lm", ""
 
 
@@ -437,7 +437,8 @@ def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
             raise ValueError("method 'scipy-lm' needs the full residual vector, which chunked "
                              "or distributed data do not form; use method='lm'")
         if m == "lm":
-            return _lm_variant(prob)
+            m, why = _lm_variant(prob)
+            return m, f"'lm' ran as '{m}' ({why})" if why else ""
         return m, ""
     n = prob.space.n_free
     if prob.residuals is not None:
