@@ -265,3 +265,18 @@ def test_cg_errors_on_the_hessian_operator_match_the_dense_hessian():
     assert r.error_method.startswith("cg-hessian (4 marginal solves)")
     for k in ("A", "mu", "s", "gamma"):
         assert abs(r.errors[k] / dense.errors[k] - 1) <= 1e-6, k
+
+
+@pytest.mark.parametrize("method", ["lm-cg", "lm-normal"])
+def test_nist_certified_values_and_an_honest_failure(method, data_dir):
+    from gradfit import nist
+
+    probs = {p.name: p for p in nist.load_all(data_dir / "nist-strd")}
+    for name in ("Misra1a", "Thurber", "Kirby2", "Gauss1"):
+        for start in (1, 2):
+            r = nist.fit_problem(probs[name], start=start, method=method)
+            assert r.success and r.method == method, (name, r.message)
+            assert nist.digits(r.params["b"], probs[name].certified).min() >= 6, name
+    # BoxBOD from start 1 runs to b2 -> infinity: the fit must say it failed
+    r = nist.fit_problem(probs["BoxBOD"], start=1, method=method)
+    assert not r.success and "gradient test fails" in r.message

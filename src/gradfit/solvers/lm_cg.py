@@ -180,9 +180,15 @@ def _marquardt(obj: Objective, z0, opts: SolverOptions, method: str, system) -> 
                     return finish(z, cost, False, "stopped by the callback", nit, method)
                 break
             if small or snorm <= eps * (xnorm + eps):
-                # The model promises no decrease that f can resolve: converged.
-                return finish(z, cost, True, "cost reduction at machine precision", nit,
-                              method)
+                # The model promises no decrease that f can resolve: converged, if the
+                # gradient agrees (eps**0.25: 1e-4 in float64, 0.02 in float32).
+                if gcos <= eps**0.25:
+                    return finish(z, cost, True, "cost reduction at machine precision", nit,
+                                  method)
+                return finish(z, cost, False,
+                              "no step lowers the cost beyond rounding, but the gradient test "
+                              f"fails (max |cos(r, J_j)| = {gcos:.2g}): stuck at a degenerate "
+                              "point or a parameter running off to infinity", nit, method)
             lam, nu = lam * nu, 2.0 * nu
         else:
             return finish(z, cost, False,
