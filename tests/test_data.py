@@ -69,6 +69,8 @@ def test_every_source_gives_the_in_memory_answer(files):
         assert r.method == "lm-normal" and "summed over the data chunks" in r.message, name
         assert r.error_method == "dense-gauss-newton"
         assert_same(r, ref, 1e-12)
+    # follow-ups re-minimise on the same chunked data
+    np.testing.assert_allclose(runs["memmap"].interval("k"), dense.interval("k"), rtol=1e-9)
     # float32 (e.g. on a GPU): the same answer to float32's resolution
     r32 = gradfit.fit(model, x, y, P0, chunk_size=1000, dtype="float32")
     assert_same(r32, dense, 1e-5, 1e-4)
