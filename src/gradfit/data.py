@@ -558,7 +558,7 @@ def _data_problem(Problem, sp, terms, chunks, reducer, dev, dt, ndata, lik, gaus
             acc = torch.zeros((), dtype=dt, device=dev)
             with torch.no_grad():
                 for xc, yc in chunks():
-                    r = terms.likelihood_residuals(sp.unflatten(theta), xc, yc)
+                    r = terms.data_residuals(sp.unflatten(theta), xc, yc)
                     acc = acc + (r * r).sum()
             return acc
 

@@ -155,8 +155,7 @@ class DataTerms:
 
     predict: Callable  # (p, x) -> model prediction
     data_nll: Callable  # (p, x, y) -> −log L of one chunk (nuisance parameters included)
-    data_residuals: Callable  # (p, x, y) -> flat residuals of one chunk (likelihood only)
-    likelihood_residuals: Callable  # (p, x, y) -> the likelihood's residuals (for the RSS)
+    data_residuals: Callable  # (p, x, y) -> flat likelihood residuals of one chunk
     prior_nll: Callable | None  # p -> −log prior, or None
     prior_residuals: Callable | None  # p -> prior residuals, or None
     has_residuals: bool
@@ -309,7 +308,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
     terms = DataTerms(
         predict=predict_x,
         data_nll=lambda p, x_, y_: lik.nll(y_, predict_x(p, x_), {n: p[n] for n in nuis_names}),
-        data_residuals=lik_res_x, likelihood_residuals=lik_res_x,
+        data_residuals=lik_res_x,
         prior_nll=None if log_prior is None else (lambda p: -log_prior(p)),
         prior_residuals=prior_res, has_residuals=has_res)
 
