@@ -26,7 +26,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "rank"
-    env = dict(os.environ, OMP_NUM_THREADS="1", GRADFIT_DIST_TIMEOUT="60")
+    env = dict(os.environ, OMP_NUM_THREADS="1", GRADFIT_DIST_TIMEOUT="120")
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
