@@ -23,16 +23,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "rank"
-    env = dict(os.environ, OMP_NUM_THREADS="1", GRADFIT_DIST_TIMEOUT="120")
+def _launch(script, out, timeout_s="120"):
+    env = dict(os.environ, OMP_NUM_THREADS="1", GRADFIT_DIST_TIMEOUT=timeout_s,
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           str(HERE / "dist_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+           str(HERE / script), str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "rank"
+    proc = _launch("dist_worker.py", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(Path(f"{out}.{r}.json").read_text()) for r in (0, 1)]
 
@@ -75,3 +80,11 @@ def test_distributed_needs_a_process_group(monkeypatch):
     with pytest.raises(ValueError, match="torchrun"):
         gradfit.fit(dist_worker.model, x, y, dist_worker.P0, distributed=True)
     assert not np.isnan(y).any()
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
+    proc = _launch("dist_hard_death.py", tmp_path / "rank", timeout_s="30")
+    assert proc.returncode != 0  # torchrun reports the dead rank
+    got = (tmp_path / "rank.0").read_text()
+    assert got.startswith("DistributedError: rank 0: the all-reduce failed"), got

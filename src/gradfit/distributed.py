@@ -103,7 +103,12 @@ class Reducer:
             flags[self.rank] = 1.0
         payload = torch.cat([t.reshape(-1), flags]).to(self.comm_device)
         t0 = time.perf_counter()
-        self._dist.all_reduce(payload)
+        try:
+            self._dist.all_reduce(payload)
+        except RuntimeError as exc:  # a rank died (connection reset) or the timeout passed
+            raise DistributedError(
+                f"rank {self.rank}: the all-reduce failed, so another rank died or stalled "
+                f"(timeout {DEFAULT_TIMEOUT_S:g} s, GRADFIT_DIST_TIMEOUT): {exc}") from exc
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         self.bytes += payload.numel() * payload.element_size()
