@@ -415,7 +415,8 @@ def _lm_variant(prob: Problem) -> tuple[str, str]:
         return "lm-normal", "JᵀJ and Jᵀr summed over the data chunks"
     if n * (prob.ndata or 0) > LM_DENSE_MAX_JACOBIAN:
         return "lm-cg", (f"matrix-free: a dense Jacobian would have {n * prob.ndata:.3g} "
-                         f"elements > {LM_DENSE_MAX_JACOBIAN:.3g}")
+                         f"elements > {LM_DENSE_MAX_JACOBIAN:.3g}; with few parameters, "
+                         "chunk_size=... is faster when the data rows are independent")
     return "lm", ""
 
 
