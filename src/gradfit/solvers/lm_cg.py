@@ -90,6 +90,17 @@ def _gcos(g, dg, cost) -> float:
                              torch.zeros_like(g)).max())
 
 
+def _stalled(z, cost, gcos, eps, nit, method, message) -> RawSolution:
+    """Finish where the cost no longer resolves progress: converged only if the gradient
+    test agrees loosely (``eps**0.25``: 1e-4 in float64, 0.02 in float32)."""
+    if gcos <= eps**0.25:
+        return finish(z, cost, True, message, nit, method)
+    return finish(z, cost, False,
+                  "no step lowers the cost beyond rounding, but the gradient test fails "
+                  f"(max |cos(r, J_j)| = {gcos:.2g}): stuck at a degenerate point or a "
+                  "parameter running off to infinity", nit, method)
+
+
 def _marquardt(obj: Objective, z0, opts: SolverOptions, method: str, system) -> RawSolution:
     """The Levenberg–Marquardt loop shared by both solvers.
 
@@ -129,8 +140,8 @@ def _marquardt(obj: Objective, z0, opts: SolverOptions, method: str, system) -> 
                           nit, method)
         if stalled is not None and not gcos < 0.5 * stalled:
             # The cost stopped resolving progress and the gradient stopped halving.
-            return finish(z, cost, True, f"relative reduction of the cost below ftol={ftol:g}",
-                          nit, method)
+            return _stalled(z, cost, gcos, eps, nit, method,
+                            f"relative reduction of the cost below ftol={ftol:g}")
         if nit >= maxit:
             return finish(z, cost, False, f"maximum number of iterations ({maxit}) reached",
                           nit, method)
@@ -180,15 +191,9 @@ def _marquardt(obj: Objective, z0, opts: SolverOptions, method: str, system) -> 
                     return finish(z, cost, False, "stopped by the callback", nit, method)
                 break
             if small or snorm <= eps * (xnorm + eps):
-                # The model promises no decrease that f can resolve: converged, if the
-                # gradient agrees (eps**0.25: 1e-4 in float64, 0.02 in float32).
-                if gcos <= eps**0.25:
-                    return finish(z, cost, True, "cost reduction at machine precision", nit,
-                                  method)
-                return finish(z, cost, False,
-                              "no step lowers the cost beyond rounding, but the gradient test "
-                              f"fails (max |cos(r, J_j)| = {gcos:.2g}): stuck at a degenerate "
-                              "point or a parameter running off to infinity", nit, method)
+                # The model promises no decrease that f can resolve.
+                return _stalled(z, cost, gcos, eps, nit, method,
+                                "cost reduction at machine precision")
             lam, nu = lam * nu, 2.0 * nu
         else:
             return finish(z, cost, False,
