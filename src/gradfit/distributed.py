@@ -90,9 +90,7 @@ class Reducer:
         self._dist = dist
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        backend = dist.get_backend()
-        # NCCL reduces device tensors; gloo is used here for host tensors.
-        self.comm_device = device if backend == "nccl" else torch.device("cpu")
+        self.comm_device = _comm_device(device)
         self.calls = 0
         self.seconds = 0.0
         self.bytes = 0
@@ -148,11 +146,18 @@ def check_same(signature: str, error: BaseException | None = None) -> None:
                          f"every rank): {text}")
 
 
+def _comm_device(device: torch.device) -> torch.device:
+    """NCCL reduces CUDA tensors (even for a fit on the CPU); gloo host tensors."""
+    if _dist().get_backend() == "nccl":
+        return device if device.type == "cuda" else torch.device(
+            "cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def broadcast(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Rank 0's copy of ``t`` on every rank."""
     dist = _dist()
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    buf = t.detach().to(comm).clone()
+    buf = t.detach().to(_comm_device(device)).clone()
     dist.broadcast(buf, src=0)
     return buf.to(t.device)
 
