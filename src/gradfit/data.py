@@ -27,7 +27,8 @@ import torch
 
 from .objective import Linearization, Objective
 
-__all__ = ["ChunkSource", "DataObjective", "LocalReducer", "as_source", "build_data_problem"]
+__all__ = ["ChunkSource", "DataObjective", "DataLinearization", "LocalReducer", "as_source",
+           "build_data_problem", "fit_data"]
 
 
 class LocalReducer:
