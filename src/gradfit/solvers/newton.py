@@ -27,9 +27,10 @@ from ._common import (
     max_iter,
     stalled_at_resolution,
     start_point,
+    stop_claim,
 )
 from .base import RawSolution, SolverOptions
-from .linesearch import armijo_backtracking
+from .linesearch import armijo_backtracking, strong_wolfe
 
 __all__ = ["newton_cg", "trust_exact", "trust_krylov"]
 
@@ -37,7 +38,9 @@ __all__ = ["newton_cg", "trust_exact", "trust_krylov"]
 def _steihaug_free_cg(obj: Objective, z, g, gnorm, max_cg):
     """Approximately solve ``H p = -g`` by CG; stop at negative curvature.
 
-    Returns the direction and the number of Hessian-vector products. Forcing
+    Returns the direction, the number of Hessian-vector products and whether CG
+    met negative (or zero) curvature at once, so that the direction is -g with no
+    natural length. Forcing
     term ``min(0.5, sqrt(|g|)) |g|`` (superlinear local convergence, Nocedal &
     Wright Alg. 7.1); one host sync per CG iteration.
     """
@@ -57,13 +60,13 @@ def _steihaug_free_cg(obj: Objective, z, g, gnorm, max_cg):
         if not (dHd > 0 and math.isfinite(dHd)):
             # Negative curvature: the CG iterate so far is still a descent direction;
             # on the first iteration fall back to steepest descent.
-            return (-g if k == 0 else p), k + 1
+            return (-g, k + 1, True) if k == 0 else (p, k + 1, False)
         p, r = p_next, r_next
         if math.sqrt(rn) <= tol:
-            return p, k + 1
+            return p, k + 1, False
         d = -r + (rr_next / rr) * d
         rr = rr_next
-    return p, max_cg
+    return p, max_cg, False
 
 
 def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
@@ -76,13 +79,14 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, f_t, g, f, gmax = start
+    z, f_t, g, f, gmax, origin = start
     maxit = max_iter(opts, 1000)
     max_cg = int(extra(opts, "max_cg", max(10, 2 * obj.n)))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
+
     nit = 0
     while True:
-        if gmax <= gtol * max(1.0, abs(f)):
+        if gmax <= gtol * origin.scale(f):
             return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
                           nit, method)
         if nit >= maxit:
@@ -90,14 +94,21 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                           method)
         nit += 1
         gnorm = float(torch.linalg.vector_norm(g))
-        p, _ = _steihaug_free_cg(obj, z, g, gnorm, max_cg)
+        p, _, negative = _steihaug_free_cg(obj, z, g, gnorm, max_cg)
         gtd = float(g @ p)
         if not (gtd < 0 and math.isfinite(gtd)):
-            p, gtd = -g, -gnorm**2
-        # The Newton step has its natural length 1; steepest descent gets a bounded one.
-        t0 = 1.0 if gtd != -gnorm**2 else min(1.0, 1.0 / gmax)
-        ls = armijo_backtracking(obj, z, p, t0, f, gtd)
+            p, gtd, negative = -g, -gnorm**2, True
+        if negative:
+            # No natural step length along a direction of negative or zero curvature:
+            # a Wolfe search that can also lengthen the step (and so follow f to -inf).
+            t0 = min(1.0, 1.0 / gmax) if gtd == -gnorm**2 else 1.0
+            ls = strong_wolfe(obj, z, p, t0, f, g, gtd)
+        else:
+            ls = armijo_backtracking(obj, z, p, 1.0, f, gtd)
         if ls.t == 0.0:
+            why = origin.diverged(f, float(z.abs().max()))
+            if why is not None:
+                return finish(z, f, False, why, nit - 1, method)
             ok = stalled_at_resolution(gmax, -0.5 * gtd, f, obj.dtype)
             return finish(z, f, ok, "line search found no lower value (f at its float "
                           f"resolution; max|grad|={gmax:.3g})", nit - 1, method)
@@ -109,11 +120,20 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                                            z.abs().max()]).tolist()
         if not math.isfinite(gmax):
             return finish(z, f, False, "gradient became non-finite", nit, method)
+        why = origin.diverged(f, zmax)
+        if why is not None:
+            return finish(z, f, False, why, nit, method)
+        if gmax <= gtol * origin.scale(f):
+            continue
+        stop = None
         if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-            ok = True
-            return finish(z, f, ok, f"relative reduction of f below ftol={ftol:g}", nit, method)
-        if smax <= xtol * (zmax + xtol):
-            return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
+            stop = f"relative reduction of f below ftol={ftol:g}"
+        elif smax <= xtol * (zmax + xtol):
+            stop = f"relative step below xtol={xtol:g}"
+        if stop is not None:
+            # Only the gradient decides: a truncated-CG model can promise almost nothing
+            # far from a minimum (it did at f = 2294 on MGH's Meyer, with max|grad| 401).
+            return stop_claim(z, f, gmax, -1.0, stop, nit, method, obj.dtype)
         if call_back(opts, nit, z, f):
             return finish(z, f, False, "stopped by the callback", nit, method)
 
@@ -170,6 +190,14 @@ def _tr_subproblem(lam, gq, delta):
     return -gq / (lam + mu), True
 
 
+def _newton_decrease(H, g) -> float:
+    """``½ gᵀH⁻¹g`` where H is positive definite, else -1 (no Newton model minimum)."""
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        return -1.0
+    return 0.5 * float(g @ torch.cholesky_solve(g[:, None], L)[:, 0])
+
+
 def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     """Trust-region Newton on the exact Hessian; the subproblem solved by eigh.
 
@@ -181,7 +209,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, f_t, g, f, gmax = start
+    z, f_t, g, f, gmax, origin = start
     maxit = max_iter(opts, 1000)
     delta = float(extra(opts, "initial_trust_radius", 1.0))
     delta_max = float(extra(opts, "max_trust_radius", 1e10))
@@ -193,7 +221,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     nit = 0
     fresh = True  # f, g and H belong to z and have not been tested yet
     while True:
-        if fresh and gmax <= gtol * max(1.0, abs(f)):
+        if fresh and gmax <= gtol * origin.scale(f):
             return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
                           nit, method)
         if nit >= maxit:
@@ -227,22 +255,25 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             f_old = f
             z = z_new
             f_t, g = obj.value_and_grad(z)
-            f, gmax = torch.stack([f_t, g.abs().max()]).tolist()
+            f, gmax, zmax = torch.stack([f_t, g.abs().max(), z.abs().max()]).tolist()
             if not math.isfinite(gmax):
                 return finish(z, f, False, "gradient became non-finite", nit, method)
+            why = origin.diverged(f, zmax)
+            if why is not None:
+                return finish(z, f, False, why, nit, method)
             H = obj.hessian(z)
             fresh = True
-            if gmax <= gtol * max(1.0, abs(f)):
+            if gmax <= gtol * origin.scale(f):
                 continue
             if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-                return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit,
-                              method)
+                return stop_claim(z, f, gmax, _newton_decrease(H, g), f"relative reduction of f "
+                                  f"below ftol={ftol:g}", nit, method, obj.dtype)
             if call_back(opts, nit, z, f):
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if pnorm <= xtol * (zmax + xtol) or delta <= xtol * (zmax + xtol):
-            ok = rho > eta or stalled_at_resolution(gmax, pred, f, obj.dtype)
-            return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
-                          nit, method)
+            dec = _newton_decrease(H, g) if fresh else pred
+            return stop_claim(z, f, gmax, dec, f"trust radius below xtol={xtol:g} relative to "
+                              "max|z|", nit, method, obj.dtype)
 
 
 def _to_boundary(p, d, pd, dd, pp, delta):
@@ -294,7 +325,7 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, f_t, g, f, gmax = start
+    z, f_t, g, f, gmax, origin = start
     maxit = max_iter(opts, 1000)
     delta = float(extra(opts, "initial_trust_radius", 1.0))
     delta_max = float(extra(opts, "max_trust_radius", 1e10))
@@ -302,9 +333,14 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     max_cg = int(extra(opts, "max_cg", max(10, 2 * obj.n)))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
     noise = 16 * torch.finfo(obj.dtype).eps
+
+    def newton_decrease():
+        q, _, neg = _steihaug_free_cg(obj, z, g, float(torch.linalg.vector_norm(g)), max_cg)
+        return -1.0 if neg else -0.5 * float(g @ q)
+
     nit = 0
     while True:
-        if gmax <= gtol * max(1.0, abs(f)):
+        if gmax <= gtol * origin.scale(f):
             return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
                           nit, method)
         if nit >= maxit:
@@ -332,17 +368,19 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             f_old = f
             z = z + p
             f_t, g = obj.value_and_grad(z)
-            f, gmax = torch.stack([f_t, g.abs().max()]).tolist()
+            f, gmax, zmax = torch.stack([f_t, g.abs().max(), z.abs().max()]).tolist()
             if not math.isfinite(gmax):
                 return finish(z, f, False, "gradient became non-finite", nit, method)
-            if gmax <= gtol * max(1.0, abs(f)):
+            why = origin.diverged(f, zmax)
+            if why is not None:
+                return finish(z, f, False, why, nit, method)
+            if gmax <= gtol * origin.scale(f):
                 continue
             if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-                return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit,
-                              method)
+                return stop_claim(z, f, gmax, newton_decrease(), f"relative reduction of f "
+                                  f"below ftol={ftol:g}", nit, method, obj.dtype)
             if call_back(opts, nit, z, f):
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if delta <= xtol * (zmax + xtol):
-            ok = stalled_at_resolution(gmax, pred, f, obj.dtype)
-            return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
-                          nit, method)
+            return stop_claim(z, f, gmax, pred, f"trust radius below xtol={xtol:g} relative to "
+                              "max|z|", nit, method, obj.dtype)

@@ -109,7 +109,7 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, f_t, g, f, gmax = start
+    z, f_t, g, f, gmax, origin = start
     if gmax <= gtol * max(1.0, abs(f)):
         return finish(z, f, True, f"gradient below gtol={gtol:g} at the start", 0, method)
 
@@ -134,6 +134,9 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
             gtd = float(g @ d)
             ls = strong_wolfe(obj, z, d, min(1.0, 1.0 / gmax), f, g, gtd)
         if ls.t == 0.0:
+            why = origin.diverged(f, float(z.abs().max()))
+            if why is not None:
+                return finish(z, f, False, why, nit - 1, method)
             ok = stalled_at_resolution(gmax, qn_decrease, f, obj.dtype)
             return finish(z, f, ok,
                           "line search found no lower value (f at its float resolution; "
@@ -155,7 +158,8 @@ def _quasi_newton(obj: Objective, z0, opts: SolverOptions, method: str, approx) 
             approx.update(s, y, ys_t)
         if not math.isfinite(gmax):
             return finish(z, f, False, "gradient became non-finite", nit, method)
-        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method)
+        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method, origin,
+                           decrease=lambda g=g: -0.5 * float(g @ approx.direction(g)))
         if done is not None:
             return done
     return finish(z, f, False, f"maximum number of iterations ({maxit}) reached", nit, method)
