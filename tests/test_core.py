@@ -32,7 +32,8 @@ def test_public_surface():
     assert set(gradfit.__all__) == expected
     public = {n for n in dir(gradfit) if not n.startswith("_")}
     modules = {"fitting", "likelihoods", "objective", "params", "priors", "result", "solvers",
-               "uncertainty", "nist", "profile", "sampling", "oof", "bench", "cli", "models"}
+               "uncertainty", "nist", "mgh", "profile", "sampling", "oof", "bench", "cli",
+               "models"}
     assert public - modules == expected
 
 

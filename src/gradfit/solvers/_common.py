@@ -156,7 +156,10 @@ def end_of_step(opts: SolverOptions, nit: int, z, f: float, f_old: float, gmax: 
         return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
                       nit, method)
     stop = None
-    if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
+    # relative to |f| itself (no floor at 1): on a zero-residual problem f -> 0 and a floor
+    # would stop at the absolute decrease ftol, e.g. at F = 5e-12 on Powell's singular
+    # function; a stall at f's resolution ends in the line search instead
+    if f_old - f <= ftol * max(abs(f_old), abs(f)):
         stop = f"relative reduction of f below ftol={ftol:g}"
     elif smax <= xtol * (zmax + xtol):
         stop = f"relative step below xtol={xtol:g}"

@@ -201,7 +201,8 @@ def _newton_decrease(H, g) -> float:
 def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     """Trust-region Newton on the exact Hessian; the subproblem solved by eigh.
 
-    ``opts.extra``: ``initial_trust_radius`` (default 1), ``max_trust_radius``
+    ``opts.extra``: ``initial_trust_radius`` (default 0.1: from 1, the MGH set's Biggs
+    EXP6 crawls along a valley to infinity; from 3, Osborne 1 does), ``max_trust_radius``
     (default 1e10), ``eta`` (acceptance ratio, default 0.1). Default ``max_iter``
     1000. One Hessian (``n`` backward passes) per accepted step.
     """
@@ -211,7 +212,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         return start
     z, f_t, g, f, gmax, origin = start
     maxit = max_iter(opts, 1000)
-    delta = float(extra(opts, "initial_trust_radius", 1.0))
+    delta = float(extra(opts, "initial_trust_radius", 0.1))
     delta_max = float(extra(opts, "max_trust_radius", 1e10))
     eta = float(extra(opts, "eta", 0.1))
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
