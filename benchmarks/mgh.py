@@ -28,6 +28,10 @@ def main(argv=None):
     ap.add_argument("--json", help="write all runs to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    # The first double-backward through pow imports part of torch (several seconds, once per
+    # process); do it here so that it is not charged to whichever run meets it first.
+    warm = PROBLEMS[10]
+    torch.autograd.functional.hessian(lambda x: warm.cost(x), warm.start())
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = {}
     summary = []
