@@ -78,6 +78,14 @@ def test_adam_names_possible_divergence_at_its_iteration_limit():
     assert 2.0 < res.params["a"] < 10.0
 
 
+def test_lm_reports_parameters_running_to_a_minimum_at_infinity():
+    # 0.5 Σ r² >= 0 cannot fall without bound, but 1/a -> 0 only as a -> inf
+    res = gradfit.fit(lambda p, x: 1.0 / p["a"] + 0 * x, X, np.zeros(X.size),
+                      params={"a": 1.0}, method="lm", errors=False)
+    assert res.success is False and "ran away" in res.message
+    assert 1e10 < res.params["a"] < 1e12
+
+
 def test_bounded_below_objective_still_converges():
     # the divergence guard must not fire on an ordinary problem with a large offset
     for method in ["bfgs", "lbfgs", "newton-cg", "trust-exact", "trust-krylov", "gd"]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..objective import Objective
-from ._common import as_start, call_back, extra, finish, max_iter, nonfinite_start
+from ._common import Origin, as_start, call_back, extra, finish, max_iter, nonfinite_start
 from .base import RawSolution, SolverOptions
 
 __all__ = ["levenberg_marquardt"]
@@ -228,6 +228,7 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     jac_scale = str(extra(opts, "scale", "jac")) == "jac"
     fnorm0 = fnorm
     rank_tol = 0.0
+    origin = None
     d = torch.zeros(obj.n, dtype=obj.dtype, device=obj.device)
     delta = None
     nfev = 1
@@ -245,10 +246,16 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         utr_t = U.T @ r
         g = J.T @ r
         gcos = torch.where(colnorm > 0, g.abs() / (colnorm * fnorm), torch.zeros_like(g)).max()
-        host = torch.cat([s_t, utr_t, torch.stack([gcos, torch.linalg.vector_norm(d * z)])])
+        host = torch.cat([s_t, utr_t, torch.stack([gcos, torch.linalg.vector_norm(d * z),
+                                                   z.abs().max()])])
         host = host.cpu().numpy().astype(np.float64)
         s, utr = host[: s_t.numel()], host[s_t.numel(): 2 * s_t.numel()]
-        gnorm, xnorm = float(host[-2]), float(host[-1])
+        gnorm, xnorm, zmax = float(host[-3]), float(host[-2]), float(host[-1])
+        if origin is None:
+            origin = Origin(cost, zmax)
+        why = origin.diverged(cost, zmax)  # the cost is >= 0: only a runaway can show
+        if why is not None:
+            return finish(z, cost, False, why, nit - 1, method)
         rank_tol = eps * max(m, obj.n) * (float(s.max()) if s.size else 0.0)
 
         if gnorm <= gtol:
