@@ -7,9 +7,15 @@ scalars and one convergence vector per iteration.
 
 Stopping (all relative, so that a negative log-likelihood of any size converges):
 
-* ``max|∇f| <= gtol * max(1, |f|)``;
-* ``(f_old - f) <= ftol * max(1, |f_old|, |f|)``;
+* ``max|∇f| <= gtol * max(1, min(|f|, |f0|))`` (f0: f at the start, so that f falling
+  without bound never makes a gradient look small);
+* ``(f_old - f) <= ftol * max(|f_old|, |f|)``;
 * ``max|Δz| <= xtol * (max|z| + xtol)``.
+
+The last two claim success only where the gradient (or the decrease the quasi-Newton
+model still promises) is at f's float resolution; otherwise the run ends as a stall.
+A run whose f falls by more than 1e10 max(1, |f0|), or whose parameters grow beyond
+1e10 max(1, max|z0|) while f falls, ends with ``success=False`` as diverged.
 
 If the line search finds no lower value even along the steepest-descent
 direction, f has hit its float resolution; whether that counts as converged is decided by
