@@ -64,8 +64,9 @@ def test_subset_solved_without_false_claims(method):
 
 
 # What the best SciPy peer solves (issue 10, measured there); gradfit must match it.
+# trust-krylov had no goal there (SciPy's solves 27 here); 35 is what it reaches now.
 GOALS = {"bfgs": 35, "lbfgs": 33, "newton-cg": 31, "trust-exact": 35, "lm": 36,
-         "default": 36}
+         "default": 36, "trust-krylov": 35}
 
 
 @pytest.mark.slow
