@@ -632,7 +632,9 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     err_flat, error_method = np.full(n, np.nan), "none"
     if how is not None and n and math.isfinite(fun):
         if how == "dense":
-            cov, extra = _covariance(prob, theta_t)
+            # unbounded: z is theta, and LM's last Jacobian (at z) serves the errors
+            jac = obj.jacobian_at(raw.z) if prob.gauss_newton and not space.bounded else None
+            cov, extra = _covariance(prob, theta_t, jac)
             error_method = "dense-gauss-newton" if prob.gauss_newton else "dense-hessian"
         else:
             err_flat, error_method, extra = _scale_errors(prob, theta_t, how, options)
@@ -708,14 +710,17 @@ def _scale_errors(prob: Problem, theta: torch.Tensor, how, options) -> tuple:
     return np.sqrt(var), out.method, tobj.nfev
 
 
-def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
-    """Covariance of the free parameters at theta; returns (cov, extra evaluations)."""
+def _covariance(prob: Problem, theta: torch.Tensor, jac=None) -> tuple[np.ndarray, int]:
+    """Covariance of the free parameters at theta; returns (cov, extra evaluations).
+
+    ``jac``: the Jacobian of the residuals at theta where the solver has it already.
+    """
     tobj = prob.theta_objective()
     labels = prob.space.labels
     if prob.gauss_newton and not prob.in_memory:
         H = tobj.normal_equations(theta)[1].cpu().numpy().astype(np.float64)
     elif prob.gauss_newton:
-        r, J = tobj.residuals_and_jacobian(theta)
+        J = jac if jac is not None else tobj.residuals_and_jacobian(theta)[1]
         Jn = J.detach().cpu().numpy().astype(np.float64)
         H = Jn.T @ Jn
     else:

@@ -125,6 +125,7 @@ class Objective:
         self.nhev = 0  # Hessian-vector products / Hessians
         self.njev = 0  # Jacobian evaluations
         self._np_cache: tuple[bytes, float, np.ndarray] | None = None
+        self._last_jac: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -201,6 +202,25 @@ class Objective:
             return self._res(self.as_tensor(z))
 
     def residuals_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals r(z) and the ``m x n`` Jacobian (see :meth:`_residuals_and_jacobian`).
+
+        The last Jacobian is kept (:meth:`jacobian_at`), so that the errors after a
+        Levenberg–Marquardt fit need no second one.
+        """
+        z = self.as_tensor(z)
+        r, J = self._residuals_and_jacobian(z)
+        self._last_jac = (z.clone(), J)
+        return r, J
+
+    def jacobian_at(self, z) -> torch.Tensor | None:
+        """The last Jacobian made by :meth:`residuals_and_jacobian` if it was at exactly
+        ``z``, else None (nothing is evaluated)."""
+        if self._last_jac is None:
+            return None
+        z0, J = self._last_jac
+        return J if torch.equal(z0, self.as_tensor(z)) else None
+
+    def _residuals_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals r(z) and the ``m x n`` Jacobian, one column per backward pass.
 
         Columns come from the double-backward trick: ``w(u) = Jᵀu`` is linear in a
