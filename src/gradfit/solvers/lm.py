@@ -207,8 +207,9 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         NIST StRD it cuts total iterations 3004 -> 1371, e.g. Bennett5 790 -> 43,
         but loses MGH09 from start 1, so it is opt-in), ``geodesic_alpha`` (0.75),
         ``max_nfev`` (residual evaluations, default ``1000 * (n + 1)``), ``polish``
-        (default True: finish with Gauss-Newton or exact-Hessian Newton steps, see
-        ``_polish``).
+        (default True: where the Gauss–Newton step at the end would still move a
+        parameter by more than ``POLISH_REL_STEP`` = 1e-10 relative, finish with
+        Gauss-Newton or exact-Hessian Newton steps, see ``_polish``).
 
     Returns
     -------
