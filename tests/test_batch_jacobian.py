@@ -96,3 +96,25 @@ def test_wrong_or_malformed_jacobian_is_named():
         gradfit.fit_batch(gauss2d, X, Y, params=start(P0), jacobian=shape)
     with pytest.raises(TypeError, match="jacobian must be a callable"):
         gradfit.fit_batch(gauss2d, X, Y, params=start(P0), jacobian=3)
+
+
+def test_poisson_autodiff_through_the_model_with_bounds_and_prior_follows_fit():
+    """The autodiff path that keeps the residual form out of the backward passes."""
+    T, Y, P0 = make_problems(3, "poisson", seed=11)
+    params = start(P0)
+    params["sx"] = gradfit.Param(P0[:, 3], bounds=(0.5, 5.0))
+    priors = {"sy": gradfit.Normal(1.4, 0.05)}
+    res = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood="poisson",
+                            priors=priors)
+    assert res.method == "lm" and res.success.all()
+    for i in range(len(Y)):
+        one = gradfit.fit(gauss2d, X, Y[i], likelihood="poisson", priors=priors,
+                          params={**{n: P0[i, k] for k, n in enumerate(NAMES)},
+                                  "sx": gradfit.Param(P0[i, 3], bounds=(0.5, 5.0))})
+        for n in NAMES:
+            assert abs(res.params[n][i] - one.params[n]) <= 1e-6 * abs(one.params[n])
+            assert abs(res.errors[n][i] - one.errors[n]) <= 1e-6 * one.errors[n]
+    # the prior pulls sy toward 1.4 (two-sided: it moved, and not past the prior mean)
+    plain = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood="poisson")
+    assert np.all(np.abs(res.params["sy"] - 1.4) <= np.abs(plain.params["sy"] - 1.4))
+    assert np.any(res.params["sy"] != plain.params["sy"])
