@@ -107,6 +107,9 @@ def run_fit_loop(Y, P0, lik):
     import gradfit
 
     out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gradfit.FitWarning)
+        gradfit.fit(gauss2d, X, Y[0], params=dict(zip(NAMES, P0[0])), likelihood=lik)  # warm-up
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)
