@@ -197,7 +197,7 @@ def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
 
 def _grid(values, model=None) -> np.ndarray:
     if isinstance(values, BeamMap):
-        z = _map_to_grid(values, values.power)
+        z = _map_to_grid(values, values.masked_power())
         if model is not None:
             model = _map_to_grid(values, np.asarray(model, dtype=np.float64).ravel())
     else:
@@ -424,9 +424,12 @@ def _subset(obs: Observation, picks: list[np.ndarray]) -> Observation:
     maps = []
     for m, idx in zip(obs.maps, picks):
         idx, shape = _sub_grid(m.shape, idx)
+        mask = None if m.mask is None else m.mask[idx]
+        if mask is not None and not mask.any():
+            raise ValueError(f"map {m.name!r}: a replicate holds only masked samples")
         maps.append(BeamMap(u=m.u[idx], v=m.v[idx], power=m.power[idx], dz=m.dz,
                             sigma=None if m.sigma is None else m.sigma[idx], name=m.name,
-                            shape=shape))
+                            shape=shape, mask=mask))
     return dataclasses.replace(obs, maps=maps)
 
 
@@ -448,6 +451,7 @@ def resample_over_scans(
     method: str = "jackknife",
     seed: int = 0,
     return_samples: bool = False,
+    blocks: str = "contiguous",
 ):
     """Parameter standard deviations that respect the correlation along and within scans.
 
@@ -469,6 +473,12 @@ def resample_over_scans(
         Seeds the bootstrap.
     return_samples : bool
         Also return the per-replicate parameters.
+    blocks : {'contiguous', 'interleaved'}
+        Jackknife blocks: ``n`` runs of neighbouring scans, or every ``n``-th scan
+        (block ``k`` = scans ``k, k + n, ...``). Scans are the resampled units either
+        way (the correlation along a scan and the scan offsets stay inside a unit);
+        interleaved blocks each take a representative share of the map, so that a
+        compact beam never loses its whole core to one replicate.
 
     Notes
     -----
@@ -485,6 +495,8 @@ def resample_over_scans(
     """
     if method not in ("jackknife", "bootstrap"):
         raise ValueError(f"method must be 'jackknife' or 'bootstrap', got {method!r}")
+    if blocks not in ("contiguous", "interleaved"):
+        raise ValueError(f"blocks must be 'contiguous' or 'interleaved', got {blocks!r}")
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n}")
     n = int(n)
@@ -510,7 +522,8 @@ def resample_over_scans(
         picks = []
         for u, mem in zip(ids, members):
             if method == "jackknife":
-                drop = set(np.array_split(u, n)[k].tolist())
+                part = u[k::n] if blocks == "interleaved" else np.array_split(u, n)[k]
+                drop = set(part.tolist())
                 chosen = [sid for sid in u if sid not in drop]
             else:
                 chosen = np.sort(rng.choice(u, size=u.size, replace=True))
