@@ -191,3 +191,40 @@ def test_multistart_reports_and_stops():
     assert len(log) == 3 and sum(r["kept"] for r in log) == 1
     assert min(r["neg_log_likelihood"] for r in log) == pytest.approx(
         forced.fit["neg_log_likelihood"])
+
+
+def test_background_plane_jacobian_and_recovery():
+    import torch
+
+    from gradfit.oof.model import BeamModel
+
+    obs, truth = simulate_realistic(seed=3, background_plane=0.01, **SMALL)
+    m = BeamModel(obs, "srt", 3, 48)
+    plane = torch.tensor([[0.01, 0.02], [0.0, 0.03], [0.01, -0.01]], dtype=torch.float64)
+    p = {"K": torch.full((9,), 0.02, dtype=torch.float64), "background_plane": plane}
+    _, d = m.jacobian(p, ["background_plane"])
+    J = torch.autograd.functional.jacobian(lambda x: m({**p, "background_plane": x}), plane)
+    assert float((J - d["background_plane"]).abs().max()) < 1e-12 and float(J.abs().max()) == 1
+    sol = oof.fit(obs, order=3, free=REAL_FREE + ("background_plane",))
+    got = np.array(sol.nuisance["background_plane"]["value"]) * sol.fit["data_scale"]
+    err = np.array(sol.nuisance["background_plane"]["error"]) * sol.fit["data_scale"]
+    assert np.all(np.abs(got - truth["background_plane"]) < 4 * err + 0.5), (got, err)
+    assert np.all(err > 0) and np.all(err < 3)
+
+
+def test_scan_offsets_are_fitted_and_in_the_model():
+    obs, truth = simulate_realistic(seed=1, **SMALL)
+    sol = oof.fit(obs, order=3, free=REAL_FREE + ("scan_offset",))
+    assert sol.success and sol.fit["scan_axis"] == "u"
+    off = np.array(sol.nuisance["scan_offset"]["value"])
+    assert off.shape == (3, 25) and np.all(off[:, 0] == 0.0)
+    # the offsets scatter like the simulated ones (0.5 sigma; in-focus peak units)
+    sd = truth["noise"]["scan_offset_sd"] / sol.fit["data_scale"]
+    assert 0.4 * sd < np.std(off[:, 1:]) < 2.5 * sd
+    # the full model holds them: every scan of the residual averages to about zero
+    for m, mod in zip(obs.maps, sol.model_maps()):
+        r = np.where(m.mask, m.power - mod, np.nan).reshape(25, 25)
+        assert np.all(np.abs(np.nanmean(r[1:], axis=1)) < 0.5 * sol.fit["sigma_value"])
+    assert "scan_offset: 25 scans per map" in str(sol)
+    K = np.array(truth["K_waves"])
+    assert np.all(np.abs(sol.K_waves - K)[1:] < 4 * sol.K_err_waves[1:])

@@ -1,6 +1,7 @@
 """The nuisance parameters of an OOF fit: one table, used by the model, the fit, the CLI and docs.
 
 The model of map ``b`` is ``amp * gain_b * P_b(K, illumination, pointing_b) + background_b``
+(``+ a_b u/h_b + c_b v/h_b`` with ``background_plane``)
 (data in units of the in-focus peak). ``K`` (the Zernike coefficients) is always
 fitted; every parameter here has a default that the model uses when the fit does
 not free it. Per-map parameters hold one value (or pair) per map; those that are
@@ -82,6 +83,10 @@ NUISANCE: dict[str, Nuisance] = {n.name: n for n in (
              help="gain of each map relative to the in-focus map"),
     Nuisance("background", 0.0, None, "in-focus peak", per_map=1,
              help="constant background (offset) of each map"),
+    Nuisance("background_plane", 0.0, None, "in-focus peak at the map half-width",
+             per_map=2,
+             help="background slope (along u, along v) of each map: the plane adds "
+                  "a u/h + b v/h, h the map's half-width max(|u|, |v|)"),
 )}
 
 #: name -> default value, for the model

@@ -67,6 +67,8 @@ class Solution:
     _model: object = field(default=None, repr=False)
     _params: dict = field(default_factory=dict, repr=False)
     _scale: float = field(default=1.0, repr=False)
+    # per-scan offsets of every model sample (in-focus peak units), when fitted
+    _offsets: object = field(default=None, repr=False)
     # memo of the phase grids (derived values only; the solution itself never changes)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -210,7 +212,10 @@ class Solution:
         defined there too).
         """
         with torch.no_grad(), torch_threads(1):
-            flat = self._model(self._params).cpu().numpy() * self._scale
+            flat = self._model(self._params).cpu().numpy()
+        if self._offsets is not None:
+            flat = flat + self._offsets
+        flat = flat * self._scale
         return np.split(flat, np.cumsum(self._model.sizes)[:-1])
 
     # ------------------------------------------------------------------ output
@@ -258,6 +263,13 @@ class Solution:
         jk = self.extra_errors.get("nuisance", {}) if resampled else {}
         free = fit.get("free")
         for name, v in self.nuisance.items():
+            if name == "scan_offset":
+                val, err = np.asarray(v["value"]), np.asarray(v["error"])
+                lines.append(f"scan_offset: {val.shape[1]} scans per map (first fixed), rms "
+                             f"{np.round(np.sqrt(np.mean(val**2, axis=1)), 5).tolist()} +- "
+                             f"{np.round(np.median(err[:, 1:], axis=1), 5).tolist()} "
+                             "in-focus peak")
+                continue
             unit = f" {NUISANCE[name].unit}" if name in NUISANCE and NUISANCE[name].unit else ""
             fixed = " (fixed)" if free is not None and name not in free else ""
             line = (f"{name} = {np.round(v['value'], 5).tolist()} +- "

@@ -58,6 +58,9 @@ AGREE = 0.5
 #: errors are scaled by sqrt(chi2r) and the summary says so (a good fit of a few
 #: thousand samples gives 1 +- 0.05; 1.5 is far outside that)
 CHI2R_LIMIT = 1.5
+#: the optional per-scan offsets (``free=(..., "scan_offset")``): one offset per scan of
+#: each map, relative to the map's first scan (whose offset the background holds)
+SCAN_OFFSET = "scan_offset"
 #: nuisance parameters freed by default for data of the model's own class (maps that
 #: carry their noise sigma, as simulations do)
 IDEAL_FREE = ("amp", "c_dB")
@@ -123,17 +126,17 @@ def _check_inputs(obs, order, telescope, free, start, n_starts, errors, jacobian
     if isinstance(free, str):
         free = (free,)
     free = tuple(free)
-    unknown = [f for f in free if f not in NUISANCE]
+    unknown = [f for f in free if f not in NUISANCE and f != SCAN_OFFSET]
     if unknown:
         raise ValueError(f"unknown free parameter(s) {', '.join(map(repr, unknown))}; choose "
-                         f"from: {', '.join(NUISANCE)}")
+                         f"from: {', '.join(NUISANCE)}, {SCAN_OFFSET}")
     start = dict(start or {})
     bad = [k for k in start if k not in NUISANCE and k != "K"]
     if bad:
         raise ValueError(f"unknown start value(s) {', '.join(map(repr, bad))}; choose from: K, "
                          f"{', '.join(NUISANCE)}")
     if order != "auto":
-        _check_order(obs, order, sum(NUISANCE[f].n_free(len(obs.maps)) for f in free))
+        _check_order(obs, order, _n_nuisance(obs, free))
     if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
             n_starts, (int, np.integer)) or n_starts < 1):
         raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
@@ -165,6 +168,14 @@ def _check_obs(obs: Observation) -> None:
             f"an OOF fit needs at least 2 maps at different defocus; got {len(obs.maps)}")
     if len({round(m.dz, 12) for m in obs.maps}) < 2:
         raise ValueError("all maps have the same defocus dz; OOF needs defocused maps")
+
+
+def _n_nuisance(obs, free) -> int:
+    """Free nuisance values (scan offsets: one per scan and map, less one per map)."""
+    n = sum(NUISANCE[f].n_free(len(obs.maps)) for f in free if f in NUISANCE)
+    if SCAN_OFFSET in free:
+        n += sum(max(min(m.shape) - 1, 0) if m.shape else 0 for m in obs.maps)
+    return n
 
 
 def _max_order(obs: Observation, n_free: int) -> int:
@@ -233,6 +244,9 @@ class _Data:
     keep: np.ndarray | None = None
     map_of: np.ndarray | None = None
     noise: object = None
+    scan_index: np.ndarray | None = None
+    scan_shape: tuple | None = None
+    scan_axis: str | None = None
 
     def select(self, mu):
         """The model (flat, every sample) at the samples of the likelihood."""
@@ -252,6 +266,40 @@ def _scan_axis(obs) -> str:
     if axes and len(set(axes)) == 1 and axes[0] in ("u", "v"):
         return axes[0]
     return "auto"
+
+
+def _with_scans(obs, data: _Data, axis=None) -> _Data:
+    """``data`` with the scan of every model sample (for the per-scan offsets)."""
+    from .noise import detect_scan_axis, scan_labels
+
+    if not all(m.grid_axes() is not None for m in obs.maps):
+        raise ValueError(f"free={SCAN_OFFSET!r} needs maps on a regular grid (rasters of scans)")
+    axis = axis or _scan_axis(obs)
+    if axis == "auto":
+        ref = obs.maps[obs.infocus_index]
+        axis = detect_scan_axis(_noise_grid(ref))
+    labels = [scan_labels(m, axis) for m in obs.maps]
+    S = int(max(lab.max() for lab in labels)) + 1
+    index = np.concatenate([b * S + lab for b, lab in enumerate(labels)])
+    return dataclasses.replace(data, scan_index=index, scan_shape=(len(obs.maps), S),
+                               scan_axis=axis)
+
+
+def _noise_grid(m):
+    return m.masked_power().reshape(m.shape)
+
+
+def _evaluate(model: BeamModel, p: dict, data: _Data, index=None):
+    """The model at every sample, per-scan offsets included (flat, map after map)."""
+    q = dict(p)
+    so = q.pop(SCAN_OFFSET, None)
+    mu = model(q)
+    if so is not None:
+        so = torch.as_tensor(so, dtype=mu.dtype, device=mu.device).reshape(-1)
+        idx = index if index is not None else torch.as_tensor(data.scan_index,
+                                                              device=mu.device)
+        mu = mu + so[idx]
+    return mu
 
 
 def _honest_noise(obs, models=None):
@@ -344,8 +392,11 @@ class _Bound:
     """
 
     def __init__(self, model: BeamModel, const: dict, names: tuple, report, start_index,
-                 keep=None):
+                 keep=None, data=None):
         self.model, self.const, self.names = model, const, names
+        self.data = data
+        self.scan_index = (None if data is None or data.scan_index is None else
+                           torch.as_tensor(data.scan_index, device=model.device))
         self.report, self.start_index = report, start_index
         self.calls, self.last = 0, 0.0
         # masked samples: the model runs on the full grid (fast transform), the
@@ -363,11 +414,22 @@ class _Bound:
         return q
 
     def __call__(self, p, x):
-        mu = self.model(self._merged(p))
+        mu = _evaluate(self.model, self._merged(p), self.data, self.scan_index)
         return mu if self.keep is None else mu[self.keep]
 
     def jacobian(self, p, x):
-        mu, d = self.model.jacobian(self._merged(p), self.names)
+        q = self._merged(p)
+        so = q.pop(SCAN_OFFSET, None)
+        names = tuple(n for n in self.names if n != SCAN_OFFSET)
+        mu, d = self.model.jacobian(q, names)
+        if so is not None:
+            # offsets: one indicator column per scan
+            so = torch.as_tensor(so, dtype=mu.dtype, device=mu.device)
+            mu = mu + so.reshape(-1)[self.scan_index]
+            if SCAN_OFFSET in self.names:
+                D = mu.new_zeros(mu.numel(), so.numel())
+                D[torch.arange(mu.numel(), device=mu.device), self.scan_index] = 1.0
+                d[SCAN_OFFSET] = D.reshape(mu.numel(), *so.shape)
         if self.keep is None:
             return mu, d
         return mu[self.keep], {k: v[self.keep] for k, v in d.items()}
@@ -387,6 +449,11 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
             const[name] = np.broadcast_to(np.asarray(s.start[name], dtype=np.float64),
                                           spec.shape(B)).copy()
     for name in s.free:  # in the order given; amp last (its start needs the others)
+        if name == SCAN_OFFSET:
+            fixed = np.zeros(data.scan_shape, dtype=bool)
+            fixed[:, 0] = True  # the first scan's offset is the map's background
+            params[name] = gradfit.Param(np.zeros(data.scan_shape), fixed=fixed)
+            continue
         spec = NUISANCE[name]
         if name == "amp":
             continue
@@ -407,7 +474,7 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
             p0 = {k: (v.value if isinstance(v, gradfit.Param) else v) for k, v in params.items()}
             p0.update(const)
             with torch.no_grad():
-                m0 = data.select(model(p0).cpu().numpy())
+                m0 = data.select(_evaluate(model, p0, data).cpu().numpy())
             w = 1 / data.sigma**2
             amp0 = float(np.sum(w * data.y * m0) / np.sum(w * m0 * m0))
         params["amp"] = float(amp0)
@@ -419,7 +486,7 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
 def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int):
     """One call of :func:`gradfit.fit` from full-length start coefficients ``K0``."""
     params, const = _parameters(model, data, s, K0)
-    bound = _Bound(model, const, tuple(params), s.report, start_index, data.keep)
+    bound = _Bound(model, const, tuple(params), s.report, start_index, data.keep, data)
     jac = bound.jacobian if s.jacobian and model.transform == "mft" else None
     with warnings.catch_warnings():
         # c_dB ending on its bound is reported in the fit message, not as a warning
@@ -440,7 +507,7 @@ def _misfit(res, const, model, data: _Data) -> float:
     p = dict(const)
     p.update(res.params)
     with torch.no_grad():
-        mu = data.select(model(p).cpu().numpy())
+        mu = data.select(_evaluate(model, p, data).cpu().numpy())
     r = (data.y - mu) / data.sigma
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
@@ -583,7 +650,7 @@ def _statistics(obs, model, data: _Data, best, const, likelihood_name: str) -> d
     p = dict(const)
     p.update(best.params)
     with torch.no_grad():
-        mu_full = model(p).cpu().numpy()
+        mu_full = _evaluate(model, p, data).cpu().numpy()
     mu = data.select(mu_full)
     resid = data.y - mu
     chi2_first = float(np.sum((resid / data.sigma) ** 2))
@@ -641,7 +708,7 @@ def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.
         if name in res.params:
             v = np.asarray(res.params[name])
             e = np.asarray(res.errors[name]) * error_scale
-            if name == "background":
+            if name in ("background", "background_plane"):
                 e = e * bg_scale
             out[name] = {"value": v.tolist() if v.ndim else float(v),
                          "error": e.tolist() if e.ndim else float(e)}
@@ -649,6 +716,9 @@ def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.
             v = np.asarray(const[name])
             out[name] = {"value": v.tolist() if v.ndim else float(v),
                          "error": np.zeros_like(v).tolist() if v.ndim else 0.0}
+    if SCAN_OFFSET in res.params:
+        out[SCAN_OFFSET] = {"value": np.asarray(res.params[SCAN_OFFSET]).tolist(),
+                            "error": (np.asarray(res.errors[SCAN_OFFSET]) * error_scale).tolist()}
     return out
 
 
@@ -688,13 +758,18 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
         "data_scale": data.scale,
     }
     fit_info.update(stats)
+    if data.scan_axis is not None:
+        fit_info["scan_axis"] = data.scan_axis
+    offsets = None
+    if SCAN_OFFSET in params:
+        offsets = np.asarray(params.pop(SCAN_OFFSET)).reshape(-1)[data.scan_index]
     return Solution(
         telescope=tel, order=order, wavelength_m=float(obs.wavelength_m),
         frequency_hz=float(obs.frequency_hz), labels=zernike_labels(order), K_waves=K,
         K_err_waves=Ke,
         nuisance=_nuisance_summary(best, const, scale, stats["background_error_scale"]),
         fit=fit_info, result=best, extra_errors=extra, illumination=model.illumination,
-        _model=model, _params=params, _scale=data.scale)
+        _model=model, _params=params, _scale=data.scale, _offsets=offsets)
 
 
 # ------------------------------------------------------- 8. resampled errors
@@ -730,7 +805,7 @@ def _resampled_errors(obs, sol: Solution, kwargs: dict, method: str, opts: dict,
         rep_scale = float(np.max(ref.power[ref.valid]))
         start = {"K": sol.K_waves}
         for name, v in sol.nuisance.items():
-            if name != "amp":
+            if name not in ("amp", SCAN_OFFSET):  # a replicate has other scans
                 val = np.asarray(v["value"], dtype=np.float64)
                 start[name] = val * full_scale / rep_scale if name in in_peak else val
         maps = [dataclasses.replace(m, sigma=np.full(m.n, sigma)) for m in o.maps]
@@ -738,6 +813,8 @@ def _resampled_errors(obs, sol: Solution, kwargs: dict, method: str, opts: dict,
                 start=start, n_starts=1, errors="none", grid=sol.fit["grid_cells"], **kwargs)
         out = {"K": r.K_waves}
         for name in free:
+            if name == SCAN_OFFSET:
+                continue
             val = (r._params.get(name) if name == "amp" else
                    r.nuisance.get(name, {}).get("value"))
             if val is not None:
@@ -889,6 +966,8 @@ def fit(
                                             errors, jacobian, transform)
     report = _reporter(progress)
     data = _data(obs, likelihood)
+    if SCAN_OFFSET in free:
+        data = _with_scans(obs, data)
     n_threads = 1 if threads is None else int(threads)
     common = dict(telescope=tel, likelihood=likelihood, method=method, device=device,
                   dtype=dtype, priors=priors, transform=transform, illumination=illumination,
@@ -933,7 +1012,7 @@ def _auto_order(obs, tel, data: _Data, free, grid, illumination, max_auto_order:
     """``order='auto'``: orders upwards, the lowest BIC (:func:`.order.select_order`)."""
     from .order import select_order
 
-    n_nuis = sum(NUISANCE[f].n_free(len(obs.maps)) for f in free)
+    n_nuis = _n_nuisance(obs, free)
     top = min(_max_order(obs, n_nuis), int(max_auto_order))
     if top < 1:
         raise ValueError("order='auto': the maps are too small for any order")
