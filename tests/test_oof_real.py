@@ -228,3 +228,126 @@ def test_scan_offsets_are_fitted_and_in_the_model():
     assert "scan_offset: 25 scans per map" in str(sol)
     K = np.array(truth["K_waves"])
     assert np.all(np.abs(sol.K_waves - K)[1:] < 4 * sol.K_err_waves[1:])
+
+
+# ------------------------------------------------------------------------ the CLI
+def _run(*args):
+    from click.testing import CliRunner
+
+    from gradfit.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line(result):
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("gradfit: warning:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def text_maps(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    _, truth = simulate_realistic(seed=5, text_dir=folder, **SMALL)
+    return folder, truth
+
+
+def test_cli_fits_text_maps_with_the_defaults(text_maps):
+    from gradfit.oof import io
+
+    folder, truth = text_maps
+    files = truth["text_files"]
+    out = folder / "out"
+    r = _run("oof", "fit", *files, "--dz", "-0.027,0,0.027", "--telescope", "srt",
+             "--freq-ghz", 22.23, "--order", 3, "--out", out, "--no-figures", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "masked 1 flagged sample" in r.stderr and "map map0: chi2r" in r.stderr
+    data = json.loads(r.stdout)
+    assert data["fit"]["free"] == list(REAL_FREE) and data["fit"]["n_masked"] == 3
+    assert set(data["nuisance"]) >= {"gain", "background", "pointing"}
+    K = np.array(truth["K_waves"])
+    got = np.array([z["value_waves"] for z in data["zernike"]])
+    err = np.array([z["error_waves"] for z in data["zernike"]])
+    assert np.all(np.abs(got - K)[1:] < 4 * err[1:])
+    # model.fits: the full model at the observed samples; data - model is noise
+    model = io.read(out / "model.fits")
+    obs = _from_text(truth)
+    for m, mm in zip(obs.maps, model.maps):
+        r_ = (m.power - mm.power)[m.mask]
+        assert 0.7 < np.std(r_) / data["fit"]["sigma_value"] < 1.3
+    assert (out / "observation.fits").exists()
+    # the nuisance parameters can be turned off
+    r = _run("oof", "fit", *files, "--dz", "-0.027,0,0.027", "--telescope", "srt",
+             "--freq-ghz", 22.23, "--order", 3, "--out", folder / "off", "--no-figures",
+             "--json", "--free", "amp,c_dB", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["fit"]["free"] == ["amp", "c_dB"]
+
+
+def test_cli_convert(text_maps, tmp_path):
+    from gradfit.oof import io
+
+    _, truth = text_maps
+    out = tmp_path / "obs.fits"
+    r = _run("oof", "convert", *truth["text_files"], "--dz", "-0.027,0,0.027", "--telescope",
+             "srt", "--freq-ghz", 22.23, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    back = io.read(out)
+    assert [m.dz for m in back.maps] == [-0.027, 0.0, 0.027]
+    assert [m.n for m in back.maps] == [624, 624, 624]  # the flagged sample left out
+    assert back.frequency_hz == pytest.approx(22.23e9)
+    r = _run("oof", "convert", *truth["text_files"], "--dz", "-0.027,0,0.027", "--freq-ghz",
+             22.23, "--out", out)
+    assert "exists; pass --overwrite" in _one_line(r)
+
+
+def test_cli_bad_input_one_line_exit_2(text_maps, tmp_path):
+    _, truth = text_maps
+    good = truth["text_files"]
+    bad_cols = tmp_path / "cols.txt"
+    bad_cols.write_text("# units: arcsec\n1 2 3\n1 2\n")
+    bad_num = tmp_path / "num.txt"
+    bad_num.write_text("1 2 3\n1 2 abc\n")
+    few = tmp_path / "few.txt"
+    few.write_text("".join(f"{i} {i} 1\n" for i in range(5)))
+    other = tmp_path / "other.txt"
+    textio.write_text(other, np.repeat(np.arange(5.0), 4), np.tile(np.arange(4.0), 5),
+                      np.ones(20), units="arcsec")
+    neg = tmp_path / "neg.toml"
+    neg.write_text('diameter_m = 64.0\nFp_m = -21.0\nF_eff_m = 150.0\n')
+    missing = tmp_path / "missing.toml"
+    missing.write_text('diameter_m = 64.0\nF_eff_m = 150.0\n')
+    dz = ("--dz", "-0.027,0,0.027")
+    base = ("--freq-ghz", 22.23, "--order", 3, "--out", tmp_path / "o")
+    cases = [
+        ((bad_cols, *good[1:], *dz, "--telescope", "srt"), "line 3: 2 columns, expected 3"),
+        ((bad_num, *good[1:], *dz, "--telescope", "srt"), "column 3 (power) is not a number"),
+        ((few, *good[1:], *dz, "--telescope", "srt"), "5 samples; a beam map needs at least 10"),
+        ((*good, "--dz", "-0.027,0.027", "--telescope", "srt"), "dz has 2 values for 3 files"),
+        ((*good, *dz, "--telescope", "srt", "--units", "furlong"), "unknown unit 'furlong'"),
+        ((*good, *dz, "--telescope", neg), "field 'Fp_m' must be > 0"),
+        ((*good, *dz, "--telescope", missing), "missing field 'Fp_m'"),
+        ((*good, *dz, "--telescope", tmp_path / "nope.toml"), "nope.toml"),
+        ((other, *good[1:], *dz, "--telescope", "srt"), "maps on different grids"),
+        ((*good, *dz), "--telescope is required for text maps"),
+    ]
+    for args, expect in cases:
+        line = _one_line(_run("oof", "fit", *args, *base))
+        assert expect in line, (expect, line)
+    line = _one_line(_run("oof", "fit", *good, *dz, "--telescope", "srt", "--order", 3,
+                          "--out", tmp_path / "o"))
+    assert "--freq-ghz is required" in line
+
+
+def test_signal_mask_helpers_match_scipy():
+    from scipy.ndimage import binary_dilation, uniform_filter
+
+    from gradfit.oof.noise import _box3, _dilate_cross
+
+    Z = np.random.default_rng(0).normal(size=(17, 23))
+    np.testing.assert_allclose(_box3(Z), uniform_filter(Z, size=3, mode="nearest"),
+                               rtol=0, atol=1e-14)
+    B = Z > 1.2
+    assert np.array_equal(_dilate_cross(B), binary_dilation(B, iterations=1))

@@ -42,6 +42,9 @@ class Nuisance:
         For per-map parameters: the in-focus map's entry stays at the default.
     on_by_default : bool
         Freed by :func:`gradfit.oof.fit` unless ``free=`` says otherwise.
+    on_for_measured : bool
+        Also freed by default for measured maps (maps without a noise sigma, as read
+        from files or text; see :func:`gradfit.oof.solve.default_free`).
     help : str
         One line for the CLI and the docs.
     """
@@ -54,6 +57,7 @@ class Nuisance:
     infocus_fixed: bool = False
     on_by_default: bool = False
     help: str = ""
+    on_for_measured: bool = False
 
     def shape(self, n_maps: int) -> tuple:
         """Shape of the parameter for an observation of ``n_maps`` maps."""
@@ -78,11 +82,12 @@ NUISANCE: dict[str, Nuisance] = {n.name: n for n in (
     Nuisance("x0", 0.0, None, "m", help="illumination centre offset along x"),
     Nuisance("y0", 0.0, None, "m", help="illumination centre offset along y"),
     Nuisance("pointing", 0.0, None, "lambda/D", per_map=2, infocus_fixed=True,
-             help="pointing offset (u, v) of each map relative to the in-focus map"),
+             help="pointing offset (u, v) of each map relative to the in-focus map",
+             on_for_measured=True),
     Nuisance("gain", 1.0, None, "", per_map=1, infocus_fixed=True,
-             help="gain of each map relative to the in-focus map"),
+             help="gain of each map relative to the in-focus map", on_for_measured=True),
     Nuisance("background", 0.0, None, "in-focus peak", per_map=1,
-             help="constant background (offset) of each map"),
+             help="constant background (offset) of each map", on_for_measured=True),
     Nuisance("background_plane", 0.0, None, "in-focus peak at the map half-width",
              per_map=2,
              help="background slope (along u, along v) of each map: the plane adds "
@@ -99,7 +104,8 @@ def nuisance_help() -> str:
     for n in NUISANCE.values():
         unit = f" {n.unit}" if n.unit else ""
         per = " per map" if n.per_map else ""
-        on = ", fitted by default" if n.on_by_default else ""
+        on = (", fitted by default" if n.on_by_default else
+              ", fitted by default for measured maps" if n.on_for_measured else "")
         lines.append(f"{n.name}: {n.help}{per} (default {n.default:g}{unit}{on})")
     return "\n".join(lines)
 

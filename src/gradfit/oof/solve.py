@@ -63,9 +63,10 @@ CHI2R_LIMIT = 1.5
 SCAN_OFFSET = "scan_offset"
 #: nuisance parameters freed by default for data of the model's own class (maps that
 #: carry their noise sigma, as simulations do)
-IDEAL_FREE = ("amp", "c_dB")
-#: freed by default for measured maps (no sigma given: data read from files or text)
-REAL_FREE = ("amp", "c_dB", "pointing", "gain", "background")
+IDEAL_FREE = tuple(k for k, v in NUISANCE.items() if v.on_by_default)
+#: freed by default for measured maps (no sigma given: data read from files or text):
+#: amp, c_dB, pointing, gain, background
+REAL_FREE = IDEAL_FREE + tuple(k for k, v in NUISANCE.items() if v.on_for_measured)
 
 
 def default_free(obs) -> tuple:
