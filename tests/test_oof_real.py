@@ -278,6 +278,10 @@ def test_cli_fits_text_maps_with_the_defaults(text_maps):
         r_ = (m.power - mm.power)[m.mask]
         assert 0.7 < np.std(r_) / data["fit"]["sigma_value"] < 1.3
     assert (out / "observation.fits").exists()
+    # the figures can be drawn again from the result alone (data, model, residual)
+    r = _run("oof", "plot", out)
+    assert r.exit_code == 0, r.stderr
+    assert (out / "maps.png").stat().st_size > 10_000
     # the nuisance parameters can be turned off
     r = _run("oof", "fit", *files, "--dz", "-0.027,0,0.027", "--telescope", "srt",
              "--freq-ghz", 22.23, "--order", 3, "--out", folder / "off", "--no-figures",

@@ -338,6 +338,18 @@ def _telescope_radii(name):
     return rim, inner
 
 
+def _at_samples(model_map: BeamMap, m: BeamMap) -> np.ndarray:
+    """``model_map``'s power at the sample positions of ``m`` (a subset of its samples);
+    the model unchanged when they are not a subset (the caller then reports it)."""
+    scale = max(float(np.ptp(model_map.u)), float(np.ptp(model_map.v)), 1e-300) * 1e-9
+    key = {(round(u / scale), round(v / scale)): i
+           for i, (u, v) in enumerate(zip(model_map.u, model_map.v))}
+    idx = [key.get((round(u / scale), round(v / scale))) for u, v in zip(m.u, m.v)]
+    if any(i is None for i in idx):
+        return model_map.power
+    return model_map.power[np.asarray(idx, dtype=int)]
+
+
 def _number(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
@@ -390,7 +402,12 @@ def plot_dir(
     if (outdir / "model.fits").exists():
         mobs = io.read(outdir / "model.fits")
         model = [m.power for m in mobs.maps]
-        if [m.n for m in mobs.maps] != [m.n for m in obs.maps]:
+        if len(mobs.maps) == len(obs.maps):
+            # an observation read back without its flagged samples (a reader that drops
+            # NaN): the model at the samples it kept
+            model = [_at_samples(mm, m) if mm.n != m.n else p
+                     for mm, m, p in zip(mobs.maps, obs.maps, model)]
+        if [p.size for p in model] != [m.n for m in obs.maps]:
             raise io.OOFDataError(
                 f"{outdir / 'model.fits'}: model maps do not match the observation's "
                 f"({[m.n for m in mobs.maps]} vs {[m.n for m in obs.maps]} samples)"
