@@ -974,7 +974,7 @@ def fit(
                   dtype=dtype, priors=priors, transform=transform, illumination=illumination,
                   threads=threads, max_iter=max_iter, jacobian=jacobian)
 
-    def run(order_, grid_):
+    def run(order_, grid_, extras=True):
         s = _Settings(order=order_, telescope=tel, free=free, start=start, method=method,
                       priors=priors, max_iter=max_iter, device=resolve_device(device),
                       dtype=dtype, jacobian=jacobian != "autodiff", report=report,
@@ -990,7 +990,7 @@ def fit(
             extra = {}
             if errors == "none":
                 extra = {"method": "none"}
-            elif errors in ("profile", "mcmc") and best.success:
+            elif errors in ("profile", "mcmc") and best.success and extras:
                 extra = _extra_errors(best, errors, dict(error_options or {}), report)
             stats = _statistics(obs, model, data, best, const,
                                 getattr(data.likelihood, "name", str(likelihood)))
@@ -998,8 +998,13 @@ def fit(
                          n_threads, extra, t_start, starts, stats)
 
     if order == "auto":
-        sol = _auto_order(obs, tel, data, free, grid, illumination, max_auto_order, run,
-                          report)
+        # every order with its Hessian errors; profile/MCMC only for the chosen one
+        sol = _auto_order(obs, tel, data, free, grid, illumination, max_auto_order,
+                          lambda o, g: run(o, g, extras=False), report)
+        if errors in ("profile", "mcmc") and sol.success:
+            with torch_threads(n_threads):
+                extra = _extra_errors(sol.result, errors, dict(error_options or {}), report)
+            sol = dataclasses.replace(sol, extra_errors=extra, _cache={})
     else:
         sol = run(order, grid)
     if errors in ("jackknife", "bootstrap"):
