@@ -35,7 +35,7 @@ def test_public_surface():
     public = {n for n in dir(gradfit) if not n.startswith("_")}
     modules = {"fitting", "likelihoods", "objective", "params", "priors", "result", "solvers",
                "uncertainty", "nist", "profile", "sampling", "oof", "bench", "cli", "serialize",
-               "batch"}
+               "batch", "uncertainty_scale", "data", "distributed"}
     assert public - modules == expected
 
 

@@ -216,7 +216,6 @@ def test_assess_names_telescope_units_and_defocus(sim):
 # ------------------------------------------------------------------ output step
 def test_nan_coefficient_errors_do_not_crash_the_output(tmp_path):
     from gradfit import oof
-    from gradfit.oof import output
 
     obs = simulate(order=2, npix=9, snr=1000, seed=3)
     sol = oof.fit(obs, order=2, telescope="effelsberg")
@@ -230,7 +229,7 @@ def test_nan_coefficient_errors_do_not_crash_the_output(tmp_path):
     Degenerate.cov = cov
     bad = dataclasses.replace(sol, result=Degenerate(), _cache={})
     with pytest.warns(UserWarning, match="coefficient errors are not finite"):
-        data = output.write_fit_result(tmp_path, bad, obs)
+        data = io.write_fit_result(tmp_path, bad, obs)
     assert math.isnan(data["surface_error_rms_um"])
     err, _, _ = io.read_image(tmp_path / "surface_error.fits")
     assert np.all(np.isnan(err))

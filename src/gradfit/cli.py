@@ -603,12 +603,13 @@ def _publish(rd, sol, obs, *, input_path, settings, adequacy, figures, failed, q
             io.write(obs, rd.staging / "observation.fits")
             if sha is None:  # no input file of its own (the demo): the observation is it
                 sha = output.file_sha256(rd.staging / "observation.fits")
-        data = output.write_fit_result(rd.staging, sol, obs, input_path=input_path,
-                                       input_sha256=sha, settings=settings,
-                                       adequacy=adequacy)
-        if figures:  # after the solution files, from them
+        data = io.write_fit_result(rd.staging, sol, obs, input_path=input_path,
+                                   input_sha256=sha, settings=settings, adequacy=adequacy)
+        if figures:  # after the solution files, from them (matplotlib is imported only now)
+            from gradfit.oof import plots
+
             try:
-                output.draw_figures(rd.staging, obs)
+                plots.plot_dir(rd.staging, obs)
             except (OSError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # noqa: BLE001 - a figure must not cost the solution
@@ -686,6 +687,7 @@ _text_options = [
 ]
 
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
+_TEXT_SUFFIXES = (".txt", ".csv", ".dat", ".tsv", ".asc")
 
 
 def _is_fits(path) -> bool:
@@ -704,7 +706,11 @@ def _read_input(files, dz, freq_ghz, units, telescope, need_telescope=True):
     from gradfit.oof import textio
 
     files = list(files)
-    if len(files) == 1 and _is_fits(files[0]):
+    # one file is a FITS observation (the reader's own checks refuse anything else),
+    # unless it is named or described as a text map
+    texty = (str(files[0]).lower().endswith(_TEXT_SUFFIXES) or dz is not None
+             or freq_ghz is not None or units is not None) and not _is_fits(files[0])
+    if len(files) == 1 and not texty:
         for opt, val in (("--dz", dz), ("--freq-ghz", freq_ghz), ("--units", units)):
             if val is not None:
                 raise CLIError(f"{opt} is for text maps; {files[0]} is a FITS file that "

@@ -35,8 +35,9 @@ class FitResult:
     params, errors : dict
         Best-fit values and their 1σ errors by parameter name (floats, or arrays
         for vector parameters; errors of fixed elements are 0).
-    cov, corr : ndarray
-        Covariance and correlation of the free elements, in the order of ``names``.
+    cov, corr : ndarray or None
+        Covariance and correlation of the free elements, in the order of ``names``;
+        None above ``gradfit.uncertainty_scale.DENSE_LIMIT`` free parameters.
     names : list of str
         Labels of the free elements (``'b1'``, or ``'c[3]'`` for an array element).
     fun : float
@@ -58,6 +59,10 @@ class FitResult:
         parameter space), kept so that :meth:`profile`, :meth:`interval` and
         :func:`gradfit.sampling.sample_result` can re-minimise or sample it; None
         for a result built by hand.
+    error_method : str
+        How the errors were obtained: ``'dense-gauss-newton'``, ``'dense-hessian'``,
+        ``'cg-…'`` (exact marginal variances by CG), ``'hutchinson-…'`` (stochastic
+        diagonal) or ``'none'``.
     """
 
     params: dict
@@ -77,6 +82,7 @@ class FitResult:
     dof: int | None = None
     at_bounds: tuple = ()
     problem: object = field(default=None, repr=False, compare=False)
+    error_method: str = ""
 
     # ------------------------------------------------------------ follow-ups
     def profile(self, name: str, **kwargs):
@@ -111,10 +117,19 @@ class FitResult:
             "ndata": self.ndata,
             "dof": self.dof,
             "at_bounds": list(self.at_bounds),
+            "error_method": self.error_method,
         })
 
     def _rows(self):
-        sd = np.sqrt(np.diag(self.cov)) if self.cov.size else np.array([])
+        if self.cov is not None:
+            sd = np.sqrt(np.diag(self.cov)) if self.cov.size else np.array([])
+        else:  # no dense covariance: the errors dict, flattened like names
+            sd = np.concatenate([np.ravel(np.asarray(e, dtype=np.float64))
+                                 for e in self.errors.values()]) if self.errors else np.zeros(0)
+            flat = [f"{k}[{','.join(map(str, i))}]" if np.ndim(v) else k
+                    for k, v in self.params.items() for i in np.ndindex(*np.shape(v))]
+            pos = {lbl: i for i, lbl in enumerate(flat)}
+            sd = np.array([sd[pos[lbl]] for lbl in self.names])
         values = {}
         for name, v in self.params.items():
             if np.ndim(v) == 0:
@@ -123,9 +138,10 @@ class FitResult:
                 for idx in np.ndindex(*np.shape(v)):
                     values[f"{name}[{','.join(map(str, idx))}]"] = float(np.asarray(v)[idx])
         rows = []
+        index = {lbl: i for i, lbl in enumerate(self.names)}  # O(n): fits can be large
         for label, v in values.items():
-            if label in self.names:
-                e = float(sd[self.names.index(label)])
+            if label in index:
+                e = float(sd[index[label]])
                 note = "at bound" if label in self.at_bounds else ""
             else:
                 e, note = 0.0, "fixed"

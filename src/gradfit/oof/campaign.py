@@ -73,8 +73,9 @@ def _chi2_reduced(sol, obs) -> float | None:
     return r2 / max(n - npar, 1)
 
 
-def _fit_one(source, name, order, telescope, fit_kwargs, out, write):
-    """Read and fit one observation; never raises (the reason goes into the row)."""
+def _fit_one(source, name, order, telescope, fit_kwargs, out, overwrite=False):
+    """Read, fit and (with ``out``) write one observation; never raises: a failure is
+    the row's ``reason``."""
     from . import io as oio
     from .solve import fit
 
@@ -91,12 +92,20 @@ def _fit_one(source, name, order, telescope, fit_kwargs, out, write):
     row = _row_from_solution(name, file, obs, sol, time.perf_counter() - t0)
     if not sol.success:
         row["reason"] = f"fit failed: {row['message']}"
-    if write and out is not None:
+    if out is not None:
+        from .io import write_fit_result
+        from .output import ResultDir, file_sha256
+
         try:
-            oio.write_solution(sol, Path(out) / name, extra={"input": {"path": file or None}})
-        except OSError as exc:
+            sha = file_sha256(file) if file else None
+            with ResultDir(Path(out) / name, inputs=[file] if file else (), input_sha256=sha,
+                           overwrite=overwrite) as rd:
+                write_fit_result(rd.staging, sol, obs, input_path=file or None,
+                                 input_sha256=sha, settings={"order": order})
+                rd.commit()
+        except (OSError, ValueError) as exc:
             row["success"] = False
-            row["reason"] = f"cannot write results: {exc.strerror or exc}"
+            row["reason"] = f"cannot write results: {_one_line(exc)}"
     return row, sol
 
 
@@ -234,6 +243,7 @@ def fit_many(
     out=None,
     dask=None,
     progress=None,
+    overwrite: bool = False,
     **fit_kwargs,
 ) -> CampaignResult:
     """Fit many observations, each on its own, and summarise them.
@@ -254,6 +264,9 @@ def fit_many(
         observations; the numbers are the same as in process.
     progress : callable, optional
         Called as ``progress(done, total, row)`` after each observation.
+    overwrite : bool
+        Replace an earlier result of a different input in ``out/NAME/`` (each is
+        written atomically, as by ``gradfit oof fit``; see :mod:`gradfit.oof.output`).
     **fit_kwargs :
         Passed to :func:`gradfit.oof.fit` (e.g. ``likelihood``, ``free``).
 
@@ -270,14 +283,14 @@ def fit_many(
     sols: dict = {}
     if dask is None:
         for i, (s, nm) in enumerate(zip(sources, names)):
-            rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, True)
+            rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, overwrite)
             if progress is not None:
                 progress(i + 1, len(sources), rows[i])
     else:
         client, own = _dask_client(dask)
         try:
             futs = [client.submit(_fit_row, s, nm, order, telescope, fit_kwargs,
-                                  None if out is None else str(out), pure=False)
+                                  None if out is None else str(out), overwrite, pure=False)
                     for s, nm in zip(sources, names)]
             from dask.distributed import as_completed
 
@@ -303,12 +316,12 @@ def fit_many(
     return res
 
 
-def _fit_row(source, name, order, telescope, fit_kwargs, out):
+def _fit_row(source, name, order, telescope, fit_kwargs, out, overwrite):
     """Dask task: the row only (solutions stay on the worker; their files are written)."""
     import torch
 
     torch.set_num_threads(1)
-    row, _ = _fit_one(source, name, order, telescope, fit_kwargs, out, True)
+    row, _ = _fit_one(source, name, order, telescope, fit_kwargs, out, overwrite)
     return row
 
 

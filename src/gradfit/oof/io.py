@@ -40,6 +40,7 @@ __all__ = [
     "write",
     "write_solution",
     "write_maps",
+    "write_fit_result",
     "PYOOF_MAP_NAMES",
     "MAX_INPUT_BYTES",
 ]
@@ -821,3 +822,47 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple | None, dict]
         y0 = header["CRVAL2"] - (header["CRPIX2"] - 0.5) * header["CDELT2"]
         extent = (x0, x0 + nx * header["CDELT1"], y0, y0 + ny * header["CDELT2"])
     return data, extent, header
+
+
+def write_fit_result(staging, sol, obs, *, input_path=None, input_sha256=None,
+                     settings=None, adequacy=None, extra=None) -> dict:
+    """Write a fit's files into ``staging``: solution.json, the FITS maps, model.fits.
+
+    Parameters
+    ----------
+    staging : path-like
+        The directory to write into (:attr:`gradfit.oof.output.ResultDir.staging`).
+    sol : Solution
+        From :func:`gradfit.oof.fit`.
+    obs : Observation
+        The fitted observation (sample positions of ``model.fits``).
+    input_path, input_sha256 : optional
+        Recorded under ``input`` in solution.json (the fingerprint decides later
+        whether a refit may replace this result).
+    settings : dict, optional
+        The fit's settings, recorded under ``settings``.
+    adequacy : dict, optional
+        From :func:`gradfit.oof.checks.assess`, recorded under ``adequacy``.
+    extra : dict, optional
+        More top-level keys.
+
+    Returns
+    -------
+    dict
+        The JSON written.
+    """
+    staging = Path(staging)
+    info = {
+        "path": str(Path(input_path).resolve()) if input_path else None,
+        "sha256": input_sha256,
+        "layout": obs.layout,
+        "n_maps": len(obs.maps),
+        "points_per_map": [m.n for m in obs.maps],
+    }
+    more = {"input": info, "settings": dict(settings or {})}
+    if adequacy is not None:
+        more["adequacy"] = dict(adequacy)
+    more.update(extra or {})
+    data = write_solution(sol, staging, extra=more)
+    write_maps(obs, sol.model_maps(), staging / "model.fits")
+    return data

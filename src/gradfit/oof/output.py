@@ -39,8 +39,6 @@ __all__ = [
     "file_sha256",
     "ResultDir",
     "locked",
-    "write_fit_result",
-    "draw_figures",
 ]
 
 #: Every file a 'gradfit oof fit' (or 'gradfit demo') result directory may hold.
@@ -432,60 +430,3 @@ def _is_inside(path: Path, directory: Path) -> bool:
     except OSError:
         return False
     return p == d or d in p.parents
-
-
-# ------------------------------------------------------------------ fit results
-def write_fit_result(staging, sol, obs, *, input_path=None, input_sha256=None,
-                     settings=None, adequacy=None, extra=None) -> dict:
-    """Write a fit's files into ``staging``: solution.json, the FITS maps, model.fits.
-
-    Parameters
-    ----------
-    staging : path-like
-        The directory to write into (:attr:`ResultDir.staging`).
-    sol : Solution
-        From :func:`gradfit.oof.fit`.
-    obs : Observation
-        The fitted observation (sample positions of ``model.fits``).
-    input_path, input_sha256 : optional
-        Recorded under ``input`` in solution.json (the fingerprint decides later
-        whether a refit may replace this result).
-    settings : dict, optional
-        The fit's settings, recorded under ``settings``.
-    adequacy : dict, optional
-        From :func:`gradfit.oof.checks.assess`, recorded under ``adequacy``.
-    extra : dict, optional
-        More top-level keys.
-
-    Returns
-    -------
-    dict
-        The JSON written.
-    """
-    from gradfit.oof import io
-
-    staging = Path(staging)
-    info = {
-        "path": str(Path(input_path).resolve()) if input_path else None,
-        "sha256": input_sha256,
-        "layout": obs.layout,
-        "n_maps": len(obs.maps),
-        "points_per_map": [m.n for m in obs.maps],
-    }
-    more = {"input": info, "settings": dict(settings or {})}
-    if adequacy is not None:
-        more["adequacy"] = dict(adequacy)
-    more.update(extra or {})
-    data = io.write_solution(sol, staging, extra=more)
-    io.write_maps(obs, sol.model_maps(), staging / "model.fits")
-    return data
-
-
-def draw_figures(directory, obs) -> list:
-    """Draw maps.png and surface.png (and surface_error.png) from the files in ``directory``.
-
-    Called after the solution files are written, so matplotlib is imported only then.
-    """
-    from gradfit.oof import plots
-
-    return plots.plot_dir(directory, obs)

@@ -403,9 +403,9 @@ def plot_dir(
         mobs = io.read(outdir / "model.fits")
         model = [m.power for m in mobs.maps]
         if len(mobs.maps) == len(obs.maps):
-            # an observation read back without its flagged samples (a reader that drops
-            # NaN): the model at the samples it kept
-            model = [_at_samples(mm, m) if mm.n != m.n else p
+            # an observation read back without its few flagged samples (a reader that
+            # drops NaN): the model at the samples it kept
+            model = [_at_samples(mm, m) if m.n < mm.n <= 1.1 * m.n else p
                      for mm, m, p in zip(mobs.maps, obs.maps, model)]
         if [p.size for p in model] != [m.n for m in obs.maps]:
             raise io.OOFDataError(

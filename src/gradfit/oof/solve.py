@@ -816,8 +816,7 @@ def _resampled_errors(obs, sol: Solution, kwargs: dict, method: str, opts: dict,
         for name in free:
             if name == SCAN_OFFSET:
                 continue
-            val = (r._params.get(name) if name == "amp" else
-                   r.nuisance.get(name, {}).get("value"))
+            val = r.nuisance.get(name, {}).get("value")
             if val is not None:
                 val = np.asarray(val, dtype=np.float64)
                 out[name] = val * rep_scale / full_scale if name in in_peak else val
