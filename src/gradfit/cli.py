@@ -984,6 +984,84 @@ def convert_cmd(files, dz, freq_ghz, units, telescope, out, overwrite):
                f"{', '.join(f'{m.dz:g}' for m in obs.maps)} m", err=True)
 
 
+@oof.command("campaign")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory: one result folder per observation, plus summary.csv, "
+                   "summary.json and campaign.png.")
+@click.option("--order", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Zernike order fitted to every observation.")
+@click.option("--telescope", default=None, help="Telescope (default: each file's own).")
+@click.option("--dask", "dask_address", default=None,
+              help="'local' (a 2-worker LocalCluster) or tcp://HOST:PORT of a scheduler: fit "
+                   "the observations on Dask workers (pip install 'gradfit[dask]').")
+@click.option("--gravity", is_flag=True,
+              help="Also fit the gravity model K(el) = a + b sin(el) + c cos(el) to all "
+                   "observations jointly (gravity.json, gravity.png).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace earlier results of other inputs in the observation folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary JSON to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite, as_json,
+                 quiet):
+    """Fit many observations (FITS files), one by one, and summarise the campaign.
+
+    A file that cannot be read or fitted gets its row with the reason and the others go
+    on; the exit code is 1 if any failed, 0 if all succeeded.
+    """
+    import json
+
+    from gradfit.oof import campaign, io
+
+    if str(out).strip() == "":
+        raise CLIError("--out is empty; give a directory for the results")
+    outp = Path(out)
+    if outp.exists() and not outp.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a directory")
+    for f in files:
+        if _is_inside(Path(f), outp) and not overwrite:
+            raise CLIError(f"--out {out}: holds the input {f}; choose another --out")
+
+    def progress(done, total, row):
+        if not quiet:
+            state = "ok" if row["success"] else f"FAILED ({row['reason']})"
+            click.echo(f"  [{done}/{total}] {row['name']}: {state}", err=True)
+
+    try:
+        res = campaign.fit_many(list(files), order=order, telescope=telescope, out=outp,
+                                dask=dask_address, progress=progress, overwrite=overwrite)
+    except ImportError as exc:
+        raise CLIError(f"--dask: {_one_line(exc)}") from None
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc, str(out)) from None
+    data = res.to_dict()
+    if gravity:
+        ok = [Path(r["file"]) for r in res.rows if r["success"]]
+        try:
+            model = campaign.fit_campaign([io.read(f) for f in ok], order=order,
+                                          telescope=telescope)
+        except ValueError as exc:
+            raise CLIError(f"--gravity: {_one_line(exc)}") from None
+        g = model.to_dict()
+        (outp / "gravity.json").write_text(json.dumps(g, indent=1) + "\n")
+        model.plot(outp / "gravity.png")
+        data["gravity"] = g
+    if as_json:
+        click.echo(json.dumps(data, indent=1, default=float))
+    if not quiet:
+        click.echo(str(res), err=True)
+    return EXIT_OK if res.success else EXIT_FAILED
+
+
+def _is_inside(path: Path, directory: Path) -> bool:
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
+    except (OSError, ValueError):
+        return False
+
+
 @oof.command("plan")
 @click.option("--telescope", default="effelsberg", show_default=True, help="Telescope name.")
 @click.option("--frequency", type=float, default=32e9, show_default=True,
