@@ -226,6 +226,8 @@ def test_scan_offsets_are_fitted_and_in_the_model():
         r = np.where(m.mask, m.power - mod, np.nan).reshape(25, 25)
         assert np.all(np.abs(np.nanmean(r[1:], axis=1)) < 0.5 * sol.fit["sigma_value"])
     assert "scan_offset: 25 scans per map" in str(sol)
+    with pytest.raises(ValueError, match="scan_axis must be 'u', 'v' or None"):
+        oof.fit(obs, order=3, scan_axis="x")
     K = np.array(truth["K_waves"])
     assert np.all(np.abs(sol.K_waves - K)[1:] < 4 * sol.K_err_waves[1:])
 

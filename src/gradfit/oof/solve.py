@@ -861,6 +861,7 @@ def fit(
     jacobian: str = "auto",
     start_time_factor: float = 2.0,
     max_auto_order: int = 10,
+    scan_axis: str | None = None,
 ) -> Solution:
     """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
 
@@ -948,6 +949,10 @@ def fit(
         multiple of the first fit's time.
     max_auto_order : int
         Highest order tried by ``order='auto'``.
+    scan_axis : {'u', 'v'}, optional
+        Direction of the scans, for ``free=(..., 'scan_offset')`` and the jackknife /
+        bootstrap; default ``obs.meta['scan_axis']`` (text maps record it), else
+        detected (:func:`gradfit.oof.noise.detect_scan_axis`).
     error_options : dict, optional
         For 'mcmc': ``num_samples`` (default 300), ``warmup``, ``num_chains`` (2),
         ``method`` ('nuts', 'hmc' or 'emcee'), ``seed``.
@@ -966,8 +971,10 @@ def fit(
                                             errors, jacobian, transform)
     report = _reporter(progress)
     data = _data(obs, likelihood)
+    if scan_axis not in (None, "u", "v"):
+        raise ValueError(f"scan_axis must be 'u', 'v' or None, got {scan_axis!r}")
     if SCAN_OFFSET in free:
-        data = _with_scans(obs, data)
+        data = _with_scans(obs, data, scan_axis)
     n_threads = 1 if threads is None else int(threads)
     common = dict(telescope=tel, likelihood=likelihood, method=method, device=device,
                   dtype=dtype, priors=priors, transform=transform, illumination=illumination,
@@ -1007,7 +1014,10 @@ def fit(
     else:
         sol = run(order, grid)
     if errors in ("jackknife", "bootstrap"):
-        extra = _resampled_errors(obs, sol, common, errors, dict(error_options or {}), report)
+        opts = dict(error_options or {})
+        if scan_axis is not None:
+            opts.setdefault("scan_axis", scan_axis)
+        extra = _resampled_errors(obs, sol, common, errors, opts, report)
         sol = dataclasses.replace(sol, extra_errors=extra, _cache={})
     return sol
 
