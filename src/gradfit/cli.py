@@ -854,6 +854,11 @@ def _fitted_samples(obs):
 @click.option(
     "--figures/--no-figures", default=True, show_default=True, help="Draw maps.png and surface.png."
 )
+@click.option(
+    "--dask", "dask_address", default=None,
+    help="With several FITS files (a campaign, see 'gradfit oof campaign'): 'local' or "
+    "tcp://HOST:PORT to fit them on Dask workers.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 def fit_cmd(
     files,
@@ -877,18 +882,27 @@ def fit_cmd(
     max_time,
     strict,
     figures,
+    dask_address,
     quiet,
 ):
     """Fit Zernike coefficients to the beam maps in FILES and write results to --out.
 
     FILES is one observation: a FITS file (pyoof layout), or text maps (columns u, v,
     power; one map per file) with --dz (one defocus per file, in file order),
-    --freq-ghz and --telescope.
+    --freq-ghz and --telescope. Several FITS files are a campaign of observations,
+    fitted one by one as by 'gradfit oof campaign' (one folder each in --out, and
+    summary.csv, summary.json and campaign.png).
     """
     from gradfit.oof import output
 
     if not str(out).strip():
         raise CLIError("--out is empty; give a directory for the results")
+    if len(files) > 1 and dz is None and all(_is_fits(f) for f in files):
+        return campaign_cmd.callback(files=files, out=out, order=order, telescope=telescope,
+                                     dask_address=dask_address, gravity=False,
+                                     overwrite=overwrite, as_json=as_json, quiet=quiet)
+    if dask_address is not None:
+        raise CLIError("--dask is for a campaign of several FITS files")
     obs, file, text = _read_input(files, dz, freq_ghz, units, telescope)
     tel = _telescope(telescope, obs, file)
     device = _resolve_device(device)
