@@ -526,18 +526,8 @@ def _summary(sol_dict: dict, console) -> None:
 
 
 def _assess(sol, obs, tel) -> dict:
-    """The adequacy of a finished fit (convergence is reported beside it)."""
-    from gradfit.oof import checks, textio
-
-    # the checks see the samples that were fitted (masked ones left out)
-    models = [p[m.valid] for m, p in zip(obs.maps, sol.model_maps())]
-    return checks.assess(
-        textio.compact(obs),
-        tel,
-        normalised_residual=sol.fit.get("normalised_residual", float("nan")),
-        model_maps=models,
-        success=sol.success,
-    )
+    """The adequacy of a finished fit (convergence is reported beside it): oof.fit's own."""
+    return dict(sol.adequacy)
 
 
 def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None,

@@ -64,6 +64,9 @@ class Solution:
     result: object = field(repr=False)
     extra_errors: dict = field(default_factory=dict, repr=False)
     illumination: str = "pedestal"
+    #: does the model describe the data (``gradfit.oof.checks.assess``): ``adequate``,
+    #: ``normalised_residual``, ``limit``, ``converged``, ``per_map`` and ``causes``
+    adequacy: dict = field(default_factory=dict, repr=False)
     _model: object = field(default=None, repr=False)
     _params: dict = field(default_factory=dict, repr=False)
     _scale: float = field(default=1.0, repr=False)
@@ -238,6 +241,7 @@ class Solution:
             "errors": {k: v for k, v in self.extra_errors.items()
                        if k not in ("samples", "per_coefficient")} or {"method": "hessian"},
             "convention": CONVENTION,
+            "adequacy": dict(self.adequacy),
         }
 
     def __str__(self) -> str:
@@ -295,6 +299,15 @@ class Solution:
         lines.append(f"surface rms {self.surface_rms_um:.1f} um (weighted "
                      f"{self.surface_rms_weighted_um:.1f} um), Ruze efficiency "
                      f"{self.ruze_efficiency:.3f}")
+        a = self.adequacy
+        if a:
+            x, lim = a.get("normalised_residual", float("nan")), a.get("limit", float("nan"))
+            if a.get("adequate"):
+                lines.append(f"model adequate: normalised residual {x:.3g} (limit {lim:g})")
+            else:
+                lines.append(f"MODEL DOES NOT DESCRIBE THE DATA: normalised residual {x:.3g} "
+                             f"(limit {lim:g}); likely causes: "
+                             + ("; ".join(a.get("causes", [])) or "not identified"))
         return "\n".join(lines)
 
 

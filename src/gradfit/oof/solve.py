@@ -1019,7 +1019,18 @@ def fit(
             opts.setdefault("scan_axis", scan_axis)
         extra = _resampled_errors(obs, sol, common, errors, opts, report)
         sol = dataclasses.replace(sol, extra_errors=extra, _cache={})
-    return sol
+    return dataclasses.replace(sol, adequacy=_adequacy(obs, tel, sol), _cache={})
+
+
+def _adequacy(obs, tel, sol: Solution) -> dict:
+    """Does the fit describe the data (:func:`gradfit.oof.checks.assess`)? A fact beside
+    convergence, with the likely causes the checks can name when it does not."""
+    from .checks import assess
+    from .textio import compact
+
+    models = [p[m.valid] for m, p in zip(obs.maps, sol.model_maps())]
+    return assess(compact(obs), tel, normalised_residual=sol.fit.get(
+        "normalised_residual", float("nan")), model_maps=models, success=sol.success)
 
 
 def _auto_order(obs, tel, data: _Data, free, grid, illumination, max_auto_order: int, run,
