@@ -1,0 +1,219 @@
+"""Errors of a pixel-basis fit without any p x p matrix: CG solves and Hutchinson probes.
+
+At the optimum the posterior precision (Gauss-Newton) is
+
+    A = J^T W J + smoothness L + w w^T / s_p^2,
+
+``J`` the Jacobian of the beams with respect to the cell phases and ``amp``, ``W`` the
+inverse noise variances, ``L`` the graph Laplacian of the neighbouring cells and ``w``
+the weights of the mean phase (the piston prior). ``A v`` costs one forward-mode and
+one reverse-mode pass through the beam model (autodiff) plus a sparse difference;
+neither ``J`` nor ``A`` is formed.
+
+With Rademacher probes ``z_k`` and CG solves ``x_k = A^-1 z_k`` (Jacobi
+preconditioner, see :func:`gauss_newton_operator`), the same solves give
+
+* the variance of every cell, ``diag(A^-1) ~ mean_k z_k * x_k`` (Hutchinson's
+  diagonal estimator; Bekas, Kokiopoulou & Saad 2007), with its standard error per
+  cell from the spread over probes, and
+* the effective number of parameters ``n_eff = tr(A^-1 J^T W J) ~ mean_k x_k^T (J^T W J z_k)``,
+  the trace of the influence ("hat") operator: how many of the cells' degrees of
+  freedom the data determine rather than the prior (between 0 and the number of cells).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["PixelUncertainty", "gauss_newton_operator", "pixel_uncertainty"]
+
+
+@dataclass(frozen=True)
+class PixelUncertainty:
+    """Variances of the cell phases (rad^2) and the effective number of parameters.
+
+    Attributes
+    ----------
+    variance, rel_std : numpy.ndarray
+        Hutchinson estimate of each cell's posterior variance and its relative standard
+        error (NaN when no variance probes ran).
+    n_eff, n_eff_std : float
+        ``tr(A^-1 J^T W J)`` and the standard error of its estimate.
+    method : str
+        How the numbers were made.
+    cg_iterations : int
+        CG iterations over all solves.
+    """
+
+    variance: np.ndarray
+    rel_std: np.ndarray
+    n_eff: float
+    n_eff_std: float
+    method: str
+    cg_iterations: int
+
+
+def gauss_newton_operator(post, phase: np.ndarray, amp: float, sigma: np.ndarray):
+    """``(matvec, data_matvec, diag)`` of the posterior precision ``A`` at ``(phase, amp)``.
+
+    Vectors are ``[phase (J), amp]``. ``data_matvec`` is ``J^T W J v`` alone. ``diag``
+    is a positive Jacobi preconditioner: the prior's exact diagonal plus the data
+    part's mean over the random-looking phase of the cross terms,
+    ``2 a_i^2 dA^2 amp^2 norm sum_k g_b^2 P_k / sigma_k^2`` for cell ``i`` (``a_i`` the
+    open fraction times the illumination), and the exact ``amp`` entry.
+    """
+    model = post.model
+    t = model.tensor
+    ph = t(phase)
+    a = torch.as_tensor(float(amp), dtype=model.dtype, device=model.device)
+    inv_s = t(1.0 / np.asarray(sigma, dtype=np.float64))
+    J = ph.numel()
+
+    def f(phase_, amp_):
+        return amp_ * model.power(phase_) * inv_s
+
+    def jvp(v):
+        return torch.func.jvp(f, (ph, a), (v[:J], v[J]))[1]
+
+    with torch.enable_grad():
+        _, vjp_fn = torch.func.vjp(f, ph, a)
+
+    i, j, s2 = post.i, post.j, post.sqrt_s**2
+    wm = post.wmean
+    piston = 1.0 / post.piston_sigma**2
+
+    def prior(v):
+        d = v[i] - v[j]
+        out = torch.zeros_like(v)
+        out.index_add_(0, i, s2 * d)
+        out.index_add_(0, j, -s2 * d)
+        return out + (piston * (wm @ v)) * wm
+
+    def data_matvec(v):
+        gp, ga = vjp_fn(jvp(v))
+        return torch.cat([gp, ga.reshape(1)])
+
+    def matvec(v):
+        out = data_matvec(v)
+        out[:J] += prior(v[:J])
+        return out
+
+    with torch.no_grad():
+        P = model.power(ph)  # gain * |F|^2 / F0^2 + background
+        bg = torch.repeat_interleave(model.background, torch.as_tensor(model.sizes,
+                                                                        device=model.device))
+        g = torch.repeat_interleave(model.gain, torch.as_tensor(model.sizes,
+                                                                  device=model.device))
+        Pn = (P - bg) / g  # |F|^2 / F0^2
+        c = 2 * model.grid.step_m**4 * a**2 * model.norm * torch.sum(g**2 * Pn * inv_s**2)
+        deg = torch.zeros(J, dtype=model.dtype, device=model.device)
+        ones = torch.ones(i.numel(), dtype=model.dtype, device=model.device)
+        deg.index_add_(0, i, ones).index_add_(0, j, ones)
+        d_phase = c * model.amplitude**2 + s2 * deg + piston * wm**2
+        d_amp = torch.sum((P * inv_s) ** 2)
+        diag = torch.cat([d_phase, d_amp.reshape(1)])
+    return matvec, data_matvec, diag
+
+
+def _cg():
+    """The core's preconditioned CG (``gradfit.solvers.lm_cg.pcg``)."""
+    try:
+        from gradfit.solvers.lm_cg import pcg
+    except ImportError:  # TEMPORARY until the large-scale core (issue 12) is merged
+        return _pcg
+    return pcg
+
+
+def _pcg(matvec, b, precond, rtol, max_iter):
+    x = torch.zeros_like(b)
+    r = b.clone()
+    zr = r / precond
+    p = zr.clone()
+    rz = r @ zr
+    tol = rtol * float(torch.linalg.vector_norm(b))
+    for k in range(1, max_iter + 1):
+        Ap = matvec(p)
+        pAp = float(p @ Ap)
+        if not pAp > 0:
+            return x, None, k, False, False
+        alpha = rz / pAp
+        x = x + alpha * p
+        r = r - alpha * Ap
+        if float(torch.linalg.vector_norm(r)) <= tol:
+            return x, None, k, True, True
+        zr = r / precond
+        rz_new = r @ zr
+        p = zr + (rz_new / rz) * p
+        rz = rz_new
+    return x, None, max_iter, False, True
+
+
+def pixel_uncertainty(post, phase, amp, sigma, smoothness: float, *, var_probes: int = 16,
+                      n_eff_probes: int = 8, seed: int = 0, rtol: float = 1e-4,
+                      max_cg: int = 2000) -> PixelUncertainty:
+    """Per-cell variances and ``n_eff`` from ``max(var_probes, n_eff_probes)`` CG solves.
+
+    Parameters
+    ----------
+    post : the fit's model with its prior rows (:class:`gradfit.oof.pixels._Posterior`)
+    phase, amp : the optimum
+    sigma : per-sample noise (data units)
+    smoothness : float
+    var_probes, n_eff_probes : int
+        Probes for the variances and for ``n_eff`` (0 skips them; both use the same
+        solves).
+    seed : int
+    rtol, max_cg :
+        CG tolerance ``|b - A x| <= rtol |b|`` and iteration limit per solve.
+    """
+    pcg = _cg()
+    with torch.no_grad():
+        matvec, data_matvec, diag = gauss_newton_operator(post, phase, amp, sigma)
+    J = len(phase)
+    k = max(int(var_probes), int(n_eff_probes))
+    gen = torch.Generator(device=diag.device).manual_seed(int(seed))
+    s1 = torch.zeros(J, dtype=diag.dtype, device=diag.device)
+    s2 = torch.zeros_like(s1)
+    traces, iters, failed = [], 0, 0
+    for _ in range(k):
+        z = 2.0 * torch.randint(0, 2, (J + 1,), generator=gen, device=diag.device).to(
+            diag.dtype) - 1.0
+        x, _, it, ok, positive = pcg(matvec, z, diag, rtol, max_cg)
+        iters += int(it)
+        if not (ok and positive):
+            failed += 1
+            continue
+        tz = (z * x)[:J]
+        s1 += tz
+        s2 += tz * tz
+        if len(traces) < n_eff_probes:
+            # tr(A^-1 B) over the phase block ~ x^T B z with x = A^-1 z (A, B symmetric)
+            zp = torch.cat([z[:J], z.new_zeros(1)])
+            xp = torch.cat([x[:J], x.new_zeros(1)])
+            with torch.no_grad():
+                traces.append(float(xp @ data_matvec(zp)))
+    done = k - failed
+    if failed:
+        method_note = f", {failed} of {k} solves failed"
+    else:
+        method_note = ""
+    var = np.full(J, np.nan)
+    rel = np.full(J, np.nan)
+    if var_probes and done >= 2:
+        mean = s1 / done
+        sd = torch.sqrt(torch.clamp(s2 / done - mean * mean, min=0.0) * done / (done - 1))
+        var = mean.cpu().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (sd / math.sqrt(done)).cpu().numpy() / np.abs(var)
+        var[var <= 0] = np.nan
+    n_eff = float(np.mean(traces)) if len(traces) >= 1 else math.nan
+    n_eff_std = float(np.std(traces, ddof=1) / math.sqrt(len(traces))) if len(traces) >= 2 \
+        else math.nan
+    med = float(np.nanmedian(rel)) if np.isfinite(rel).any() else math.nan
+    method = (f"hutchinson-gauss-newton ({done} probes by preconditioned CG, rtol {rtol:g}; "
+              f"median relative standard error of the variances {med:.2g}{method_note})")
+    return PixelUncertainty(var, rel, n_eff, n_eff_std, method, iters)
