@@ -6,8 +6,8 @@ At the optimum the posterior precision (Gauss-Newton) is
 
 ``J`` the Jacobian of the beams with respect to the cell phases and ``amp``, ``W`` the
 inverse noise variances, ``L`` the graph Laplacian of the neighbouring cells and ``w``
-the weights of the mean phase (the piston prior). ``A v`` costs one forward-mode and
-one reverse-mode pass through the beam model (autodiff) plus a sparse difference;
+the weights of the mean phase (the piston prior). ``A v`` costs two reverse-mode passes
+through one retained graph of the beam model (autodiff) plus a sparse difference;
 neither ``J`` nor ``A`` is formed.
 
 With Rademacher probes ``z_k`` and CG solves ``x_k = A^-1 z_k`` (Jacobi
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["PixelUncertainty", "gauss_newton_operator", "pixel_uncertainty"]
+__all__ = ["PixelUncertainty", "gauss_newton_operator", "jacobi_diagonal",
+           "pixel_uncertainty"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ def gauss_newton_operator(post, phase: np.ndarray, amp: float, sigma: np.ndarray
     Vectors are ``[phase (J), amp]``. ``data_matvec`` is ``J^T W J v`` alone. ``diag``
     is a positive Jacobi preconditioner: the prior's exact diagonal plus the data
     part's mean over the random-looking phase of the cross terms,
-    ``2 a_i^2 dA^2 amp^2 norm sum_k g_b^2 P_k / sigma_k^2`` for cell ``i`` (``a_i`` the
-    open fraction times the illumination), and the exact ``amp`` entry.
+    ``2 a_i^2 dA^2 amp^2 norm sum_k g_b P_k / sigma_k^2`` (``P`` with the gain) for
+    cell ``i`` (``a_i`` the open fraction times the illumination), and the exact
+    ``amp`` entry.
     """
     model = post.model
     t = model.tensor
@@ -73,14 +75,20 @@ def gauss_newton_operator(post, phase: np.ndarray, amp: float, sigma: np.ndarray
     inv_s = t(1.0 / np.asarray(sigma, dtype=np.float64))
     J = ph.numel()
 
-    def f(phase_, amp_):
-        return amp_ * model.power(phase_) * inv_s
-
-    def jvp(v):
-        return torch.func.jvp(f, (ph, a), (v[:J], v[J]))[1]
-
+    # one retained graph of the scaled beams mu(theta) / sigma, theta = [phase, amp];
+    # J^T w is a backward pass through it and J v the derivative of the (linear in u)
+    # g(u) = J^T u in the direction v: a second backward pass ("double-backward" JVP)
     with torch.enable_grad():
-        _, vjp_fn = torch.func.vjp(f, ph, a)
+        th = torch.cat([ph, a.reshape(1)]).requires_grad_(True)
+        mu = th[J] * model.power(th[:J]) * inv_s
+        u = torch.zeros_like(mu, requires_grad=True)
+        (gu,) = torch.autograd.grad(mu, th, grad_outputs=u, create_graph=True)
+
+    def data_matvec(v):
+        with torch.enable_grad():
+            (jv,) = torch.autograd.grad(gu, u, grad_outputs=v, retain_graph=True)
+            (out,) = torch.autograd.grad(mu, th, grad_outputs=jv.detach(), retain_graph=True)
+        return out.detach()
 
     i, j, s2 = post.i, post.j, post.sqrt_s**2
     wm = post.wmean
@@ -93,30 +101,45 @@ def gauss_newton_operator(post, phase: np.ndarray, amp: float, sigma: np.ndarray
         out.index_add_(0, j, -s2 * d)
         return out + (piston * (wm @ v)) * wm
 
-    def data_matvec(v):
-        gp, ga = vjp_fn(jvp(v))
-        return torch.cat([gp, ga.reshape(1)])
-
     def matvec(v):
         out = data_matvec(v)
         out[:J] += prior(v[:J])
         return out
 
+    diag = jacobi_diagonal(post, phase, amp, sigma)
+    return matvec, data_matvec, diag
+
+
+def jacobi_diagonal(post, phase, amp, sigma) -> torch.Tensor:
+    """A positive estimate of ``diag(A)`` for vectors ``[phase (J), amp]`` (see
+    :func:`gauss_newton_operator`); no autodiff, one evaluation of the beams.
+
+    For cell ``i`` the data part is ``sum_k (d mu_k / d phi_i)^2 / sigma_k^2`` with
+    ``d |F_k|^2 / d phi_i = -2 Im(conj(F_k) E_i K_ki)``; the square is
+    ``2 |F_k|^2 a_i^2 dA^2 - 2 Re(...)^2``, whose second, oscillating term averages out
+    over the samples and is dropped. Measured within 10 % of the exact diagonal.
+    """
+    model = post.model
+    t = model.tensor
+    ph = t(phase)
+    a = torch.as_tensor(float(amp), dtype=model.dtype, device=model.device)
+    inv_s = t(1.0 / np.asarray(sigma, dtype=np.float64))
+    i, j, s2 = post.i, post.j, post.sqrt_s**2
+    wm = post.wmean
+    piston = 1.0 / post.piston_sigma**2
+    J = ph.numel()
     with torch.no_grad():
-        P = model.power(ph)  # gain * |F|^2 / F0^2 + background
-        bg = torch.repeat_interleave(model.background, torch.as_tensor(model.sizes,
-                                                                        device=model.device))
+        P = model.power(ph)  # gain * |F|^2 / F0^2
         g = torch.repeat_interleave(model.gain, torch.as_tensor(model.sizes,
                                                                   device=model.device))
-        Pn = (P - bg) / g  # |F|^2 / F0^2
-        c = 2 * model.grid.step_m**4 * a**2 * model.norm * torch.sum(g**2 * Pn * inv_s**2)
+        # sum_k (amp g norm)^2 2 |F_k|^2 a_i^2 dA^2 / sigma_k^2, |F|^2 = P / (g norm)
+        c = 2 * model.grid.step_m**4 * a**2 * model.norm * torch.sum(g * P * inv_s**2)
         deg = torch.zeros(J, dtype=model.dtype, device=model.device)
         ones = torch.ones(i.numel(), dtype=model.dtype, device=model.device)
         deg.index_add_(0, i, ones).index_add_(0, j, ones)
         d_phase = c * model.amplitude**2 + s2 * deg + piston * wm**2
         d_amp = torch.sum((P * inv_s) ** 2)
-        diag = torch.cat([d_phase, d_amp.reshape(1)])
-    return matvec, data_matvec, diag
+    return torch.cat([d_phase, d_amp.reshape(1)])
 
 
 def _cg():
