@@ -24,6 +24,7 @@ def fit_pixels(
     pixel_m: float | None = None,
     grid: int | None = None,
     smoothness: float = DEFAULT_SMOOTHNESS,
+    panels=None,
     order: int = 5,
     zernike=None,
     zernike_options: dict | None = None,
@@ -57,6 +58,9 @@ def fit_pixels(
     smoothness : float
         Weight (1/rad^2) of the first-difference prior ``smoothness/2 sum (phi_i - phi_j)^2``
         over neighbouring cells; a prior step of ``smoothness**-0.5`` rad per cell.
+    panels : PanelLayout or path, optional
+        Fit one piston and two tilts per panel of this layout instead of one phase
+        per cell (:mod:`gradfit.oof.panels`; ``smoothness`` is then not used).
     order : int
         Zernike order of the starting fit.
     zernike : Solution, optional
@@ -86,7 +90,7 @@ def fit_pixels(
         opts.update(zernike_options or {})
         zernike = fit(obs, order=order, telescope=tel, **opts)
     return refine_pixels(obs, zernike, pixel_m=pixel_m, grid=grid, smoothness=smoothness,
-                         method=method, max_iter=max_iter, errors=errors,
+                         panels=panels, method=method, max_iter=max_iter, errors=errors,
                          error_probes=error_probes, n_eff_probes=n_eff_probes, seed=seed,
                          progress=progress, threads=threads, device=device, dtype=dtype)
 

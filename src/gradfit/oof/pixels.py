@@ -219,20 +219,138 @@ def illumination_fn(kind, c_dB, r2, q):
     return illumination(kind, c_dB, np.asarray(r2, dtype=np.float64), q)
 
 
-class _Posterior:
-    """The pixel model with its prior rows appended, as :func:`gradfit.fit` sees it.
+class CellBasis:
+    """The pixel basis: one parameter per illuminated cell, ``phase = theta``."""
 
-    The fitted parameters are scaled, ``phase = u * c_phase`` and
+    name = "pixels"
+
+    def __init__(self, grid: ApertureGrid):
+        self.n = grid.n_pixels
+
+    def forward(self, theta):
+        return theta
+
+    def adjoint(self, w):
+        return w
+
+    def weigh_diag(self, d_cell):
+        """``diag(B^T D B)`` for a diagonal ``D`` on the cells (here ``D`` itself)."""
+        return d_cell
+
+    def start(self, phase0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta0, offset)``: parameters for ``phase0`` and the fixed phase off the basis."""
+        return np.array(phase0, dtype=np.float64), np.zeros_like(phase0)
+
+
+class PanelBasis:
+    """One piston and two tilts per panel: ``phase_i = p_k + t_x,k dx_i + t_y,k dy_i``
+    for the cells ``i`` of panel ``k`` (``dx, dy`` from the panel's weighted centroid,
+    metres; tilts in rad/m).
+
+    A cell belongs to the panel that holds its centre. Panels without a cell have no
+    parameter; panels with fewer than 3 cells get a piston only. Cells on no panel keep
+    their starting phase. Parameters: all pistons, then the x tilts, then the y tilts.
+    """
+
+    name = "panels"
+
+    def __init__(self, grid: ApertureGrid, layout, device, dtype):
+        pid = layout.panel_of(grid.x, grid.y)
+        on = np.flatnonzero(pid >= 0)
+        if on.size == 0:
+            raise ValueError("the panel layout covers no cell of the aperture grid; check "
+                             "its radii (metres) against the dish radius")
+        used, inv = np.unique(pid[on], return_inverse=True)
+        P = used.size
+        w = grid.weight[on]
+        sw = np.bincount(inv, w, P)
+        dx = grid.x[on] - (np.bincount(inv, w * grid.x[on], P) / sw)[inv]
+        dy = grid.y[on] - (np.bincount(inv, w * grid.y[on], P) / sw)[inv]
+        tilted = np.bincount(inv, minlength=P) >= 3
+        tidx = np.cumsum(tilted) - 1
+        has_t = tilted[inv]
+        self.panel_ids = used
+        self.n_pistons, self.n_tilts = P, int(tilted.sum())
+        self.n = P + 2 * self.n_tilts
+        self.J = grid.n_pixels
+        self._np = {"on": on, "inv": inv, "dx": dx, "dy": dy, "has_t": has_t,
+                    "tcell": np.where(has_t, tidx[inv], 0), "w": w}
+
+        def t(a, integer=False):
+            return torch.as_tensor(a, device=device, dtype=None if integer else dtype)
+
+        self.on, self.inv = t(on, True), t(inv, True)
+        self.tcell = t(self._np["tcell"], True)
+        m = has_t.astype(np.float64)
+        self.mdx, self.mdy = t(dx * m), t(dy * m)
+
+    def forward(self, theta):
+        P, T = self.n_pistons, self.n_tilts
+        vals = (theta[:P][self.inv] + theta[P:P + T][self.tcell] * self.mdx
+                + theta[P + T:][self.tcell] * self.mdy)
+        return theta.new_zeros(self.J).index_copy(0, self.on, vals)
+
+    def adjoint(self, w):
+        P, T = self.n_pistons, self.n_tilts
+        wv = w[self.on]
+        z = w.new_zeros
+        return torch.cat([z(P).index_add(0, self.inv, wv),
+                          z(T).index_add(0, self.tcell, wv * self.mdx),
+                          z(T).index_add(0, self.tcell, wv * self.mdy)])
+
+    def weigh_diag(self, d_cell):
+        P, T = self.n_pistons, self.n_tilts
+        d = d_cell[self.on]
+        z = d.new_zeros
+        return torch.cat([z(P).index_add(0, self.inv, d),
+                          z(T).index_add(0, self.tcell, d * self.mdx**2),
+                          z(T).index_add(0, self.tcell, d * self.mdy**2)])
+
+    def start(self, phase0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted least-squares plane of ``phase0`` on each panel; the offset holds
+        ``phase0`` on the cells off every panel."""
+        a = self._np
+        P = self.n_pistons
+        inv, w, ph = a["inv"], a["w"], np.asarray(phase0, dtype=np.float64)[a["on"]]
+        dx, dy = a["dx"] * a["has_t"], a["dy"] * a["has_t"]
+
+        def s(v):
+            return np.bincount(inv, w * v, P)
+
+        sw = s(np.ones_like(ph))
+        piston = s(ph) / sw  # dx, dy sum to 0 (weighted) on each panel
+        sxx, sxy, syy, sxp, syp = s(dx * dx), s(dx * dy), s(dy * dy), s(dx * ph), s(dy * ph)
+        det = sxx * syy - sxy**2
+        ok = det > 1e-12 * np.maximum(sxx * syy, 1e-300)
+        safe = np.where(ok, det, 1.0)
+        tx = np.where(ok, (syy * sxp - sxy * syp) / safe, 0.0)
+        ty = np.where(ok, (sxx * syp - sxy * sxp) / safe, 0.0)
+        tilted = np.bincount(inv, a["has_t"].astype(np.float64), P) > 0
+        theta = np.concatenate([piston, tx[tilted], ty[tilted]])
+        offset = np.array(phase0, dtype=np.float64)
+        offset[a["on"]] = 0.0
+        return theta, offset
+
+
+class _Posterior:
+    """The beam model with its prior rows appended, as :func:`gradfit.fit` sees it.
+
+    ``phase = offset + B theta`` for the basis ``B`` (:class:`CellBasis` or
+    :class:`PanelBasis`). The fitted parameters are scaled, ``theta = u * c_theta`` and
     ``amp = amp0 + a * c_amp``, with ``c = diag(A)^-1/2`` at the start
     (:func:`~gradfit.oof.pixel_errors.jacobi_diagonal`): a diagonal preconditioner by a
     change of variables. The illumination taper makes the curvature of rim cells
-    100 times smaller than that of central ones; unscaled, L-BFGS needed several times
+    100 times smaller than that of central ones; unscaled, L-BFGS needed 5-10 times
     more iterations.
     """
 
-    def __init__(self, model: PixelModel, smoothness: float, report):
+    def __init__(self, model: PixelModel, smoothness: float, report, basis=None):
         self.model = model
-        i, j = neighbour_pairs(model.grid)
+        self.basis = basis if basis is not None else CellBasis(model.grid)
+        if smoothness > 0:
+            i, j = neighbour_pairs(model.grid)
+        else:
+            i = j = np.zeros(0, dtype=np.int64)
         self.i = torch.as_tensor(i, device=model.device)
         self.j = torch.as_tensor(j, device=model.device)
         self.n_pairs = i.size
@@ -242,25 +360,29 @@ class _Posterior:
         self.piston_sigma = PISTON_SIGMA_RAD
         self.report = report
         self.calls, self.last = 0, 0.0
-        self.c_phase = torch.ones(model.n_cells, dtype=model.dtype, device=model.device)
+        self.offset = torch.zeros(model.n_cells, dtype=model.dtype, device=model.device)
+        self.c_theta = torch.ones(self.basis.n, dtype=model.dtype, device=model.device)
         self.c_amp, self.amp0 = 1.0, 0.0
 
-    def set_scaling(self, phase0, amp0, sigma):
-        """Scale the parameters by ``diag(A)^-1/2`` at ``(phase0, amp0)``."""
-        d = jacobi_diagonal(self, phase0, amp0, sigma)
-        self.c_phase = 1.0 / torch.sqrt(d[:-1])
+    def phase_of(self, theta):
+        """The cell phase for basis parameters ``theta``."""
+        return self.offset + self.basis.forward(theta)
+
+    def set_start(self, phase0, amp0, sigma) -> dict:
+        """Fix the offset and the scaling at the start; returns the fit's start values."""
+        theta0, offset = self.basis.start(phase0)
+        self.offset = self.model.tensor(offset)
+        d = jacobi_diagonal(self, theta0, amp0, sigma)
+        self.c_theta = 1.0 / torch.sqrt(d[:-1])
         self.c_amp = float(1.0 / torch.sqrt(d[-1]))
         self.amp0 = float(amp0)
-
-    def start(self, phase0) -> dict:
-        """Fit parameters ``{"u", "a"}`` for the start phase and ``amp0``."""
-        return {"u": (self.model.tensor(phase0) / self.c_phase).cpu().numpy(), "a": 0.0}
+        return {"u": (self.model.tensor(theta0) / self.c_theta).cpu().numpy(), "a": 0.0}
 
     def physical(self, p) -> tuple:
-        """``(phase, amp)`` from fit parameters ``{"u", "a"}`` (tensors or arrays)."""
+        """``(theta, amp)`` from fit parameters ``{"u", "a"}`` (tensors or arrays)."""
         u = torch.as_tensor(p["u"], dtype=self.model.dtype, device=self.model.device)
         a = torch.as_tensor(p["a"], dtype=self.model.dtype, device=self.model.device)
-        return u * self.c_phase, self.amp0 + a * self.c_amp
+        return u * self.c_theta, self.amp0 + a * self.c_amp
 
     def prior_rows(self, phase):
         d = (phase[self.i] - phase[self.j]) * self.sqrt_s
@@ -271,8 +393,9 @@ class _Posterior:
         now = time.perf_counter()
         if now - self.last > 0.5:
             self.last = now
-            self.report(stage="pixel fit", nfev=self.calls)
-        phase, amp = self.physical(p)
+            self.report(stage=f"{self.basis.name} fit", nfev=self.calls)
+        theta, amp = self.physical(p)
+        phase = self.phase_of(theta)
         return torch.cat([self.model.beams(phase, amp), self.prior_rows(phase)])
 
 
@@ -324,6 +447,11 @@ class PixelSolution:
     fit : dict
         success, message, method, nit, nfev, time_s, chi2, ndata, n_cells, errors, ...
     result : gradfit.FitResult
+    basis : {'pixels', 'panels'}
+    panels : dict or None
+        For the panel basis: ``layout``, ``panel`` (layout numbers of the fitted panels),
+        ``piston_um`` and ``piston_err_um`` (surface pistons, as fitted: mean phase 0)
+        and ``n_tilted`` (panels with tilts).
     """
 
     telescope: Telescope
@@ -336,6 +464,8 @@ class PixelSolution:
     zernike: object
     fit: dict
     result: object = field(repr=False)
+    basis: str = "pixels"
+    panels: dict | None = field(default=None, repr=False)
     _model: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -400,7 +530,7 @@ class PixelSolution:
         """JSON-ready summary (the maps themselves are left out; see :meth:`surface_map`)."""
         err = self.phase_err_rad
         return {
-            "basis": "pixels",
+            "basis": self.basis,
             "telescope": self.telescope.blockage_dict(),
             "wavelength_m": self.wavelength_m,
             "grid_cells": self.grid.n,
@@ -457,6 +587,7 @@ def refine_pixels(
     pixel_m: float | None = None,
     grid: int | None = None,
     smoothness: float = DEFAULT_SMOOTHNESS,
+    panels=None,
     method: str = "lbfgs",
     max_iter: int | None = None,
     errors: str = "none",
@@ -485,6 +616,10 @@ def refine_pixels(
         Weight of the first-difference prior in 1/rad^2 (``> 0``): adds
         ``smoothness/2 * sum (phi_i - phi_j)^2`` over neighbouring cells to
         ``chi^2/2``; a prior step of ``smoothness**-0.5`` rad between neighbours.
+        Not used with ``panels``.
+    panels : PanelLayout or path, optional
+        Fit one piston and two tilts per panel of this layout
+        (:mod:`gradfit.oof.panels`, :class:`PanelBasis`) instead of one phase per cell.
     method : str
         Minimiser of :func:`gradfit.fit` (matrix-free ones only at this size).
     max_iter : int, optional
@@ -521,6 +656,11 @@ def refine_pixels(
     for name, v in (("error_probes", error_probes), ("n_eff_probes", n_eff_probes)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or v == 1:
             raise ValueError(f"{name} must be 0 or an integer >= 2, got {v!r}")
+    layout = None
+    if panels is not None:
+        from .panels import PanelLayout, read_panel_layout
+
+        layout = panels if isinstance(panels, PanelLayout) else read_panel_layout(panels)
     tel = start.telescope
     n = grid_cells(tel, pixel_m, grid)
     report = _reporter(progress)
@@ -535,32 +675,36 @@ def refine_pixels(
         K = np.asarray(start.K_waves, dtype=np.float64)
         phase0 = 2 * np.pi * (K @ g.zernike(start.order))
         phase0 = phase0 - np.sum(g.weight * phase0) / np.sum(g.weight)
-        post = _Posterior(model, float(smoothness), report)
+        basis = None if layout is None else PanelBasis(g, layout, dev, dtype)
+        post = _Posterior(model, float(smoothness) if layout is None else 0.0, report, basis)
         n_prior = post.n_pairs + 1
         y_aug = np.concatenate([y, np.zeros(n_prior)])
         s_aug = np.concatenate([sigma, np.ones(post.n_pairs), [PISTON_SIGMA_RAD]])
         amp0 = float(start.nuisance.get("amp", {}).get("value", 1.0))
-        post.set_scaling(phase0, amp0, sigma)
-        res = gradfit.fit(post, None, y_aug, params=post.start(phase0),
+        p0 = post.set_start(phase0, amp0, sigma)
+        res = gradfit.fit(post, None, y_aug, params=p0,
                           likelihood=gradfit.Gaussian(sigma=s_aug), method=method,
                           max_iter=max_iter, device=dev, dtype=dtype, errors="none")
         with torch.no_grad():
-            ph_t, amp_t = post.physical(res.params)
-        phase = ph_t.cpu().numpy().astype(np.float64)
+            th_t, amp_t = post.physical(res.params)
+            phase = post.phase_of(th_t).cpu().numpy().astype(np.float64)
+        theta = th_t.cpu().numpy().astype(np.float64)
         amp = float(amp_t)
         with torch.no_grad():
             mu = model({"phase": model.tensor(phase), "amp": amp}).cpu().numpy()
         chi2 = float(np.sum(((y - mu) / sigma) ** 2))
         err = np.full(phase.size, np.nan)
+        theta_err = np.full(theta.size, np.nan)
         n_eff = math.nan
         err_info = "none"
         if errors == "hutchinson" or n_eff_probes:
-            report(stage="pixel errors")
-            unc = pixel_uncertainty(post, phase, amp, sigma, float(smoothness),
+            report(stage=f"{post.basis.name} errors")
+            unc = pixel_uncertainty(post, theta, amp, sigma,
                                     var_probes=error_probes if errors == "hutchinson" else 0,
                                     n_eff_probes=n_eff_probes, seed=seed)
             if errors == "hutchinson":
                 err = np.sqrt(unc.variance)
+                theta_err = np.sqrt(unc.basis_variance)
                 err_info = unc.method
             n_eff = unc.n_eff
         report(stage="done")
@@ -575,6 +719,7 @@ def refine_pixels(
         "chi2": chi2,
         "ndata": int(y.size),
         "n_cells": int(phase.size),
+        "n_params": int(theta.size) + 1,
         "n_prior_rows": int(n_prior),
         "amp": amp,
         "data_scale": scale,
@@ -583,10 +728,19 @@ def refine_pixels(
         "transform": model.transform,
         "errors": err_info,
     }
+    panel_info = None
+    if layout is not None:
+        b = post.basis
+        P, T = b.n_pistons, b.n_tilts
+        to_um = float(obs.wavelength_m) / (4 * math.pi) * 1e6
+        panel_info = {"layout": layout, "panel": b.panel_ids,
+                      "piston_um": theta[:P] * to_um, "piston_err_um": theta_err[:P] * to_um,
+                      "n_tilted": T}
     return PixelSolution(telescope=tel, wavelength_m=float(obs.wavelength_m), grid=g,
-                         phase_rad=phase, phase_err_rad=err, smoothness=float(smoothness),
+                         phase_rad=phase, phase_err_rad=err,
+                         smoothness=float(smoothness) if layout is None else 0.0,
                          n_eff=float(n_eff), zernike=start, fit=fit_info, result=res,
-                         _model=model)
+                         basis=post.basis.name, panels=panel_info, _model=model)
 
 
 def _reporter(progress):
