@@ -275,6 +275,16 @@ def test_refine_pixels_bad_input():
     anon = oof.Observation(obs.maps, obs.wavelength_m, obs.frequency_hz, None)
     with pytest.raises(ValueError, match="telescope"):
         oof.fit_pixels(anon, grid=16)
+    with pytest.raises(ValueError, match="unknown basis 'pixel'; choose one of: zernike, "
+                                         "pixels, panels"):
+        pixels.fit_basis(oof.fit, obs, "pixel", grid=16)
+    with pytest.raises(ValueError, match="needs panels="):
+        pixels.fit_basis(oof.fit, obs, "panels", grid=16)
+    with pytest.raises(ValueError, match="cannot read panel layout"):
+        pixels.refine_pixels(obs, z, grid=16, panels="no-such-layout.txt")
+    far = panels.PanelLayout(((60.0, 70.0, 8, 0.0),))
+    with pytest.raises(ValueError, match="covers no cell"):
+        pixels.refine_pixels(obs, z, grid=16, panels=far)
 
 
 # ----------------------------------------------------------------------- panels

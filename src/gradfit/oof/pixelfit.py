@@ -1,18 +1,17 @@
-"""``oof.fit_pixels``: a Zernike fit, then the per-cell phase started from it.
+"""``oof.fit_pixels``: a Zernike fit, then the per-cell (or per-panel) phase from it.
 
-The pixel model, its prior and its errors are in :mod:`gradfit.oof.pixels` and
-:mod:`gradfit.oof.pixel_errors`; this module only chains :func:`gradfit.oof.fit` and
-:func:`~gradfit.oof.pixels.refine_pixels` (it is apart so that ``pixels`` does not
-import ``solve``, which routes ``oof.fit(obs, basis="pixels")`` to ``pixels``).
+The model, its prior and its errors are in :mod:`gradfit.oof.pixels` and
+:mod:`gradfit.oof.pixel_errors`; this module only hands :func:`gradfit.oof.fit` to
+:func:`~gradfit.oof.pixels.fit_basis` (``pixels`` does not import ``solve``, so that
+``solve`` can route ``oof.fit(obs, basis="pixels")`` to it without a cycle).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .pixels import DEFAULT_SMOOTHNESS, PixelSolution, grid_cells, refine_pixels
+from .pixels import DEFAULT_SMOOTHNESS, PixelSolution, fit_basis
 from .solve import fit
-from .telescope import get_telescope
 
 __all__ = ["fit_pixels"]
 
@@ -82,19 +81,9 @@ def fit_pixels(
     -------
     PixelSolution
     """
-    if zernike is None:
-        tel = get_telescope(telescope if telescope is not None else (
-            obs.telescope if getattr(obs, "telescope", None) else _no_telescope()))
-        n = grid_cells(tel, pixel_m, grid)
-        opts = {"grid": n, "device": device, "dtype": dtype, "threads": threads}
-        opts.update(zernike_options or {})
-        zernike = fit(obs, order=order, telescope=tel, **opts)
-    return refine_pixels(obs, zernike, pixel_m=pixel_m, grid=grid, smoothness=smoothness,
-                         panels=panels, method=method, max_iter=max_iter, errors=errors,
-                         error_probes=error_probes, n_eff_probes=n_eff_probes, seed=seed,
-                         progress=progress, threads=threads, device=device, dtype=dtype)
-
-
-def _no_telescope():
-    raise ValueError("the observation names no telescope; pass telescope=... "
-                     "(e.g. 'effelsberg' or a Telescope)")
+    return fit_basis(fit, obs, "pixels" if panels is None else "panels", order=order,
+                     telescope=telescope, pixel_m=pixel_m, grid=grid, smoothness=smoothness,
+                     panels=panels, zernike=zernike, zernike_options=zernike_options,
+                     method=method, max_iter=max_iter, errors=errors,
+                     error_probes=error_probes, n_eff_probes=n_eff_probes, seed=seed,
+                     progress=progress, threads=threads, device=device, dtype=dtype)

@@ -54,7 +54,8 @@ from .pixel_errors import jacobi_diagonal, pixel_uncertainty
 from .telescope import Telescope, get_telescope
 from .transforms import make_transform
 
-__all__ = ["PixelModel", "PixelSolution", "refine_pixels", "neighbour_pairs",
+__all__ = ["PixelModel", "PixelSolution", "refine_pixels", "fit_basis", "neighbour_pairs",
+           "CellBasis", "PanelBasis", "BASES", "remove_piston_tilt",
            "simulate_surface", "grid_cells", "PISTON_SIGMA_RAD", "DEFAULT_SMOOTHNESS",
            "DEFAULT_GRID"]
 
@@ -741,6 +742,45 @@ def refine_pixels(
                          smoothness=float(smoothness) if layout is None else 0.0,
                          n_eff=float(n_eff), zernike=start, fit=fit_info, result=res,
                          basis=post.basis.name, panels=panel_info, _model=model)
+
+
+BASES = ("pixels", "panels")
+
+
+def fit_basis(zernike_fit, obs, basis: str = "pixels", *, order: int = 5, telescope=None,
+              pixel_m: float | None = None, grid: int | None = None,
+              smoothness: float | None = None, panels=None, zernike=None,
+              zernike_options: dict | None = None, **refine_options) -> PixelSolution:
+    """A Zernike fit by ``zernike_fit`` (:func:`gradfit.oof.fit`), then :func:`refine_pixels`.
+
+    ``zernike_fit`` is passed in (not imported) so that :mod:`gradfit.oof.solve` can route
+    ``oof.fit(obs, basis="pixels" | "panels", ...)`` here without an import cycle. The
+    Zernike fit runs on the pixel grid; ``zernike`` (a Solution) skips it. ``basis``
+    'panels' needs ``panels`` (a layout or its file). Other keywords go to
+    :func:`refine_pixels`.
+    """
+    if basis not in BASES:
+        raise ValueError(f"unknown basis {basis!r}; choose one of: zernike, {', '.join(BASES)}")
+    if basis == "panels" and panels is None:
+        raise ValueError("basis='panels' needs panels=<PanelLayout or layout file>")
+    if basis == "pixels" and panels is not None:
+        raise ValueError("panels=... is for basis='panels'")
+    if zernike is None:
+        if telescope is None:
+            telescope = getattr(obs, "telescope", None)
+            if not telescope:
+                raise ValueError("the observation names no telescope; pass telescope=... "
+                                 "(e.g. 'effelsberg' or a Telescope)")
+        tel = get_telescope(telescope)
+        opts = {"grid": grid_cells(tel, pixel_m, grid)}
+        for k in ("device", "dtype", "threads"):
+            if k in refine_options:
+                opts[k] = refine_options[k]
+        opts.update(zernike_options or {})
+        zernike = zernike_fit(obs, order=order, telescope=tel, **opts)
+    return refine_pixels(obs, zernike, pixel_m=pixel_m, grid=grid,
+                         smoothness=DEFAULT_SMOOTHNESS if smoothness is None else smoothness,
+                         panels=panels, **refine_options)
 
 
 def _reporter(progress):
