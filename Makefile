@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-all lint bench
 
 # torch is pinned to a CPU-only release so a fresh machine does not pull a multi-GB CUDA build.
 install:
@@ -10,7 +10,12 @@ install:
 demo: install
 	gradfit demo --out demo-output
 
+# the default tier; the slow statistical checks run with test-all (README: Tests)
 test: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q tests
 
@@ -20,3 +25,4 @@ lint:
 bench:
 	$(PY) benchmarks/nist_strd.py
 	$(PY) benchmarks/gradient_cost.py
+	$(PY) benchmarks/batch.py --max-b 10000

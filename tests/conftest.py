@@ -22,9 +22,11 @@ def data_dir():
 
 
 def _devices():
+    # the CUDA variant is collected only where a GPU exists (no skipped checks elsewhere);
+    # it carries the 'cuda' marker, so `pytest -m cuda` runs just the GPU checks
     devs = ["cpu"]
     if torch.cuda.is_available():
-        devs.append("cuda")
+        devs.append(pytest.param("cuda", marks=pytest.mark.cuda))
     return devs
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from figures import assert_png
 from gradfit.bench import scaling as bench
 
 TINY = dict(quick=True, sizes=(16, 24), orders=(1, 2), params_nn=16, repeats=1,
@@ -77,8 +78,11 @@ def test_generic_and_threads(report):
 
 def test_json_and_files(report, tmp_path, capsys):
     bench.write_outputs(report, str(tmp_path), figures=True)
-    for name in ("bench.json", "summary.txt", "time_vs_size.png", "time_vs_params.png"):
+    for name in ("bench.json", "summary.txt"):
         assert (tmp_path / name).stat().st_size > 0
+    for name in ("time_vs_size.png", "time_vs_params.png"):
+        assert_png(tmp_path / name)
+    assert "nn" in (tmp_path / "summary.txt").read_text()
     back = json.loads((tmp_path / "bench.json").read_text())
     assert len(back["results"]) == len(report["results"])
     assert "nn" in bench.format_table(report)

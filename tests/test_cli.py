@@ -13,7 +13,9 @@ import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 
+from figures import assert_png
 from gradfit.cli import cli
+from honest import assert_chi2
 from test_oof_io import _grid, oof_hdul, pyoof_hdul, replace_table, save
 
 DATA = Path(__file__).parent / "data" / "oof-pyoof"
@@ -208,27 +210,44 @@ def test_nan_pixels_are_masked_with_a_one_line_warning(tmp_path):
     assert "gradfit: warning:" in r.stderr and "masked 2 of 25 samples" in r.stderr
 
 
-@pytest.mark.parametrize("errors", ["profile", "mcmc"])
-def test_errors_profile_and_mcmc(tmp_path, errors):
+@pytest.mark.parametrize("errors, samples", [("profile", 0), ("mcmc", 120)])
+def test_errors_profile_and_mcmc(tmp_path, errors, samples):
     out = tmp_path / "sim.fits"
     r = run("oof", "simulate", "--order", 2, "--npix", 15, "--snr", 300, "--seed", 3, "--out", out)
     assert r.exit_code == 0, r.output
     res = tmp_path / "res"
     r = run("oof", "fit", out, "--order", 2, "--out", res, "--json", "--errors", errors,
-            "--mcmc-samples", 120)
+            *(("--mcmc-samples", samples) if samples else ()))
     assert r.exit_code == 0, (r.output, r.exception)
     sol = json.loads(r.stdout)
     assert sol["errors"]["method"] == errors
-    assert sol["surface_error_rms_um"] > 0
-    assert (res / "surface_error.fits").exists() and (res / "surface_error.png").exists()
-    for c in sol["zernike"][1:]:
-        if errors == "profile":
+    assert (res / "surface_error.fits").exists()
+    assert_png(res / "surface_error.png")
+    # the quoted rms is that of the written map (its closed form: test_oof_fit.py)
+    from gradfit.oof import io
+
+    img = io.read_image(res / "surface_error.fits")[0]
+    assert sol["surface_error_rms_um"] == pytest.approx(np.sqrt(np.nanmean(img**2)), rel=1e-6)
+    coefs = sol["zernike"][1:]
+    if errors == "profile":
+        for c in coefs:
             lo, hi = c["interval_waves"]
             # near-Gaussian here: the interval is value +- error to within 20%
             assert lo < c["value_waves"] < hi
             assert (hi - lo) / 2 == pytest.approx(c["error_waves"], rel=0.2)
-        else:
-            assert c["posterior_std_waves"] == pytest.approx(c["error_waves"], rel=0.35)
+        return
+    # The posterior is near-Gaussian: its std is close to the Hessian error and its mean to
+    # the best fit. Neither is exact: with 1000 draws per chain the stds still differ from
+    # the Hessian errors by up to 13 % (the model is not linear), and 2 x 120 NUTS draws
+    # (ESS ~ 100) add about 7 % of noise to each std and 0.1 error to each mean.
+    n_draws = sol["errors"]["num_samples"]
+    assert n_draws == 2 * samples
+    ratio = np.array([c["posterior_std_waves"] / c["error_waves"] for c in coefs])
+    assert np.all(np.abs(np.log(ratio)) < 0.13 + 4 * 0.07), ratio
+    assert abs(np.log(ratio).mean()) < 0.13 + 3 * 0.07 / np.sqrt(ratio.size), ratio
+    shift = np.array([(c["posterior_mean_waves"] - c["value_waves"]) / c["error_waves"]
+                      for c in coefs])
+    assert np.all(np.abs(shift) < 0.4), shift
 
 
 def test_device_cuda_without_gpu(tmp_path):
@@ -261,7 +280,10 @@ def test_bench_delegates_or_says_why():
         assert "gradfit.bench is not available" in line
     else:
         r = run("bench", "--help")
-        assert r.exit_code in (0, 2), r.output
+        assert r.exit_code == 0, (r.output, r.exception)
+        assert r.stdout.startswith("usage: gradfit bench"), r.stdout
+        for flag in ("--quick", "--json", "--out", "--sizes", "--orders", "--impls", "--cap"):
+            assert flag in r.stdout, flag
 
 
 # ---------------------------------------------------------------------------- simulate / fit
@@ -329,11 +351,14 @@ def test_simulate_then_fit_json_round_trip(tmp_path):
         for c, t in zip(z, truth, strict=True)
         if c["n"] >= 1
     ]
-    assert len(pulls) == 5 and max(abs(p) for p in pulls) < 5, pulls
+    assert len(pulls) == 5
+    # two-sided: the sum of squared pulls is about chi-square(5) (the coefficients are
+    # only weakly correlated here); the full-covariance checks are in test_oof_fit.py
+    assert_chi2(float(np.sum(np.square(pulls))), 5, "CLI fit against the truth")
     assert sol["settings"]["order"] == 2 and sol["input"]["path"] == str(out.resolve())
 
 
-def test_plot_redraws_from_directory(tmp_path):
+def test_plot_redraws_from_directory(tmp_path, monkeypatch):
     # a fit output directory made by hand, so the figures are tested without a fit
     from gradfit.oof import io
     from test_oof_io import _FakeSolution
@@ -343,14 +368,36 @@ def test_plot_redraws_from_directory(tmp_path):
     ref = np.load(DATA / "eff-n4-snr300.npz")
     io.write_solution(_FakeSolution(), tmp_path, extra={"input": {"path": str(src)}})
     io.write_maps(obs, [p.ravel() for p in ref["power_noiseless"]], tmp_path / "model.fits")
-    r = run("oof", "plot", tmp_path)
-    assert r.exit_code == 0, (r.output, r.exception)
-    assert r.stdout.split() == [str(tmp_path / "maps.png"), str(tmp_path / "surface.png")]
-    for name in ("maps.png", "surface.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # axes in beam widths: lambda/D from the telescope named in the file
-    r = run("oof", "plot", tmp_path, "--units", "beam")
-    assert r.exit_code == 0, (r.output, r.exception)
+    from gradfit.oof import plots
+
+    drawn = {}
+
+    def keeping(name, fn):  # keep each figure to look at what it shows
+        def keep(*a, **kw):
+            drawn[name] = fn(*a, **kw)
+            return drawn[name]
+
+        return keep
+
+    for name in ("plot_maps", "plot_surface"):
+        monkeypatch.setattr(plots, name, keeping(name, getattr(plots, name)))
+    u_edge = {}
+    for units in ("arcsec", "beam"):
+        r = run("oof", "plot", tmp_path, "--units", units)
+        assert r.exit_code == 0, (r.output, r.exception)
+        assert r.stdout.split() == [str(tmp_path / "maps.png"), str(tmp_path / "surface.png")]
+        for name, fig in (("maps.png", drawn["plot_maps"]), ("surface.png",
+                                                             drawn["plot_surface"])):
+            assert_png(tmp_path / name, fig.get_size_inches() * 110)
+        ax = drawn["plot_maps"].axes[0]
+        assert ax.get_xlabel() == {"arcsec": "u (arcsec)", "beam": "u (λ/D)"}[units]
+        u_edge[units] = ax.images[0].get_extent()[1]
+    # the right edge of the first map: its largest u plus half a pixel, in each unit;
+    # a beam width is lambda/D with D = 100 m for Effelsberg
+    u = obs.maps[0].u
+    edge_rad = u.max() + 0.5 * np.diff(np.unique(u)).mean()
+    assert u_edge["arcsec"] == pytest.approx(np.degrees(edge_rad) * 3600, rel=1e-6)
+    assert u_edge["beam"] == pytest.approx(edge_rad / (obs.wavelength_m / 100.0), rel=1e-6)
     # a model that does not match the observation is bad input
     io.write(io.read(DATA / "eff-n5-snr1000.fits"), tmp_path / "model.fits")
     line = one_line_error(run("oof", "plot", tmp_path))

@@ -128,19 +128,22 @@ def test_torch_gradient_matches_central_differences(oof_small):
 
 
 def test_oof_fits_reach_the_same_optimum(oof_small):
-    """'Before' (NumPy + FD BFGS) and 'after' (autodiff BFGS, gradfit) agree to 1e-6."""
+    """'Before' (NumPy + FD BFGS) and 'after' (autodiff BFGS, gradfit) reach the same
+    minimum: -log L agrees to 1e-10 relative (measured 2.8e-12; the README's 9e-14 is a
+    measurement at nn = 256, order 5, documented with its command)."""
     st, theta0 = oof_small
     tt = st.to_torch()
     before = fit_numpy_fd(ref.neg_log_likelihood_numpy, st, theta0)
     after = fit_torch_bfgs(ref.neg_log_likelihood_torch, tt, theta0)
     assert math.isfinite(before.fun) and not before.capped and not after.capped
     assert after.fun < ref.neg_log_likelihood_numpy(theta0, st)
-    assert after.fun == pytest.approx(before.fun, rel=1e-6)
-    np.testing.assert_allclose(after.x, before.x, atol=1e-3)
+    assert after.fun == pytest.approx(before.fun, rel=1e-10)
+    np.testing.assert_allclose(after.x, before.x, atol=1e-4)
     # exact gradients: f and ∇f in one pass, far fewer model evaluations
     assert after.nfev < before.nfev
     gf = fit_gradfit(ref.neg_log_likelihood_torch, tt, theta0, method="bfgs")
-    assert gf.fun == pytest.approx(before.fun, rel=1e-6)
+    assert gf.fun == pytest.approx(before.fun, rel=1e-10)
+    np.testing.assert_allclose(gf.x, before.x, atol=1e-4)
 
 
 def test_numpy_fit_cap_is_reported(oof_small):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import gradfit
+from figures import assert_png
 from gradfit.sampling import (
     Samples,
     _Posterior,
@@ -74,6 +75,35 @@ def test_emcee_matches_closed_form(linear):
     _check_posterior(s, mean, sd)
     assert 0.1 < s.accept_rate < 0.9
     assert not s.notes
+
+
+def test_emcee_evaluates_each_half_ensemble_in_one_batched_call(linear, monkeypatch):
+    # emcee's moves update the walkers in two halves: one batched (vmapped) call of the
+    # posterior for each half, per step, plus one for all walkers at the start; the model
+    # itself runs once per call, on the whole batch, never once per walker
+    model, x, y, kw, _, _ = linear
+    calls, model_calls = [], []
+    orig = _Posterior.potential_batch
+
+    def counting(self, Z):
+        calls.append(tuple(Z.shape))
+        return orig(self, Z)
+
+    def counted_model(p, x):
+        model_calls.append(1)
+        return model(p, x)
+
+    monkeypatch.setattr(_Posterior, "potential_batch", counting)
+    W, steps = 8, 30
+    s = sample(counted_model, x, y, method="emcee", num_samples=20, warmup=10, num_walkers=W,
+               seed=3, **kw)
+    assert s.chains.shape == (W, 20, 2) and not s.notes
+    assert calls == [(W, 2)] + [(W // 2, 2)] * (2 * steps)
+    n_map = len(model_calls) - len(calls)  # the MAP fit that starts the sampler
+    n_fit = len(model_calls)
+    model_calls.clear()
+    gradfit.fit(counted_model, x, y, **kw)
+    assert n_map == len(model_calls) and n_fit == len(calls) + n_map
 
 
 def test_bounded_parameters_use_the_jacobian():
@@ -154,8 +184,9 @@ def test_samples_api(tmp_path):
     text = str(s)
     assert "R-hat" in text and "c[2]" in text
     fig = s.corner(tmp_path / "corner.png", truths={"s": 0.0})
-    assert (tmp_path / "corner.png").stat().st_size > 0
     assert len(fig.axes) == 9
+    assert_png(tmp_path / "corner.png", fig.get_size_inches() * fig.dpi)
+    assert [fig.axes[6 + i].get_xlabel() for i in range(3)] == s.names
     with pytest.raises(ValueError, match="unknown name"):
         s.corner(names=["zz"])
     with pytest.raises(ValueError, match=r"quantiles must be in \[0, 1\]"):

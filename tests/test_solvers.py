@@ -204,12 +204,21 @@ def test_callback_can_stop(method):
     seen = []
 
     def cb(nit, z, f):
-        seen.append((nit, f))
+        seen.append((nit, z, f))
         return nit >= 2
 
     sol = solve(method, obj, z0, options(method, callback=cb))
     assert not sol.success and "callback" in sol.message
-    assert seen and all(math.isfinite(f) for _, f in seen)
+    # called after accepted steps (every check_every iterations for Adam), with a rising
+    # iteration count; the solver stopped at the first call that asked it to, and returns
+    # the iteration, point and value that call saw
+    nits = [nit for nit, _, _ in seen]
+    assert nits == sorted(set(nits)) and nits[-1] >= 2 and all(n < 2 for n in nits[:-1])
+    nit, z, f = seen[-1]
+    assert sol.nit == nit
+    assert torch.equal(sol.z, z) and sol.fun == f
+    assert f == pytest.approx(float(obj.value(z)), rel=1e-12)
+    assert f < float(obj.value(z0))  # it had made progress: two real iterations
 
 
 def test_lm_on_rank_deficient_jacobian():

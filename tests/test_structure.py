@@ -67,6 +67,15 @@ def _scan(mod: str):
     package = mod if is_pkg else mod.rpartition(".")[0]
     edges: set[str] = set()
     private: set[tuple] = set()
+    # private attributes this module defines itself (methods of its classes, ``self._x =``):
+    # using them on its own objects (``obj._local`` of a class defined here) is not reaching
+    # into another module
+    own = {n.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in c.body
+           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    own |= {t.attr for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+            and t.value.id == "self"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -105,7 +114,7 @@ def _scan(mod: str):
                 private.add((mod, "getattr", args[1].value))
         elif isinstance(node, ast.Attribute) and _private(node.attr):
             base = node.value
-            mine = isinstance(base, ast.Name) and base.id in ("self", "cls")
+            mine = (isinstance(base, ast.Name) and base.id in ("self", "cls")) or node.attr in own
             if not mine and node.attr not in PUBLIC_UNDERSCORE:
                 private.add((mod, ast.unparse(base), node.attr))
         elif (mod == "gradfit" and isinstance(node, ast.Assign)

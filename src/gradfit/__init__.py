@@ -16,11 +16,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "fit": "fitting",
     "minimize": "fitting",
+    "fit_batch": "batch",
     "FitError": "fitting",
     "sample": "sampling",
     "Samples": "sampling",
     "Param": "params",
     "FitResult": "result",
+    "BatchResult": "result",
     "FitWarning": "uncertainty",
     "Likelihood": "likelihoods",
     "Gaussian": "likelihoods",

@@ -2,7 +2,13 @@
 
 Conventions: machine-readable output (``--json``) on stdout, human output (tables,
 progress, warnings) on stderr; exit code 0 on success, 1 on a failed fit, 2 on bad
-input, with a one-line reason that names the file, field or option at fault.
+input, 3 on an I/O fault (disk full, permission, another writer holds the lock), with
+a one-line reason that names the file, field or option at fault.
+
+This module parses options, calls the library and maps its errors to exit codes:
+checks of the input are in :mod:`gradfit.oof.checks`, result writing (atomic, locked,
+never over an input or another input's result unasked) in :mod:`gradfit.oof.output`,
+the time budget in :mod:`gradfit.oof.budget`.
 
 torch and matplotlib are imported inside the commands that need them, so that
 ``gradfit --help`` and argument errors answer at once.
@@ -10,6 +16,7 @@ torch and matplotlib are imported inside the commands that need them, so that
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -20,12 +27,12 @@ import click
 
 __all__ = ["main", "cli", "CLIError"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_IO = 0, 1, 2, 3
 _ERRORS_IMPLEMENTED = ("hessian", "profile", "mcmc")
 
 
 class CLIError(click.ClickException):
-    """A one-line error with an exit code (2: bad input, 1: failed fit)."""
+    """A one-line error with an exit code (2: bad input, 1: failed fit, 3: I/O fault)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
         super().__init__(message)
@@ -40,8 +47,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"gradfit: warning: {_one_line(message)}", err=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that ``finally`` blocks remove staging files."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _on_sigterm():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _restore_sigterm(old) -> None:
+    import signal
+
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
 class _Group(click.Group):
-    """Top-level group: one-line errors, exit codes 0/1/2, warnings as stderr lines."""
+    """Top-level group: one-line errors, exit codes 0/1/2/3, warnings as stderr lines."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         prog_name = prog_name or "gradfit"
@@ -50,6 +81,7 @@ class _Group(click.Group):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.showwarning = _show_warning
+            old_term = _on_sigterm()
             try:
                 rv = super().main(
                     args=args,
@@ -70,9 +102,16 @@ class _Group(click.Group):
             except click.ClickException as exc:
                 click.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
                 code = exc.exit_code
-            except click.Abort:
-                click.echo(f"{prog_name}: aborted", err=True)
-                code = 130
+            except click.Abort as exc:
+                if isinstance(exc.__cause__, _Terminated):  # click turns it into Abort
+                    click.echo(f"{prog_name}: terminated", err=True)
+                    code = 143
+                else:
+                    click.echo(f"{prog_name}: aborted", err=True)
+                    code = 130
+            except _Terminated:
+                click.echo(f"{prog_name}: terminated", err=True)
+                code = 143
             except KeyboardInterrupt:
                 click.echo(f"{prog_name}: interrupted", err=True)
                 code = 130
@@ -85,6 +124,8 @@ class _Group(click.Group):
                     err=True,
                 )
                 code = EXIT_FAILED
+            finally:
+                _restore_sigterm(old_term)
         if not standalone_mode:
             return code
         sys.exit(code)
@@ -97,6 +138,16 @@ def _stderr_console():
     return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
+def _io_error(exc: OSError, what: str = "") -> CLIError:
+    """An I/O fault (exit 3): the library's message, or the path and the OS's reason."""
+    from gradfit.oof.output import OutputIOError
+
+    if isinstance(exc, OutputIOError):
+        return CLIError(_one_line(exc.strerror or exc), EXIT_IO)
+    where = f"{what}: " if what else (f"{exc.filename}: " if exc.filename else "")
+    return CLIError(f"{where}{exc.strerror or exc}", EXIT_IO)
+
+
 def _read_observation(path):
     """Read an observation; any input problem becomes a one-line exit-2 error."""
     from gradfit.oof import io
@@ -104,20 +155,9 @@ def _read_observation(path):
     try:
         return io.read(path)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def _out_dir(out) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"--out {out}: cannot create directory ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise CLIError(f"--out {out}: directory is not writable")
-    return out
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:  # an I/O fault while reading a file that passed the checks
+        raise _io_error(exc, str(path)) from None
 
 
 def _resolve_device(device: str) -> str:
@@ -155,6 +195,33 @@ def _telescope(name, obs=None, source=None):
         raise CLIError(f"{label}: {_one_line(exc.args[0] if exc.args else exc)}") from None
 
 
+def _check_observation(obs, tel, order, source, likelihood=None) -> None:
+    """Pre-fit sanity checks (units, defocus, structure, order): refusals exit 2."""
+    from gradfit.oof import checks
+
+    try:
+        notes = checks.check_observation(obs, tel, order, likelihood)
+    except ValueError as exc:
+        raise CLIError(f"{source}: {_one_line(exc)}") from None
+    for note in notes:
+        click.echo(f"gradfit: warning: {source}: {note}", err=True)
+
+
+def _result_dir(out, inputs, overwrite: bool, fingerprint=True):
+    """The atomic, locked result directory; a refused target exits 2, an I/O fault 3."""
+    from gradfit.oof import output
+
+    try:
+        sha = output.file_sha256(inputs[0]) if fingerprint and inputs else None
+        rd = output.ResultDir(out, inputs=inputs, input_sha256=sha, overwrite=overwrite)
+        rd.check()  # refuse before the (long) fit, not after it
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc) from None
+    return rd
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -164,6 +231,7 @@ def cli():
     """gradfit: fast maximum-likelihood fitting with PyTorch; OOF holography of radio telescopes.
 
     Run 'gradfit demo --out DIR' for a simulated Effelsberg fit with figures.
+    Exit codes: 0 success, 1 failed fit, 2 bad input, 3 I/O fault.
     """
 
 
@@ -244,6 +312,14 @@ def _apply(options):
     return deco
 
 
+_overwrite_option = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output that the policy protects (an existing file; a result "
+    "from another input or holding an input).",
+)
+
+
 @oof.command("simulate")
 @_apply(_sim_options)
 @click.option(
@@ -251,22 +327,29 @@ def _apply(options):
     "out",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Output FITS file (pyoof layout).",
+    help="Output FITS file (pyoof layout); an existing file needs --overwrite.",
 )
+@_overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary to stdout.")
-def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, as_json):
+def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, overwrite, as_json):
     """Simulate an OOF observation and write it as FITS (pyoof layout)."""
-    from gradfit.oof import io
+    from gradfit.oof import io, output
 
+    if not str(out).strip():
+        raise CLIError("--out is empty; give a FITS file name")
     out = Path(out)
     if not out.parent.exists():
         raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    if out.exists() and not overwrite:  # refuse before the simulation, not after it
+        raise CLIError(f"--out {out}: exists; pass --overwrite to replace it")
     tel = _telescope(telescope)
     obs = _simulate(tel, order, snr, npix, seed, freq_ghz, dz)
     try:
-        io.write(obs, out)
+        io.write(obs, out, overwrite=overwrite)
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
     except OSError as exc:
-        raise CLIError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+        raise _io_error(exc, f"--out {out}: cannot write") from None
     click.echo(
         f"wrote {out}: {tel.name}, {len(obs.maps)} maps of "
         f"{obs.maps[0].n} points, order {order}, SNR {snr:g}, seed {seed}",
@@ -295,37 +378,56 @@ _STAGES = {"grid": "choosing the aperture grid", "fit": "fitting", "done": "done
            "profile": "profile-likelihood intervals", "mcmc": "sampling the posterior (NUTS)"}
 
 
-def _progress_fit(fit_fn, obs, kwargs, quiet):
-    """Run the fit with a live status line on stderr (rich).
+def _describe(info: dict, elapsed: float) -> str:
+    parts = [_STAGES.get(info.get("stage"), str(info.get("stage", "fitting")))]
+    if info.get("start"):
+        parts.append(f"start {int(info['start']) + 1}")
+    if info.get("of"):
+        parts.append(f"coefficient {info['nit']} of {info['of']}")
+    elif info.get("nit") is not None:
+        parts.append(f"evaluation {info['nit']}")
+    if isinstance(info.get("fun"), (int, float)):
+        parts.append(f"-log L {float(info['fun']):.6g}")
+    parts.append(f"{elapsed:.1f} s")
+    return ", ".join(parts)
+
+
+def _progress_fit(fit_fn, obs, kwargs, quiet, max_time=None):
+    """Run the fit within ``max_time`` seconds, with its progress visible on stderr.
 
     ``oof.fit`` calls ``progress(info)`` with a dict holding ``stage`` and, while
-    minimising, ``nit``, ``fun`` and ``start`` (index of a multi-start).
+    minimising, ``nit``, ``fun`` and ``start`` (index of a multi-start). On a terminal
+    a live status line shows it; otherwise (a log file) a plain line every 10 s.
     """
-    if quiet:
-        return fit_fn(obs, **kwargs)
-    console = _stderr_console()
+    from gradfit.oof.budget import time_budget
+
     t0 = time.perf_counter()
+    if quiet:
+        with time_budget(max_time) as report:
+            return fit_fn(obs, progress=report, **kwargs)
+    console = _stderr_console()
+    if not console.is_terminal:
+        last = {"t": t0}
+
+        def log(info):
+            now = time.perf_counter()
+            if now - last["t"] >= 10.0:
+                last["t"] = now
+                click.echo(f"gradfit: {_describe(info, now - t0)}", err=True)
+
+        with time_budget(max_time, log) as report:
+            return fit_fn(obs, progress=report, **kwargs)
     with console.status("reading the model ...", spinner="dots") as status:
 
-        def progress(info=None, **kw):
-            info = dict(info or {}, **kw)
-            parts = [_STAGES.get(info.get("stage"), str(info.get("stage", "fitting")))]
-            if info.get("start"):
-                parts.append(f"start {int(info['start']) + 1}")
-            if info.get("of"):
-                parts.append(f"coefficient {info['nit']} of {info['of']}")
-            elif info.get("nit") is not None:
-                parts.append(f"iteration {info['nit']}")
-            if isinstance(info.get("fun"), (int, float)):
-                parts.append(f"-log L {float(info['fun']):.6g}")
-            parts.append(f"{time.perf_counter() - t0:.1f} s")
-            status.update(", ".join(parts))
+        def show(info):
+            status.update(_describe(info, time.perf_counter() - t0))
 
-        return fit_fn(obs, progress=progress, **kwargs)
+        with time_budget(max_time, show) as report:
+            return fit_fn(obs, progress=report, **kwargs)
 
 
 def _summary(sol_dict: dict, console) -> None:
-    """A human summary of a solution on stderr."""
+    """A human summary of a solution on stderr: coefficients, convergence, adequacy."""
     from rich.table import Table
 
     fit = sol_dict.get("fit", {})
@@ -365,6 +467,16 @@ def _summary(sol_dict: dict, console) -> None:
     if fit.get("time_s") is not None:
         line += f", {float(fit['time_s']):.2f} s"
     console.print(line)
+    adequacy = sol_dict.get("adequacy")
+    if adequacy:
+        x, limit = adequacy.get("normalised_residual"), adequacy.get("limit")
+        if adequacy.get("adequate"):
+            console.print(f"model adequate: normalised residual {x:.3g} (limit {limit:g})")
+        else:
+            console.print(
+                f"[bold]MODEL DOES NOT DESCRIBE THE DATA[/bold]: normalised residual {x:.3g} "
+                f"(limit {limit:g}); likely causes: " + "; ".join(adequacy.get("causes", []))
+            )
     if isinstance(rms, (int, float)):
         line = f"surface rms: {rms:.1f} µm"
         w = sol_dict.get("surface_rms_weighted_um")
@@ -376,37 +488,29 @@ def _summary(sol_dict: dict, console) -> None:
         console.print(line)
 
 
-def _write_outputs(sol, obs, out: Path, input_path, settings: dict, figures=True) -> dict:
-    """solution.json, phase/surface FITS, model.fits and the figures."""
-    from gradfit.oof import io, plots
+def _assess(sol, obs, tel) -> dict:
+    """The adequacy of a finished fit (convergence is reported beside it)."""
+    from gradfit.oof import checks
 
-    extra = {
-        "input": {
-            "path": str(Path(input_path).resolve()) if input_path else None,
-            "layout": obs.layout,
-            "n_maps": len(obs.maps),
-            "points_per_map": [m.n for m in obs.maps],
-        },
-        "settings": settings,
-    }
-    try:
-        data = io.write_solution(sol, out, extra=extra)
-        io.write_maps(obs, sol.model_maps(), out / "model.fits")
-        if figures:
-            plots.plot_dir(out, obs)
-    except OSError as exc:
-        raise CLIError(f"--out {out}: cannot write results ({exc.strerror or exc})") from None
-    return data
+    return checks.assess(
+        obs,
+        tel,
+        normalised_residual=sol.fit.get("normalised_residual", float("nan")),
+        model_maps=sol.model_maps(),
+        success=sol.success,
+    )
 
 
 def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None,
-             error_options=None):
-    """oof.fit with CLI error mapping: bad settings → exit 2, crash → exit 1."""
+             error_options=None, max_time=None):
+    """oof.fit with CLI error mapping: bad settings → exit 2, crash or budget → exit 1."""
     try:
         from gradfit.oof import fit
     except ImportError as exc:
         fit = None
         missing = exc
+    from gradfit.oof.budget import BudgetExceeded
+
     kwargs = dict(
         order=order, telescope=telescope, likelihood=likelihood, method=method, device=device
     )
@@ -420,7 +524,11 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
     if fit is None:
         raise CLIError(f"the OOF fit is not available: {missing}", EXIT_FAILED)
     try:
-        return _progress_fit(fit, obs, kwargs, quiet)
+        return _progress_fit(fit, obs, kwargs, quiet, max_time)
+    except BudgetExceeded as exc:
+        raise CLIError(
+            f"fit stopped: {exc} (--max-time); no result was written", EXIT_FAILED
+        ) from None
     except (ValueError, KeyError) as exc:
         raise CLIError(_one_line(exc.args[0] if exc.args else exc)) from None
     except Exception as exc:  # noqa: BLE001 - a crashed fit is a failed fit (exit 1)
@@ -433,7 +541,57 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
         ) from None
 
 
-def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
+def _publish(rd, sol, obs, *, input_path, settings, adequacy, figures, failed, quiet,
+             write_observation=False) -> tuple[dict, bool]:
+    """Write the result atomically into ``rd``; (JSON, whether it was written).
+
+    A failed fit does not replace an earlier result: that stays, and the JSON goes
+    only to stdout (with --json).
+    """
+    from gradfit.oof import io, output
+
+    sha = rd.input_sha256
+    if failed and rd.earlier is not None:
+        data = json.loads(io.to_json({**sol.to_dict(), "adequacy": adequacy,
+                                      "settings": settings}))
+        click.echo(f"gradfit: warning: the earlier result in {rd.target} is kept; the failed "
+                   "fit was not written", err=True)
+        return data, False
+    try:
+        if write_observation:
+            io.write(obs, rd.staging / "observation.fits")
+            sha = output.file_sha256(rd.staging / "observation.fits")
+        data = io.write_fit_result(rd.staging, sol, obs, input_path=input_path,
+                                   input_sha256=sha, settings=settings, adequacy=adequacy)
+        if figures:  # after the solution files, from them (matplotlib is imported only now)
+            from gradfit.oof import plots
+
+            try:
+                plots.plot_dir(rd.staging, obs)
+            except (OSError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a figure must not cost the solution
+                if os.environ.get("GRADFIT_DEBUG"):
+                    raise
+                figures = False
+                for png in rd.staging.glob("*.png"):
+                    png.unlink()
+                click.echo(f"gradfit: warning: figures not drawn ({type(exc).__name__}: "
+                           f"{_one_line(exc)}); 'gradfit oof plot {rd.target}' retries", err=True)
+        rd.commit()
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc, f"--out {rd.target}: cannot write results") from None
+    names = "solution.json, phase.fits, surface.fits, surface_error.fits, model.fits"
+    if figures:
+        names += ", maps.png, surface.png, surface_error.png"
+    if not quiet:
+        click.echo(f"wrote {rd.target}/: {names}", err=True)
+    return data, True
+
+
+def _finish(data: dict, as_json: bool, quiet: bool, strict: bool) -> int:
     from gradfit.oof import io
 
     if not quiet:
@@ -441,8 +599,17 @@ def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
     if as_json:
         click.echo(io.to_json(data, indent=2))
     fit = data.get("fit", {})
-    if not fit.get("success", getattr(sol, "success", True)):
+    if not fit.get("success", False):
         click.echo(f"gradfit: error: fit failed: {_one_line(fit.get('message', ''))}", err=True)
+        return EXIT_FAILED
+    adequacy = data.get("adequacy") or {}
+    if strict and not adequacy.get("adequate", True):
+        click.echo(
+            f"gradfit: error: the model does not describe the data (normalised residual "
+            f"{adequacy.get('normalised_residual', float('nan')):.3g} > "
+            f"{adequacy.get('limit', float('nan')):g}; --strict)",
+            err=True,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -475,8 +642,10 @@ def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
     "out",
     required=True,
     type=click.Path(file_okay=False),
-    help="Output directory for solution.json, FITS maps and figures.",
+    help="Output directory for solution.json, FITS maps and figures; written atomically. "
+    "It must be new, empty or an earlier result of the same input (else --overwrite).",
 )
+@_overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
 @click.option(
     "--errors",
@@ -500,6 +669,19 @@ def _finish(sol, data: dict, as_json: bool, quiet: bool) -> int:
     help="Iteration limit of the minimiser (default: the solver's).",
 )
 @click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Wall-time budget of the fit in seconds; beyond it the fit stops (exit 1) and "
+    "nothing is written.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when the fit converged but the model does not describe the data "
+    "(normalised residual above its limit).",
+)
+@click.option(
     "--figures/--no-figures", default=True, show_default=True, help="Draw maps.png and surface.png."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
@@ -511,46 +693,116 @@ def fit_cmd(
     device,
     telescope,
     out,
+    overwrite,
     as_json,
     errors,
     mcmc_samples,
     max_iter,
+    max_time,
+    strict,
     figures,
     quiet,
 ):
     """Fit Zernike coefficients to the beam maps in FILE and write results to --out."""
+    from gradfit.oof import output
+
+    if not str(out).strip():
+        raise CLIError("--out is empty; give a directory for the results")
     obs = _read_observation(file)
     tel = _telescope(telescope, obs, file)
     device = _resolve_device(device)
-    out = _out_dir(out)
-    sol = _run_fit(
-        obs,
-        order=order,
-        likelihood=likelihood,
-        method=method,
-        device=device,
-        telescope=tel,
-        errors=errors,
-        quiet=quiet,
-        max_iter=max_iter,
-        error_options={"num_samples": mcmc_samples} if errors == "mcmc" else None,
-    )
-    settings = dict(
-        order=order,
-        likelihood=likelihood,
-        method=method,
-        device=device,
-        telescope=tel.name,
-        errors=errors,
-        max_iter=max_iter,
-    )
-    data = _write_outputs(sol, obs, out, file, settings, figures=figures)
-    if not quiet:
-        names = "solution.json, phase.fits, surface.fits, surface_error.fits, model.fits"
-        if figures:
-            names += ", maps.png, surface.png, surface_error.png"
-        click.echo(f"wrote {out}/: {names}", err=True)
-    return _finish(sol, data, as_json, quiet)
+    rd = _result_dir(out, [file], overwrite)
+    _check_observation(obs, tel, order, file, likelihood)
+    try:
+        rd.__enter__()  # lock held from the fit to the commit: a second writer stops now
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc) from None
+    try:
+        sol = _run_fit(
+            obs,
+            order=order,
+            likelihood=likelihood,
+            method=method,
+            device=device,
+            telescope=tel,
+            errors=errors,
+            quiet=quiet,
+            max_iter=max_iter,
+            error_options={"num_samples": mcmc_samples} if errors == "mcmc" else None,
+            max_time=max_time,
+        )
+        adequacy = _assess(sol, obs, tel)
+        settings = dict(
+            order=order,
+            likelihood=likelihood,
+            method=method,
+            device=device,
+            telescope=tel.name,
+            errors=errors,
+            max_iter=max_iter,
+            max_time=max_time,
+            strict=strict,
+        )
+        failed = not sol.success or (strict and not adequacy["adequate"])
+        data, _ = _publish(rd, sol, obs, input_path=file, settings=settings, adequacy=adequacy,
+                           figures=figures, failed=failed, quiet=quiet)
+    finally:
+        rd.__exit__(None, None, None)
+    return _finish(data, as_json, quiet, strict)
+
+
+@oof.command("plan")
+@click.option("--telescope", default="effelsberg", show_default=True, help="Telescope name.")
+@click.option("--frequency", type=float, default=32e9, show_default=True,
+              help="Observing frequency (Hz).")
+@click.option("--order", type=int, default=5, show_default=True, help="Zernike order fitted.")
+@click.option("--snr", type=float, default=1000.0, show_default=True,
+              help="In-focus peak over the noise per sample.")
+@click.option("--npix", type=int, default=33, show_default=True, help="Samples per map side.")
+@click.option("--half-width", "half_width", default="8", show_default=True,
+              help="Map half width(s) in beams of 1.22 lambda/D, comma-separated to compare.")
+@click.option("--dz", "dz", multiple=True,
+              help="A candidate plan: defocus of each map in metres, comma-separated "
+                   "(0 for the in-focus map); repeat to compare plans. Default: search "
+                   "symmetric plans -d, 0, +d.")
+@click.option("--criterion", default="D", show_default=True,
+              help="D (determinant), A (trace) or worst (largest coefficient error).")
+@click.option("--nuisance", default="amp,c_dB", show_default=True,
+              help="Nuisance parameters marginalised, comma-separated.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Write the figure of expected errors against dz to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON to stdout.")
+def plan_cmd(telescope, frequency, order, snr, npix, half_width, dz, criterion, nuisance,
+             figure, as_json):
+    """Plan an observation: expected coefficient errors by Fisher information."""
+    from gradfit.oof import plan as planning
+
+    def floats(text, option):
+        try:
+            return [float(t) for t in str(text).split(",") if t.strip()]
+        except ValueError:
+            raise CLIError(f"{option} {text}: not a comma-separated list of numbers") from None
+
+    if figure is not None and Path(figure).exists():
+        raise CLIError(f"--figure {figure}: exists; choose a new file name")
+    try:
+        result = planning.plan(
+            telescope, frequency, order=order, snr=snr, npix=npix,
+            half_width_beams=floats(half_width, "--half-width"),
+            dz=[floats(d, "--dz") for d in dz] or None, criterion=criterion,
+            nuisance=[n.strip() for n in nuisance.split(",") if n.strip()])
+    except (ValueError, KeyError) as exc:
+        raise CLIError(f"oof plan: {_one_line(exc.args[0] if exc.args else exc)}") from None
+    if figure is not None:
+        planning.plan_figure(result, figure)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=1, allow_nan=False))
+    else:
+        click.echo(str(result), err=True)
 
 
 @oof.command("plot")
@@ -577,12 +829,15 @@ def plot_cmd(directory, obs_path, units):
     if not d.is_dir():
         raise CLIError(f"{d}: no such directory")
     obs = _read_observation(obs_path) if obs_path else None
+    from gradfit.oof.output import locked
+
     try:
-        written = plots.plot_dir(d, obs, units=units)
+        with locked(d):  # not while a fit is replacing the directory
+            written = plots.plot_dir(d, obs, units=units)
     except ValueError as exc:  # OOFDataError included
         raise CLIError(_one_line(exc)) from None
     except OSError as exc:
-        raise CLIError(f"{d}: cannot write figures ({exc.strerror or exc})") from None
+        raise _io_error(exc, f"{d}: cannot write figures") from None
     for p in written:
         click.echo(str(p))
 
@@ -594,7 +849,7 @@ def plot_cmd(directory, obs_path, units):
     default="demo-output",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Output directory.",
+    help="Output directory (new, empty, or an earlier demo's).",
 )
 @click.option("--order", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--npix", type=click.IntRange(min=5), default=33, show_default=True)
@@ -605,43 +860,57 @@ def plot_cmd(directory, obs_path, units):
 @click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
 def demo_cmd(out, order, npix, snr, seed, as_json):
     """Simulate an Effelsberg observation, fit it and write the figures to --out."""
-    from gradfit.oof import io
+    from gradfit.oof import output
 
     t0 = time.perf_counter()
-    out = _out_dir(out)
+    if not str(out).strip():
+        raise CLIError("--out is empty; give a directory for the results")
+    # the observation is part of the demo's result (observation.fits): no input to protect
+    rd = _result_dir(out, [], overwrite=False, fingerprint=False)
     console = _stderr_console()
     console.print(
         f"simulating Effelsberg at 32 GHz: order {order}, {npix}x{npix} points per "
         f"map, SNR {snr:g}, seed {seed}"
     )
     obs = _simulate("effelsberg", order, snr, npix, seed, 32.0, 0.022)
-    obs_path = out / "observation.fits"
-    io.write(obs, obs_path)
     tel = _telescope("effelsberg")
-    sol = _run_fit(
-        obs,
-        order=order,
-        likelihood="gaussian",
-        method="lm",
-        device="cpu",
-        telescope=tel,
-        errors="hessian",
-        quiet=False,
-    )
-    settings = dict(
-        order=order,
-        likelihood="gaussian",
-        method="lm",
-        device="cpu",
-        telescope=tel.name,
-        errors="hessian",
-    )
-    data = _write_outputs(sol, obs, out, obs_path, settings)
-    code = _finish(sol, data, as_json, quiet=False)
+    try:
+        rd.__enter__()
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc) from None
+    try:
+        sol = _run_fit(
+            obs,
+            order=order,
+            likelihood="gaussian",
+            method="lm",
+            device="cpu",
+            telescope=tel,
+            errors="hessian",
+            quiet=False,
+        )
+        adequacy = _assess(sol, obs, tel)
+        settings = dict(
+            order=order,
+            likelihood="gaussian",
+            method="lm",
+            device="cpu",
+            telescope=tel.name,
+            errors="hessian",
+        )
+        obs_path = Path(out) / "observation.fits"
+        data, _ = _publish(rd, sol, obs, input_path=obs_path, settings=settings,
+                           adequacy=adequacy, figures=True, failed=not sol.success,
+                           quiet=False, write_observation=True)
+    finally:
+        rd.__exit__(None, None, None)
+    code = _finish(data, as_json, quiet=False, strict=False)
     _compare_truth(obs, data, console)
     console.print(
         f"demo done in {time.perf_counter() - t0:.1f} s; figures: "
-        f"{out / 'maps.png'}, {out / 'surface.png'}"
+        f"{Path(out) / 'maps.png'}, {Path(out) / 'surface.png'}"
     )
     return code
 

@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,12 +20,14 @@ from .priors import Prior, Uniform
 from .result import FitResult
 from .solvers.base import SolverOptions
 from .uncertainty import FitWarning, correlation, covariance_from_hessian
+from .uncertainty_scale import DENSE_LIMIT, variances
 
-__all__ = ["fit", "minimize", "FitError", "Problem", "build_problem", "build_minimize_problem",
-           "run_problem", "ERRORS"]
+__all__ = ["fit", "minimize", "FitError", "Problem", "DataTerms", "build_problem",
+           "build_minimize_problem", "run_problem", "ERRORS"]
 
-#: the choices of ``errors``: the covariance from the Hessian (or JᵀJ), or none
-ERRORS = ("hessian", "none")
+#: the choices of ``errors``: 'hessian' (the covariance from the Hessian or JᵀJ, dense up
+#: to ``DENSE_LIMIT`` free parameters, else a stochastic diagonal), 'none', or how at scale
+ERRORS = ("hessian", "none", "dense", "cg", "hutchinson")
 
 
 class FitError(RuntimeError):
@@ -107,7 +110,13 @@ class Problem:
     import this module (which would make an import cycle through ``result``).
     residual_jacobian : callable ``theta -> (r, dr/dtheta)`` or None (a model-supplied
         exact Jacobian, see ``fit(jacobian=...)``)
+    in_memory : False when the data are chunked or distributed (:mod:`gradfit.data`)
+    terms : :class:`DataTerms` of a :func:`fit` problem (data and prior terms apart)
     """
+
+    in_memory = True
+    reducer = None
+    terms = None
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
                  gauss_newton=False, rebuild=None, lik_residuals=None, residual_jacobian=None):
@@ -171,6 +180,30 @@ class Problem:
         :class:`FitWarning` (see :func:`gradfit.uncertainty.covariance_from_hessian`).
         """
         return _covariance(self, torch.as_tensor(theta, device=self.device, dtype=self.dtype))
+
+    def rss(self, theta) -> float | None:
+        """Sum of the squared likelihood residuals at ``theta`` (None without them)."""
+        if self.lik_residuals is None:
+            return None
+        with torch.no_grad():
+            rl = self.lik_residuals(theta)
+        return float((rl * rl).sum())
+
+
+@dataclass(frozen=True)
+class DataTerms:
+    """The pieces of a :func:`fit` objective with the data as arguments.
+
+    Lets :mod:`gradfit.data` evaluate the same likelihood chunk by chunk and add the
+    prior once: ``nll = Σ_chunks data_nll(p, x_c, y_c) + prior_nll(p)``.
+    """
+
+    predict: Callable  # (p, x) -> model prediction
+    data_nll: Callable  # (p, x, y) -> −log L of one chunk (nuisance parameters included)
+    data_residuals: Callable  # (p, x, y) -> flat likelihood residuals of one chunk
+    prior_nll: Callable | None  # p -> −log prior, or None
+    prior_residuals: Callable | None  # p -> prior residuals, or None
+    has_residuals: bool
 
 
 def _normalise_priors(priors, space_params: dict) -> tuple[dict, Callable | None]:
@@ -314,6 +347,19 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
 
     has_res = lik.has_residuals and prior_ok
 
+    def predict_x(p, x_):
+        return model(_ModelParams({n: p[n] for n in user_names}), x_)
+
+    def lik_res_x(p, x_, y_):
+        return lik.residuals(y_, predict_x(p, x_)).reshape(-1)
+
+    terms = DataTerms(
+        predict=predict_x,
+        data_nll=lambda p, x_, y_: lik.nll(y_, predict_x(p, x_), {n: p[n] for n in nuis_names}),
+        data_residuals=lik_res_x,
+        prior_nll=None if log_prior is None else (lambda p: -log_prior(p)),
+        prior_residuals=prior_res, has_residuals=has_res)
+
     def make(sp: ParamSpace) -> Problem:
         """The problem on parameter space ``sp``: the same model, data and likelihood."""
 
@@ -344,6 +390,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                        lik_residuals=lik_residuals, residual_jacobian=res_jac)
 
     prob = make(space)
+    prob.terms = terms
     with torch.no_grad():
         f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
     if not torch.isfinite(f0):
@@ -453,6 +500,27 @@ def build_minimize_problem(nll_fn, params, priors=None, device="cpu", dtype=torc
     return prob
 
 
+#: ``method='lm'`` runs the dense SVD Levenberg–Marquardt up to this many free parameters
+#: and Jacobian elements (200 MB in float64); beyond either, the matrix-free 'lm-cg'.
+LM_DENSE_MAX_PARAMS = 1000
+LM_DENSE_MAX_JACOBIAN = 25_000_000
+
+
+def _lm_variant(prob: Problem) -> tuple[str, str]:
+    """Which Levenberg–Marquardt runs for ``method='lm'`` (dense, normal equations or
+    matrix-free CG), and why ('' for the dense one)."""
+    n = prob.space.n_free
+    if n > LM_DENSE_MAX_PARAMS:
+        return "lm-cg", f"matrix-free: {n} free parameters > {LM_DENSE_MAX_PARAMS}"
+    if not prob.in_memory:
+        return "lm-normal", "JᵀJ and Jᵀr summed over the data chunks"
+    if n * (prob.ndata or 0) > LM_DENSE_MAX_JACOBIAN:
+        return "lm-cg", (f"matrix-free: a dense Jacobian would have {n * prob.ndata:.3g} "
+                         f"elements > {LM_DENSE_MAX_JACOBIAN:.3g}; with few parameters, "
+                         "chunk_size=... is faster when the data rows are independent")
+    return "lm", ""
+
+
 def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, not {type(method).__name__}")
@@ -461,15 +529,23 @@ def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
         if m not in solvers.METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: auto, "
                              f"{', '.join(solvers.available_methods())}")
-        if m in ("lm", "scipy-lm") and prob.residuals is None:
+        if m in solvers.RESIDUAL_METHODS and prob.residuals is None:
             raise ValueError(
                 f"method {method!r} (Levenberg–Marquardt) needs a least-squares form: a "
                 "Gaussian, Cauchy or Student-t likelihood with known scale, or Poisson, and only "
                 "Normal priors; use method='bfgs' or 'lbfgs' instead")
+        if m == "scipy-lm" and not prob.in_memory:
+            raise ValueError("method 'scipy-lm' needs the full residual vector, which chunked "
+                             "or distributed data do not form; use method='lm'")
+        if m == "lm":
+            m, why = _lm_variant(prob)
+            return m, f"'lm' ran as '{m}' ({why})" if why else ""
         return m, ""
     n = prob.space.n_free
-    if prob.residuals is not None and n <= 2000:
-        return "lm", f"auto chose 'lm' (least-squares form, {n} free parameters)"
+    if prob.residuals is not None:
+        m, why = _lm_variant(prob)
+        why = f"; {why}" if why else ""
+        return m, f"auto chose '{m}' (least-squares form, {n} free parameters{why})"
     if n <= 200:
         return "bfgs", f"auto chose 'bfgs' (no least-squares form, {n} free parameters)"
     return "lbfgs", f"auto chose 'lbfgs' ({n} free parameters)"
@@ -484,7 +560,10 @@ def _errors_mode(errors, where: str) -> str:
         return new
     if isinstance(errors, str) and errors.lower() in ERRORS:
         return errors.lower()
-    raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))}, got {errors!r}")
+    if isinstance(errors, (list, tuple)) and errors and all(isinstance(e, str) for e in errors):
+        return list(errors)
+    raise ValueError(f"errors must be one of {', '.join(map(repr, ERRORS))} or a list of "
+                     f"parameter labels, got {errors!r}")
 
 
 def _progress_callback(progress):
@@ -526,6 +605,7 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     errors = _errors_mode(errors, "run_problem")
     meth, why = _choose_method(method, prob)
     space = prob.space
+    how = _error_how(errors, space.n_free)
     obj = prob.objective()
     th0 = space.theta0 if theta0 is None else np.asarray(theta0, dtype=np.float64)
     z0 = obj.as_tensor(space.to_internal(th0))
@@ -551,14 +631,21 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
         message = f"{message} [{why}]"
     n = space.n_free
     nfev, njev = obj.nfev, obj.ngev + obj.njev
-    cov = np.full((n, n), np.nan)
-    if errors == "hessian" and n and math.isfinite(fun):
-        cov, extra = _covariance(prob, theta_t)
+    cov = np.full((n, n), np.nan) if n <= DENSE_LIMIT else None
+    err_flat, error_method = np.full(n, np.nan), "none"
+    if how is not None and n and math.isfinite(fun):
+        if how == "dense":
+            cov, extra = _covariance(prob, theta_t)
+            error_method = "dense-gauss-newton" if prob.gauss_newton else "dense-hessian"
+        else:
+            err_flat, error_method, extra = _scale_errors(prob, theta_t, how, options)
+            cov = None
         nfev += extra
-    corr = correlation(cov) if n else np.zeros((0, 0))
-    err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
+    if cov is not None:
+        err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
+    corr = None if cov is None else (correlation(cov) if n else np.zeros((0, 0)))
     bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
-    if bounds_hit and errors == "hessian":
+    if bounds_hit and how is not None:
         warnings.warn(
             f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
             "Hessian are not reliable there", FitWarning, stacklevel=3)
@@ -569,43 +656,84 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
         cov=cov, corr=corr, names=list(space.labels), fun=fun, success=success,
         message=message, method=raw.method or meth, nfev=nfev, njev=njev, nit=int(raw.nit),
         time_s=time.perf_counter() - t0, ndata=ndata,
-        dof=None if ndata is None else ndata - n, at_bounds=bounds_hit, problem=prob)
+        dof=None if ndata is None else ndata - n, at_bounds=bounds_hit, problem=prob,
+        error_method=error_method)
     if strict and not success:
         raise FitError(f"fit did not succeed: {message}")
     return res
+
+
+def _error_how(errors, n: int):
+    """None (no errors), 'dense', 'cg', 'hutchinson', or a list of labels (CG for those)."""
+    if errors is True or errors == "hessian":
+        return "dense" if n <= DENSE_LIMIT else "hutchinson"
+    if errors is False or errors is None or errors == "none":
+        return None
+    if isinstance(errors, str) and errors in ("dense", "cg", "hutchinson"):
+        if errors == "dense" and n > DENSE_LIMIT:
+            raise ValueError(
+                f"errors='dense' would form a {n} x {n} matrix (limit {DENSE_LIMIT} free "
+                "parameters); use errors='hutchinson', 'cg' or a list of parameter labels")
+        return errors
+    if isinstance(errors, (list, tuple)) and all(isinstance(e, str) for e in errors):
+        return list(errors)
+    raise ValueError(f"errors must be True, False, 'dense', 'cg', 'hutchinson' or a list of "
+                     f"parameter labels, not {errors!r}")
+
+
+def _variance_scale(prob: Problem, theta: torch.Tensor) -> float:
+    """RSS/(n−p) for least squares with unknown sigma, else 1 (NaN with a warning if no dof)."""
+    lik = prob.likelihood
+    if lik is None or not lik.scale_errors:
+        return 1.0
+    n = prob.space.n_free
+    rss = prob.rss(theta)
+    dof = prob.ndata - n
+    if rss is None or dof <= 0:
+        warnings.warn(
+            f"least squares with {prob.ndata} points and {n} free parameters leaves no "
+            "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=5)
+        return math.nan
+    return rss / dof
+
+
+def _scale_errors(prob: Problem, theta: torch.Tensor, how, options) -> tuple:
+    """Errors without the n x n matrix (:mod:`gradfit.uncertainty_scale`)."""
+    opts = dict(options or {})
+    tobj = prob.theta_objective()
+    labels = list(prob.space.labels)
+    which = how if isinstance(how, list) else None
+    out = variances(tobj, theta, prob.gauss_newton, labels,
+                    method="cg" if which is not None or how == "cg" else "hutchinson",
+                    which=which, probes=int(opts.get("error_probes", 32)),
+                    seed=int(opts.get("error_seed", 0)))
+    var = out.var * _variance_scale(prob, theta)
+    return np.sqrt(var), out.method, tobj.nfev
 
 
 def _covariance(prob: Problem, theta: torch.Tensor) -> tuple[np.ndarray, int]:
     """Covariance of the free parameters at theta; returns (cov, extra evaluations)."""
     tobj = prob.theta_objective()
     labels = prob.space.labels
-    n = prob.space.n_free
-    if prob.gauss_newton:
+    if prob.gauss_newton and not prob.in_memory:
+        H = tobj.normal_equations(theta)[1].cpu().numpy().astype(np.float64)
+    elif prob.gauss_newton:
         r, J = tobj.residuals_and_jacobian(theta)
         Jn = J.detach().cpu().numpy().astype(np.float64)
         H = Jn.T @ Jn
     else:
         H = tobj.hessian(theta).cpu().numpy().astype(np.float64)
     cov = covariance_from_hessian(H, labels)
-    lik = prob.likelihood
-    if lik is not None and lik.scale_errors:
-        with torch.no_grad():
-            rl = prob.lik_residuals(theta) if prob.lik_residuals is not None else None
-        dof = prob.ndata - n
-        if rl is None or dof <= 0:
-            warnings.warn(
-                f"least squares with {prob.ndata} points and {n} free parameters leaves no "
-                "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=4)
-            cov = np.full_like(cov, np.nan)
-        else:
-            rss = float((rl * rl).sum())
-            cov = cov * (rss / dof)
+    scale = _variance_scale(prob, theta)
+    if scale != 1.0:
+        cov = cov * scale
     return cov, tobj.nfev
 
 
 def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
         device="cpu", dtype=torch.float64, strict=False, max_iter=None, tol=None,
-        progress=False, options=None, errors="hessian", jacobian=None) -> FitResult:
+        progress=False, options=None, errors="hessian", jacobian=None, chunk_size=None,
+        distributed=False) -> FitResult:
     """Fit ``model(p, x)`` to data ``y`` by maximum likelihood (or MAP with ``priors``).
 
     Parameters
@@ -637,10 +765,13 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         True prints the iteration and objective on stderr while fitting; a callable
         is called after each iteration as ``progress({"stage": "fit", "nit": ...,
         "fun": ...})``.
-    errors : {'hessian', 'none'}
-        'hessian' (default): the covariance from the Hessian (JᵀJ for least squares);
-        'none': no errors (NaN). The old bools True/False still work, with a
-        DeprecationWarning.
+    errors : {'hessian', 'none', 'dense', 'cg', 'hutchinson'} or list of str
+        'hessian' (default): the covariance from the Hessian (JᵀJ for least squares),
+        dense up to ``DENSE_LIMIT`` (2000) free parameters, else a stochastic diagonal;
+        'none': no errors (NaN); at scale, 'dense', 'cg' (exact marginal variances by CG
+        solves), 'hutchinson' (stochastic diagonal), or a list of labels ('cg' for
+        those). ``FitResult.error_method`` says which ran. The old bools True/False
+        still work, with a DeprecationWarning.
     jacobian : callable, optional
         ``jacobian(p, x) -> (mu, {name: d mu / d p[name]})``, each derivative of shape
         ``mu.shape + p[name].shape``, for every parameter with a free element: an
@@ -648,12 +779,33 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         solvers (``'lm'``) and for the Gauss-Newton covariance. The bound transforms
         and the likelihood's residual derivative (elementwise in the model, as for
         every built-in likelihood) are applied by gradfit.
+    chunk_size : int, optional
+        Evaluate the likelihood this many rows of ``x``/``y`` at a time
+        (:mod:`gradfit.data`): ``x``/``y`` may then be ``numpy.memmap`` or h5py
+        datasets. With ``y=None``, ``x`` is a list of ``(x_c, y_c)`` chunks or a
+        callable returning an iterator of them.
+    distributed : bool
+        Under ``torchrun``: this rank's ``x``/``y`` are its shard of the data and the
+        ranks fit one likelihood together (:mod:`gradfit.distributed`).
 
     Returns
     -------
     FitResult
     """
     errors = _errors_mode(errors, "fit")
+    if chunk_size is not None or distributed or y is None:
+        from .data import fit_data
+
+        if jacobian is not None:
+            raise ValueError("jacobian= is not supported with chunked or distributed data "
+                             "(chunk_size=, distributed=True or y=None); the autodiff "
+                             "Jacobian is used there")
+        return fit_data(model, x, y, params, likelihood=likelihood, method=method,
+                        priors=priors, device=device, dtype=dtype, chunk_size=chunk_size,
+                        distributed=distributed, run_kwargs=dict(
+                            max_iter=max_iter, tol=tol, progress=progress, options=options,
+                            strict=strict, errors=errors),
+                        build_problem=build_problem, run_problem=run_problem)
     prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
                          device=device, dtype=dtype, jacobian=jacobian)
     return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["Objective", "resolve_device"]
+__all__ = ["Objective", "Linearization", "resolve_device"]
 
 
 def resolve_device(device) -> torch.device:
@@ -186,6 +186,25 @@ class Objective:
                 cols.append(torch.zeros_like(r) if c is None else c)
         return r.detach(), torch.stack(cols, dim=1).detach()
 
+    # ------------------------------------- Gauss–Newton products (matrix-free LM)
+    def residual_cost(self, z: torch.Tensor) -> torch.Tensor:
+        """``0.5 * sum(r(z)**2)`` as a 0-d tensor (no graph)."""
+        r = self.residuals(z)
+        return 0.5 * (r * r).sum()
+
+    def linearize(self, z: torch.Tensor) -> Linearization:
+        """The residuals at ``z`` with ``J v`` and ``Jᵀ u`` products on one retained graph."""
+        if self._res is None:
+            raise TypeError("this objective has no residual form; Levenberg–Marquardt needs one")
+        self.nfev += 1
+        self.njev += 1
+        return Linearization(self._res, self.as_tensor(z))
+
+    def normal_equations(self, z: torch.Tensor):
+        """``(0.5 |r|², JᵀJ, Jᵀr)`` at ``z``: the dense Gauss–Newton system (small ``n``)."""
+        r, J = self.residuals_and_jacobian(z)
+        return 0.5 * (r * r).sum(), J.T @ J, J.T @ r
+
     # ------------------------------------------------------------ NumPy bridge
     def scipy_fun_and_grad(self, zn: np.ndarray) -> tuple[float, np.ndarray]:
         """``(f, ∇f)`` as float and float64 array, for ``scipy.optimize.minimize(jac=True)``.
@@ -214,3 +233,83 @@ class Objective:
     def scipy_hess(self, zn: np.ndarray) -> np.ndarray:
         t = self.hessian(torch.from_numpy(np.asarray(zn, np.float64).copy()))
         return t.cpu().numpy().astype(np.float64)
+
+
+class Linearization:
+    """Residuals ``r(z)`` and products with their Jacobian ``J``, without forming ``J``.
+
+    One forward pass builds ``r`` and, by the double-backward trick, ``w(u) = Jᵀu``
+    as a graph linear in a dummy ``u``; then ``Jᵀu`` is one backward pass through
+    ``r`` and ``J v = ∂(w·v)/∂u`` one backward pass through ``w``. Both reuse the
+    retained graphs, so a conjugate-gradient iteration on ``JᵀJ`` costs two backward
+    passes and no forward pass. (Forward-mode ``torch.func.jvp`` re-runs the model for
+    every product: measured 5–6× slower per ``JᵀJ v`` on a 10⁴–10⁵-parameter
+    deconvolution, plus seconds on its first call in a fresh process.)
+
+    Attributes
+    ----------
+    r : Tensor
+        The residuals (detached).
+    cost : Tensor
+        ``0.5 * sum(r**2)``.
+    grad : Tensor
+        ``Jᵀr``, the gradient of ``cost``.
+    """
+
+    def __init__(self, res_fun, z: torch.Tensor):
+        self._z = z.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            self._r = res_fun(self._z).reshape(-1)
+            if self._r.requires_grad:
+                self._u = torch.zeros_like(self._r, requires_grad=True)
+                (w,) = torch.autograd.grad((self._r * self._u).sum(), self._z,
+                                           create_graph=True, allow_unused=True)
+                self._w = w if w is not None and w.requires_grad else None
+            else:
+                self._u = self._w = None
+        self.r = self._r.detach()
+        self.cost = 0.5 * (self.r * self.r).sum()
+        self.grad = self.vjp(self.r)
+
+    @property
+    def m(self) -> int:
+        return self.r.numel()
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """``Jᵀ u`` for ``u`` of the residuals' length."""
+        if not self._r.requires_grad:
+            return torch.zeros_like(self._z).detach()
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad((self._r * u.reshape(-1)).sum(), self._z,
+                                       retain_graph=True, allow_unused=True)
+        return torch.zeros_like(self._z).detach() if g is None else g.detach()
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` for ``v`` of the parameters' length."""
+        if self._w is None:
+            return torch.zeros_like(self.r)
+        with torch.enable_grad():
+            (jv,) = torch.autograd.grad((self._w * v).sum(), self._u, retain_graph=True,
+                                        allow_unused=True)
+        return torch.zeros_like(self.r) if jv is None else jv.detach()
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``JᵀJ v``, the Gauss–Newton matrix times ``v``."""
+        return self.vjp(self.jvp(v))
+
+    def diag(self, probes: int = 16, seed: int = 0) -> torch.Tensor:
+        """``diag(JᵀJ)`` (squared column norms of ``J``).
+
+        Exact (one product per column) when ``n <= probes``; otherwise the unbiased
+        estimate ``mean_k (Jᵀu_k)²`` over Rademacher ``u_k`` (one ``Jᵀu`` each).
+        """
+        n = self._z.numel()
+        if n <= probes:
+            eye = torch.eye(n, dtype=self.r.dtype, device=self.r.device)
+            return torch.stack([(self.jvp(e) ** 2).sum() for e in eye])
+        gen = torch.Generator(device=self.r.device).manual_seed(int(seed))
+        acc = torch.zeros_like(self._z).detach()
+        for _ in range(probes):
+            u = torch.randint(0, 2, (self.m,), generator=gen, device=self.r.device)
+            acc += self.vjp(2.0 * u.to(self.r.dtype) - 1.0) ** 2
+        return acc / probes

@@ -10,7 +10,7 @@ import numpy as np
 
 from .serialize import to_jsonable as _jsonable
 
-__all__ = ["FitResult"]
+__all__ = ["FitResult", "BatchResult"]
 
 
 def _round_to_error(value: float, error: float) -> tuple[str, str]:
@@ -35,8 +35,9 @@ class FitResult:
     params, errors : dict
         Best-fit values and their 1σ errors by parameter name (floats, or arrays
         for vector parameters; errors of fixed elements are 0).
-    cov, corr : ndarray
-        Covariance and correlation of the free elements, in the order of ``names``.
+    cov, corr : ndarray or None
+        Covariance and correlation of the free elements, in the order of ``names``;
+        None above ``gradfit.uncertainty_scale.DENSE_LIMIT`` free parameters.
     names : list of str
         Labels of the free elements (``'b1'``, or ``'c[3]'`` for an array element).
     fun : float
@@ -58,6 +59,10 @@ class FitResult:
         parameter space), kept so that :meth:`profile`, :meth:`interval` and
         :func:`gradfit.sampling.sample_result` can re-minimise or sample it; None
         for a result built by hand.
+    error_method : str
+        How the errors were obtained: ``'dense-gauss-newton'``, ``'dense-hessian'``,
+        ``'cg-…'`` (exact marginal variances by CG), ``'hutchinson-…'`` (stochastic
+        diagonal) or ``'none'``.
     """
 
     params: dict
@@ -77,6 +82,7 @@ class FitResult:
     dof: int | None = None
     at_bounds: tuple = ()
     problem: object = field(default=None, repr=False, compare=False)
+    error_method: str = ""
 
     # ------------------------------------------------------------ follow-ups
     def profile(self, name: str, **kwargs):
@@ -111,10 +117,19 @@ class FitResult:
             "ndata": self.ndata,
             "dof": self.dof,
             "at_bounds": list(self.at_bounds),
+            "error_method": self.error_method,
         })
 
     def _rows(self):
-        sd = np.sqrt(np.diag(self.cov)) if self.cov.size else np.array([])
+        if self.cov is not None:
+            sd = np.sqrt(np.diag(self.cov)) if self.cov.size else np.array([])
+        else:  # no dense covariance: the errors dict, flattened like names
+            sd = np.concatenate([np.ravel(np.asarray(e, dtype=np.float64))
+                                 for e in self.errors.values()]) if self.errors else np.zeros(0)
+            flat = [f"{k}[{','.join(map(str, i))}]" if np.ndim(v) else k
+                    for k, v in self.params.items() for i in np.ndindex(*np.shape(v))]
+            pos = {lbl: i for i, lbl in enumerate(flat)}
+            sd = np.array([sd[pos[lbl]] for lbl in self.names])
         values = {}
         for name, v in self.params.items():
             if np.ndim(v) == 0:
@@ -123,9 +138,10 @@ class FitResult:
                 for idx in np.ndindex(*np.shape(v)):
                     values[f"{name}[{','.join(map(str, idx))}]"] = float(np.asarray(v)[idx])
         rows = []
+        index = {lbl: i for i, lbl in enumerate(self.names)}  # O(n): fits can be large
         for label, v in values.items():
-            if label in self.names:
-                e = float(sd[self.names.index(label)])
+            if label in index:
+                e = float(sd[index[label]])
                 note = "at bound" if label in self.at_bounds else ""
             else:
                 e, note = 0.0, "fixed"
@@ -156,3 +172,141 @@ class FitResult:
                 f"{html.escape(self.message)}), −log L = {self.fun:.10g}, nfev = {self.nfev}, "
                 f"time = {self.time_s:.3g} s</p><table><tr><th>parameter</th><th>value</th>"
                 f"<th>error</th><th></th></tr>{rows}</table>")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of :func:`gradfit.fit_batch`: B independent fits of one model.
+
+    Attributes
+    ----------
+    params, errors : dict
+        Best-fit values and 1σ errors by parameter name, each an array with a
+        leading axis of length B (errors of fixed elements are 0).
+    cov, corr : ndarray
+        ``(B, p, p)`` covariance and correlation of the free elements (``names``).
+    names : list of str
+        Labels of the free elements.
+    fun : ndarray
+        ``(B,)`` −log L (or −log posterior) at each optimum; 0.5·RSS for least squares.
+    success : ndarray of bool
+        ``(B,)`` status of each fit.
+    messages : list of str
+        One reason per problem.
+    method : str
+        The batched minimiser that ran (``'lm'`` or ``'lbfgs'``).
+    nit, nfev : ndarray of int
+        ``(B,)`` iterations and evaluations (each with its derivatives) per problem.
+    time_s : float
+        Wall time of the whole batch, errors included.
+    ndata, dof : int
+        Data points per problem and degrees of freedom (``ndata - p``).
+    at_bounds : tuple of tuples
+        Per problem, the labels of free elements that ended at a bound.
+    """
+
+    params: dict
+    errors: dict
+    cov: np.ndarray
+    corr: np.ndarray
+    names: list
+    fun: np.ndarray
+    success: np.ndarray
+    messages: list
+    method: str
+    nit: np.ndarray
+    nfev: np.ndarray
+    time_s: float
+    ndata: int | None = None
+    dof: int | None = None
+    at_bounds: tuple = ()
+
+    def __len__(self) -> int:
+        return int(self.fun.shape[0])
+
+    def __getitem__(self, i) -> FitResult:
+        """The :class:`FitResult` of problem ``i`` (its ``time_s`` is its share of the batch)."""
+        B = len(self)
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            raise TypeError(f"index a BatchResult with an integer, not {type(i).__name__}")
+        if not -B <= i < B:
+            raise IndexError(f"problem index {i} is out of range for a batch of {B}")
+        i = int(i) % B
+
+        def pick(v):
+            a = np.asarray(v)[i]
+            return float(a) if a.ndim == 0 else a.copy()
+
+        return FitResult(
+            params={k: pick(v) for k, v in self.params.items()},
+            errors={k: pick(v) for k, v in self.errors.items()},
+            cov=self.cov[i].copy(), corr=self.corr[i].copy(), names=list(self.names),
+            fun=float(self.fun[i]), success=bool(self.success[i]), message=self.messages[i],
+            method=self.method, nfev=int(self.nfev[i]), njev=int(self.nfev[i]),
+            nit=int(self.nit[i]), time_s=self.time_s / max(B, 1), ndata=self.ndata,
+            dof=self.dof, at_bounds=tuple(self.at_bounds[i]) if self.at_bounds else ())
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def n_failed(self) -> int:
+        return int(np.sum(~self.success))
+
+    def failures(self, limit: int | None = 50) -> str:
+        """A table of the problems that failed: index, −log L and the reason."""
+        bad = np.flatnonzero(~self.success)
+        if bad.size == 0:
+            return f"all {len(self)} fits succeeded"
+        shown = bad if limit is None else bad[:limit]
+        w = max(len("problem"), len(str(int(bad.max()))))
+        lines = [f"{bad.size} of {len(self)} fits failed",
+                 f"  {'problem':>{w}}  {'-log L':>14}  reason"]
+        for i in shown:
+            lines.append(f"  {int(i):>{w}}  {float(self.fun[i]):>14.8g}  {self.messages[i]}")
+        if shown.size < bad.size:
+            lines.append(f"  ... and {bad.size - shown.size} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (NaN and inf become None); arrays have a leading B axis."""
+        return _jsonable({
+            "params": self.params,
+            "errors": self.errors,
+            "names": list(self.names),
+            "cov": self.cov,
+            "corr": self.corr,
+            "fun": self.fun,
+            "success": [bool(s) for s in self.success],
+            "messages": list(self.messages),
+            "method": self.method,
+            "nit": self.nit,
+            "nfev": self.nfev,
+            "time_s": float(self.time_s),
+            "ndata": self.ndata,
+            "dof": self.dof,
+            "at_bounds": [list(a) for a in self.at_bounds],
+        })
+
+    def __str__(self) -> str:
+        B = len(self)
+        head = (f"BatchResult: {B - self.n_failed} of {B} fits succeeded ({self.method}; "
+                f"{self.time_s:.3g} s, {B / max(self.time_s, 1e-300):.4g} fits/s)")
+        rows = []
+        for lab in self.names:
+            name, idx = (lab[:-1].split("[", 1) + [""])[:2] if "[" in lab else (lab, "")
+            v = np.asarray(self.params[name])
+            e = np.asarray(self.errors[name])
+            if idx:
+                sel = (slice(None),) + tuple(int(j) for j in idx.split(","))
+                v, e = v[sel], e[sel]
+            ok = self.success
+            vm = float(np.median(v[ok])) if ok.any() else float("nan")
+            em = float(np.median(e[ok])) if ok.any() else float("nan")
+            rows.append((lab, f"{vm:.6g}", f"{em:.3g}"))
+        w0 = max([len("parameter")] + [len(r[0]) for r in rows])
+        lines = [head, f"  {'parameter':<{w0}}  {'median value':>14}  {'median error':>12}"]
+        lines += [f"  {a:<{w0}}  {b:>14}  {c:>12}" for a, b, c in rows]
+        if self.n_failed:
+            lines.append(self.failures(limit=10))
+        return "\n".join(lines)

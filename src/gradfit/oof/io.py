@@ -13,7 +13,13 @@ Two input layouts are detected automatically:
   failing that, from the first map's header.
 
 Every problem with an input file raises :class:`OOFDataError` (a ``ValueError``) whose
-message names the file and the HDU, column or header keyword at fault.
+message names the file and the HDU, column or header keyword at fault; a path that is not
+a regular file, or is larger than :data:`MAX_INPUT_BYTES`, is refused before it is read.
+
+Files that use only simple FITS features (fixed-width numeric columns, no scaling) are
+read and all files are written by :mod:`gradfit.oof.fitsio`, which imports nothing
+heavy; anything else is read by astropy. Writers go through a temporary file renamed
+into place (:func:`gradfit.oof.output.atomic_path`).
 """
 
 from __future__ import annotations
@@ -28,10 +34,24 @@ import numpy as np
 
 from gradfit.oof.observation import BeamMap, Observation, grid_shape
 
-__all__ = ["OOFDataError", "read", "write", "write_solution", "write_maps", "PYOOF_MAP_NAMES"]
+__all__ = [
+    "OOFDataError",
+    "read",
+    "write",
+    "write_solution",
+    "write_maps",
+    "write_fit_result",
+    "PYOOF_MAP_NAMES",
+    "MAX_INPUT_BYTES",
+]
 
 #: The map tables of a pyoof file, in pyoof's order.
 PYOOF_MAP_NAMES = ("MINUS OOF", "ZERO OOF", "PLUS OOF")
+
+#: Largest input file :func:`read` opens (bytes). Beam maps of 1000 x 1000 points in
+#: ten maps take about 250 MB; anything far larger is not an OOF observation, and a
+#: device such as /dev/zero would otherwise be read until memory runs out.
+MAX_INPUT_BYTES = 2 * 1024**3
 
 _C = 299_792_458.0  # speed of light, m/s
 _TRUTH_HDU = "GRADFIT TRUTH"
@@ -47,7 +67,7 @@ class OOFDataError(ValueError):
 # ---------------------------------------------------------------------------- reading
 
 
-def read(path: str | os.PathLike) -> Observation:
+def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observation:
     """Read an OOF holography observation from a FITS file.
 
     The layout (pyoof or original OOF) is detected from the file's contents.
@@ -56,6 +76,8 @@ def read(path: str | os.PathLike) -> Observation:
     ----------
     path : str or path-like
         The FITS file.
+    max_bytes : int, optional
+        Refuse files larger than this (default :data:`MAX_INPUT_BYTES`).
 
     Returns
     -------
@@ -69,8 +91,9 @@ def read(path: str | os.PathLike) -> Observation:
     Raises
     ------
     OOFDataError
-        If the file is missing or not FITS, or an HDU, column or header keyword is
-        missing or invalid, or a map is all zero or all NaN.
+        If the file is missing, not a regular file, larger than ``max_bytes``, not FITS
+        or truncated, or an HDU, column or header keyword is missing, duplicated or
+        invalid, or a map is all zero or all NaN.
 
     Warns
     -----
@@ -78,23 +101,21 @@ def read(path: str | os.PathLike) -> Observation:
         When samples with a NaN (or infinite) value are masked; the message says how
         many, in which map.
     """
-    from astropy.io import fits
+    from gradfit.oof import fitsio
 
     path = Path(path)
-    if not path.exists():
-        raise OOFDataError(f"{path}: no such file")
-    if path.is_dir():
-        raise OOFDataError(f"{path}: is a directory, not a FITS file")
+    size = _regular_file_size(path, max_bytes)
     try:
-        with warnings.catch_warnings():
-            # astropy warns on non-standard cards; the checks below are what matters here
-            warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=False)
-            hdul.verify("silentfix")
-    except (OSError, ValueError, TypeError) as exc:
-        raise OOFDataError(f"{path}: not a readable FITS file ({exc})") from None
+        # the common, simple files without importing astropy (a fresh process's cost)
+        hdul = fitsio.read(path)
+        tables = [h for h in hdul[1:] if h.is_table]
+    except fitsio.Unsupported:
+        hdul = None
+    except OSError as exc:
+        raise OOFDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if hdul is None:
+        hdul, tables = _astropy_open(path, size)
     with hdul:
-        tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
         if not tables:
             raise OOFDataError(
                 f"{path}: no binary table HDUs; expected the pyoof layout "
@@ -103,6 +124,107 @@ def read(path: str | os.PathLike) -> Observation:
         if _is_pyoof(hdul, tables):
             return _read_pyoof(path, hdul, tables)
         return _read_oof(path, hdul, tables)
+
+
+def _astropy_open(path: Path, size: int):
+    """Open with astropy (the general reader), checking that no HDU is cut short."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            # astropy warns on non-standard cards; the checks below are what matters here
+            warnings.simplefilter("ignore")
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
+            hdul.readall()
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise OOFDataError(f"{path}: not a readable FITS file ({_one_line(exc)})") from None
+    try:
+        _check_complete(path, hdul, size)
+    except OOFDataError:
+        hdul.close()
+        raise
+    return hdul, [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU | fits.TableHDU)]
+
+
+def _one_line(exc) -> str:
+    return "; ".join(s.strip() for s in str(exc).strip().splitlines() if s.strip())
+
+
+def _regular_file_size(path: Path, max_bytes: int | None) -> int:
+    """The size of ``path``, refusing what is not a regular file of a sane size.
+
+    Checked before anything is read: a FIFO, a device (``/dev/zero``) or a huge file
+    would otherwise block or be read until memory runs out.
+    """
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise OOFDataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise OOFDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OOFDataError(f"{path}: is a directory, not a FITS file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OOFDataError(
+            f"{path}: not a regular file (a device, pipe or socket); give a FITS file"
+        )
+    limit = MAX_INPUT_BYTES if max_bytes is None else int(max_bytes)
+    if st.st_size > limit:
+        raise OOFDataError(
+            f"{path}: {st.st_size} bytes is larger than the input limit of {limit} bytes; "
+            "this is not an OOF observation (raise max_bytes if it really is)"
+        )
+    if st.st_size == 0:
+        raise OOFDataError(f"{path}: empty file, not a FITS file")
+    return int(st.st_size)
+
+
+def _data_bytes(header) -> int:
+    """Bytes of an HDU's data from its header (FITS standard 4.4.1, without padding)."""
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+    if header.get("GROUPS") and dims and dims[0] == 0:  # random groups
+        dims = dims[1:]
+    n = 1
+    for d in dims:
+        n *= d
+    gcount = int(header.get("GCOUNT", 1))
+    pcount = int(header.get("PCOUNT", 0))
+    return abs(int(header.get("BITPIX", 8))) // 8 * gcount * (pcount + n)
+
+
+def _check_complete(path: Path, hdul, size: int) -> None:
+    """Raise a 'truncated' OOFDataError if an HDU's data run past the end of the file."""
+    end = 0
+    for i, hdu in enumerate(hdul):
+        info = hdul.fileinfo(i)
+        if info is None:
+            continue
+        need = int(info["datLoc"]) + _data_bytes(hdu.header)
+        if need > size:
+            raise OOFDataError(
+                f"{path}: truncated: {_hdu_label(hdu, i)} needs {need} bytes but the file "
+                f"has {size} (the file was cut short; copy it again)"
+            )
+        end = int(info["datLoc"]) + int(info["datSpan"])
+    # bytes after the last complete HDU that astropy skipped: a header cut short (padding
+    # after the last HDU, e.g. zero blocks, is not an HDU and is allowed)
+    if size - end >= 8:
+        with open(path, "rb") as f:
+            f.seek(end)
+            start = f.read(8)
+    else:
+        start = b""
+    if start == b"XTENSION":
+        raise OOFDataError(
+            f"{path}: truncated: {size - end} bytes after the last complete HDU do not form "
+            "a complete HDU (the file was cut short; copy it again)"
+        )
 
 
 def _colnames(hdu) -> list[str]:
@@ -284,6 +406,21 @@ def _read_truth(hdul) -> dict | None:
         return None
 
 
+def _no_duplicate_names(path, map_hdus) -> None:
+    """Two map HDUs with one name: which one is meant is unknowable, so refuse."""
+    seen: dict[str, int] = {}
+    for index, hdu in map_hdus:
+        name = _extname(hdu)
+        if not name:
+            continue
+        if name in seen:
+            raise OOFDataError(
+                f"{path}: HDUs {seen[name]} and {index} are both named {name!r}; "
+                "each map must appear once"
+            )
+        seen[name] = index
+
+
 def _read_pyoof(path, hdul, tables) -> Observation:
     primary = hdul[0].header
     wavel, freq = _wavelength(path, [("primary header", primary)])
@@ -311,8 +448,15 @@ def _read_pyoof(path, hdul, tables) -> Observation:
                     f"{path}: missing HDU {name!r} (pyoof layout needs "
                     f"{', '.join(PYOOF_MAP_NAMES)}; found: {present})"
                 )
+            if len(found) > 1:
+                where = ", ".join(str(hdul.index(h)) for h in found)
+                raise OOFDataError(
+                    f"{path}: {len(found)} HDUs are named {name!r} (HDUs {where}); "
+                    "each map must appear once"
+                )
             map_hdus.append((hdul.index(found[0]), found[0]))
         map_hdus.sort(key=lambda t: t[0])
+    _no_duplicate_names(path, map_hdus)
 
     noise = _header_float(path, "primary header", primary, ("NOISE",), required=False)
     if noise is not None and noise <= 0:
@@ -353,6 +497,7 @@ def _read_oof(path, hdul, tables) -> Observation:
                 f"(OOF layout needs DX, DY, FNu; columns: {', '.join(_colnames(hdu))})"
             )
         map_hdus.append((index, hdu))
+    # (OOF-layout files name every table alike, e.g. 'OOF BEAM'; their dz tells them apart)
     if not map_hdus:
         first = tables[0]
         raise OOFDataError(
@@ -441,20 +586,21 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     path : str or path-like
         Output FITS file; its directory must exist.
     overwrite : bool
-        Replace an existing file.
+        Replace an existing file; if False, an existing file raises
+        :class:`~gradfit.oof.output.OutputError` (a ``ValueError``).
 
     Returns
     -------
     Path
         The file written.
     """
-    from astropy.io import fits
+    from gradfit.oof import fitsio
+    from gradfit.oof.output import atomic_path
 
     path = Path(path)
     if not obs.maps:
         raise ValueError("write: the observation has no maps")
-    primary = fits.PrimaryHDU()
-    h = primary.header
+    h = fitsio.Header()
     h["FREQ"] = (float(obs.frequency_hz), "observing frequency (Hz)")
     h["WAVEL"] = (float(obs.wavelength_m), "observing wavelength (m)")
     h["MEANEL"] = (float(obs.meta.get("MEANEL", 0.0)), "mean elevation (deg)")
@@ -475,9 +621,11 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
             common = float(first)
     if common is not None:
         h["NOISE"] = (common, "noise sigma per sample, units of BEAM")
+    reserved = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "END", "XTENSION", "PCOUNT", "GCOUNT",
+                "NOISE", "SOURCE", "NMAPS", "COMMENT", "HISTORY", "CONTINUE", "HIERARCH"}
     for key, value in obs.meta.items():
         key_u = str(key).upper()
-        if key_u in h or key_u in ("NOISE", "SOURCE", "NMAPS") or len(key_u) > 8:
+        if key_u in h or key_u in reserved or key_u.startswith("NAXIS") or len(key_u) > 8:
             continue
         if not key_u.replace("_", "").replace("-", "").isalnum():
             continue
@@ -487,23 +635,22 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     h["ORIGIN"] = "gradfit"
     h["LAYOUT"] = (obs.layout, "layout/convention of the data's origin")
 
-    hdus = [primary]
+    # gradfit's own small FITS writer: astropy.table alone costs more to import than a fit
+    hdus = [fitsio.primary_hdu(h.cards)]
     for name, m in zip(names, obs.maps, strict=True):
-        cols = [
-            fits.Column(name="U", format="D", unit="rad", array=m.u),
-            fits.Column(name="V", format="D", unit="rad", array=m.v),
-            fits.Column(name="BEAM", format="D", array=m.power),
-        ]
+        cols = [("U", m.u, "rad"), ("V", m.v, "rad"), ("BEAM", m.power, "")]
         if m.sigma is not None and common is None:
-            cols.append(fits.Column(name="SIGMA", format="D", array=m.sigma))
-        t = fits.BinTableHDU.from_columns(cols, name=name)
-        t.header["DZ"] = (float(m.dz), "subreflector defocus (m)")
-        hdus.append(t)
+            cols.append(("SIGMA", m.sigma, ""))
+        hdus.append(fitsio.table_hdu(name, cols, [("DZ", float(m.dz),
+                                                   "subreflector defocus (m)")]))
     if obs.truth is not None:
         text = json.dumps(obs.truth, default=_json_default)
-        col = fits.Column(name="JSON", format=f"{max(len(text), 1)}A", array=np.array([text]))
-        hdus.append(fits.BinTableHDU.from_columns([col], name=_TRUTH_HDU))
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+        hdus.append(fitsio.table_hdu(_TRUTH_HDU, [("JSON", np.array([text.encode("ascii")]),
+                                                   "")]))
+    # a temporary file renamed into place: a full disk or an interrupt leaves the old
+    # file (or none), never a truncated one
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fitsio.write(tmp, hdus)
     return path
 
 
@@ -553,30 +700,35 @@ def to_json(data: dict, **kwargs) -> str:
     return json.dumps(data, default=_json_default, **kwargs)
 
 
-def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m):
-    from astropy.io import fits
+def _image_hdu(data, unit: str, what: str, extent_m, telescope, wavelength_m) -> bytes:
+    """A 2-D float64 image as FITS bytes, with its axes in metres (written by fitsio)."""
+    from gradfit.oof import fitsio
 
-    img = fits.PrimaryHDU(np.asarray(data, dtype=np.float64))
-    h = img.header
-    h["BUNIT"] = (unit, what)
-    h["BTYPE"] = what
+    data = np.asarray(data, dtype=np.float64)
+    cards = [("BUNIT", unit, what), ("BTYPE", what)]
     if extent_m is not None:
-        ny, nx = img.data.shape
+        ny, nx = data.shape
         x0, x1, y0, y1 = extent_m
         # pixel centres span the extent edges
         for axis, (lo, hi, n) in ((1, (x0, x1, nx)), (2, (y0, y1, ny))):
             step = (hi - lo) / n
-            h[f"CTYPE{axis}"] = "X" if axis == 1 else "Y"
-            h[f"CUNIT{axis}"] = "m"
-            h[f"CRPIX{axis}"] = 1.0
-            h[f"CRVAL{axis}"] = lo + 0.5 * step
-            h[f"CDELT{axis}"] = step
+            cards += [(f"CTYPE{axis}", "X" if axis == 1 else "Y"), (f"CUNIT{axis}", "m"),
+                      (f"CRPIX{axis}", 1.0), (f"CRVAL{axis}", lo + 0.5 * step),
+                      (f"CDELT{axis}", step)]
     if telescope:
-        h["TELESCOP"] = str(telescope)
+        cards.append(("TELESCOP", _ascii(telescope)[:68]))
     if wavelength_m:
-        h["WAVEL"] = (float(wavelength_m), "observing wavelength (m)")
-    h["ORIGIN"] = "gradfit"
-    return img
+        cards.append(("WAVEL", float(wavelength_m), "observing wavelength (m)"))
+    cards.append(("ORIGIN", "gradfit"))
+    return fitsio.image_hdu(data, cards)
+
+
+def _write_image(hdu: bytes, path: Path) -> None:
+    from gradfit.oof import fitsio
+    from gradfit.oof.output import atomic_path
+
+    with atomic_path(path) as tmp:
+        fitsio.write(tmp, [hdu])
 
 
 def _unpack_map(result):
@@ -614,13 +766,19 @@ def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None)
     dict
         The JSON content written (plain Python values).
     """
+    from gradfit.oof.output import atomic_path
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    data = dict(sol.to_dict())
+    with warnings.catch_warnings():
+        # a degenerate fit has NaN errors; its rms over an all-NaN map is NaN, said once
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        data = dict(sol.to_dict())
     if extra:
         data.update(extra)
     text = to_json(data, indent=2)
-    (outdir / "solution.json").write_text(text + "\n")
+    with atomic_path(outdir / "solution.json") as tmp:
+        tmp.write_text(text + "\n")
     data = json.loads(text)  # JSON-ready: NumPy values become plain Python
 
     extent = getattr(sol, "extent_m", None)
@@ -628,17 +786,16 @@ def write_solution(sol, outdir: str | os.PathLike, *, extra: dict | None = None)
     telescope = getattr(telescope, "name", telescope)
     wavelength = getattr(sol, "wavelength_m", None)
     phase, ext = _unpack_map(sol.phase_map())
-    _image_hdu(phase, "rad", "aperture phase", ext or extent, telescope, wavelength).writeto(
-        outdir / "phase.fits", overwrite=True
-    )
+    _write_image(_image_hdu(phase, "rad", "aperture phase", ext or extent, telescope,
+                            wavelength), outdir / "phase.fits")
     surface, ext = _unpack_map(sol.surface_map())
-    _image_hdu(surface, "um", "surface error", ext or extent, telescope, wavelength).writeto(
-        outdir / "surface.fits", overwrite=True
-    )
+    _write_image(_image_hdu(surface, "um", "surface error", ext or extent, telescope,
+                            wavelength), outdir / "surface.fits")
     if hasattr(sol, "surface_error_map"):
         err, ext = _unpack_map(sol.surface_error_map())
-        _image_hdu(err, "um", "surface error uncertainty (1 sigma)", ext or extent, telescope,
-                   wavelength).writeto(outdir / "surface_error.fits", overwrite=True)
+        _write_image(_image_hdu(err, "um", "surface error uncertainty (1 sigma)",
+                                ext or extent, telescope, wavelength),
+                     outdir / "surface_error.fits")
     return data
 
 
@@ -665,3 +822,47 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple | None, dict]
         y0 = header["CRVAL2"] - (header["CRPIX2"] - 0.5) * header["CDELT2"]
         extent = (x0, x0 + nx * header["CDELT1"], y0, y0 + ny * header["CDELT2"])
     return data, extent, header
+
+
+def write_fit_result(staging, sol, obs, *, input_path=None, input_sha256=None,
+                     settings=None, adequacy=None, extra=None) -> dict:
+    """Write a fit's files into ``staging``: solution.json, the FITS maps, model.fits.
+
+    Parameters
+    ----------
+    staging : path-like
+        The directory to write into (:attr:`gradfit.oof.output.ResultDir.staging`).
+    sol : Solution
+        From :func:`gradfit.oof.fit`.
+    obs : Observation
+        The fitted observation (sample positions of ``model.fits``).
+    input_path, input_sha256 : optional
+        Recorded under ``input`` in solution.json (the fingerprint decides later
+        whether a refit may replace this result).
+    settings : dict, optional
+        The fit's settings, recorded under ``settings``.
+    adequacy : dict, optional
+        From :func:`gradfit.oof.checks.assess`, recorded under ``adequacy``.
+    extra : dict, optional
+        More top-level keys.
+
+    Returns
+    -------
+    dict
+        The JSON written.
+    """
+    staging = Path(staging)
+    info = {
+        "path": str(Path(input_path).resolve()) if input_path else None,
+        "sha256": input_sha256,
+        "layout": obs.layout,
+        "n_maps": len(obs.maps),
+        "points_per_map": [m.n for m in obs.maps],
+    }
+    more = {"input": info, "settings": dict(settings or {})}
+    if adequacy is not None:
+        more["adequacy"] = dict(adequacy)
+    more.update(extra or {})
+    data = write_solution(sol, staging, extra=more)
+    write_maps(obs, sol.model_maps(), staging / "model.fits")
+    return data

@@ -267,4 +267,14 @@ def solution_error_map(sol, n: int = 256, samples=None) -> np.ndarray:
         for b, ib in enumerate(cols):
             if ia is not None and ib is not None:
                 C[a + 1, b + 1] = cov[ia, ib]
+    if not np.all(np.isfinite(C)):
+        # a degenerate fit (e.g. all samples at one sky position): the errors are
+        # unknown, which the map says with NaN instead of stopping the output step
+        import warnings
+
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(C)).ravel()})
+        warnings.warn(f"surface error map: coefficient errors are not finite (rows {bad}); "
+                      "the map is NaN", UserWarning, stacklevel=2)
+        out = np.full(open_.shape, np.nan)
+        return out
     return surface_error_map(U, C, sol.wavelength_m, unit="waves", mask=open_)

@@ -4,7 +4,8 @@ Every entry of :data:`METHODS` is a function
 ``(obj: Objective, z0: Tensor, opts: SolverOptions) -> RawSolution``.
 Names without a prefix are torch-native loops whose state stays on the
 objective's device (``lm``, ``bfgs``, ``lbfgs``, ``gd``, ``adam``, ``newton-cg``,
-``trust-krylov``, ``trust-exact``), except ``nelder-mead``, which restarts SciPy's
+``trust-krylov``, ``trust-exact``, and ``lm-cg`` / ``lm-normal`` for many parameters or
+chunked data), except ``nelder-mead``, which restarts SciPy's
 adaptive simplex; ``scipy-*`` names run :func:`scipy.optimize.minimize` or
 :func:`scipy.optimize.least_squares` through the objective's NumPy bridge.
 """
@@ -19,6 +20,7 @@ from ..objective import Objective
 from .base import RawSolution, SolverOptions
 from .first_order import adam, gradient_descent
 from .lm import levenberg_marquardt
+from .lm_cg import lm_cg, lm_normal
 from .newton import newton_cg, trust_exact, trust_krylov
 from .quasi_newton import bfgs, lbfgs
 from .scipy_bridge import SCIPY_METHODS
@@ -30,6 +32,8 @@ Solver = Callable[[Objective, torch.Tensor, SolverOptions], RawSolution]
 
 METHODS: dict[str, Solver] = {
     "lm": levenberg_marquardt,
+    "lm-cg": lm_cg,
+    "lm-normal": lm_normal,
     "bfgs": bfgs,
     "lbfgs": lbfgs,
     "gd": gradient_descent,
@@ -47,7 +51,7 @@ ALIASES = {"l-bfgs": "lbfgs", "levenberg-marquardt": "lm",
            "neldermead": "nelder-mead", "simplex": "nelder-mead"}
 
 #: Methods that minimise ``0.5 * sum(r**2)`` and need ``obj.has_residuals``.
-RESIDUAL_METHODS = frozenset({"lm", "scipy-lm"})
+RESIDUAL_METHODS = frozenset({"lm", "lm-cg", "lm-normal", "scipy-lm"})
 
 
 def available_methods() -> list[str]:

@@ -228,6 +228,9 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     delta = None
     nfev = 1
     nit = 0
+    # a trial since the last accepted step was non-finite: a collapsing trust region then
+    # means a wall of NaN, not a minimum
+    hit_nonfinite = False
     while True:
         if nit >= maxit:
             return finish(z, cost, False, f"maximum number of iterations ({maxit}) reached",
@@ -297,11 +300,19 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             if accepted:
                 z, r, J, fnorm = z_new, r_try, J_try, fnorm1
                 cost = 0.5 * fnorm**2
+                hit_nonfinite = False
+            else:
+                hit_nonfinite = hit_nonfinite or not finite or ratio >= 1e-4  # NaN J
 
             if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1:
                 return converged(
                               f"relative reduction of the cost below ftol={ftol:g}", nit, method)
             if delta <= xtol * xnorm:
+                if hit_nonfinite:
+                    return finish(z, cost, False,
+                                  "trust region collapsed against a region where the model is "
+                                  "not finite (NaN or inf just beyond): not a minimum", nit,
+                                  method)
                 return converged(
                               f"trust radius below xtol={xtol:g} relative to |D z|", nit, method)
             if fnorm == 0.0:
@@ -313,7 +324,7 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             if abs(actred) <= eps and prered <= eps and 0.5 * ratio <= 1:
                 return converged("cost reduction at machine precision", nit, method)
             if delta <= eps * xnorm or delta == 0.0:
-                if finite:
+                if finite and not hit_nonfinite:
                     return converged("step at machine precision", nit, method)
                 return finish(z, cost, False,
                               "step became non-finite: no step toward lower cost is finite",

@@ -33,6 +33,9 @@ from .linesearch import armijo_backtracking
 
 __all__ = ["newton_cg", "trust_exact", "trust_krylov"]
 
+_NAN_WALL = ("trust region collapsed against a region where f is not finite (NaN or inf "
+             "just beyond): not a minimum")
+
 
 def _steihaug_free_cg(obj: Objective, z, g, gnorm, max_cg):
     """Approximately solve ``H p = -g`` by CG; stop at negative curvature.
@@ -110,8 +113,14 @@ def newton_cg(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         if not math.isfinite(gmax):
             return finish(z, f, False, "gradient became non-finite", nit, method)
         if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-            ok = True
-            return finish(z, f, ok, f"relative reduction of f below ftol={ftol:g}", nit, method)
+            # f stopped falling: a minimum only if the gradient is small or the Newton
+            # step promised no more than f resolves (not so at a wall of NaN, where the
+            # backtracking cut a long step to nothing)
+            ok = ls.t == t0 or stalled_at_resolution(gmax, -0.5 * gtd, f, obj.dtype)
+            msg = (f"relative reduction of f below ftol={ftol:g}" if ok else
+                   f"f stopped falling with max|grad|={gmax:.3g}: the line search cut the "
+                   "Newton step to nothing (a region where f is not finite just beyond?)")
+            return finish(z, f, ok, msg, nit, method)
         if smax <= xtol * (zmax + xtol):
             return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
         if call_back(opts, nit, z, f):
@@ -191,6 +200,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
 
     H = obj.hessian(z)
     nit = 0
+    hit_nonfinite = False
     fresh = True  # f, g and H belong to z and have not been tested yet
     while True:
         if fresh and gmax <= gtol * max(1.0, abs(f)):
@@ -213,6 +223,8 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         z_new = z + p
         f_new = float(obj.value(z_new))
         act = f - f_new if math.isfinite(f_new) else -math.inf
+        # a radius shrunk by non-finite trials marks a wall of NaN, not a minimum
+        hit_nonfinite = hit_nonfinite or not math.isfinite(f_new)
         rho = act / pred if pred > 0 else -math.inf
         if 0 <= pred <= noise * max(1.0, abs(f)) and act >= -noise * max(1.0, abs(f)):
             # f cannot tell this step from no step: trust the model, so that Newton's
@@ -224,6 +236,7 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             delta = min(2.0 * delta, delta_max)
         fresh = False
         if rho > eta:
+            hit_nonfinite = False
             f_old = f
             z = z_new
             f_t, g = obj.value_and_grad(z)
@@ -241,6 +254,8 @@ def trust_exact(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if pnorm <= xtol * (zmax + xtol) or delta <= xtol * (zmax + xtol):
             ok = rho > eta or stalled_at_resolution(gmax, pred, f, obj.dtype)
+            if hit_nonfinite:
+                return finish(z, f, False, _NAN_WALL, nit, method)
             return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
                           nit, method)
 
@@ -303,6 +318,7 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
     noise = 16 * torch.finfo(obj.dtype).eps
     nit = 0
+    hit_nonfinite = False
     while True:
         if gmax <= gtol * max(1.0, abs(f)):
             return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
@@ -319,6 +335,8 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         pred, f_new, pnorm, zmax = torch.stack([
             pred_t, f_new_t, torch.linalg.vector_norm(p), z.abs().max()]).tolist()
         act = f - f_new if math.isfinite(f_new) else -math.inf
+        # a radius shrunk by non-finite trials marks a wall of NaN, not a minimum
+        hit_nonfinite = hit_nonfinite or not math.isfinite(f_new)
         rho = act / pred if pred > 0 else -math.inf
         if 0 <= pred <= noise * max(1.0, abs(f)) and act >= -noise * max(1.0, abs(f)):
             # f cannot tell this step from no step: trust the model, so that Newton's
@@ -329,6 +347,7 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         elif rho > 0.75 and on_boundary:
             delta = min(2.0 * delta, delta_max)
         if rho > eta:
+            hit_nonfinite = False
             f_old = f
             z = z + p
             f_t, g = obj.value_and_grad(z)
@@ -344,5 +363,7 @@ def trust_krylov(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 return finish(z, f, False, "stopped by the callback", nit, method)
         if delta <= xtol * (zmax + xtol):
             ok = stalled_at_resolution(gmax, pred, f, obj.dtype)
+            if hit_nonfinite:
+                return finish(z, f, False, _NAN_WALL, nit, method)
             return finish(z, f, ok, f"trust radius below xtol={xtol:g} relative to max|z|",
                           nit, method)

@@ -1,0 +1,104 @@
+"""A campaign of OOF observations: 50 fresh CLI processes, an in-process loop, and
+``oof.fit_many`` (in process and on a 2-worker Dask LocalCluster), side by side.
+
+    python benchmarks/oof_campaign.py                  # 50 observations, 33x33, order 5
+    python benchmarks/oof_campaign.py --n 10 --cli 10  # smaller
+    python benchmarks/oof_campaign.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50, help="observations in the campaign")
+    ap.add_argument("--cli", type=int, default=None,
+                    help="how many of them to fit as fresh CLI processes (default: all)")
+    ap.add_argument("--npix", type=int, default=33)
+    ap.add_argument("--order", type=int, default=5)
+    ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from gradfit import oof
+    from gradfit.oof import campaign
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="oof-campaign-"))
+    files = []
+    for i in range(a.n):
+        o = oof.simulate(order=a.order, npix=a.npix, snr=1000, seed=100 + i)
+        o.meta["MEANEL"] = 15.0 + 70.0 * i / max(a.n - 1, 1)
+        f = tmp / f"obs{i:03d}.fits"
+        oof.write(o, f)
+        files.append(f)
+    out = {"n": a.n, "npix": a.npix, "order": a.order, "load_before": os.getloadavg()[0]}
+    rows = []
+
+    n_cli = a.n if a.cli is None else min(a.cli, a.n)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t = time.perf_counter()
+    for i, f in enumerate(files[:n_cli]):
+        r = subprocess.run([sys.executable, "-m", "gradfit", "oof", "fit", str(f), "--order",
+                            str(a.order), "--no-figures", "-q", "--out", str(tmp / f"cli{i}")],
+                           env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"CLI fit of {f} failed: {r.stderr.strip()}")
+    t_cli = (time.perf_counter() - t) / n_cli
+    rows.append(("fresh CLI process per file", t_cli * a.n, t_cli, n_cli))
+
+    t = time.perf_counter()
+    loop = [oof.fit(oof.read(f), order=a.order) for f in files]
+    t_loop = time.perf_counter() - t
+    rows.append(("in-process loop (read + fit)", t_loop, t_loop / a.n, a.n))
+
+    t = time.perf_counter()
+    many = campaign.fit_many(files, order=a.order, out=tmp / "many")
+    t_many = time.perf_counter() - t
+    rows.append(("oof.fit_many, in process, writing results", t_many, t_many / a.n, a.n))
+    same = max(float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]])
+                                   - s.K_waves))) for r, s in zip(many.rows, loop))
+    out["max_diff_fit_many_vs_loop_waves"] = same
+
+    if not a.no_dask:
+        t = time.perf_counter()
+        dk = campaign.fit_many(files, order=a.order, out=tmp / "dask", dask="local")
+        t_dask = time.perf_counter() - t
+        rows.append(("oof.fit_many, Dask LocalCluster (2 workers), writing", t_dask,
+                     t_dask / a.n, a.n))
+        out["max_diff_dask_vs_loop_waves"] = max(
+            float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]])
+                                - s.K_waves))) for r, s in zip(dk.rows, loop))
+    out["load_after"] = os.getloadavg()[0]
+    base = rows[0][1]
+    print(f"campaign of {a.n} observations ({a.npix}x{a.npix}, order {a.order}); load "
+          f"{out['load_before']:.1f} -> {out['load_after']:.1f}")
+    print(f"{'how':<55}{'total s':>9}{'per obs s':>11}{'vs CLI':>8}")
+    for name, tot, per, n in rows:
+        note = "" if n == a.n else f"  (measured on {n}, total = {a.n} x per obs)"
+        print(f"{name:<55}{tot:>9.1f}{per:>11.3f}{base / tot:>7.1f}x{note}")
+    out["rows"] = [{"how": r[0], "total_s": r[1], "per_obs_s": r[2], "measured_on": r[3],
+                    "speedup_vs_cli": base / r[1]} for r in rows]
+    print(f"same coefficients as the loop to {same:.1e} waves"
+          + (f" (Dask: {out['max_diff_dask_vs_loop_waves']:.1e})" if not a.no_dask else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,713 @@
+"""fit_batch(): B independent fits of one model as one batched computation.
+
+The model is written for one problem and vectorised over the batch with
+``torch.func.vmap`` (or declares that it handles a leading batch axis itself);
+the batched Levenberg–Marquardt or L-BFGS of :mod:`gradfit.solvers.batched`
+runs every problem at once, and the errors follow :func:`gradfit.fit`'s rules.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .likelihoods import Gaussian, get_likelihood
+from .objective import resolve_device
+from .params import Param, ParamSpace
+from .priors import Prior, Uniform
+from .result import BatchResult
+from .solvers.batched import (
+    MESSAGES,
+    SUCCESS_CODES,
+    BatchedObjective,
+    batched_lbfgs,
+    batched_lm,
+    hessian,
+    jacobian,
+)
+from .uncertainty import FitWarning, covariance_from_hessian
+
+__all__ = ["fit_batch"]
+
+_DTYPES = {torch.float64: torch.float64, torch.float32: torch.float32,
+           "float64": torch.float64, "float32": torch.float32,
+           "double": torch.float64, "float": torch.float32}
+_METHODS = ("auto", "lm", "lbfgs")
+_ON_NAN = ("raise", "skip")
+
+
+class _ModelParams(dict):
+    """The parameter dict handed to the model; a missing name gets a precise error."""
+
+    def __missing__(self, key):
+        raise ValueError(
+            f"the model uses parameter {key!r}, which is not in params "
+            f"(given: {', '.join(self.keys())})")
+
+
+def _indices(idx: np.ndarray, limit: int = 10) -> str:
+    idx = [int(i) for i in idx]
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return ", ".join(map(str, idx[:limit])) + more
+
+
+# ------------------------------------------------------------------------- x tree
+def _leaves(x, path="x"):
+    """(path, array) for every array leaf of x (an array or a tuple/list/dict of them)."""
+    if isinstance(x, torch.Tensor | np.ndarray):
+        return [(path, x)]
+    if isinstance(x, tuple | list) and x and not all(isinstance(v, int | float) for v in x):
+        return [leaf for i, v in enumerate(x) for leaf in _leaves(v, f"{path}[{i}]")]
+    if isinstance(x, dict):
+        return [leaf for k, v in x.items() for leaf in _leaves(v, f"{path}[{k!r}]")]
+    if isinstance(x, list | float | int) and not isinstance(x, bool):
+        return [(path, np.asarray(x, dtype=np.float64))]
+    return []
+
+
+def _map_tree(x, fn, path="x"):
+    """x with every array leaf replaced by ``fn(path, leaf)``."""
+    if isinstance(x, torch.Tensor | np.ndarray):
+        return fn(path, x)
+    if isinstance(x, tuple | list) and x and not all(isinstance(v, int | float) for v in x):
+        return type(x)(_map_tree(v, fn, f"{path}[{i}]") for i, v in enumerate(x))
+    if isinstance(x, dict):
+        return {k: _map_tree(v, fn, f"{path}[{k!r}]") for k, v in x.items()}
+    if isinstance(x, list | float | int) and not isinstance(x, bool):
+        return fn(path, np.asarray(x, dtype=np.float64))
+    return x
+
+
+def _to_tensor(path, a, dev, dt):
+    if isinstance(a, torch.Tensor):
+        if not a.is_floating_point():
+            return a.to(device=dev)
+        arr = a.detach()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "fiu":
+            return a
+        arr = torch.as_tensor(arr.astype(np.float64))
+    bad = ~torch.isfinite(arr)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in torch.nonzero(bad)[0]) if arr.ndim else ()
+        raise ValueError(f"{path} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+                         f"first at {path}[{', '.join(map(str, first))}]")
+    return arr.to(device=dev, dtype=dt)
+
+
+# --------------------------------------------------------------------- parameters
+def _parse_params(params, B, priors):
+    """Split params into shared specs and per-problem initial values.
+
+    Returns ``(space, values, per_problem)``: the template ParamSpace (problem 0's
+    start), ``values[name]`` of shape ``(B, *shape)`` and the names given per problem.
+    """
+    if not isinstance(params, Mapping) or not params:
+        raise TypeError("params must be a non-empty dict of name -> initial value or gradfit.Param")
+    specs, values, per_problem = {}, {}, []
+    for name, spec in params.items():
+        p = spec if isinstance(spec, Param) else Param(spec)
+        try:
+            v = np.array(p.value.detach().cpu() if isinstance(p.value, torch.Tensor) else p.value,
+                         dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"initial value of parameter {name!r} must be a number or an array "
+                            f"of numbers, got {p.value!r}") from exc
+        pr = priors.get(name) if priors else None
+        if isinstance(pr, Uniform) and p.bounds is None:
+            p = Param(p.value, bounds=(pr.lo, pr.hi), fixed=p.fixed)
+        if v.ndim >= 1 and v.shape[0] == B:
+            per_problem.append(name)
+            vb = v
+        else:
+            vb = np.broadcast_to(v, (B,) + v.shape)
+        if not np.all(np.isfinite(vb)):
+            i = int(np.flatnonzero(~np.isfinite(vb).reshape(B, -1).all(1))[0])
+            raise ValueError(f"initial value of parameter {name!r} for problem {i} is not "
+                             f"finite")
+        _check_bounds(name, p.bounds, vb)
+        specs[name] = Param(vb[0], bounds=p.bounds, fixed=p.fixed)
+        values[name] = vb
+    return ParamSpace(specs), values, per_problem
+
+
+def _check_bounds(name, bounds, vb):
+    """Name the first problem whose initial value lies outside the bounds."""
+    if not (isinstance(bounds, tuple | list) and len(bounds) == 2):
+        return  # ParamSpace gives the error for malformed bounds
+    shape = vb.shape[1:]
+    try:
+        lo = np.broadcast_to(np.asarray(-np.inf if bounds[0] is None else bounds[0],
+                                        dtype=np.float64), shape)
+        hi = np.broadcast_to(np.asarray(np.inf if bounds[1] is None else bounds[1],
+                                        dtype=np.float64), shape)
+    except (TypeError, ValueError):
+        return
+    out = ((vb < lo) | (vb > hi)).reshape(vb.shape[0], -1).any(1)
+    if out.any():
+        bad = np.flatnonzero(out)
+        i = int(bad[0])
+        raise ValueError(
+            f"initial value of parameter {name!r} for problem {i} ({vb[i]!s}) is outside its "
+            f"bounds ({bounds[0]}, {bounds[1]}); {bad.size} problem(s) are: {_indices(bad)}")
+
+
+def _to_internal_batch(space: ParamSpace, theta0: np.ndarray) -> np.ndarray:
+    """Per-problem ``space.to_internal`` (one call per distinct start)."""
+    if not space.bounded:
+        return theta0.copy()
+    uniq, inverse = np.unique(theta0, axis=0, return_inverse=True)
+    z = np.stack([space.to_internal(row) for row in uniq])
+    return z[inverse.reshape(-1)]
+
+
+# --------------------------------------------------------------------- covariance
+def _batched_covariance(H: torch.Tensor, labels, rows: np.ndarray) -> np.ndarray:
+    """Invert per-problem Hessians as :func:`covariance_from_hessian` does, batched.
+
+    Problems whose Hessian is non-finite, singular or not positive definite go to
+    :func:`covariance_from_hessian` one by one (NaN errors for the parameters
+    concerned); its warnings are re-issued naming the problem.
+    """
+    b, n, _ = H.shape
+    Hn = H.detach().cpu().double()
+    finite = torch.isfinite(Hn).flatten(1).all(-1)
+    Hf = torch.where(finite[:, None, None], Hn, torch.eye(n, dtype=Hn.dtype))
+    d = torch.sqrt(torch.diagonal(Hf, dim1=1, dim2=2).abs())
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    Hs = Hf / (d.unsqueeze(-1) * d.unsqueeze(-2))
+    w, V = torch.linalg.eigh(Hs)
+    tol = torch.clamp(w.abs().amax(-1), min=1.0) * n * 1e-12
+    good = finite & (w > tol.unsqueeze(-1)).all(-1) & \
+        (torch.diagonal(Hf, dim1=1, dim2=2) > 0).all(-1)
+    cov = (V / w.unsqueeze(-2)) @ V.transpose(1, 2) / (d.unsqueeze(-1) * d.unsqueeze(-2))
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    out = cov.numpy().copy()
+    for i in np.flatnonzero(~good.numpy()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out[i] = covariance_from_hessian(Hn[i].numpy(), labels)
+        for wmsg in caught:
+            warnings.warn(f"problem {int(rows[i])}: {wmsg.message}", FitWarning, stacklevel=4)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
+              device="cpu", dtype=torch.float64, x_batched=None, vectorized=None,
+              on_nan="raise", max_iter=None, tol=None, errors=True, chunk_size=None,
+              options=None) -> BatchResult:
+    """Fit B independent problems of one model at once.
+
+    Parameters
+    ----------
+    model : callable
+        ``model(p, x)`` written for one problem (vectorised over the batch with
+        ``torch.func.vmap``: no Python branching on tensor values, no in-place
+        ops on inputs). With ``vectorized=True`` (or a ``model.vectorized = True``
+        attribute) the model itself takes ``p[name]`` with a leading batch axis
+        (and ``x`` as given) and returns ``(b, *y.shape[1:])``.
+    x : array_like, tensor, or a tuple/dict of them
+        Shared by all problems, or batched with a leading axis of length B.
+    y : array_like
+        Data with a leading batch axis: shape ``(B, ...)``.
+    params : dict
+        Name -> initial value or :class:`gradfit.Param`. A value with a leading
+        axis of length B is per problem (shape ``(B, *shape)``); anything else is
+        shared. Bounds and fixed masks are shared.
+    likelihood : str or Likelihood
+        ``'gaussian'`` (least squares when no sigma: errors scaled by RSS/(n−p)),
+        ``gradfit.Gaussian(sigma=...)`` with a sigma shared by the problems,
+        ``'poisson'``, ``gradfit.Cauchy(gamma=...)``, ``gradfit.StudentT(nu, scale=...)``
+        (known scales only: a fitted nuisance scale is not batched).
+    method : str
+        ``'auto'`` (``'lm'`` where a least-squares form exists, else ``'lbfgs'``),
+        ``'lm'`` or ``'lbfgs'``.
+    priors : dict, optional
+        Name -> prior (``gradfit.Normal``, ``Laplace``, ``Uniform``, ``LogNormal``,
+        or a callable ``t -> log p``), the same for every problem.
+    device, dtype :
+        Where the batch runs and its float type.
+    x_batched : bool, optional
+        Whether ``x`` has a leading batch axis; ``None`` works it out from shapes.
+    vectorized : bool, optional
+        See ``model``.
+    on_nan : {'raise', 'skip'}
+        A problem with NaN or inf in ``y`` raises (naming it), or with ``'skip'`` is
+        left out of the fit and reported as failed with NaN values.
+    max_iter, tol, options :
+        Iteration limit per problem; ``tol`` sets gtol, ftol and xtol together;
+        ``options``: ``{"check_every": k, "memory": m}`` (how often the host checks
+        convergence; the L-BFGS memory).
+    errors : bool
+        Compute the covariances (default True).
+    chunk_size : int, optional
+        Problems per batched computation (default 16384 on a GPU, 512 on a CPU).
+
+    Returns
+    -------
+    BatchResult
+    """
+    t0 = time.perf_counter()
+    if not callable(model):
+        raise TypeError(f"model must be a callable model(p, x), not {type(model).__name__}")
+    dev = resolve_device(device)
+    try:
+        dt = _DTYPES[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"unsupported dtype {dtype!r}; choose 'float64' or 'float32'") from None
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise ValueError(f"unknown method {method!r} for fit_batch; choose one of: "
+                         f"{', '.join(_METHODS)}")
+    method = method.lower()
+    if on_nan not in _ON_NAN:
+        raise ValueError(f"on_nan must be one of: {', '.join(_ON_NAN)}; got {on_nan!r}")
+    if vectorized is None:
+        vectorized = bool(getattr(model, "vectorized", False))
+    lik = get_likelihood(likelihood)
+    if lik.nuisance:
+        raise ValueError(
+            f"fit_batch does not fit the nuisance scale ({', '.join(lik.nuisance)}) of the "
+            f"{lik.name} likelihood; give it a known value, e.g. gradfit.Cauchy(gamma=1.0), "
+            "or use gradfit.fit per problem")
+    opts = dict(options or {})
+
+    # ---------------------------------------------------------------- data
+    if isinstance(y, torch.Tensor):
+        y_np = y.detach().cpu().numpy().astype(np.float64)
+    else:
+        try:
+            y_np = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"y must be an array of numbers: {exc}") from exc
+    if y_np.ndim < 2:
+        raise ValueError(
+            f"y must have a leading batch axis and the data of one problem after it, shape "
+            f"(B, ...); got shape {y_np.shape} (for one problem use gradfit.fit)")
+    B = int(y_np.shape[0])
+    if B == 0:
+        raise ValueError(f"y has shape {y_np.shape}: B = 0 problems; give at least one")
+    if y_np[0].size == 0:
+        raise ValueError(f"y has shape {y_np.shape}: each problem has no data")
+    finite = np.isfinite(y_np.reshape(B, -1)).all(1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        if on_nan == "raise":
+            raise ValueError(
+                f"y contains NaN or inf in {bad.size} of {B} problem(s): {_indices(bad)}; "
+                "fix or drop them, or pass on_nan='skip' to leave them out of the fit")
+        if bad.size == B:
+            raise ValueError(f"y contains NaN or inf in all {B} problems; nothing to fit")
+    keep = np.flatnonzero(finite)
+    try:
+        lik.check_data(y_np[keep])
+    except ValueError:
+        for i in keep:
+            try:
+                lik.check_data(y_np[i])
+            except ValueError as exc:
+                raise ValueError(f"problem {int(i)}: {exc}") from None
+        raise
+
+    prior_map = dict(priors or {})
+    if priors is not None and not isinstance(priors, Mapping):
+        raise TypeError("priors must be a dict of name -> prior for fit_batch (a whole-dict "
+                        "log_prior(p) callable is not batched)")
+    space, values, per_problem = _parse_params(params, B, prior_map)
+    for name, pr in prior_map.items():
+        if name not in space.names:
+            raise ValueError(f"prior given for unknown parameter {name!r}; parameters are: "
+                             f"{', '.join(space.names)}")
+        if not (isinstance(pr, Prior) or callable(pr)):
+            raise TypeError(f"prior for {name!r} must be a gradfit prior or a callable "
+                            "t -> log p")
+    n = space.n_free
+    names = space.names
+
+    # x: shared or batched
+    x_leaves = _leaves(x)
+    lead = {p: (a.shape[0] if getattr(a, "ndim", 0) >= 1 else None) for p, a in x_leaves}
+    if x_batched:
+        wrong = {p: s for p, s in lead.items() if s != B}
+        if not x_leaves or wrong:
+            p, s = next(iter(wrong.items())) if wrong else ("x", None)
+            raise ValueError(
+                f"x_batched=True but {p} has a leading axis of length {s}, while y has a batch "
+                f"axis of B = {B}; the batch axes of x and y must agree")
+    xt_all = _map_tree(x, lambda p, a: _to_tensor(p, a, dev, dt))
+
+    # ------------------------------------------------- one problem, checked
+    y0 = torch.as_tensor(y_np[keep[0]], device=dev, dtype=dt)
+    try:
+        lik.prepare(y0)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (in fit_batch a known scale is shared by all problems and "
+                         "has the shape of one problem's data)") from None
+    ydata_shape = tuple(y_np.shape[1:])
+
+    fixed_shared = {}
+    for name in names:
+        if name not in per_problem:
+            fixed_shared[name] = torch.as_tensor(values[name][0], device=dev, dtype=dt)
+    free_idx = {}
+    k = 0
+    for name in names:
+        fr = space.free[name].reshape(-1)
+        nf = int(fr.sum())
+        free_idx[name] = (k, nf, torch.as_tensor(np.flatnonzero(fr), device=dev))
+        k += nf
+
+    def unflatten(theta, pp):
+        """(b, n) free vector + per-problem values (b, *shape) -> dict of (b, *shape)."""
+        b = theta.shape[0]
+        out = {}
+        for name in names:
+            shape = space.shapes[name]
+            size = int(np.prod(shape)) if shape else 1
+            k0, nf, fi = free_idx[name]
+            if nf == size:
+                t = theta[:, k0:k0 + nf]
+            else:
+                base = pp[name] if name in pp else fixed_shared[name].expand(b, *shape)
+                t = base.reshape(b, size)
+                if nf:
+                    t = t.index_copy(1, fi, theta[:, k0:k0 + nf])
+            out[name] = t.reshape((b,) + tuple(shape))
+        return out
+
+    def single(p, xx):
+        return model(_ModelParams(p), xx)
+
+    def make_predict(batched_x: bool):
+        if vectorized:
+            return lambda P, xx: model(_ModelParams(P), xx)
+        vm = torch.func.vmap(single, in_dims=(0, 0 if batched_x else None))
+        return vm
+
+    def try_shape(batched_x: bool):
+        """Evaluate problem ``keep[0]``'s model; its output, or the exception."""
+        i = int(keep[0])
+        th = torch.as_tensor(_theta0_rows([i]), device=dev, dtype=dt)
+        pp = {nm: torch.as_tensor(values[nm][[i]], device=dev, dtype=dt) for nm in per_problem}
+        P = unflatten(th, pp)
+        xx = _map_tree(xt_all, lambda p, a: a[i:i + 1] if isinstance(a, torch.Tensor) else a) \
+            if batched_x else xt_all
+        try:
+            with torch.no_grad():
+                if vectorized:
+                    mu = model(_ModelParams(P), xx)
+                elif batched_x:
+                    mu = single({kk: v[0] for kk, v in P.items()},
+                                _map_tree(xx, lambda p, a: a[0]
+                                          if isinstance(a, torch.Tensor) else a))
+                    mu = mu.unsqueeze(0) if isinstance(mu, torch.Tensor) else mu
+                else:
+                    mu = single({kk: v[0] for kk, v in P.items()}, xx)
+                    mu = mu.unsqueeze(0) if isinstance(mu, torch.Tensor) else mu
+        except ValueError as exc:
+            if "not in params" in str(exc):
+                raise
+            return exc
+        except (RuntimeError, IndexError, TypeError) as exc:
+            return exc
+        return mu
+
+    def _theta0_rows(rows):
+        out = np.empty((len(rows), n))
+        for name in names:
+            k0, nf, fi = free_idx[name]
+            if nf:
+                v = values[name][rows].reshape(len(rows), -1)
+                out[:, k0:k0 + nf] = v[:, space.free[name].reshape(-1)]
+        return out
+
+    def ok_shape(mu):
+        return isinstance(mu, torch.Tensor) and tuple(mu.shape) == (1,) + ydata_shape
+
+    if x_batched is None:
+        all_lead = bool(x_leaves) and all(s == B for s in lead.values())
+        mu_s = try_shape(False)
+        mu_b = try_shape(True) if all_lead else None
+        if ok_shape(mu_s) and ok_shape(mu_b):
+            raise ValueError(
+                f"cannot tell whether x is shared or batched: x's leading axis has the length "
+                f"of the batch (B = {B}) and the model works either way; pass "
+                "x_batched=True or x_batched=False")
+        x_batched = ok_shape(mu_b)
+        mu0 = mu_b if x_batched else mu_s
+        if not ok_shape(mu0):
+            hint = ""
+            shapes = sorted({s for s in lead.values() if s is not None})
+            if shapes and B not in shapes and any(getattr(a, "ndim", 0) >= 2
+                                                  for _, a in x_leaves):
+                hint = (f"; if x is batched, its leading axis ({shapes[0]}) must equal y's "
+                        f"batch axis (B = {B})")
+            _model_output_error(mu0, ydata_shape, hint)
+    else:
+        x_batched = bool(x_batched)
+        mu0 = try_shape(x_batched)
+        if not ok_shape(mu0):
+            _model_output_error(mu0, ydata_shape, "")
+    if mu0.dtype != dt:
+        raise TypeError(f"the model returned dtype {mu0.dtype} but the fit runs in {dt}; build "
+                        "tensors from the inputs (or pass dtype=...)")
+    _check_used(model, vectorized, x_batched, xt_all, keep, values, space, dev, dt)
+    predict = make_predict(x_batched)
+
+    # per-problem data tensors (cut down with the working set)
+    x_paths = [p for p, a in x_leaves] if x_batched else []
+
+    def pack(rows):
+        ridx = torch.as_tensor(rows, device=dev)
+        Yb = torch.as_tensor(y_np[rows], device=dev, dtype=dt)
+        xs = [a.index_select(0, ridx) for a in _batched_leaf_tensors(xt_all)] if x_batched \
+            else []
+        pp = [torch.as_tensor(values[nm][rows], device=dev, dtype=dt) for nm in per_problem]
+        return (Yb, *xs, *pp)
+
+    def unpack(data):
+        Yb = data[0]
+        nx = len(x_paths)
+        xs = list(data[1:1 + nx])
+        pp = dict(zip(per_problem, data[1 + nx:]))
+        if x_batched:
+            it = iter(xs)
+            xx = _map_tree(xt_all, lambda p, a: next(it) if isinstance(a, torch.Tensor) else a)
+        else:
+            xx = xt_all
+        return Yb, xx, pp
+
+    nll_one = torch.func.vmap(lambda yy, mu: lik.nll(yy, mu, {}))
+    has_res = lik.has_residuals and all(getattr(pr, "residual_form", False)
+                                        for pr in prior_map.values())
+
+    def log_prior(P):
+        total = 0.0
+        for name, pr in prior_map.items():
+            fn = pr.log_prob if isinstance(pr, Prior) else pr
+            total = total + torch.func.vmap(fn)(P[name])
+        return total
+
+    def theta_fns():
+        def mu_of(theta, data):
+            Yb, xx, pp = unpack(data)
+            P = unflatten(theta, pp)
+            return Yb, P, predict(P, xx)
+
+        def lik_res(theta, data):
+            Yb, P, mu = mu_of(theta, data)
+            return lik.residuals(Yb, mu).reshape(Yb.shape[0], -1)
+
+        def res(theta, data):
+            Yb, P, mu = mu_of(theta, data)
+            r = lik.residuals(Yb, mu).reshape(Yb.shape[0], -1)
+            if prior_map:
+                r = torch.cat([r] + [torch.func.vmap(pr.residuals)(P[name])
+                                     .reshape(Yb.shape[0], -1)
+                                     for name, pr in prior_map.items()], dim=1)
+            return r
+
+        def val(theta, data):
+            Yb, P, mu = mu_of(theta, data)
+            f = nll_one(Yb, mu)
+            return f - log_prior(P) if prior_map else f
+
+        # RSS for the error scale comes from the likelihood's residuals alone, even
+        # where a prior without a residual form leaves the whole objective without one
+        return (res if has_res else None), val, (lik_res if lik.has_residuals else None)
+
+    res_t, val_t, lik_res_t = theta_fns()
+    to_ext = space.to_external
+    res_z = (lambda z, d: res_t(to_ext(z), d)) if res_t is not None else None
+
+    def val_z(z, d):
+        return val_t(to_ext(z), d)
+
+    if method == "auto":
+        method = "lm" if has_res else "lbfgs"
+    elif method == "lm" and not has_res:
+        raise ValueError(
+            f"method 'lm' needs a least-squares form; the {lik.name} likelihood"
+            f"{' with these priors' if prior_map else ''} has none: use method='lbfgs'")
+
+    gauss_newton = isinstance(lik, Gaussian) and has_res
+    ndata = int(np.prod(ydata_shape))
+    tol_kw = {}
+    if tol is not None:
+        tol_kw = {"gtol": float(tol), "ftol": float(tol), "xtol": float(tol)}
+    if chunk_size is None:
+        # a GPU is saturated well before 16384 problems of a few hundred points each,
+        # and a bounded working set keeps the Jacobian graph's memory in check
+        chunk_size = 16384 if dev.type == "cuda" else 512
+    chunk_size = max(1, int(chunk_size))
+
+    theta0_all = _theta0_rows(list(range(B)))
+    z0_all = _to_internal_batch(space, theta0_all) if n else theta0_all
+    nK = keep.size
+    theta_out = np.full((B, n), np.nan)
+    fun_out = np.full(B, np.nan)
+    code_out = np.zeros(B, dtype=np.int64)
+    nit_out = np.zeros(B, dtype=np.int64)
+    nfev_out = np.zeros(B, dtype=np.int64)
+    cov_out = np.full((B, n, n), np.nan)
+    warn_dof = False
+    for c0 in range(0, nK, chunk_size):
+        rows = keep[c0:c0 + chunk_size]
+        data = pack(rows)
+        z0 = torch.as_tensor(z0_all[rows], device=dev, dtype=dt)
+        with torch.no_grad():
+            f0 = val_z(z0, data)
+        badf = ~torch.isfinite(f0)
+        if bool(badf.any()):
+            bad = rows[torch.nonzero(badf).reshape(-1).cpu().numpy()]
+            raise ValueError(
+                f"the negative log-likelihood is not finite at the initial parameters of "
+                f"problem(s) {_indices(bad)}; choose starting points where the model and "
+                "likelihood are finite")
+        obj = BatchedObjective(res_z, val_z, n, data, dev, dt)
+        check = int(opts.get("check_every", 2 if method == "lm" else 8))
+        J_end = None
+        if n == 0:
+            z = z0
+            fun_t = f0
+            code = torch.full((rows.size,), 4, dtype=torch.int64)
+            nit = nfev = torch.zeros(rows.size, dtype=torch.int64)
+        elif method == "lm":
+            # unbounded: z is theta, and the solver's last Jacobian serves the errors
+            reuse = errors and gauss_newton and not space.bounded
+            sol = batched_lm(obj, z0, max_iter=200 if max_iter is None else int(max_iter),
+                             check_every=check, keep_jacobian=reuse, **tol_kw)
+            z, code, nit, nfev = sol.z, sol.code, sol.nit, sol.nfev
+            J_end = sol.jac
+        else:
+            sol = batched_lbfgs(obj, z0, max_iter=1000 if max_iter is None else int(max_iter),
+                                memory=int(opts.get("memory", 10)), check_every=check,
+                                **tol_kw)
+            z, code, nit, nfev = sol.z, sol.code, sol.nit, sol.nfev
+        theta = to_ext(z).detach()
+        with torch.no_grad():
+            fun_t = val_t(theta, data)
+        if errors and n:
+            if gauss_newton:
+                J = J_end if J_end is not None else \
+                    jacobian(lambda th, d=data: res_t(th, d), theta, n)[1]
+                H = J.transpose(1, 2) @ J
+            else:
+                H = hessian(lambda th, d=data: val_t(th, d), theta, n)
+            cov = _batched_covariance(H, space.labels, rows)
+            if lik.scale_errors:
+                dof = ndata - n
+                if dof <= 0:
+                    warn_dof = True
+                    cov = np.full_like(cov, np.nan)
+                else:
+                    with torch.no_grad():
+                        rl = lik_res_t(theta, data)
+                    rss = (rl * rl).sum(-1).cpu().numpy().astype(np.float64)
+                    cov = cov * (rss / dof)[:, None, None]
+            cov_out[rows] = cov
+        theta_out[rows] = theta.cpu().numpy()
+        fun_out[rows] = fun_t.cpu().numpy()
+        code_out[rows] = code.cpu().numpy()
+        nit_out[rows] = nit.cpu().numpy()
+        nfev_out[rows] = nfev.cpu().numpy() + (1 if errors and n and J_end is None else 0)
+    if warn_dof:
+        warnings.warn(
+            f"least squares with {ndata} points and {n} free parameters leaves no degrees of "
+            "freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=2)
+
+    success = np.isin(code_out, list(SUCCESS_CODES)) & np.isfinite(fun_out)
+    messages = []
+    for i in range(B):
+        if not finite[i]:
+            messages.append("skipped: y contains NaN or inf (on_nan='skip')")
+        elif not math.isfinite(fun_out[i]):
+            messages.append(f"the objective is not finite at the end "
+                            f"({MESSAGES.get(int(code_out[i]), 'unknown')})")
+        else:
+            messages.append(MESSAGES.get(int(code_out[i]), "unknown status"))
+    success &= finite
+
+    at_bounds = ()
+    if space.bounded:
+        both = np.isfinite(space.theta_lo) & np.isfinite(space.theta_hi)
+        span = np.where(both, space.theta_hi - space.theta_lo, 1.0)
+        tolb = 1e-6 * np.maximum(span, np.abs(theta_out) + 1e-300)
+        near = (np.abs(theta_out - space.theta_lo) <= tolb) | \
+            (np.abs(space.theta_hi - theta_out) <= tolb)
+        at_bounds = tuple(tuple(lab for lab, f in zip(space.labels, row) if f) for row in near)
+        hit = np.flatnonzero(near.any(1))
+        if hit.size and errors:
+            warnings.warn(
+                f"in {hit.size} problem(s) ({_indices(hit)}) a parameter ended at a bound; "
+                "its errors from the Hessian are not reliable there", FitWarning, stacklevel=2)
+
+    err_flat = np.sqrt(np.einsum("bii->bi", cov_out)) if n else np.zeros((B, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = err_flat
+        corr = cov_out / (sd[:, :, None] * sd[:, None, :])
+    params_out, errors_out = {}, {}
+    for name in names:
+        shape = space.shapes[name]
+        k0, nf, _ = free_idx[name]
+        val = np.array(values[name], dtype=np.float64).reshape(B, -1).copy()
+        err = np.zeros_like(val)
+        fr = space.free[name].reshape(-1)
+        val[:, fr] = theta_out[:, k0:k0 + nf]
+        err[:, fr] = err_flat[:, k0:k0 + nf]
+        val[~finite] = np.nan
+        err[~finite] = np.nan
+        params_out[name] = val.reshape((B,) + tuple(shape))
+        errors_out[name] = err.reshape((B,) + tuple(shape))
+    return BatchResult(
+        params=params_out, errors=errors_out, cov=cov_out, corr=corr,
+        names=list(space.labels), fun=fun_out, success=success, messages=messages,
+        method=method, nit=nit_out, nfev=nfev_out, time_s=time.perf_counter() - t0,
+        ndata=ndata, dof=ndata - n, at_bounds=at_bounds)
+
+
+def _batched_leaf_tensors(xt):
+    return [a for _, a in _leaves(xt) if isinstance(a, torch.Tensor)]
+
+
+def _model_output_error(mu, ydata_shape, hint):
+    if isinstance(mu, Exception):
+        raise ValueError(f"the model failed on problem 0's parameters and x: "
+                         f"{type(mu).__name__}: {mu}{hint}") from mu
+    if not isinstance(mu, torch.Tensor):
+        raise TypeError(f"the model returned {type(mu).__name__}; it must return a torch tensor "
+                        "built with torch operations")
+    raise ValueError(f"the model returned shape {tuple(mu.shape[1:])} for one problem but "
+                     f"each problem's y has shape {ydata_shape}{hint}")
+
+
+def _check_used(model, vectorized, x_batched, xt, keep, values, space, dev, dt):
+    """Every free parameter must reach the model's output (as :func:`gradfit.fit` checks)."""
+    i = int(keep[0])
+    leaves = {}
+    for nm in space.names:
+        v = torch.as_tensor(values[nm][i], device=dev, dtype=dt)
+        leaves[nm] = (v.unsqueeze(0) if vectorized else v).requires_grad_(
+            bool(space.free[nm].any()))
+    if vectorized:
+        xx = _map_tree(xt, lambda p, a: a[i:i + 1] if isinstance(a, torch.Tensor) else a) \
+            if x_batched else xt
+    else:
+        xx = _map_tree(xt, lambda p, a: a[i] if isinstance(a, torch.Tensor) else a) \
+            if x_batched else xt
+    free = [nm for nm in space.names if leaves[nm].requires_grad]
+    with torch.enable_grad():
+        mu = model(_ModelParams(leaves), xx)
+        grads = torch.autograd.grad(mu.sum(), [leaves[nm] for nm in free], allow_unused=True) \
+            if free and mu.requires_grad else [None] * len(free)
+    unused = [nm for nm, g in zip(free, grads) if g is None]
+    if unused:
+        raise ValueError(
+            f"parameter(s) {', '.join(map(repr, unused))} are not used by the model; remove "
+            "them or fix them with gradfit.Param(value, fixed=True)")

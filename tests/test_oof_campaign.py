@@ -1,0 +1,132 @@
+"""OOF campaigns: many observations one by one (in process and on Dask) and the joint
+gravity model K(el) = a + b sin(el) + c cos(el)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from gradfit import oof
+from gradfit.oof import campaign as C
+
+RNG = np.random.default_rng(1)
+P = 9  # order 3 without piston
+A, B, Cc = RNG.normal(0, 0.1, P), RNG.normal(0, 0.05, P), RNG.normal(0, 0.05, P)
+ELS = [20, 35, 50, 65, 80]
+
+
+@pytest.fixture(scope="module")
+def campaign():
+    return C.simulate_campaign(ELS, A, B, Cc, order=3, npix=21, snr=1000)
+
+
+@pytest.fixture(scope="module")
+def fitted(campaign):
+    return C.fit_many(campaign, order=3)
+
+
+def test_fit_many_rows_match_single_fits(campaign, fitted):
+    assert fitted.success and fitted.n_failed == 0 and len(fitted.rows) == 5
+    single = oof.fit(campaign[2], order=3)
+    row = fitted.rows[2]
+    assert row["elevation_deg"] == 50.0
+    np.testing.assert_allclose([z["value_waves"] for z in row["zernike"]], single.K_waves,
+                               rtol=0, atol=1e-10)
+    # the per-observation fits see the truth at that elevation (two-sided pull check)
+    pulls = []
+    for r, el in zip(fitted.rows, ELS):
+        e = np.radians(el)
+        truth = A + B * np.sin(e) + Cc * np.cos(e)
+        k = np.array([z["value_waves"] for z in r["zernike"]][1:])
+        s = np.array([z["error_waves"] for z in r["zernike"]][1:])
+        pulls.append((k - truth) / s)
+        assert 0.5 < r["chi2_reduced"] < 1.5  # known σ: the model describes the data
+    rms = float(np.sqrt(np.mean(np.square(pulls))))
+    assert 0.7 < rms < 1.35, rms  # 45 pulls: about ±3 standard errors
+
+
+def test_fit_many_records_failures_and_writes_summary(tmp_path, campaign):
+    good = tmp_path / "good.fits"
+    oof.write(campaign[0], good)
+    bad = tmp_path / "broken.fits"
+    bad.write_bytes(b"SIMPLE  = not a fits file")
+    out = tmp_path / "out"
+    res = C.fit_many([good, bad, tmp_path / "missing.fits"], order=3, out=out)
+    assert res.n_failed == 2 and not res.success
+    assert res.rows[0]["success"] and res.rows[0]["name"] == "good"
+    assert res.rows[1]["reason"].startswith("cannot read") and "broken" in res.rows[1]["file"]
+    assert res.rows[2]["reason"].startswith("cannot read")
+    assert (out / "good" / "solution.json").is_file()
+    assert not (out / "broken").exists()
+    rows = list(csv.DictReader(io.StringIO((out / "summary.csv").read_text())))
+    assert [r["name"] for r in rows] == ["good", "broken", "missing"]
+    assert rows[0]["success"] == "True" and float(rows[0]["surface_rms_um"]) > 0
+    assert "K(3,3)_waves" in rows[0] and rows[1]["K(3,3)_waves"] == ""
+    js = json.loads((out / "summary.json").read_text())
+    assert js["n_failed"] == 2 and len(js["observations"]) == 3
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(out / "campaign.png")
+    assert img.shape[0] > 200 and float(img[..., :3].std()) > 0.05
+
+
+def test_fit_many_on_dask_local_cluster_matches_in_process(tmp_path, campaign, fitted):
+    files = []
+    for i, o in enumerate(campaign[:3]):
+        f = tmp_path / f"obs{i}.fits"
+        oof.write(o, f)
+        files.append(f)
+    local = C.fit_many(files, order=3)
+    res = C.fit_many(files, order=3, dask="local", out=tmp_path / "out")
+    assert res.success and [r["name"] for r in res.rows] == ["obs0", "obs1", "obs2"]
+    for r, ref in zip(res.rows, local.rows):
+        np.testing.assert_array_equal([z["value_waves"] for z in r["zernike"]],
+                                      [z["value_waves"] for z in ref["zernike"]])
+    assert (tmp_path / "out" / "obs1" / "solution.json").is_file()
+
+
+def test_gravity_model_recovers_truth_two_sided(campaign, fitted):
+    g = C.fit_campaign(campaign, order=3, start=fitted)
+    assert g.success
+    pulls = np.concatenate([(g.a - A) / g.a_err, (g.b - B) / g.b_err, (g.c - Cc) / g.c_err])
+    assert np.mean(np.abs(pulls) < 3) >= 0.9
+    rms = float(np.sqrt(np.mean(pulls**2)))
+    assert 0.6 < rms < 1.4, rms  # 27 pulls: fails for errors 1.5x too small or too large
+    K50, err50 = g.predict(50)
+    e = np.radians(50)
+    truth = A + B * np.sin(e) + Cc * np.cos(e)
+    assert np.all(np.abs(K50 - truth) < 4 * err50)
+    # the prediction at an observed elevation is tighter than the single fit there
+    single_err = np.array([z["error_waves"] for z in fitted.rows[2]["zernike"]][1:])
+    assert np.median(err50 / single_err) < 1.0
+    table = g.correction_table([30, 60])
+    assert [t["elevation_deg"] for t in table] == [30.0, 60.0]
+    assert len(table[0]["zernike"]) == P and table[0]["surface_rms_um"] > 0
+    d = json.loads(json.dumps(g.to_dict()))
+    assert len(d["coefficients"]) == P and d["success"]
+
+
+@pytest.mark.parametrize("els, match", [
+    ([20, 40], "at least 3 observations"),
+    ([40, 42, 44], "span only"),
+])
+def test_gravity_model_bad_input(els, match):
+    obs = C.simulate_campaign(els, A, B, Cc, order=3, npix=15, snr=1000)
+    with pytest.raises(ValueError, match=match):
+        C.fit_campaign(obs, order=3)
+
+
+def test_gravity_model_needs_elevations(campaign):
+    obs = list(campaign[:3])
+    import copy
+
+    obs[1] = copy.copy(obs[1])
+    obs[1].meta = {}
+    with pytest.raises(ValueError, match="observation 1: no usable elevation"):
+        C.fit_campaign(obs, order=3)
+    with pytest.raises(ValueError, match="unknown elevation_model"):
+        C.fit_campaign(campaign, order=3, elevation_model="poly")
