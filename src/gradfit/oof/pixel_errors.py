@@ -10,8 +10,9 @@ the weights of the mean phase (the piston prior). ``A v`` costs two reverse-mode
 through one retained graph of the beam model (autodiff) plus a sparse difference;
 neither ``J`` nor ``A`` is formed.
 
-With Rademacher probes ``z_k`` and CG solves ``x_k = A^-1 z_k`` (Jacobi
-preconditioner, see :func:`gauss_newton_operator`), the same solves give
+With Rademacher probes ``z_k`` and CG solves ``x_k = A^-1 z_k`` (the core's
+preconditioned CG, :func:`gradfit.solvers.lm_cg.pcg`, with the Jacobi preconditioner
+of :func:`jacobi_diagonal`), the same solves give
 
 * the variance of every cell, ``diag(A^-1) ~ mean_k z_k * x_k`` (Hutchinson's
   diagonal estimator; Bekas, Kokiopoulou & Saad 2007), with its standard error per
@@ -19,6 +20,11 @@ preconditioner, see :func:`gauss_newton_operator`), the same solves give
 * the effective number of parameters ``n_eff = tr(A^-1 J^T W J) ~ mean_k x_k^T (J^T W J z_k)``,
   the trace of the influence ("hat") operator: how many of the cells' degrees of
   freedom the data determine rather than the prior (between 0 and the number of cells).
+
+The probes are accumulated here rather than by
+:func:`gradfit.uncertainty_scale.hutchinson_diagonal` because one set of solves serves
+the cell variances (mapped through the basis: ``B x_k * B z_k`` for panels), the
+parameter variances and ``n_eff``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from gradfit.solvers.lm_cg import pcg
 
 __all__ = ["PixelUncertainty", "gauss_newton_operator", "jacobi_diagonal",
            "pixel_uncertainty"]
@@ -155,39 +163,6 @@ def jacobi_diagonal(post, theta, amp, sigma) -> torch.Tensor:
     return torch.cat([d_theta, d_amp.reshape(1)])
 
 
-def _cg():
-    """The core's preconditioned CG (``gradfit.solvers.lm_cg.pcg``)."""
-    try:
-        from gradfit.solvers.lm_cg import pcg
-    except ImportError:  # TEMPORARY until the large-scale core (issue 12) is merged
-        return _pcg
-    return pcg
-
-
-def _pcg(matvec, b, precond, rtol, max_iter):
-    x = torch.zeros_like(b)
-    r = b.clone()
-    zr = r / precond
-    p = zr.clone()
-    rz = r @ zr
-    tol = rtol * float(torch.linalg.vector_norm(b))
-    for k in range(1, max_iter + 1):
-        Ap = matvec(p)
-        pAp = float(p @ Ap)
-        if not pAp > 0:
-            return x, None, k, False, False
-        alpha = rz / pAp
-        x = x + alpha * p
-        r = r - alpha * Ap
-        if float(torch.linalg.vector_norm(r)) <= tol:
-            return x, None, k, True, True
-        zr = r / precond
-        rz_new = r @ zr
-        p = zr + (rz_new / rz) * p
-        rz = rz_new
-    return x, None, max_iter, False, True
-
-
 def pixel_uncertainty(post, theta, amp, sigma, *, var_probes: int = 16,
                       n_eff_probes: int = 8, seed: int = 0, rtol: float = 1e-3,
                       max_cg: int = 2000) -> PixelUncertainty:
@@ -211,7 +186,6 @@ def pixel_uncertainty(post, theta, amp, sigma, *, var_probes: int = 16,
     estimated by ``mean_k (B x_k) * (B z_k)`` (``E[z z^T] = I``); the variances of the
     basis parameters themselves by ``mean_k x_k * z_k``.
     """
-    pcg = _cg()
     basis = post.basis
     with torch.no_grad():
         matvec, data_matvec, diag = gauss_newton_operator(post, theta, amp, sigma)
