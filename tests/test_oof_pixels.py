@@ -120,6 +120,23 @@ def test_data_operator_matches_finite_differences():
     assert "hutchinson" in unc.method and "12 probes" in unc.method
 
 
+def test_n_eff_grows_with_maps_and_falls_with_smoothness():
+    obs = _small_obs(dz=(-0.04, -0.02, 0.0, 0.02, 0.04), snr=3e3)
+    z = oof.fit(obs, order=3, grid=16, errors="none")
+    two = oof.Observation([obs.maps[1], obs.maps[2]], obs.wavelength_m, obs.frequency_hz,
+                          "effelsberg")
+
+    def n_eff(o, smoothness):
+        return oof.fit_pixels(o, zernike=z, grid=16, smoothness=smoothness, errors="none",
+                              n_eff_probes=8).n_eff
+
+    J = aperture_grid("effelsberg", 16).n_pixels
+    five, pair, stiff = n_eff(obs, 5.0), n_eff(two, 5.0), n_eff(obs, 1e4)
+    assert 0 < pair < five < J, (pair, five, J)
+    assert five > 1.1 * pair  # 195 against 164 of 211 cells; the probes scatter by ~2
+    assert stiff < 0.5 * five
+
+
 # ------------------------------------------------------------------ the acceptance
 @pytest.fixture(scope="module")
 def panel_case():

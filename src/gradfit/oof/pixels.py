@@ -622,7 +622,11 @@ def refine_pixels(
         Fit one piston and two tilts per panel of this layout
         (:mod:`gradfit.oof.panels`, :class:`PanelBasis`) instead of one phase per cell.
     method : str
-        Minimiser of :func:`gradfit.fit` (matrix-free ones only at this size).
+        Minimiser of :func:`gradfit.fit` (matrix-free ones only at this size). The
+        default 'lbfgs' (in the scaled variables of :class:`_Posterior`) reached the
+        same optimum as 'lm' (run as the matrix-free 'lm-cg') 85 times faster on 2,910
+        cells and 7 maps of 65 x 65 (6.2 s against 532 s, 703 against 446 iterations
+        of far costlier steps).
     max_iter : int, optional
     errors : {'none', 'hutchinson'}
         Per-cell errors of the posterior (see :func:`pixel_errors`).
