@@ -550,12 +550,19 @@ class PixelSolution:
 
     def __str__(self) -> str:
         f = self.fit
+        if self.basis == "panels":
+            what = (f"panel fit of {self.telescope.name}: {f['n_params'] - 1} panel "
+                    f"parameters on {self.n_cells} cells of {self.grid.step_m:.3g} m")
+            prior = "no smoothness prior"
+        else:
+            what = (f"pixel fit of {self.telescope.name}: {self.n_cells} cells of "
+                    f"{self.grid.step_m:.3g} m")
+            prior = f"smoothness {self.smoothness:g} /rad^2"
         return "\n".join([
-            f"OOF pixel fit of {self.telescope.name}: {self.n_cells} cells of "
-            f"{self.grid.step_m:.3g} m, {'converged' if self.success else 'FAILED'} "
+            f"OOF {what}, {'converged' if self.success else 'FAILED'} "
             f"({f['message']}), {f['time_s']:.1f} s, method {f['method']}",
-            f"smoothness {self.smoothness:g} /rad^2, effective parameters n_eff = "
-            f"{self.n_eff:.0f} of {self.n_cells}, chi2/ndata = {f['chi2'] / f['ndata']:.3f}",
+            f"{prior}, effective parameters n_eff = {self.n_eff:.0f} of "
+            f"{f['n_params']}, chi2/ndata = {f['chi2'] / f['ndata']:.3f}",
             f"surface rms {self.surface_rms_um:.1f} um (Zernike order {self.zernike.order}: "
             f"{self.zernike.surface_rms_um:.1f} um); errors: {f['errors']}",
         ])
