@@ -130,3 +130,57 @@ def test_gravity_model_needs_elevations(campaign):
         C.fit_campaign(obs, order=3)
     with pytest.raises(ValueError, match="unknown elevation_model"):
         C.fit_campaign(campaign, order=3, elevation_model="poly")
+
+
+def test_cli_campaign_exit_codes_and_outputs(tmp_path, campaign):
+    from click.testing import CliRunner
+
+    from gradfit.cli import cli
+
+    files = []
+    for i, o in enumerate(campaign):
+        f = tmp_path / f"el{i}.fits"
+        oof.write(o, f)
+        files.append(str(f))
+    out = tmp_path / "season"
+    r = CliRunner().invoke(cli, ["oof", "campaign", *files, "--order", "3", "--out", str(out),
+                                 "--gravity", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n_observations"] == 5 and d["n_failed"] == 0
+    assert [o["elevation_deg"] for o in d["observations"]] == [float(e) for e in ELS]
+    assert len(d["gravity"]["coefficients"]) == P and d["gravity"]["success"]
+    for name in ("summary.csv", "summary.json", "campaign.png", "gravity.json", "gravity.png"):
+        assert (out / name).is_file(), name
+    assert (out / "el3" / "solution.json").is_file()
+    # a broken file: its row says why, the others are fitted, exit code 1
+    bad = tmp_path / "bad.fits"
+    bad.write_text("not fits")
+    r = CliRunner().invoke(cli, ["oof", "campaign", files[0], str(bad), "--order", "3",
+                                 "--out", str(tmp_path / "two"), "-q", "--json"])
+    assert r.exit_code == 1
+    rows = json.loads(r.stdout)["observations"]
+    assert rows[0]["success"] and not rows[1]["success"] and "cannot read" in rows[1]["reason"]
+    assert (tmp_path / "two" / "el0" / "solution.json").is_file()
+
+
+def test_cli_fit_with_several_fits_files_is_a_campaign(tmp_path, campaign):
+    from click.testing import CliRunner
+
+    from gradfit.cli import cli
+
+    files = []
+    for i, o in enumerate(campaign[:2]):
+        f = tmp_path / f"obs{i}.fits"
+        oof.write(o, f)
+        files.append(str(f))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["oof", "fit", *files, "--order", "3", "--out", str(out), "-q",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert [o["name"] for o in d["observations"]] == ["obs0", "obs1"]
+    assert (out / "summary.csv").is_file() and (out / "obs1" / "solution.json").is_file()
+    r = CliRunner().invoke(cli, ["oof", "fit", files[0], "--dask", "local", "--order", "3",
+                                 "--out", str(tmp_path / "one")])
+    assert r.exit_code == 2 and "--dask is for a campaign" in r.stderr

@@ -283,6 +283,8 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         except (TypeError, ValueError) as exc:
             raise TypeError(f"y must be an array of numbers: {exc}") from exc
     y_np = y_np.astype(np.float64)
+    if y_np.size == 0:
+        raise ValueError(f"y has no data points (shape {y_np.shape}); a fit needs at least one")
     _check_finite_array(y_np, "y")
     lik.check_data(y_np)
     xt = _to_tensor_tree(x, "x", dev, dt)
@@ -522,13 +524,8 @@ def _lm_variant(prob: Problem) -> tuple[str, str]:
 
 
 def _choose_method(method: str, prob: Problem) -> tuple[str, str]:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, not {type(method).__name__}")
-    m = method.lower()
+    m = solvers.canonical_method(method, also=("auto",))
     if m != "auto":
-        if m not in solvers.METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of: auto, "
-                             f"{', '.join(solvers.available_methods())}")
         if m in solvers.RESIDUAL_METHODS and prob.residuals is None:
             raise ValueError(
                 f"method {method!r} (Levenberg–Marquardt) needs a least-squares form: a "

@@ -126,6 +126,8 @@ class Objective:
         with torch.enable_grad():
             f = self._fun(z)
             (g,) = torch.autograd.grad(f, z, create_graph=True)
+            if not g.requires_grad:  # ∇f does not depend on z (f is linear): H = 0
+                return torch.zeros_like(v)
             (hv,) = torch.autograd.grad((g * v).sum(), z, allow_unused=True)
         return torch.zeros_like(v) if hv is None else hv.detach()
 

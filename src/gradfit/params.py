@@ -101,6 +101,10 @@ class ParamSpace:
                     f"bounds of parameter {name!r} do not match its shape {val.shape}"
                 ) from exc
             lo, hi = lo.astype(np.float64).copy(), hi.astype(np.float64).copy()
+            if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+                raise ValueError(
+                    f"bounds of parameter {name!r} contain NaN ({_fmt(lo)}, {_fmt(hi)}); use "
+                    "None or ±inf for an open side")
             if np.any(lo >= hi):
                 raise ValueError(f"parameter {name!r}: lower bound must be below upper bound")
             if np.any(val < lo) or np.any(val > hi):

@@ -26,7 +26,8 @@ from .quasi_newton import bfgs, lbfgs
 from .scipy_bridge import SCIPY_METHODS
 from .simplex import nelder_mead
 
-__all__ = ["METHODS", "RawSolution", "SolverOptions", "available_methods", "solve"]
+__all__ = ["ALIASES", "METHODS", "RawSolution", "SolverOptions", "available_methods",
+           "canonical_method", "solve"]
 
 Solver = Callable[[Objective, torch.Tensor, SolverOptions], RawSolution]
 
@@ -59,6 +60,29 @@ def available_methods() -> list[str]:
     return sorted(METHODS)
 
 
+def canonical_method(method, also=()) -> str:
+    """The :data:`METHODS` key for ``method`` (case-insensitive, aliases resolved).
+
+    The one place method names are checked; ``also`` are further names the caller
+    accepts (``fit`` adds ``'auto'``), returned as given in lower case.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-string or an unknown name (the message lists the choices).
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, not {type(method).__name__}")
+    key = method.strip().lower()
+    if key in also:
+        return key
+    key = ALIASES.get(key, key)
+    if key not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: "
+                         f"{', '.join([*also, *available_methods()])}")
+    return key
+
+
 def solve(method: str, obj: Objective, z0, opts: SolverOptions | None = None) -> RawSolution:
     """Minimise ``obj`` from ``z0`` with the named method.
 
@@ -83,14 +107,7 @@ def solve(method: str, obj: Objective, z0, opts: SolverOptions | None = None) ->
         For an unknown method, or a least-squares method on an objective
         without residuals.
     """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, not {type(method).__name__}")
-    key = method.strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in METHODS:
-        raise ValueError(
-            f"unknown method {method!r}; choose one of: {', '.join(available_methods())}"
-        )
+    key = canonical_method(method)
     if key in RESIDUAL_METHODS and not obj.has_residuals:
         raise ValueError(
             f"method {key!r} needs an objective with residuals (Objective(..., residual_fun=...), "

@@ -11,6 +11,8 @@ from .base import RawSolution, SolverOptions
 
 __all__ = [
     "NONFINITE_START",
+    "RUNAWAY",
+    "Origin",
     "as_start",
     "call_back",
     "finish",
@@ -20,6 +22,39 @@ __all__ = [
 ]
 
 NONFINITE_START = "non-finite objective at the starting point"
+
+#: A run has diverged once f fell by more than this many times max(1, |f0|), or once
+#: max|z| grew past this many times max(1, max|z0|) while f kept falling.
+RUNAWAY = 1e10
+
+
+class Origin:
+    """The start of a run: what divergence and the relative gradient test compare with."""
+
+    def __init__(self, f0: float, z0max: float):
+        self.f0 = float(f0) + 0.0  # no "-0" in messages
+        self.z0max = float(z0max)
+
+    def scale(self, f: float) -> float:
+        """``max(1, min(|f|, |f0|))``: the size of f for relative tests.
+
+        The size f *had* bounds it, so that f falling without limit does not make
+        any gradient look small relative to it (an unbounded objective would
+        otherwise pass the gradient test once |f| ≳ 1/gtol).
+        """
+        return max(1.0, min(abs(float(f)), abs(self.f0)))
+
+    def diverged(self, f: float, zmax: float) -> str | None:
+        """A message if the run diverges (f → −∞, or the parameters run away), else None."""
+        f = float(f)
+        if f == -math.inf or f < self.f0 - RUNAWAY * max(1.0, abs(self.f0)):
+            return (f"diverged: f fell from {self.f0:.6g} to {f:.6g}; the objective looks "
+                    "unbounded below")
+        if not math.isfinite(zmax) or (zmax > RUNAWAY * max(1.0, self.z0max) and f < self.f0):
+            return (f"diverged: the parameters ran away (max|z| grew from {self.z0max:.3g} to "
+                    f"{zmax:.3g}) while f kept falling (from {self.f0:.6g} to {f:.6g}); the "
+                    "objective looks unbounded below, or its minimum lies at infinity")
+        return None
 
 
 def as_start(obj: Objective, z0) -> torch.Tensor:
@@ -77,32 +112,61 @@ def stalled_at_resolution(gmax: float, decrease: float, f: float, dtype) -> bool
     return gmax <= 70 * math.sqrt(eps) * scale or 0 <= decrease <= 1e4 * eps * scale
 
 
+def stop_claim(z, f: float, gmax: float, decrease: float, stop: str, nit: int,
+               method: str, dtype) -> RawSolution:
+    """Finish on an ftol/xtol/trust-radius stop: a success only if f is at a minimum as far
+    as its float resolution can tell (:func:`stalled_at_resolution`), else a stall."""
+    if stalled_at_resolution(gmax, decrease, f, dtype):
+        return finish(z, f, True, stop, nit, method)
+    return finish(z, f, False, f"stalled: {stop}, but max|grad|={gmax:.3g} is not small",
+                  nit, method)
+
+
 def start_point(obj: Objective, z0, method: str):
-    """z, f (tensor), g, f (float), max|g|; or a RawSolution for a bad start."""
+    """z, f (tensor), g, f (float), max|g|, :class:`Origin`; or a RawSolution for a bad start."""
     z = as_start(obj, z0)
     f_t, g = obj.value_and_grad(z)
-    f, gmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0]).tolist()
+    f, gmax, zmax = torch.stack([f_t, g.abs().max() if obj.n else f_t * 0,
+                                 z.abs().max() if obj.n else f_t * 0]).tolist()
     if not math.isfinite(f):
         return nonfinite_start(z, f, method)
     if not math.isfinite(gmax):
         return finish(z, f, False, "non-finite gradient at the starting point", 0, method)
     if obj.n == 0:
         return finish(z, f, True, "no free parameters", 0, method)
-    return z, f_t, g, f, gmax
+    return z, f_t, g, f, gmax, Origin(f, zmax)
 
 
 def end_of_step(opts: SolverOptions, nit: int, z, f: float, f_old: float, gmax: float,
-                smax: float, zmax: float, method: str) -> RawSolution | None:
-    """The convergence tests after an accepted line-search step (gtol, ftol, xtol and the
-    callback, in that order); a finished RawSolution, or None to go on."""
+                smax: float, zmax: float, method: str, origin: Origin,
+                decrease=-1.0) -> RawSolution | None:
+    """The tests after an accepted line-search step (divergence, the callback, gtol, ftol
+    and xtol, in that order: a progress callback sees every accepted step, the last one
+    included); a finished RawSolution, or None to go on.
+
+    ``decrease`` is what the local model promises from the new point (-1 if unknown),
+    or a callable computing it, called only when an ftol/xtol stop needs it.
+    An ftol or xtol stop claims success only where :func:`stalled_at_resolution` agrees:
+    a tiny step with a large gradient is a stall, not a minimum.
+    """
     gtol, ftol, xtol = float(opts.gtol), float(opts.ftol), float(opts.xtol)
-    if gmax <= gtol * max(1.0, abs(f)):
-        return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
-                      nit, method)
-    if f_old - f <= ftol * max(1.0, abs(f_old), abs(f)):
-        return finish(z, f, True, f"relative reduction of f below ftol={ftol:g}", nit, method)
-    if smax <= xtol * (zmax + xtol):
-        return finish(z, f, True, f"relative step below xtol={xtol:g}", nit, method)
+    why = origin.diverged(f, zmax)
+    if why is not None:
+        return finish(z, f, False, why, nit, method)
     if call_back(opts, nit, z, f):
         return finish(z, f, False, "stopped by the callback", nit, method)
+    if gmax <= gtol * origin.scale(f):
+        return finish(z, f, True, f"gradient below gtol={gtol:g} (relative to max(1, |f|))",
+                      nit, method)
+    stop = None
+    # relative to |f| itself (no floor at 1): on a zero-residual problem f -> 0 and a floor
+    # would stop at the absolute decrease ftol, e.g. at F = 5e-12 on Powell's singular
+    # function; a stall at f's resolution ends in the line search instead
+    if f_old - f <= ftol * max(abs(f_old), abs(f)):
+        stop = f"relative reduction of f below ftol={ftol:g}"
+    elif smax <= xtol * (zmax + xtol):
+        stop = f"relative step below xtol={xtol:g}"
+    if stop is not None:
+        return stop_claim(z, f, gmax, decrease() if callable(decrease) else decrease, stop, nit,
+                          method, z.dtype)
     return None

@@ -14,7 +14,8 @@ class SolverOptions:
     """Options common to all solvers; each solver reads what it understands.
 
     max_iter : iteration limit (None: the solver's default).
-    gtol : gradient test. Gradient-based solvers stop when max|∇f| <= gtol * max(1, |f|);
+    gtol : gradient test. Gradient-based solvers stop when
+        max|∇f| <= gtol * max(1, min(|f|, |f at the start|));
         Levenberg–Marquardt uses MINPACK's scale-free test max|cos(r, J_j)| <= gtol.
     ftol : stop when the relative decrease of f over an iteration falls below this.
     xtol : stop when the relative step falls below this.

@@ -41,7 +41,7 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, _, g, f, gmax = start
+    z, _, g, f, gmax, origin = start
     maxit = max_iter(opts, 20000)
     gtol = float(opts.gtol)
     if gmax <= gtol * max(1.0, abs(f)):
@@ -53,6 +53,9 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         gg = float(g @ g)
         ls = armijo_backtracking(obj, z, -g, t, f, -gg)
         if ls.t == 0.0:
+            why = origin.diverged(f, float(z.abs().max()))
+            if why is not None:
+                return finish(z, f, False, why, nit - 1, method)
             ok = stalled_at_resolution(gmax, 0.5 * t * gg, f, obj.dtype)
             return finish(z, f, ok, "line search found no lower value (f at its float "
                           f"resolution; max|grad|={gmax:.3g})", nit - 1, method)
@@ -67,7 +70,7 @@ def gradient_descent(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             return finish(z, f, False, "gradient became non-finite", nit, method)
         f_old, f, z, g = f, f_new, z_new, g_new
         t = ss / sy if sy > 0 else 2.0 * ls.t
-        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method)
+        done = end_of_step(opts, nit, z, f, f_old, gmax, smax, zmax, method, origin)
         if done is not None:
             return done
     return finish(z, f, False, f"maximum number of iterations ({maxit}) reached", nit, method)
@@ -89,7 +92,7 @@ def adam(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     start = start_point(obj, z0, method)
     if isinstance(start, RawSolution):
         return start
-    z, f_t, g, f, gmax = start
+    z, f_t, g, f, gmax, origin = start
     maxit = max_iter(opts, 20000)
     gtol = float(opts.gtol)
     lr0 = float(extra(opts, "lr", 1e-2))
@@ -136,8 +139,12 @@ def adam(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         f_t, g = obj.value_and_grad(z)
         if nit % every and nit < maxit:
             continue
-        fb, gb, lr_now = torch.stack([f_best, g_best.abs().max(), lr]).tolist()
-        if gb <= gtol * max(1.0, abs(fb)):
+        fb, gb, lr_now, zb = torch.stack([f_best, g_best.abs().max(), lr,
+                                          z_best.abs().max()]).tolist()
+        why = origin.diverged(fb, zb)
+        if why is not None:
+            return finish(z_best, fb, False, why, nit, method)
+        if gb <= gtol * origin.scale(fb):
             return finish(z_best, fb, True,
                           f"gradient below gtol={gtol:g} (relative to max(1, |f|))", nit, method)
         if fb < best_at_check - 1e-12 * max(1.0, abs(best_at_check)):
@@ -162,5 +169,9 @@ def adam(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         if call_back(opts, nit, z_best, fb):
             return finish(z_best, fb, False, "stopped by the callback", nit, method)
     fb = float(f_best)
-    return finish(z_best, fb, False, f"maximum number of iterations ({maxit}) reached", nit,
-                  method)
+    message = f"maximum number of iterations ({maxit}) reached"
+    if stale == 0 and fb < origin.f0:
+        # Adam moves about lr per step, so it cannot run far enough to prove divergence.
+        message += (f"; f was still falling (from {origin.f0:.6g} to {fb:.6g}): it needs more "
+                    "iterations, or the objective is unbounded below (diverging)")
+    return finish(z_best, fb, False, message, nit, method)

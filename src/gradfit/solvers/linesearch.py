@@ -49,13 +49,14 @@ def _cubic_min(x1, f1, g1, x2, f2, g2, lo=None, hi=None):
         d2sq = d1 * d1 - g1 * g2
         if d2sq >= 0:
             d2 = math.sqrt(d2sq)
-            if x1 <= x2:
-                m = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-            else:
-                m = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-            if math.isfinite(m):
-                return min(max(m, lo), hi)
-    # No usable cubic (e.g. a non-finite end point): bisect.
+            num, den = (g2 + d2 - d1, g2 - g1 + 2 * d2) if x1 <= x2 else (
+                g1 + d2 - d1, g1 - g2 + 2 * d2)
+            # den == 0: equal slopes and no curvature (f linear along d), no minimiser
+            if den != 0:
+                m = x2 - (x2 - x1) * (num / den) if x1 <= x2 else x1 - (x1 - x2) * (num / den)
+                if math.isfinite(m):
+                    return min(max(m, lo), hi)
+    # No usable cubic (a non-finite end point, or f linear): bisect.
     return (lo + hi) / 2
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..objective import Objective
-from ._common import as_start, finish, max_iter, nonfinite_start, stalled_at_resolution
+from ._common import Origin, as_start, finish, max_iter, nonfinite_start, stalled_at_resolution
 from .base import RawSolution, SolverOptions
 
 __all__ = ["SCIPY_METHODS", "scipy_lm"]
@@ -109,6 +109,10 @@ def _minimize(scipy_method, name, default_iter, options, use_grad=True, hessp=Fa
             f = float(res.fun)
             ok = _verdict(obj, res, f)
             msg = str(res.message)
+            why = Origin(f0, float(np.max(np.abs(zn)))).diverged(f, float(np.max(np.abs(x))))
+            if why is not None:
+                ok, msg = False, why
+                break
             if not (ok and use_grad):
                 break
             # Check a claimed success against the gradient: L-BFGS-B, for one, can

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..objective import Objective
-from ._common import as_start, extra, finish, max_iter, nonfinite_start
+from ._common import Origin, as_start, extra, finish, max_iter, nonfinite_start
 from .base import RawSolution, SolverOptions
 
 __all__ = ["nelder_mead"]
@@ -63,6 +63,7 @@ def nelder_mead(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 raise StopIteration
 
     x = z.detach().cpu().numpy().astype(np.float64)
+    origin = Origin(f0, float(np.max(np.abs(x))))
     f = f0
     nit = 0
     message = ""
@@ -87,6 +88,9 @@ def nelder_mead(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         improved = res.fun < f - fatol
         if res.fun <= f:
             x, f = np.asarray(res.x, np.float64), float(res.fun)
+        why = origin.diverged(f, float(np.max(np.abs(x))))
+        if why is not None:
+            return finish(obj.as_tensor(x), f, False, why, nit, method)
         if not res.success and res.status != 0:
             return finish(obj.as_tensor(x), f, False, message, nit, method)
         if not improved and restart > 0:
