@@ -35,7 +35,8 @@ def test_pixel_model_matches_zernike_beam_model():
     K = np.array(obs.truth["K_waves"])
     nu = {"c_dB": -11.0, "q": 2.5, "x0": 0.4, "y0": -0.3,
           "pointing": np.array([[0.0, 0.0], [0.1, -0.2], [0.05, 0.0], [-0.1, 0.1]]),
-          "gain": np.array([1.0, 0.9, 1.0, 1.1]), "background": np.array([0.0, 0.01, 0.0, 0.02])}
+          "gain": np.array([1.0, 0.9, 1.0, 1.1]), "background": np.array([0.0, 0.01, 0.0, 0.02]),
+          "background_plane": np.array([[0.0, 0.0], [0.01, -0.02], [0.0, 0.005], [0.0, 0.0]])}
     bm = BeamModel(obs, "effelsberg", 3, 24)
     with torch.no_grad():
         ref = bm({"K": K[1:], "amp": 2.0, **nu}).numpy()
@@ -297,6 +298,11 @@ def test_refine_pixels_bad_input():
         pixels.refine_pixels(obs, z, grid=16, errors="dense")
     with pytest.raises(ValueError, match="n_eff_probes"):
         pixels.refine_pixels(obs, z, grid=16, n_eff_probes=1)
+    import dataclasses
+
+    odd = dataclasses.replace(z, nuisance={**z.nuisance, "tilt_of_moon": {"value": 1.0}})
+    with pytest.raises(ValueError, match="does not include the start's nuisance"):
+        pixels.refine_pixels(obs, odd, grid=16)
     with pytest.raises(TypeError, match="Solution"):
         pixels.refine_pixels(obs, {"K": [0, 1]}, grid=16)
     one = oof.Observation([obs.maps[0]], obs.wavelength_m, obs.frequency_hz, "effelsberg")

@@ -126,8 +126,9 @@ class PixelModel:
     illumination : {'pedestal', 'gaussian'}
     nuisance : dict, optional
         Fixed values of ``c_dB``, ``q``, ``x0``, ``y0`` (scalars), ``pointing``
-        ``(B, 2)`` in lambda/D, ``gain`` and ``background`` ``(B,)``; missing ones take
-        their defaults (:data:`gradfit.oof.nuisance.DEFAULTS`).
+        ``(B, 2)`` in lambda/D, ``gain`` and ``background`` ``(B,)``,
+        ``background_plane`` ``(B, 2)``; missing ones take their defaults
+        (:data:`gradfit.oof.nuisance.DEFAULTS`).
     transform : {'mft', 'dft', 'fft'}
     device, dtype :
     """
@@ -169,6 +170,16 @@ class PixelModel:
         self.gain = t(np.broadcast_to(np.asarray(nu["gain"], dtype=np.float64), (B,)).copy())
         self.background = t(np.broadcast_to(np.asarray(nu["background"], dtype=np.float64),
                                             (B,)).copy())
+        # fixed background of every sample: background_b + plane_b . (u, v) / half-width_b
+        # (as BeamModel), flat
+        plane = np.broadcast_to(np.asarray(nu.get("background_plane", 0.0),
+                                           dtype=np.float64), (B, 2))
+        bgs = []
+        for b, m in enumerate(obs.maps):
+            h = max(float(np.max(np.abs(m.u))), float(np.max(np.abs(m.v))), 1e-300)
+            bgs.append(self.background.cpu().numpy()[b] + plane[b, 0] * m.u / h
+                       + plane[b, 1] * m.v / h)
+        self._bg_flat = t(np.concatenate(bgs))
         self.norm = 1.0 / float(np.sum(g.weight) * g.step_m**2) ** 2
         self.tf = make_transform(transform, g, obs.maps, lam, device=self.device, dtype=dtype)
         self.transform = self.tf.name
@@ -197,9 +208,9 @@ class PixelModel:
         return self._flat(P * self.gain.unsqueeze(-1))
 
     def background_flat(self) -> torch.Tensor:
-        """The background of each sample, flat."""
-        return torch.repeat_interleave(self.background, torch.as_tensor(
-            self.sizes, device=self.device))
+        """The (fixed) background of each sample, flat: ``background`` and
+        ``background_plane``."""
+        return self._bg_flat
 
     def beams(self, phase: torch.Tensor, amp) -> torch.Tensor:
         """``amp * gain_b |F_b|^2 / F0^2 + background_b``, flat."""
@@ -581,11 +592,13 @@ def remove_piston_tilt(values, x, y, weight=None) -> np.ndarray:
 # -------------------------------------------------------------------------- fit
 def _nuisance_from(sol) -> dict:
     """Fixed nuisance values from a Zernike solution (its public ``nuisance`` summary)."""
-    out = {}
-    for k in ("c_dB", "q", "x0", "y0", "pointing", "gain", "background"):
-        if k in sol.nuisance:
-            out[k] = sol.nuisance[k]["value"]
-    return out
+    known = ("c_dB", "q", "x0", "y0", "pointing", "gain", "background", "background_plane")
+    other = [k for k in sol.nuisance if k not in known and k != "amp"]
+    if other:
+        raise ValueError(f"the pixel model does not include the start's nuisance "
+                         f"parameter(s) {', '.join(map(repr, other))}; it keeps fixed: "
+                         f"{', '.join(known)} (and fits amp)")
+    return {k: sol.nuisance[k]["value"] for k in known if k in sol.nuisance}
 
 
 def refine_pixels(
