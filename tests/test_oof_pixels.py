@@ -262,6 +262,13 @@ def test_panel_basis_adjoint_and_start():
     np.testing.assert_allclose(th0, theta, atol=1e-10)
     assert np.all(off == 0)  # the rings cover every cell centre of this dish
     assert b.n_pistons == 18
+    # small panels: pistons only (fewer than MIN_CELLS_FOR_TILT cells each)
+    many = panels.PanelLayout(((3.25, 25.0, 150, 0.0), (25.0, 50.0, 300, 0.0)))
+    bp = pixels.PanelBasis(g, many, "cpu", torch.float64)
+    assert bp.n_tilts == 0 and bp.n == bp.n_pistons > 100
+    v = torch.as_tensor(rng.normal(size=bp.n))
+    assert abs(float(bp.forward(v) @ w) - float(v @ bp.adjoint(w))) < 1e-10 * float(w.norm())
+    assert bp.weigh_diag(torch.ones(g.n_pixels)).shape == (bp.n,)
 
 
 # ------------------------------------------------------------------------ grids
