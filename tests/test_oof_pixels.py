@@ -369,3 +369,12 @@ def test_panel_layout_bad_input(text, match):
 def test_panel_layout_missing_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read panel layout file"):
         panels.read_panel_layout(tmp_path / "nope.txt")
+
+
+def test_oof_fit_routes_the_pixel_basis():
+    """oof.fit(basis=...) is the one entry point: a bad basis names the choices."""
+    from gradfit import oof
+
+    obs = oof.simulate(order=2, npix=15, snr=1000, seed=1)
+    with pytest.raises(ValueError, match="zernike"):
+        oof.fit(obs, order=2, basis="wavelets")

@@ -862,8 +862,17 @@ def fit(
     start_time_factor: float = 2.0,
     max_auto_order: int = 10,
     scan_axis: str | None = None,
+    basis: str = "zernike",
+    pixel_m: float | None = None,
+    smoothness: float | None = None,
+    panels=None,
 ) -> Solution:
     """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
+
+    With ``basis='pixels'`` or ``'panels'`` the Zernike fit is refined on a grid of
+    aperture cells (``pixel_m``, ``grid``) with a smoothness prior, or on one piston and
+    two tilts per panel of the layout ``panels``: a
+    :class:`~gradfit.oof.pixels.PixelSolution` (see :mod:`gradfit.oof.pixels`).
 
     Parameters
     ----------
@@ -966,6 +975,13 @@ def fit(
     -------
     Solution
     """
+    if basis != "zernike":
+        from .pixels import fit_basis  # pixels does not import solve: no cycle
+
+        return fit_basis(fit, obs, basis, order=order, telescope=telescope, grid=grid,
+                         pixel_m=pixel_m, smoothness=smoothness, panels=panels,
+                         progress=progress, threads=threads, seed=seed, device=device,
+                         dtype=dtype)
     t_start = time.perf_counter()
     order, tel, free, start = _check_inputs(obs, order, telescope, free, start, n_starts,
                                             errors, jacobian, transform)
