@@ -75,7 +75,7 @@ def test_cli_module_does_not_import_torch():
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["oof", "fit"], "Missing argument 'FILE'"),
+        (["oof", "fit"], "Missing argument 'FILES...'"),
         (["oof", "fit", "x.fits", "--out", "o"], "Missing option '--order'"),
         (["oof", "fit", "x.fits", "--order", "0", "--out", "o"], "'--order'"),
         (

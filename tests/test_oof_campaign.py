@@ -162,3 +162,25 @@ def test_cli_campaign_exit_codes_and_outputs(tmp_path, campaign):
     rows = json.loads(r.stdout)["observations"]
     assert rows[0]["success"] and not rows[1]["success"] and "cannot read" in rows[1]["reason"]
     assert (tmp_path / "two" / "el0" / "solution.json").is_file()
+
+
+def test_cli_fit_with_several_fits_files_is_a_campaign(tmp_path, campaign):
+    from click.testing import CliRunner
+
+    from gradfit.cli import cli
+
+    files = []
+    for i, o in enumerate(campaign[:2]):
+        f = tmp_path / f"obs{i}.fits"
+        oof.write(o, f)
+        files.append(str(f))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["oof", "fit", *files, "--order", "3", "--out", str(out), "-q",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert [o["name"] for o in d["observations"]] == ["obs0", "obs1"]
+    assert (out / "summary.csv").is_file() and (out / "obs1" / "solution.json").is_file()
+    r = CliRunner().invoke(cli, ["oof", "fit", files[0], "--dask", "local", "--order", "3",
+                                 "--out", str(tmp_path / "one")])
+    assert r.exit_code == 2 and "--dask is for a campaign" in r.stderr

@@ -270,7 +270,8 @@ def test_solution_is_immutable(pyoof_obs):
 
 # ------------------------------------------------------ table, geometry, imports
 def test_nuisance_table_and_help():
-    assert set(NUISANCE) == {"amp", "c_dB", "q", "x0", "y0", "pointing", "gain", "background"}
+    assert set(NUISANCE) == {"amp", "c_dB", "q", "x0", "y0", "pointing", "gain", "background",
+                             "background_plane"}
     assert [n for n, s in NUISANCE.items() if s.on_by_default] == ["amp", "c_dB"]
     assert NUISANCE["gain"].n_free(3) == 2 and NUISANCE["background"].n_free(3) == 3
     assert NUISANCE["pointing"].shape(3) == (3, 2)

@@ -29,12 +29,14 @@ def test_truth_has_every_effect_in_range(realistic):
         assert 0.03 <= b <= 0.08
     np.testing.assert_allclose(truth["background"], np.array(truth["background_fraction"]) * 1000)
     assert [len(f) for f in truth["flagged"]] == [1, 1, 1]
-    assert all(m.n == 33 * 33 - 1 for m in obs.maps)
+    # flagged samples stay on the grid, masked (the fit keeps its fast transform)
+    assert all(m.n == 33 * 33 and m.n_used == 33 * 33 - 1 and m.shape == (33, 33)
+               for m in obs.maps)
     assert truth["illumination"]["model"] == "gaussian"
     assert obs.telescope == "srt" and obs.truth["K_waves"] == truth["K_waves"]
     # the data scatter about the truth model by the stated noise, correlated as stated
     for k, m in enumerate(obs.maps):
-        resid = m.power - truth["model"][k]
+        resid = (m.power - truth["model"][k])[m.mask]
         assert 0.7 < np.std(resid) / np.hypot(5.0, 2.5) < 1.3  # sigma 5 (snr 200), offsets 2.5
 
 
@@ -46,7 +48,8 @@ def test_noise_of_the_simulation_is_recovered(realistic):
         grid = np.full(33 * 33, np.nan)
         keep = np.ones(33 * 33, bool)
         keep[truth["flagged"][k]] = False
-        grid[keep] = m.power - truth["model"][k]
+        np.testing.assert_array_equal(keep, m.mask)
+        grid[keep] = (m.power - truth["model"][k])[keep]
         est = scan_noise(grid.reshape(33, 33), "auto", signal_threshold=None)
         assert est.scan_axis == "u"
         assert 0.8 < est.sigma / sigma < 1.2
@@ -54,21 +57,26 @@ def test_noise_of_the_simulation_is_recovered(realistic):
 
 
 def test_flagged_maps_go_back_on_their_grid(realistic):
-    """Maps that lost their shape to a flag: noise and scan labels still work."""
+    """Masked maps (on their grid) and maps that lost their shape to a flag (flagged
+    samples dropped): noise and scan labels work on both, and agree."""
     obs, truth = realistic
-    for k, m in enumerate(obs.maps):
-        assert m.shape is None
+    dropped = textio.compact(obs)
+    for k, (m, d) in enumerate(zip(obs.maps, dropped.maps)):
+        assert m.shape == (33, 33) and d.shape is None and d.n == 33 * 33 - 1
+        keep = m.mask
         np.testing.assert_array_equal(scan_labels(m, "u"), truth["scans"][k])
+        np.testing.assert_array_equal(scan_labels(d, "u"), truth["scans"][k][keep])
         grid = np.full(33 * 33, np.nan)
-        keep = np.ones(33 * 33, bool)
-        keep[truth["flagged"][k]] = False
-        grid[keep] = m.power
-        a = scan_noise(m, "u", model=truth["model"][k], signal_threshold=None)
-        b = scan_noise(grid.reshape(33, 33) - _on_grid(truth["model"][k], keep), "u",
+        grid[keep] = m.power[keep]
+        model = truth["model"][k]
+        a = scan_noise(m, "u", model=model, signal_threshold=None)
+        b = scan_noise(grid.reshape(33, 33) - _on_grid(model[keep], keep), "u",
                        signal_threshold=None)
-        assert a == b
+        c = scan_noise(d, "u", model=model[keep], signal_threshold=None)
+        assert a == b == c
     adopted, per_map = observation_noise(obs)
     assert len(per_map) == 3 and 0.8 < adopted.sigma / truth["noise"]["sigma"] < 1.2
+    assert observation_noise(dropped)[0] == adopted
 
 
 def _on_grid(values, keep):

@@ -95,11 +95,16 @@ def test_flags_are_masked_with_a_count(tmp_path):
     with pytest.warns(UserWarning, match=r"masked 3 flagged samples of 120 \(2 NaN, 1 exact zero"):
         obs = textio.read_text([path], dz=[0.0], frequency=22e9)
     m = obs.maps[0]
-    assert m.n == 117 and m.shape is None and np.all(np.isfinite(m.power))
+    # a grid keeps its flagged samples, masked (NaN), and its shape
+    assert m.n == 120 and m.n_used == 117 and m.shape is not None
+    assert np.all(np.isfinite(m.power[m.mask])) and np.all(np.isnan(m.power[~m.mask]))
     assert obs.meta["n_flagged"] == [3]
     with pytest.warns(UserWarning, match="masked 2 flagged samples"):
         kept = textio.read_text([path], dz=[0.0], frequency=22e9, zero_is_flag=False)
-    assert kept.maps[0].n == 118 and np.sum(kept.maps[0].power == 0) == 1
+    assert kept.maps[0].n_used == 118 and np.sum(kept.maps[0].power == 0) == 1
+    # without a mask (the pyoof layout) the flagged samples are dropped, with the shape
+    flat = textio.compact(obs).maps[0]
+    assert flat.n == 117 and flat.shape is None and np.all(np.isfinite(flat.power))
 
 
 def test_telescope_file_is_kept_by_path(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``gradfit`` command line: ``gradfit oof simulate|fit|plot``, ``demo`` and ``bench``.
+"""The ``gradfit`` command line: ``gradfit oof simulate|fit|convert|plot``, ``demo``, ``bench``.
 
 Conventions: machine-readable output (``--json``) on stdout, human output (tables,
 progress, warnings) on stderr; exit code 0 on success, 1 on a failed fit, 2 on bad
@@ -28,7 +28,7 @@ import click
 __all__ = ["main", "cli", "CLIError"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_IO = 0, 1, 2, 3
-_ERRORS_IMPLEMENTED = ("hessian", "profile", "mcmc")
+_ERRORS_IMPLEMENTED = ("hessian", "profile", "mcmc", "jackknife", "bootstrap")
 
 
 class CLIError(click.ClickException):
@@ -375,12 +375,19 @@ def simulate_cmd(telescope, order, snr, npix, seed, freq_ghz, dz, out, overwrite
 
 
 _STAGES = {"grid": "choosing the aperture grid", "fit": "fitting", "done": "done",
-           "profile": "profile-likelihood intervals", "mcmc": "sampling the posterior (NUTS)"}
+           "profile": "profile-likelihood intervals", "mcmc": "sampling the posterior (NUTS)",
+           "start": "multi-start", "order": "choosing the order (BIC)",
+           "jackknife": "jackknife over scans", "bootstrap": "bootstrap over scans"}
 
 
 def _describe(info: dict, elapsed: float) -> str:
     parts = [_STAGES.get(info.get("stage"), str(info.get("stage", "fitting")))]
-    if info.get("start"):
+    if info.get("stage") == "order":
+        parts.append(f"order {info.get('order')}: chi2r {info.get('chi2r')}, "
+                     f"BIC {info.get('bic')}")
+    elif info.get("stage") == "start":
+        parts.append(f"start {int(info.get('start', 0)) + 1}, misfit {info.get('misfit')}")
+    elif info.get("start"):
         parts.append(f"start {int(info['start']) + 1}")
     if info.get("of"):
         parts.append(f"coefficient {info['nit']} of {info['of']}")
@@ -456,9 +463,39 @@ def _summary(sol_dict: dict, console) -> None:
                     items.append(f"{k} = {v['value']:.4g} ± {err:.2g}")
                 else:
                     items.append(f"{k} = {v['value']:.4g} (fixed)")
+            elif k == "scan_offset":
+                items.append(f"scan_offset = {len(v.get('value') or [[]])} x "
+                             f"{len((v.get('value') or [[]])[0])} (see solution.json)")
             else:
-                items.append(f"{k} = {v.get('value')}")
+                import numpy as np
+
+                val = np.round(np.asarray(v.get("value"), dtype=float), 5).tolist()
+                err = np.round(np.asarray(v.get("error"), dtype=float), 5).tolist()
+                items.append(f"{k} = {val} ± {err}")
         console.print("nuisance: " + ", ".join(items))
+    sel = fit.get("order_selection")
+    if sel:
+        console.print("order selection (BIC):\n" + sel.get("table", ""))
+        console.print(f"picked order {sel.get('chosen')}: {sel.get('reason', '')}")
+    if fit.get("chi2r") is not None:
+        console.print(f"noise sigma {fit.get('sigma_value', float('nan')):.4g} (data units, "
+                      f"{fit.get('sigma', '')}); chi2r {fit['chi2r']:.3f}")
+        for m in fit.get("maps", []):
+            console.print(f"  map {m.get('name')}: chi2r {m.get('chi2r', float('nan')):.3f}, "
+                          f"rms(data - model)/peak {m.get('rms_residual_over_peak', 0):.4f}"
+                          + (f", {m['n_masked']} masked" if m.get("n_masked") else ""))
+    if fit.get("error_note"):
+        console.print(f"errors: {fit['error_note']}")
+    log = fit.get("start_log") or []
+    if len(log) > 1:
+        stop = next((r["stop"] for r in log if r.get("stop")), "all starts run")
+        console.print(f"starts: {len(log)}; {stop}")
+    errs = sol_dict.get("errors") or {}
+    if errs.get("method") in ("jackknife", "bootstrap"):
+        col = [z.get(f"{errs['method']}_error_waves") for z in sol_dict.get("zernike", [])]
+        console.print(f"{errs['method']} errors (waves, {errs.get('n')} replicates over scans "
+                      f"along {errs.get('scan_axis')}): "
+                      + ", ".join("-" if c is None else f"{c:.5f}" for c in col))
     rms = sol_dict.get("surface_rms_um")
     status = "converged" if fit.get("success") else "FAILED"
     line = f"fit {status}: {fit.get('message', '')}"
@@ -489,20 +526,12 @@ def _summary(sol_dict: dict, console) -> None:
 
 
 def _assess(sol, obs, tel) -> dict:
-    """The adequacy of a finished fit (convergence is reported beside it)."""
-    from gradfit.oof import checks
-
-    return checks.assess(
-        obs,
-        tel,
-        normalised_residual=sol.fit.get("normalised_residual", float("nan")),
-        model_maps=sol.model_maps(),
-        success=sol.success,
-    )
+    """The adequacy of a finished fit (convergence is reported beside it): oof.fit's own."""
+    return dict(sol.adequacy)
 
 
 def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None,
-             error_options=None, max_time=None):
+             error_options=None, max_time=None, free=None):
     """oof.fit with CLI error mapping: bad settings → exit 2, crash or budget → exit 1."""
     try:
         from gradfit.oof import fit
@@ -516,6 +545,8 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
     )
     if max_iter is not None:
         kwargs["max_iter"] = max_iter
+    if free is not None:
+        kwargs["free"] = free
     if errors not in _ERRORS_IMPLEMENTED:
         raise CLIError(f"--errors {errors}: choose one of {', '.join(_ERRORS_IMPLEMENTED)}")
     kwargs["errors"] = errors
@@ -560,7 +591,8 @@ def _publish(rd, sol, obs, *, input_path, settings, adequacy, figures, failed, q
     try:
         if write_observation:
             io.write(obs, rd.staging / "observation.fits")
-            sha = output.file_sha256(rd.staging / "observation.fits")
+            if sha is None:  # no input file of its own (the demo): the observation is it
+                sha = output.file_sha256(rd.staging / "observation.fits")
         data = io.write_fit_result(rd.staging, sol, obs, input_path=input_path,
                                    input_sha256=sha, settings=settings, adequacy=adequacy)
         if figures:  # after the solution files, from them (matplotlib is imported only now)
@@ -614,11 +646,135 @@ def _finish(data: dict, as_json: bool, quiet: bool, strict: bool) -> int:
     return EXIT_OK
 
 
+class _OrderType(click.ParamType):
+    """An integer >= 1 or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not an integer >= 1 or 'auto'", param, ctx)
+        if n < 1:
+            self.fail(f"{n} is not an integer >= 1 or 'auto'", param, ctx)
+        return n
+
+
+_ORDER = _OrderType()
+
+_text_options = [
+    click.option("--dz", "dz", default=None,
+                 help="Text maps: the defocus (m) of each file, in file order, comma-separated "
+                 "(e.g. -0.027,0,0.027)."),
+    click.option("--freq-ghz", "freq_ghz", type=float, default=None,
+                 help="Text maps: the observing frequency (GHz)."),
+    click.option("--units", "units", default=None,
+                 help="Text maps: unit of u and v (rad, deg, arcmin, arcsec; default: the "
+                 "file's tag or header, else rad)."),
+]
+
+_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
+_TEXT_SUFFIXES = (".txt", ".csv", ".dat", ".tsv", ".asc")
+
+
+def _is_fits(path) -> bool:
+    name = str(path).lower()
+    if name.endswith(_FITS_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(9) == b"SIMPLE  ="
+    except OSError:
+        return False
+
+
+def _read_input(files, dz, freq_ghz, units, telescope, need_telescope=True):
+    """``(observation, label, is_text)`` from one FITS file or several text maps."""
+    from gradfit.oof import textio
+
+    files = list(files)
+    # one file is a FITS observation (the reader's own checks refuse anything else),
+    # unless it is named or described as a text map
+    texty = (str(files[0]).lower().endswith(_TEXT_SUFFIXES) or dz is not None
+             or freq_ghz is not None or units is not None) and not _is_fits(files[0])
+    if len(files) == 1 and not texty:
+        for opt, val in (("--dz", dz), ("--freq-ghz", freq_ghz), ("--units", units)):
+            if val is not None:
+                raise CLIError(f"{opt} is for text maps; {files[0]} is a FITS file that "
+                               "records it")
+        return _read_observation(files[0]), files[0], False
+    fits = [f for f in files if _is_fits(f)]
+    if fits:
+        raise CLIError(f"{fits[0]}: a FITS file among {len(files)} inputs; give one FITS "
+                       "observation, or text maps only")
+    if dz is None:
+        raise CLIError(f"--dz is required for text maps: one defocus (m) per file, in file "
+                       f"order, e.g. --dz {','.join(['0'] * len(files))}")
+    if freq_ghz is None:
+        raise CLIError("--freq-ghz is required for text maps (they do not record it)")
+    if not (freq_ghz > 0):
+        raise CLIError(f"--freq-ghz must be > 0, got {freq_ghz:g}")
+    if telescope is None and need_telescope:
+        raise CLIError("--telescope is required for text maps: a name (e.g. srt) or a "
+                       "TOML file")
+    for f in files:
+        if not Path(f).exists():
+            raise CLIError(f"{f}: no such file")
+    try:
+        dzs = textio.parse_dz(dz, len(files))
+    except ValueError as exc:
+        raise CLIError(f"--dz: {_one_line(exc)}") from None
+    try:
+        obs = textio.read_text(files, dzs, telescope=telescope, frequency=freq_ghz * 1e9,
+                               units=units)
+    except ValueError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc) from None
+    return obs, files[0], True
+
+
+def _free(free, background_plane: bool, scan_offsets: bool):
+    """The ``free`` of oof.fit from --free, --background-plane, --scan-offsets."""
+    from gradfit.oof.solve import REAL_FREE
+
+    if free is None and not (background_plane or scan_offsets):
+        return None  # the library's default for the data
+    names = (tuple(x.strip() for x in free.split(",") if x.strip()) if free is not None
+             else REAL_FREE)
+    names += (("background_plane",) if background_plane else ()) + (
+        ("scan_offset",) if scan_offsets else ())
+    return names
+
+
+def _fitted_samples(obs):
+    """The observation as the checks see it: masked samples left out."""
+    from gradfit.oof import textio
+
+    return textio.compact(obs)
+
+
 @oof.command("fit")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
-    "--order", type=click.IntRange(min=1), required=True, help="Maximum Zernike order n to fit."
+    "--order", type=_ORDER, required=True,
+    help="Maximum Zernike order n to fit, or 'auto': orders upwards, the lowest BIC.",
 )
+@_apply(_text_options)
+@click.option(
+    "--free", "free", default=None,
+    help="Nuisance parameters to fit, comma-separated (amp, c_dB, q, x0, y0, pointing, gain, "
+    "background, background_plane, scan_offset). Default: amp, c_dB, pointing, gain, "
+    "background for measured maps (no noise column); amp, c_dB for maps that carry their "
+    "noise. --free amp,c_dB turns the real-map nuisance parameters off.",
+)
+@click.option("--background-plane", is_flag=True,
+              help="Also fit a background plane per map (on top of the defaults).")
+@click.option("--scan-offsets", is_flag=True,
+              help="Also fit an offset per scan of every map (scan direction from the files).")
 @click.option(
     "--likelihood",
     type=click.Choice(["gaussian", "cauchy"]),
@@ -635,7 +791,9 @@ def _finish(data: dict, as_json: bool, quiet: bool, strict: bool) -> int:
     help="Where the model runs.",
 )
 @click.option(
-    "--telescope", default=None, help="Telescope name (default: the file's TELESCOP header)."
+    "--telescope", default=None,
+    help="Telescope name or FILE.toml (default: the file's TELESCOP header; required for "
+    "text maps).",
 )
 @click.option(
     "--out",
@@ -649,11 +807,13 @@ def _finish(data: dict, as_json: bool, quiet: bool, strict: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
 @click.option(
     "--errors",
-    type=click.Choice(["hessian", "profile", "mcmc"]),
+    type=click.Choice(list(_ERRORS_IMPLEMENTED)),
     default="hessian",
     show_default=True,
     help="How coefficient errors are computed: inverse Hessian, profile-likelihood "
-    "intervals (about ten refits per coefficient), or NUTS posterior samples (pyro-ppl).",
+    "intervals (about ten refits per coefficient), NUTS posterior samples (pyro-ppl), or "
+    "a jackknife / bootstrap over scans (10 refits; honest on noise correlated along scans), "
+    "reported beside the Hessian errors.",
 )
 @click.option(
     "--mcmc-samples",
@@ -684,10 +844,21 @@ def _finish(data: dict, as_json: bool, quiet: bool, strict: bool) -> int:
 @click.option(
     "--figures/--no-figures", default=True, show_default=True, help="Draw maps.png and surface.png."
 )
+@click.option(
+    "--dask", "dask_address", default=None,
+    help="With several FITS files (a campaign, see 'gradfit oof campaign'): 'local' or "
+    "tcp://HOST:PORT to fit them on Dask workers.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 def fit_cmd(
-    file,
+    files,
     order,
+    dz,
+    freq_ghz,
+    units,
+    free,
+    background_plane,
+    scan_offsets,
     likelihood,
     method,
     device,
@@ -701,18 +872,34 @@ def fit_cmd(
     max_time,
     strict,
     figures,
+    dask_address,
     quiet,
 ):
-    """Fit Zernike coefficients to the beam maps in FILE and write results to --out."""
+    """Fit Zernike coefficients to the beam maps in FILES and write results to --out.
+
+    FILES is one observation: a FITS file (pyoof layout), or text maps (columns u, v,
+    power; one map per file) with --dz (one defocus per file, in file order),
+    --freq-ghz and --telescope. Several FITS files are a campaign of observations,
+    fitted one by one as by 'gradfit oof campaign' (one folder each in --out, and
+    summary.csv, summary.json and campaign.png).
+    """
     from gradfit.oof import output
 
     if not str(out).strip():
         raise CLIError("--out is empty; give a directory for the results")
-    obs = _read_observation(file)
+    if len(files) > 1 and dz is None and all(_is_fits(f) for f in files):
+        return campaign_cmd.callback(files=files, out=out, order=order, telescope=telescope,
+                                     dask_address=dask_address, gravity=False,
+                                     overwrite=overwrite, as_json=as_json, quiet=quiet)
+    if dask_address is not None:
+        raise CLIError("--dask is for a campaign of several FITS files")
+    obs, file, text = _read_input(files, dz, freq_ghz, units, telescope)
     tel = _telescope(telescope, obs, file)
     device = _resolve_device(device)
-    rd = _result_dir(out, [file], overwrite)
-    _check_observation(obs, tel, order, file, likelihood)
+    free = _free(free, background_plane, scan_offsets)
+    rd = _result_dir(out, list(files), overwrite)
+    _check_observation(_fitted_samples(obs), tel, None if order == "auto" else order, file,
+                       likelihood)
     try:
         rd.__enter__()  # lock held from the fit to the commit: a second writer stops now
     except output.OutputError as exc:
@@ -732,6 +919,7 @@ def fit_cmd(
             max_iter=max_iter,
             error_options={"num_samples": mcmc_samples} if errors == "mcmc" else None,
             max_time=max_time,
+            free=free,
         )
         adequacy = _assess(sol, obs, tel)
         settings = dict(
@@ -744,13 +932,60 @@ def fit_cmd(
             max_iter=max_iter,
             max_time=max_time,
             strict=strict,
+            free=list(sol.fit.get("free", [])),
         )
+        if text:
+            settings.update(files=[str(f) for f in files], dz=[m.dz for m in obs.maps],
+                            frequency_hz=obs.frequency_hz, units=units)
         failed = not sol.success or (strict and not adequacy["adequate"])
-        data, _ = _publish(rd, sol, obs, input_path=file, settings=settings, adequacy=adequacy,
-                           figures=figures, failed=failed, quiet=quiet)
+        # text maps: the observation is written beside the result (observation.fits) so
+        # that 'gradfit oof plot DIR' finds it
+        data, _ = _publish(rd, sol, obs,
+                           input_path=Path(out) / "observation.fits" if text else file,
+                           settings=settings, adequacy=adequacy, figures=figures, failed=failed,
+                           quiet=quiet, write_observation=text)
     finally:
         rd.__exit__(None, None, None)
     return _finish(data, as_json, quiet, strict)
+
+
+@oof.command("convert")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_apply(_text_options)
+@click.option("--telescope", default=None,
+              help="Telescope name or FILE.toml, recorded in the FITS header.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Output FITS file (pyoof layout); an existing file needs --overwrite.")
+@_overwrite_option
+def convert_cmd(files, dz, freq_ghz, units, telescope, out, overwrite):
+    """Convert text maps FILES (u, v, power; one map per file) to one FITS observation.
+
+    The pyoof layout has no mask: flagged samples are left out of the file.
+    """
+    from gradfit.oof import io, output, textio
+
+    if not str(out).strip():
+        raise CLIError("--out is empty; give a FITS file name")
+    out = Path(out)
+    if not out.parent.exists():
+        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    if out.exists() and not overwrite:
+        raise CLIError(f"--out {out}: exists; pass --overwrite to replace it")
+    if any(Path(f).resolve() == out.resolve() for f in files):
+        raise CLIError(f"--out {out}: is one of the inputs")
+    if telescope is not None:
+        _telescope(telescope)
+    obs, _, text = _read_input(files, dz, freq_ghz, units, telescope, need_telescope=False)
+    if not text:
+        raise CLIError(f"{files[0]}: already a FITS file; convert reads text maps")
+    try:
+        io.write(textio.compact(obs), out, overwrite=overwrite)
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc, f"--out {out}: cannot write") from None
+    click.echo(f"wrote {out}: {len(obs.maps)} maps of {obs.maps[0].n} points, dz "
+               f"{', '.join(f'{m.dz:g}' for m in obs.maps)} m", err=True)
 
 
 @oof.command("campaign")

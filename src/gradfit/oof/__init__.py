@@ -8,7 +8,9 @@ The pipeline, top to bottom: ``observation`` (maps and their geometry) and ``io`
 (readers, writers); ``telescope``, ``zernike``, ``aperture`` (the sampled dish),
 ``nuisance`` (the table of nuisance parameters), ``transforms`` (mft | dft | fft);
 ``model`` (the beams and their exact Jacobian); ``grid`` (the grid size for a fit);
-``solve`` (``fit`` as named steps) -> ``solution`` (the immutable result). Importing
+``solve`` (``fit`` as named steps) -> ``solution`` (the immutable result);
+``pixels``, ``pixel_errors``, ``panels``, ``pixelfit`` (``fit_pixels``: the phase per
+aperture cell at panel scale, from a Zernike start). Importing
 this package loads neither matplotlib nor SciPy; astropy loads when a file is read.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 from gradfit.oof.io import OOFDataError, read, write, write_solution
 from gradfit.oof.observation import BeamMap, Observation
+from gradfit.oof.pixelfit import fit_pixels
+from gradfit.oof.pixels import PixelSolution
 from gradfit.oof.simulate import simulate
 from gradfit.oof.solution import Solution
 from gradfit.oof.solve import fit
@@ -25,9 +29,11 @@ __all__ = [
     "BeamMap",
     "OOFDataError",
     "Observation",
+    "PixelSolution",
     "Solution",
     "Telescope",
     "fit",
+    "fit_pixels",
     "get_telescope",
     "read",
     "simulate",

@@ -155,6 +155,14 @@ class BeamModel:
         self.norm = 1.0 / float(np.sum(g.weight) * g.step_m**2) ** 2
         self.tf = make_transform(transform, g, obs.maps, lam, fft_pad=fft_pad,
                                  device=self.device, dtype=dtype)
+        # sample offsets over each map's half-width, (B, n_max, 2) zero-padded: the
+        # coordinates of the background plane
+        n_max = max(self.sizes)
+        uvn = np.zeros((self.n_maps, n_max, 2))
+        for b, m in enumerate(obs.maps):
+            h = max(float(np.max(np.abs(m.u))), float(np.max(np.abs(m.v))), 1e-300)
+            uvn[b, :m.n, 0], uvn[b, :m.n, 1] = m.u / h, m.v / h
+        self.uv_norm = t(uvn)
         self.transform = self.tf.name
         self._mono = None
 
@@ -225,12 +233,16 @@ class BeamModel:
         return self.tf.power(er, ei) * self.norm
 
     def _per_map(self, P: torch.Tensor, p: dict) -> torch.Tensor:
-        """``gain_b * P_b + background_b`` (each only when given)."""
+        """``gain_b * P_b + background_b + plane_b`` (each only when given)."""
         gain, bg = self._opt(p, "gain"), self._opt(p, "background")
+        plane = self._opt(p, "background_plane")
         if gain is not None:
             P = P * gain.unsqueeze(-1)
         if bg is not None:
             P = P + bg.unsqueeze(-1)
+        if plane is not None:
+            uvn = self.uv_norm[:, :P.shape[-1]]
+            P = P + (uvn * plane.reshape(-1, 1, 2)).sum(-1)
         return P
 
     def __call__(self, p: dict, x=None) -> torch.Tensor:
@@ -242,7 +254,8 @@ class BeamModel:
             ``'K'`` (waves, without piston) and any nuisance parameter of
             :data:`gradfit.oof.nuisance.NUISANCE` (``'amp'``, ``'c_dB'``, ``'q'``,
             ``'x0'``, ``'y0'`` in metres, ``'pointing'`` ``(B, 2)`` in lambda/D,
-            ``'gain'`` and ``'background'`` ``(B,)``); missing ones take their defaults.
+            ``'gain'`` and ``'background'`` ``(B,)``, ``'background_plane'`` ``(B, 2)``);
+            missing ones take their defaults.
         x : ignored
             The sample points are fixed when the model is built; ``x`` is accepted so
             that the model has the ``model(p, x)`` signature of :func:`gradfit.fit`.
@@ -355,6 +368,10 @@ class BeamModel:
             D = P.new_zeros(B, Nb, B)
             D[ar, :, ar] = 1.0
             out["background"] = D.reshape(N, B)
+        if "background_plane" in names:
+            D = P.new_zeros(B, Nb, B, 2)
+            D[ar, :, ar, :] = self.uv_norm[:, :Nb]
+            out["background_plane"] = D.reshape(N, B, 2)
         return mu, out
 
     def _illumination_derivatives(self, names, c_dB, q, x0, y0, r2, A):

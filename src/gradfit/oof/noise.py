@@ -197,7 +197,7 @@ def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
 
 def _grid(values, model=None) -> np.ndarray:
     if isinstance(values, BeamMap):
-        z = _map_to_grid(values, values.power)
+        z = _map_to_grid(values, values.masked_power())
         if model is not None:
             model = _map_to_grid(values, np.asarray(model, dtype=np.float64).ravel())
     else:
@@ -350,15 +350,31 @@ def observation_noise(obs: Observation, scan_axis: str = "auto", *, models=None,
 
 def _mask_signal(Z: np.ndarray, sigma: float, threshold: float) -> tuple[np.ndarray, float]:
     """Z with NaN where its smoothed excess over the median exceeds ``threshold`` sigma."""
-    from scipy.ndimage import binary_dilation, uniform_filter
-
     filled = np.where(np.isfinite(Z), Z, np.nanmedian(Z))
-    excess = np.abs(uniform_filter(filled - np.median(filled), size=3, mode="nearest"))
+    excess = np.abs(_box3(filled - np.median(filled)))
     # the 3 x 3 mean of correlated noise scatters by at most sigma: threshold it in sigmas
-    signal = binary_dilation(excess > threshold * sigma, iterations=1)
+    signal = _dilate_cross(excess > threshold * sigma)
     if signal.mean() > 0.75:
         return Z, 1.0  # the beam fills the map: nothing to gain, keep every sample
     return np.where(signal, np.nan, Z), float(signal.mean())
+
+
+def _box3(Z: np.ndarray) -> np.ndarray:
+    """3 x 3 running mean, edges repeated (scipy.ndimage.uniform_filter(size=3,
+    mode='nearest'), without its import: 2 s of a fresh CLI process)."""
+    P = np.pad(Z, 1, mode="edge")
+    rows = (P[:-2] + P[1:-1] + P[2:]) / 3.0
+    return (rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]) / 3.0
+
+
+def _dilate_cross(B: np.ndarray) -> np.ndarray:
+    """One binary dilation with the 4-neighbour cross (scipy's default structure)."""
+    out = B.copy()
+    out[1:] |= B[:-1]
+    out[:-1] |= B[1:]
+    out[:, 1:] |= B[:, :-1]
+    out[:, :-1] |= B[:, 1:]
+    return out
 
 
 def _fit_ar1_variogram(Z: np.ndarray) -> tuple[float, float]:
@@ -424,9 +440,12 @@ def _subset(obs: Observation, picks: list[np.ndarray]) -> Observation:
     maps = []
     for m, idx in zip(obs.maps, picks):
         idx, shape = _sub_grid(m.shape, idx)
+        mask = None if m.mask is None else m.mask[idx]
+        if mask is not None and not mask.any():
+            raise ValueError(f"map {m.name!r}: a replicate holds only masked samples")
         maps.append(BeamMap(u=m.u[idx], v=m.v[idx], power=m.power[idx], dz=m.dz,
                             sigma=None if m.sigma is None else m.sigma[idx], name=m.name,
-                            shape=shape))
+                            shape=shape, mask=mask))
     return dataclasses.replace(obs, maps=maps)
 
 
@@ -448,6 +467,7 @@ def resample_over_scans(
     method: str = "jackknife",
     seed: int = 0,
     return_samples: bool = False,
+    blocks: str = "contiguous",
 ):
     """Parameter standard deviations that respect the correlation along and within scans.
 
@@ -469,6 +489,12 @@ def resample_over_scans(
         Seeds the bootstrap.
     return_samples : bool
         Also return the per-replicate parameters.
+    blocks : {'contiguous', 'interleaved'}
+        Jackknife blocks: ``n`` runs of neighbouring scans, or every ``n``-th scan
+        (block ``k`` = scans ``k, k + n, ...``). Scans are the resampled units either
+        way (the correlation along a scan and the scan offsets stay inside a unit);
+        interleaved blocks each take a representative share of the map, so that a
+        compact beam never loses its whole core to one replicate.
 
     Notes
     -----
@@ -485,6 +511,8 @@ def resample_over_scans(
     """
     if method not in ("jackknife", "bootstrap"):
         raise ValueError(f"method must be 'jackknife' or 'bootstrap', got {method!r}")
+    if blocks not in ("contiguous", "interleaved"):
+        raise ValueError(f"blocks must be 'contiguous' or 'interleaved', got {blocks!r}")
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n}")
     n = int(n)
@@ -510,7 +538,8 @@ def resample_over_scans(
         picks = []
         for u, mem in zip(ids, members):
             if method == "jackknife":
-                drop = set(np.array_split(u, n)[k].tolist())
+                part = u[k::n] if blocks == "interleaved" else np.array_split(u, n)[k]
+                drop = set(part.tolist())
                 chosen = [sid for sid in u if sid not in drop]
             else:
                 chosen = np.sort(rng.choice(u, size=u.size, replace=True))

@@ -1,6 +1,7 @@
 """The nuisance parameters of an OOF fit: one table, used by the model, the fit, the CLI and docs.
 
 The model of map ``b`` is ``amp * gain_b * P_b(K, illumination, pointing_b) + background_b``
+(``+ a_b u/h_b + c_b v/h_b`` with ``background_plane``)
 (data in units of the in-focus peak). ``K`` (the Zernike coefficients) is always
 fitted; every parameter here has a default that the model uses when the fit does
 not free it. Per-map parameters hold one value (or pair) per map; those that are
@@ -41,6 +42,9 @@ class Nuisance:
         For per-map parameters: the in-focus map's entry stays at the default.
     on_by_default : bool
         Freed by :func:`gradfit.oof.fit` unless ``free=`` says otherwise.
+    on_for_measured : bool
+        Also freed by default for measured maps (maps without a noise sigma, as read
+        from files or text; see :func:`gradfit.oof.solve.default_free`).
     help : str
         One line for the CLI and the docs.
     """
@@ -53,6 +57,7 @@ class Nuisance:
     infocus_fixed: bool = False
     on_by_default: bool = False
     help: str = ""
+    on_for_measured: bool = False
 
     def shape(self, n_maps: int) -> tuple:
         """Shape of the parameter for an observation of ``n_maps`` maps."""
@@ -77,11 +82,16 @@ NUISANCE: dict[str, Nuisance] = {n.name: n for n in (
     Nuisance("x0", 0.0, None, "m", help="illumination centre offset along x"),
     Nuisance("y0", 0.0, None, "m", help="illumination centre offset along y"),
     Nuisance("pointing", 0.0, None, "lambda/D", per_map=2, infocus_fixed=True,
-             help="pointing offset (u, v) of each map relative to the in-focus map"),
+             help="pointing offset (u, v) of each map relative to the in-focus map",
+             on_for_measured=True),
     Nuisance("gain", 1.0, None, "", per_map=1, infocus_fixed=True,
-             help="gain of each map relative to the in-focus map"),
+             help="gain of each map relative to the in-focus map", on_for_measured=True),
     Nuisance("background", 0.0, None, "in-focus peak", per_map=1,
-             help="constant background (offset) of each map"),
+             help="constant background (offset) of each map", on_for_measured=True),
+    Nuisance("background_plane", 0.0, None, "in-focus peak at the map half-width",
+             per_map=2,
+             help="background slope (along u, along v) of each map: the plane adds "
+                  "a u/h + b v/h, h the map's half-width max(|u|, |v|)"),
 )}
 
 #: name -> default value, for the model
@@ -94,7 +104,8 @@ def nuisance_help() -> str:
     for n in NUISANCE.values():
         unit = f" {n.unit}" if n.unit else ""
         per = " per map" if n.per_map else ""
-        on = ", fitted by default" if n.on_by_default else ""
+        on = (", fitted by default" if n.on_by_default else
+              ", fitted by default for measured maps" if n.on_for_measured else "")
         lines.append(f"{n.name}: {n.help}{per} (default {n.default:g}{unit}{on})")
     return "\n".join(lines)
 

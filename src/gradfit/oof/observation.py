@@ -67,6 +67,10 @@ class BeamMap:
     sigma : per-point noise (same length) or None when unknown.
     name : label, e.g. 'MINUS OOF'.
     shape : (n_v, n_u) when the samples form a regular grid with u varying fastest, else None.
+    mask : boolean array (same length) or None: False marks a flagged sample, which stays
+        on the grid (so a gridded map keeps its ``shape`` and the fast separable
+        transform) but is left out of the likelihood and of noise estimates. Its
+        ``power`` may be anything (NaN as read). None: every sample counts.
     """
 
     u: np.ndarray
@@ -76,6 +80,7 @@ class BeamMap:
     sigma: np.ndarray | None = None
     name: str = ""
     shape: tuple[int, int] | None = None
+    mask: np.ndarray | None = None
 
     def __post_init__(self):
         self.u = np.asarray(self.u, dtype=np.float64).ravel()
@@ -94,10 +99,36 @@ class BeamMap:
                     f"for {self.power.size} samples"
                 )
         self.dz = float(self.dz)
+        if self.mask is not None:
+            self.mask = np.asarray(self.mask).ravel()
+            if self.mask.dtype != bool or self.mask.size != self.power.size:
+                raise ValueError(
+                    f"map {self.name or '?'}: mask must be a boolean array of "
+                    f"{self.power.size} values, got {self.mask.dtype} of {self.mask.size}"
+                )
+            if not self.mask.any():
+                raise ValueError(f"map {self.name or '?'}: every sample is masked")
+            if self.mask.all():
+                self.mask = None
 
     @property
     def n(self) -> int:
+        """Samples on the map, masked ones included (the model is computed at all)."""
         return self.power.size
+
+    @property
+    def n_used(self) -> int:
+        """Samples that enter the fit (not masked)."""
+        return self.power.size if self.mask is None else int(self.mask.sum())
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean array: True for the samples that enter the fit."""
+        return np.ones(self.n, dtype=bool) if self.mask is None else self.mask
+
+    def masked_power(self) -> np.ndarray:
+        """``power`` with NaN at the masked samples (for noise estimates and plots)."""
+        return self.power if self.mask is None else np.where(self.mask, self.power, np.nan)
 
     def grid_axes(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(u_axis, v_axis)`` when the map is a regular grid of :attr:`shape`, else None."""
@@ -119,14 +150,17 @@ class BeamMap:
         (1.4826 MAD) of the 10 % of samples farthest from the map centre.
         """
         if self.grid_axes() is not None and min(self.shape) >= 4:
-            P = self.power.reshape(self.shape)
+            P = self.masked_power().reshape(self.shape)
             k = 2
             diffs = [np.diff(P[:k], axis=1), np.diff(P[-k:], axis=1),
                      np.diff(P[:, :k], axis=0), np.diff(P[:, -k:], axis=0)]
             d = np.concatenate([x.ravel() for x in diffs])
+            d = d[np.isfinite(d)]  # differences touching a masked sample
             return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
-        r = np.hypot(self.u - np.median(self.u), self.v - np.median(self.v))
-        edge = self.power[r >= np.quantile(r, 0.9)]
+        ok = self.valid
+        u, v, pw = self.u[ok], self.v[ok], self.power[ok]
+        r = np.hypot(u - np.median(u), v - np.median(v))
+        edge = pw[r >= np.quantile(r, 0.9)]
         return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
 
 
@@ -153,7 +187,8 @@ class Observation:
 
     @property
     def n_points(self) -> int:
-        return sum(m.n for m in self.maps)
+        """Samples that enter a fit (masked samples excluded)."""
+        return sum(m.n_used for m in self.maps)
 
     @property
     def infocus_index(self) -> int:

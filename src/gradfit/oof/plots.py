@@ -73,7 +73,8 @@ def _gridded(m: BeamMap, values: np.ndarray):
     return img, (ux[0] - hu, ux[-1] + hu, vy[0] - hv, vy[-1] + hv)
 
 
-def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False, limits=None):
+def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False, limits=None,
+           clabel=None):
     values = np.asarray(values, dtype=np.float64).ravel()
     finite = values[np.isfinite(values)]
     if symmetric:
@@ -99,7 +100,9 @@ def _panel(fig, ax, m, values, scale, cmap, title, symmetric=False, limits=None)
     else:
         art = ax.scatter(m.u * scale, m.v * scale, c=values, s=6, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_aspect("equal")
-    fig.colorbar(art, ax=ax, fraction=0.046, pad=0.04)
+    bar = fig.colorbar(art, ax=ax, fraction=0.046, pad=0.04)
+    if clabel:
+        bar.set_label(clabel, fontsize=8)
     ax.set_title(title, fontsize=9)
 
 
@@ -111,8 +114,12 @@ def plot_maps(
     units: str = "arcsec",
     beam_rad: float | None = None,
     title: str | None = None,
+    power_units: str | None = None,
 ):
     """Draw every beam map: observed, and where a model is given, model and residual.
+
+    All three panels are in the data's units (``power_units``, default
+    ``obs.meta['BUNIT']`` or 'data units'); masked samples are blank.
 
     Parameters
     ----------
@@ -127,12 +134,16 @@ def plot_maps(
         Beam width (e.g. λ/D) in radians.
     title : str, optional
         Figure title.
+    power_units : str, optional
+        Label of the colour bars.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     plt = _pyplot()
+    if power_units is None:
+        power_units = str((obs.meta or {}).get("BUNIT") or "data units")
     scale, label = _axis_scale(units, beam_rad)
     if model is not None:
         model = [np.asarray(p, dtype=np.float64).ravel() for p in model]
@@ -160,19 +171,26 @@ def plot_maps(
         name = m.name or f"map {r + 1}"
         head = f"{name}, dz = {m.dz * 1e3:+.1f} mm"
         # observed and model share one colour scale so that they compare by eye
-        both = m.power if model is None else np.concatenate([m.power, model[r]])
+        data = m.masked_power()  # masked samples blank
+        both = data if model is None else np.concatenate([data, model[r]])
         both = both[np.isfinite(both)]
         limits = (float(both.min()), float(both.max())) if both.size else None
-        _panel(fig, axes[r, 0], m, m.power, scale, "viridis", f"{head}: observed", limits=limits)
+        _panel(fig, axes[r, 0], m, data, scale, "viridis", f"{head}: observed", limits=limits,
+               clabel=power_units)
         if model is not None:
             p = model[r]
-            _panel(fig, axes[r, 1], m, p, scale, "viridis", f"{head}: model", limits=limits)
-            res = m.power - p
-            rms = float(np.sqrt(np.mean(res**2)))
+            _panel(fig, axes[r, 1], m, p, scale, "viridis", f"{head}: model", limits=limits,
+                   clabel=power_units)
+            res = data - p
+            rms = float(np.sqrt(np.nanmean(res**2)))
             note = f"rms {rms:.3g}"
             if m.sigma is not None:
                 note += f" = {rms / float(np.sqrt(np.mean(m.sigma**2))):.2f} σ"
-            _panel(fig, axes[r, 2], m, res, scale, "RdBu_r", f"residual ({note})", symmetric=True)
+            peak = float(np.nanmax(obs.maps[obs.infocus_index].masked_power()))
+            if peak > 0:
+                note += f", {100 * rms / peak:.2g}% of peak"
+            _panel(fig, axes[r, 2], m, res, scale, "RdBu_r", f"residual ({note})", symmetric=True,
+                   clabel=power_units)
         for ax in axes[r]:
             ax.set_xlabel(f"u ({label})")
         axes[r, 0].set_ylabel(f"v ({label})")
@@ -320,6 +338,18 @@ def _telescope_radii(name):
     return rim, inner
 
 
+def _at_samples(model_map: BeamMap, m: BeamMap) -> np.ndarray:
+    """``model_map``'s power at the sample positions of ``m`` (a subset of its samples);
+    the model unchanged when they are not a subset (the caller then reports it)."""
+    scale = max(float(np.ptp(model_map.u)), float(np.ptp(model_map.v)), 1e-300) * 1e-9
+    key = {(round(u / scale), round(v / scale)): i
+           for i, (u, v) in enumerate(zip(model_map.u, model_map.v))}
+    idx = [key.get((round(u / scale), round(v / scale))) for u, v in zip(m.u, m.v)]
+    if any(i is None for i in idx):
+        return model_map.power
+    return model_map.power[np.asarray(idx, dtype=int)]
+
+
 def _number(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
@@ -372,7 +402,12 @@ def plot_dir(
     if (outdir / "model.fits").exists():
         mobs = io.read(outdir / "model.fits")
         model = [m.power for m in mobs.maps]
-        if [m.n for m in mobs.maps] != [m.n for m in obs.maps]:
+        if len(mobs.maps) == len(obs.maps):
+            # an observation read back without its few flagged samples (a reader that
+            # drops NaN): the model at the samples it kept
+            model = [_at_samples(mm, m) if m.n < mm.n <= 1.1 * m.n else p
+                     for mm, m, p in zip(mobs.maps, obs.maps, model)]
+        if [p.size for p in model] != [m.n for m in obs.maps]:
             raise io.OOFDataError(
                 f"{outdir / 'model.fits'}: model maps do not match the observation's "
                 f"({[m.n for m in mobs.maps]} vs {[m.n for m in obs.maps]} samples)"

@@ -138,7 +138,8 @@ def simulate_realistic(
     Returns
     -------
     obs : Observation
-        Flagged samples masked; ``layout='gradfit'``; maps named as
+        Flagged samples masked (``BeamMap.mask``; the maps keep their grid and
+        ``shape``, NaN at the flags); ``layout='gradfit'``; maps named as
         :func:`~gradfit.oof.simulate` names them.
     truth : dict
         ``K_waves``, ``zernike``, ``order``, ``telescope``, ``illumination``,
@@ -147,8 +148,8 @@ def simulate_realistic(
         half-width), ``pointing_lambda_over_D`` (per map, the fit's convention),
         ``pointing_rad``, ``noise`` (sigma, lag1 along and across, scan offset sd,
         scan axis), ``flagged`` (per map, indices in the u-fastest grid), ``scans``
-        (per map, the scan number of each kept sample), ``model`` (per map, the
-        noiseless data with every effect, at the kept samples), ``dz_m``,
+        (per map, the scan number of each sample), ``model`` (per map, the
+        noiseless data with every effect, at every sample of the grid), ``dz_m``,
         ``wavelength_m``, ``peak``, ``seed`` and, with ``text_dir``, ``text_files``.
     """
     tel = get_telescope(telescope)
@@ -244,11 +245,6 @@ def simulate_realistic(
         obs = from_arrays([u] * len(dzs), [v] * len(dzs), datas, dzs, wavelength=lam,
                           telescope=tel, names=names, zero_is_flag=(flag_value == "zero"),
                           layout="gradfit", sources=names)
-    keep = []
-    for k in range(len(dzs)):
-        mask = np.ones(datas[k].size, dtype=bool)
-        mask[flagged[k]] = False
-        keep.append(mask)
     truth = {
         "telescope": tel.name,
         "order": int(order),
@@ -265,8 +261,9 @@ def simulate_realistic(
                   "lag1_across": float(scan_lag1_across), "scan_offset_sd": scan_offset * sigma,
                   "scan_axis": scan_axis, "snr": float(snr)},
         "flagged": flagged,
-        "scans": [s[m] for s, m in zip(scans, keep)],
-        "model": [mo[m] for mo, m in zip(models, keep)],
+        # on every sample of the grid, masked ones included, as the maps hold them
+        "scans": scans,
+        "model": models,
         "dz_m": dzs,
         "wavelength_m": lam,
         "peak": float(peak),

@@ -64,9 +64,14 @@ class Solution:
     result: object = field(repr=False)
     extra_errors: dict = field(default_factory=dict, repr=False)
     illumination: str = "pedestal"
+    #: does the model describe the data (``gradfit.oof.checks.assess``): ``adequate``,
+    #: ``normalised_residual``, ``limit``, ``converged``, ``per_map`` and ``causes``
+    adequacy: dict = field(default_factory=dict, repr=False)
     _model: object = field(default=None, repr=False)
     _params: dict = field(default_factory=dict, repr=False)
     _scale: float = field(default=1.0, repr=False)
+    # per-scan offsets of every model sample (in-focus peak units), when fitted
+    _offsets: object = field(default=None, repr=False)
     # memo of the phase grids (derived values only; the solution itself never changes)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -114,7 +119,10 @@ class Solution:
 
         if self.extra_errors.get("method") == "none":  # fitted with errors='none'
             return np.full((n, n), np.nan)
-        return solution_error_map(self, n, self.extra_errors.get("samples"))
+        samples = self.extra_errors.get("samples")
+        # the covariance is the minimiser's; the reported errors may be scaled (chi2r)
+        scale = 1.0 if samples is not None else float(self.fit.get("error_scale", 1.0))
+        return solution_error_map(self, n, samples) * scale
 
     @property
     def surface_error_rms_um(self) -> float:
@@ -200,9 +208,17 @@ class Solution:
         return math.exp(-self.phase_rms_weighted_rad**2)
 
     def model_maps(self) -> list[np.ndarray]:
-        """Model power at every observed sample, one 1-D array per map, in data units."""
+        """Model power at every observed sample, one 1-D array per map, in data units.
+
+        The full model: ``amp * gain_b * P_b(K, pointing_b) + background_b``, so that
+        ``map.power - model`` is the residual (masked samples included: the model is
+        defined there too).
+        """
         with torch.no_grad(), torch_threads(1):
-            flat = self._model(self._params).cpu().numpy() * self._scale
+            flat = self._model(self._params).cpu().numpy()
+        if self._offsets is not None:
+            flat = flat + self._offsets
+        flat = flat * self._scale
         return np.split(flat, np.cumsum(self._model.sizes)[:-1])
 
     # ------------------------------------------------------------------ output
@@ -225,22 +241,73 @@ class Solution:
             "errors": {k: v for k, v in self.extra_errors.items()
                        if k not in ("samples", "per_coefficient")} or {"method": "hessian"},
             "convention": CONVENTION,
+            "adequacy": dict(self.adequacy),
         }
 
     def __str__(self) -> str:
+        fit = self.fit
         lines = [
             f"OOF fit of {self.telescope.name} at {self.frequency_hz / 1e9:.4g} GHz, "
             f"order {self.order}: {'converged' if self.success else 'FAILED'} "
-            f"({self.fit['message']}), {self.fit['time_s']:.2f} s",
-            f"{'n':>3} {'l':>3} {'K (waves)':>12} {'error':>9}",
+            f"({fit['message']}), {fit['time_s']:.2f} s",
         ]
-        for (n, l), k, e in zip(self.labels, self.K_waves, self.K_err_waves):
-            lines.append(f"{n:>3} {l:>3} {k:>+12.5f} {e:>9.5f}")
+        sel = fit.get("order_selection")
+        if sel:
+            lines += ["order selection (BIC):", sel["table"], f"picked: {sel['reason']}"]
+        method = self.extra_errors.get("method")
+        resampled = method in ("jackknife", "bootstrap")
+        head = f"{'n':>3} {'l':>3} {'K (waves)':>12} {'error':>9}"
+        lines.append(head + (f" {method:>10}" if resampled else ""))
+        col = self.extra_errors.get("per_coefficient", {}).get(f"{method}_error_waves")
+        for i, ((n, l), k, e) in enumerate(zip(self.labels, self.K_waves, self.K_err_waves)):
+            row = f"{n:>3} {l:>3} {k:>+12.5f} {e:>9.5f}"
+            if resampled and col is not None:
+                row += f" {col[i]:>10.5f}" if col[i] is not None else f" {'':>10}"
+            lines.append(row)
+        jk = self.extra_errors.get("nuisance", {}) if resampled else {}
+        free = fit.get("free")
         for name, v in self.nuisance.items():
-            lines.append(f"{name} = {np.round(v['value'], 5)} +- {np.round(v['error'], 5)}")
+            if name == "scan_offset":
+                val, err = np.asarray(v["value"]), np.asarray(v["error"])
+                lines.append(f"scan_offset: {val.shape[1]} scans per map (first fixed), rms "
+                             f"{np.round(np.sqrt(np.mean(val**2, axis=1)), 5).tolist()} +- "
+                             f"{np.round(np.median(err[:, 1:], axis=1), 5).tolist()} "
+                             "in-focus peak")
+                continue
+            unit = f" {NUISANCE[name].unit}" if name in NUISANCE and NUISANCE[name].unit else ""
+            fixed = " (fixed)" if free is not None and name not in free else ""
+            line = (f"{name} = {np.round(v['value'], 5).tolist()} +- "
+                    f"{np.round(v['error'], 5).tolist()}{unit}{fixed}")
+            if name in jk:
+                line += f" ({method} +- {np.round(jk[name], 5).tolist()})"
+            lines.append(line)
+        if "chi2r" in fit:
+            lines.append(f"noise sigma {fit.get('sigma_value', float('nan')):.4g} (data units; "
+                         f"{fit['sigma']}); chi2r {fit['chi2r']:.3f} over {fit['ndata']} samples"
+                         f" ({fit.get('n_masked', 0)} masked)")
+            for m in fit.get("maps", []):
+                lines.append(f"  map {m['name']}: chi2r {m['chi2r']:.3f}, rms(data - model)/peak "
+                             f"{m['rms_residual_over_peak']:.4f}, {m['n']} samples"
+                             + (f", {m['n_masked']} masked" if m.get("n_masked") else ""))
+        if fit.get("error_note"):
+            lines.append(f"errors: {fit['error_note']}")
+        log = fit.get("start_log") or []
+        if len(log) > 1:
+            stop = next((r["stop"] for r in log if r.get("stop")), "all starts run")
+            lines.append(f"starts: {len(log)} (-log L " + ", ".join(
+                f"{r['neg_log_likelihood']:.2f}" for r in log) + f"); {stop}")
         lines.append(f"surface rms {self.surface_rms_um:.1f} um (weighted "
                      f"{self.surface_rms_weighted_um:.1f} um), Ruze efficiency "
                      f"{self.ruze_efficiency:.3f}")
+        a = self.adequacy
+        if a:
+            x, lim = a.get("normalised_residual", float("nan")), a.get("limit", float("nan"))
+            if a.get("adequate"):
+                lines.append(f"model adequate: normalised residual {x:.3g} (limit {lim:g})")
+            else:
+                lines.append(f"MODEL DOES NOT DESCRIBE THE DATA: normalised residual {x:.3g} "
+                             f"(limit {lim:g}); likely causes: "
+                             + ("; ".join(a.get("causes", [])) or "not identified"))
         return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ Jacobian (:meth:`~gradfit.oof.model.BeamModel.jacobian`) to :func:`gradfit.fit`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -40,16 +41,45 @@ from .telescope import Telescope, get_telescope
 from .zernike import zernike_count, zernike_labels
 
 __all__ = ["fit", "Solution", "estimate_noise", "CONVENTION", "NUISANCE", "ERRORS",
-           "JACOBIANS"]
+           "JACOBIANS", "IDEAL_FREE", "REAL_FREE", "default_free", "CHI2R_LIMIT"]
 
 _LIKELIHOODS = ("gaussian", "cauchy")
 #: choices of ``errors``
-ERRORS = ("hessian", "none", "profile", "mcmc")
+ERRORS = ("hessian", "none", "profile", "mcmc", "jackknife", "bootstrap")
 #: choices of ``jacobian``
 JACOBIANS = ("auto", "exact", "autodiff")
 #: robust normalised residual above which 'auto' multi-start tries other starts; a
 #: good fit gives 1 +- 0.05 for a few thousand points; local minima seen at 1.5-5
 MISFIT_LIMIT = 1.25
+#: two starts whose -log L differ by less than this (half a unit of chi^2) found the
+#: same minimum: the multi-start stops
+AGREE = 0.5
+#: reduced chi^2 above which the model does not describe the data to the noise: the
+#: errors are scaled by sqrt(chi2r) and the summary says so (a good fit of a few
+#: thousand samples gives 1 +- 0.05; 1.5 is far outside that)
+CHI2R_LIMIT = 1.5
+#: the optional per-scan offsets (``free=(..., "scan_offset")``): one offset per scan of
+#: each map, relative to the map's first scan (whose offset the background holds)
+SCAN_OFFSET = "scan_offset"
+#: nuisance parameters freed by default for data of the model's own class (maps that
+#: carry their noise sigma, as simulations do)
+IDEAL_FREE = tuple(k for k, v in NUISANCE.items() if v.on_by_default)
+#: freed by default for measured maps (no sigma given: data read from files or text):
+#: amp, c_dB, pointing, gain, background
+REAL_FREE = IDEAL_FREE + tuple(k for k, v in NUISANCE.items() if v.on_for_measured)
+
+
+def default_free(obs) -> tuple:
+    """The nuisance parameters :func:`fit` frees when ``free`` is not given.
+
+    Maps that carry their noise (``sigma``) are taken as data of the model's own class,
+    e.g. simulations: :data:`IDEAL_FREE`. Maps without it are measured maps, read from a
+    file or text: :data:`REAL_FREE` adds a pointing offset and a gain per defocused map
+    (relative to the in-focus map) and a background per map.
+    """
+    if all(m.sigma is not None for m in obs.maps):
+        return IDEAL_FREE
+    return REAL_FREE
 
 
 def estimate_noise(m) -> float:
@@ -85,22 +115,29 @@ def _check_inputs(obs, order, telescope, free, start, n_starts, errors, jacobian
         raise ValueError(f"unknown jacobian {jacobian!r}; choose one of: {', '.join(JACOBIANS)}")
     _check_obs(obs)
     tel = get_telescope(telescope if telescope is not None else _need_telescope(obs))
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    order = int(order)
+    if isinstance(order, str) and order == "auto":
+        pass
+    elif isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r} (or 'auto': "
+                         "chosen by BIC)")
+    else:
+        order = int(order)
+    if free is None:
+        free = default_free(obs)
     if isinstance(free, str):
         free = (free,)
     free = tuple(free)
-    unknown = [f for f in free if f not in NUISANCE]
+    unknown = [f for f in free if f not in NUISANCE and f != SCAN_OFFSET]
     if unknown:
         raise ValueError(f"unknown free parameter(s) {', '.join(map(repr, unknown))}; choose "
-                         f"from: {', '.join(NUISANCE)}")
+                         f"from: {', '.join(NUISANCE)}, {SCAN_OFFSET}")
     start = dict(start or {})
     bad = [k for k in start if k not in NUISANCE and k != "K"]
     if bad:
         raise ValueError(f"unknown start value(s) {', '.join(map(repr, bad))}; choose from: K, "
                          f"{', '.join(NUISANCE)}")
-    _check_order(obs, order, sum(NUISANCE[f].n_free(len(obs.maps)) for f in free))
+    if order != "auto":
+        _check_order(obs, order, _n_nuisance(obs, free))
     if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
             n_starts, (int, np.integer)) or n_starts < 1):
         raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
@@ -119,14 +156,14 @@ def _check_obs(obs: Observation) -> None:
         raise ValueError(f"observation wavelength must be > 0, got {obs.wavelength_m}")
     for i, m in enumerate(obs.maps):
         label = m.name or f"map {i}"
-        bad = ~np.isfinite(m.power)
+        bad = ~np.isfinite(m.power) & m.valid
         if bad.any():
             raise ValueError(f"{label}: {int(bad.sum())} of {m.n} BEAM values are not finite; "
                              "mask them before fitting")
-        if not np.any(m.power != 0):
+        if not np.any(m.power[m.valid] != 0):
             raise ValueError(f"{label}: the beam map is all zero")
-        if m.n < 3:
-            raise ValueError(f"{label}: {m.n} samples are too few for a fit")
+        if m.n_used < 3:
+            raise ValueError(f"{label}: {m.n_used} samples are too few for a fit")
     if len(obs.maps) < 2:
         raise ValueError(
             f"an OOF fit needs at least 2 maps at different defocus; got {len(obs.maps)}")
@@ -134,12 +171,26 @@ def _check_obs(obs: Observation) -> None:
         raise ValueError("all maps have the same defocus dz; OOF needs defocused maps")
 
 
+def _n_nuisance(obs, free) -> int:
+    """Free nuisance values (scan offsets: one per scan and map, less one per map)."""
+    n = sum(NUISANCE[f].n_free(len(obs.maps)) for f in free if f in NUISANCE)
+    if SCAN_OFFSET in free:
+        n += sum(max(min(m.shape) - 1, 0) if m.shape else 0 for m in obs.maps)
+    return n
+
+
+def _max_order(obs: Observation, n_free: int) -> int:
+    """The highest order the maps can constrain (see :func:`_check_order`)."""
+    max_order = min(m.side for m in obs.maps) - 2
+    while max_order >= 0 and 3 * (zernike_count(max_order) - 1 + n_free) > obs.n_points:
+        max_order -= 1
+    return max_order
+
+
 def _check_order(obs: Observation, order: int, n_free: int) -> None:
     side = min(m.side for m in obs.maps)
-    max_order = side - 2
     npts = obs.n_points
-    while max_order >= 0 and 3 * (zernike_count(max_order) - 1 + n_free) > npts:
-        max_order -= 1
+    max_order = _max_order(obs, n_free)
     if order > max_order:
         raise ValueError(
             f"order {order} is too high for the map size ({side} samples along the shortest "
@@ -179,36 +230,133 @@ def _reporter(progress):
 # ----------------------------------------------------------------- 2. the data
 @dataclass(frozen=True, eq=False)
 class _Data:
-    """The data in units of the in-focus peak, with per-point noise and the likelihood."""
+    """The data in units of the in-focus peak, with per-point noise and the likelihood.
+
+    ``keep`` holds the flat indices (into the model's output, map after map) of the
+    samples that enter the likelihood, or None when no sample is masked; ``map_of``
+    the map of each kept sample; ``noise`` the scan-noise estimate when it set sigma.
+    """
 
     y: np.ndarray
     sigma: np.ndarray
     scale: float
     likelihood: object
     sigma_source: str
+    keep: np.ndarray | None = None
+    map_of: np.ndarray | None = None
+    noise: object = None
+    scan_index: np.ndarray | None = None
+    scan_shape: tuple | None = None
+    scan_axis: str | None = None
+
+    def select(self, mu):
+        """The model (flat, every sample) at the samples of the likelihood."""
+        return mu if self.keep is None else mu[self.keep]
+
+
+#: how sigma was set, for ``Solution.fit["sigma"]``
+SIGMA_SCAN = "scan noise of the maps (gradfit.oof.noise.observation_noise)"
+SIGMA_EDGES = "estimated from the map edges"
+
+
+def _scan_axis(obs) -> str:
+    """'u', 'v' (from ``obs.meta['scan_axis']``, as the text reader records it) or 'auto'."""
+    axes = obs.meta.get("scan_axis") if isinstance(obs.meta, dict) else None
+    if isinstance(axes, str):
+        axes = [axes]
+    if axes and len(set(axes)) == 1 and axes[0] in ("u", "v"):
+        return axes[0]
+    return "auto"
+
+
+def _with_scans(obs, data: _Data, axis=None) -> _Data:
+    """``data`` with the scan of every model sample (for the per-scan offsets)."""
+    from .noise import detect_scan_axis, scan_labels
+
+    if not all(m.grid_axes() is not None for m in obs.maps):
+        raise ValueError(f"free={SCAN_OFFSET!r} needs maps on a regular grid (rasters of scans)")
+    axis = axis or _scan_axis(obs)
+    if axis == "auto":
+        ref = obs.maps[obs.infocus_index]
+        axis = detect_scan_axis(_noise_grid(ref))
+    labels = [scan_labels(m, axis) for m in obs.maps]
+    S = int(max(lab.max() for lab in labels)) + 1
+    index = np.concatenate([b * S + lab for b, lab in enumerate(labels)])
+    return dataclasses.replace(data, scan_index=index, scan_shape=(len(obs.maps), S),
+                               scan_axis=axis)
+
+
+def _noise_grid(m):
+    return m.masked_power().reshape(m.shape)
+
+
+def _evaluate(model: BeamModel, p: dict, data: _Data, index=None):
+    """The model at every sample, per-scan offsets included (flat, map after map)."""
+    q = dict(p)
+    so = q.pop(SCAN_OFFSET, None)
+    mu = model(q)
+    if so is not None:
+        so = torch.as_tensor(so, dtype=mu.dtype, device=mu.device).reshape(-1)
+        idx = index if index is not None else torch.as_tensor(data.scan_index,
+                                                              device=mu.device)
+        mu = mu + so[idx]
+    return mu
+
+
+def _honest_noise(obs, models=None):
+    """The adopted :class:`~gradfit.oof.noise.ScanNoise` of gridded maps, else None."""
+    from .noise import observation_noise
+
+    if not all(m.grid_axes() is not None and min(m.shape) >= 8 for m in obs.maps):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            adopted, _ = observation_noise(obs, _scan_axis(obs), models=models)
+    except ValueError:
+        return None
+    if not (math.isfinite(adopted.sigma_total) and adopted.sigma_total > 0):
+        return None
+    return adopted
 
 
 def _data(obs: Observation, likelihood) -> _Data:
     ref = obs.maps[obs.infocus_index]
-    scale = float(np.max(ref.power))
+    scale = float(np.max(ref.power[ref.valid]))
     if not scale > 0:
         raise ValueError(f"{ref.name or 'in-focus map'}: its maximum is {scale}; "
                          "expected a positive beam peak")
-    y = np.concatenate([m.power for m in obs.maps]) / scale
-    sig_parts, source = [], "given"
-    for m in obs.maps:
+    honest = None
+    if any(m.sigma is None for m in obs.maps):
+        honest = _honest_noise(obs)
+    y_parts, sig_parts, keep, map_of = [], [], [], []
+    source, offset = "given", 0
+    for b, m in enumerate(obs.maps):
+        ok = m.valid
+        keep.append(offset + np.flatnonzero(ok))
+        offset += m.n
+        map_of.append(np.full(m.n_used, b))
+        y_parts.append(m.power[ok] / scale)
         if m.sigma is not None:
-            sig_parts.append(m.sigma / scale)
+            sig_parts.append(m.sigma[ok] / scale)
+            continue
+        if honest is not None:
+            source = SIGMA_SCAN
+            s = honest.sigma_total / scale
         else:
-            source = "estimated from the map edges"
+            source = SIGMA_EDGES
             s = m.noise() / scale
             if not s > 0:
                 s = 1e-6  # noiseless data: any small sigma gives the same minimum
-            sig_parts.append(np.full(m.n, s))
+        sig_parts.append(np.full(m.n_used, s))
+    y = np.concatenate(y_parts)
     sigma = np.concatenate(sig_parts)
     if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
         raise ValueError("the noise sigma of some samples is not positive and finite")
-    return _Data(y, sigma, scale, _likelihood(likelihood, sigma), source)
+    keep = np.concatenate(keep)
+    return _Data(y, sigma, scale, _likelihood(likelihood, sigma), source,
+                 keep=None if keep.size == offset else keep, map_of=np.concatenate(map_of),
+                 noise=honest if source == SIGMA_SCAN else None)
 
 
 def _likelihood(likelihood, sigma_flat):
@@ -244,10 +392,17 @@ class _Bound:
     derivatives for the fitted parameters ``names``.
     """
 
-    def __init__(self, model: BeamModel, const: dict, names: tuple, report, start_index):
+    def __init__(self, model: BeamModel, const: dict, names: tuple, report, start_index,
+                 keep=None, data=None):
         self.model, self.const, self.names = model, const, names
+        self.data = data
+        self.scan_index = (None if data is None or data.scan_index is None else
+                           torch.as_tensor(data.scan_index, device=model.device))
         self.report, self.start_index = report, start_index
         self.calls, self.last = 0, 0.0
+        # masked samples: the model runs on the full grid (fast transform), the
+        # likelihood sees the kept samples only
+        self.keep = None if keep is None else torch.as_tensor(keep, device=model.device)
 
     def _merged(self, p):
         self.calls += 1
@@ -260,10 +415,25 @@ class _Bound:
         return q
 
     def __call__(self, p, x):
-        return self.model(self._merged(p))
+        mu = _evaluate(self.model, self._merged(p), self.data, self.scan_index)
+        return mu if self.keep is None else mu[self.keep]
 
     def jacobian(self, p, x):
-        return self.model.jacobian(self._merged(p), self.names)
+        q = self._merged(p)
+        so = q.pop(SCAN_OFFSET, None)
+        names = tuple(n for n in self.names if n != SCAN_OFFSET)
+        mu, d = self.model.jacobian(q, names)
+        if so is not None:
+            # offsets: one indicator column per scan
+            so = torch.as_tensor(so, dtype=mu.dtype, device=mu.device)
+            mu = mu + so.reshape(-1)[self.scan_index]
+            if SCAN_OFFSET in self.names:
+                D = mu.new_zeros(mu.numel(), so.numel())
+                D[torch.arange(mu.numel(), device=mu.device), self.scan_index] = 1.0
+                d[SCAN_OFFSET] = D.reshape(mu.numel(), *so.shape)
+        if self.keep is None:
+            return mu, d
+        return mu[self.keep], {k: v[self.keep] for k, v in d.items()}
 
 
 def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, dict]:
@@ -280,6 +450,11 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
             const[name] = np.broadcast_to(np.asarray(s.start[name], dtype=np.float64),
                                           spec.shape(B)).copy()
     for name in s.free:  # in the order given; amp last (its start needs the others)
+        if name == SCAN_OFFSET:
+            fixed = np.zeros(data.scan_shape, dtype=bool)
+            fixed[:, 0] = True  # the first scan's offset is the map's background
+            params[name] = gradfit.Param(np.zeros(data.scan_shape), fixed=fixed)
+            continue
         spec = NUISANCE[name]
         if name == "amp":
             continue
@@ -300,7 +475,7 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
             p0 = {k: (v.value if isinstance(v, gradfit.Param) else v) for k, v in params.items()}
             p0.update(const)
             with torch.no_grad():
-                m0 = model(p0).cpu().numpy()
+                m0 = data.select(_evaluate(model, p0, data).cpu().numpy())
             w = 1 / data.sigma**2
             amp0 = float(np.sum(w * data.y * m0) / np.sum(w * m0 * m0))
         params["amp"] = float(amp0)
@@ -312,7 +487,7 @@ def _parameters(model: BeamModel, data: _Data, s: _Settings, K0) -> tuple[dict, 
 def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int):
     """One call of :func:`gradfit.fit` from full-length start coefficients ``K0``."""
     params, const = _parameters(model, data, s, K0)
-    bound = _Bound(model, const, tuple(params), s.report, start_index)
+    bound = _Bound(model, const, tuple(params), s.report, start_index, data.keep, data)
     jac = bound.jacobian if s.jacobian and model.transform == "mft" else None
     with warnings.catch_warnings():
         # c_dB ending on its bound is reported in the fit message, not as a warning
@@ -333,19 +508,21 @@ def _misfit(res, const, model, data: _Data) -> float:
     p = dict(const)
     p.update(res.params)
     with torch.no_grad():
-        mu = model(p).cpu().numpy()
+        mu = data.select(_evaluate(model, p, data).cpu().numpy())
     r = (data.y - mu) / data.sigma
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
 def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, obs, grid_n,
-              transform, illumination):
+              transform, illumination, start_time_factor: float = 2.0):
     """Fit (order by order with ``stepwise``), then the multi-start; returns
-    ``(best, const, misfit, fits)`` with ``fits`` every result in the order run."""
+    ``(best, const, misfit, fits, starts)`` with ``fits`` every result in the order run
+    and ``starts`` one record per start (the policy's log)."""
     order = s.order
     orders = list(range(1, order + 1)) if stepwise else [order]
     prev_K = _start_K(s.start.get("K"), order)
     fits = []
+    t0 = time.perf_counter()
     for o in orders:
         m_o = model if o == order else BeamModel(
             obs, s.telescope, o, grid_n, transform=transform, illumination=illumination,
@@ -356,9 +533,19 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
         best, const = _fit_from(m_o, data, s, Ko, 0)
         fits.append(best)
         prev_K = np.concatenate([[0.0], best.params["K"]])
+    first_time = time.perf_counter() - t0
     misfit = _misfit(best, const, model, data)
+    starts = [{"start": 0, "neg_log_likelihood": float(best.fun), "success": bool(best.success),
+               "normalised_residual": misfit, "time_s": first_time, "kept": True}]
+    s.report(stage="start", start=0, fun=round(float(best.fun), 3),
+             misfit=round(misfit, 3))
 
-    # multi-start: other starting points when the fit does not describe the data
+    # Multi-start policy ('auto'): other starts only when the first fit does not
+    # describe the data (robust normalised residual above MISFIT_LIMIT, with the honest
+    # noise of the maps, or no convergence); stop at the first start that describes it,
+    # or that agrees with the best in -log L to AGREE (the same minimum found twice,
+    # (both converged), or when the extra starts took start_time_factor x the first
+    # fit's time.
     auto = n_starts == "auto"
 
     def poor(res, mis):
@@ -366,23 +553,48 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
 
     extra = (3 if poor(best, misfit) else 0) if auto else int(n_starts) - 1
     rng = np.random.default_rng(seed)
+    t_extra = time.perf_counter()
     for i in range(extra):
         Ks = rng.normal(0.0, 0.1, zernike_count(order))
         Ks[0] = 0.0
+        t1 = time.perf_counter()
         r, c = _fit_from(model, data, s, Ks, i + 1)
         fits.append(r)
-        if (r.success, -r.fun) > (best.success, -best.fun):
-            best, const, misfit = r, c, _misfit(r, c, model, data)
-        if auto and not poor(best, misfit):
-            break
-    return best, const, misfit, fits
+        mis_r = _misfit(r, c, model, data)
+        # the same minimum twice, and both converged: a model that does not describe
+        # the data (a real map), not a local minimum (which a stalled fit may be)
+        agree = (abs(float(r.fun) - float(best.fun)) <= AGREE and bool(r.success)
+                 and bool(best.success))
+        better = (r.success, -r.fun) > (best.success, -best.fun)
+        if better:
+            best, const, misfit = r, c, mis_r
+        starts.append({"start": i + 1, "neg_log_likelihood": float(r.fun),
+                       "success": bool(r.success), "normalised_residual": mis_r,
+                       "time_s": time.perf_counter() - t1, "kept": bool(better),
+                       "agrees_with_best": bool(agree)})
+        for rec in starts[:-1]:
+            rec["kept"] = rec["kept"] and not better
+        s.report(stage="start", start=i + 1, of=extra, fun=round(float(r.fun), 3),
+                 misfit=round(mis_r, 3), agree=agree)
+        if auto:
+            if not poor(best, misfit):
+                starts[-1]["stop"] = "the best start describes the data"
+                break
+            if agree:
+                starts[-1]["stop"] = "two starts agree: the same minimum"
+                break
+            if time.perf_counter() - t_extra > start_time_factor * first_time:
+                starts[-1]["stop"] = (f"time cap: extra starts took more than "
+                                      f"{start_time_factor:g} x the first fit")
+                break
+    return best, const, misfit, fits, starts
 
 
 def _start_K(K, order):
     nk = zernike_count(order)
     if K is None:
         return np.zeros(nk)
-    K = np.asarray(K, dtype=np.float64).ravel()
+    K = np.array(K, dtype=np.float64).ravel()  # a copy: piston is set below
     if K.size == nk - 1:
         K = np.concatenate([[0.0], K])
     if K.size > nk:
@@ -426,28 +638,97 @@ def _extra_errors(res, errors: str, opts: dict, report) -> dict:
             "per_coefficient": {"posterior_mean_waves": mean, "posterior_std_waves": std}}
 
 
-# -------------------------------------------------------------- 6. solution
-def _nuisance_summary(res, const) -> dict:
+# ------------------------------------------------------- 6. noise and chi^2
+def _statistics(obs, model, data: _Data, best, const, likelihood_name: str) -> dict:
+    """chi^2 per map and in all, the second-pass noise, and the error scale.
+
+    With the scan noise of the maps (no sigma given), the noise is measured again on
+    the residuals of every map (the first pass could only use the data), and the
+    Gaussian errors scale with it. Then, when the reduced chi^2 exceeds
+    :data:`CHI2R_LIMIT`, the model does not describe the data to the noise and the
+    errors are scaled by ``sqrt(chi2r)``.
+    """
+    p = dict(const)
+    p.update(best.params)
+    with torch.no_grad():
+        mu_full = _evaluate(model, p, data).cpu().numpy()
+    mu = data.select(mu_full)
+    resid = data.y - mu
+    chi2_first = float(np.sum((resid / data.sigma) ** 2))
+    n_free = len(best.names)
+    N = data.y.size
+    gaussian = likelihood_name.lower().startswith("gauss")
+    ratio, noise = 1.0, data.noise
+    if data.sigma_source == SIGMA_SCAN:
+        models = np.split(mu_full * data.scale, np.cumsum(model.sizes)[:-1])
+        again = _honest_noise(obs, models=models)
+        if again is not None:
+            noise = again
+            ratio = (again.sigma_total / data.scale) / float(data.sigma[0])
+    sigma = data.sigma * ratio
+    r = resid / sigma
+    chi2 = float(np.sum(r**2))
+    dof = max(N - n_free, 1)
+    chi2r = chi2 / dof
+    maps = []
+    for b, m in enumerate(obs.maps):
+        sel = data.map_of == b
+        n_b = int(sel.sum())
+        c_b = float(np.sum(r[sel] ** 2))
+        maps.append({"name": m.name, "n": n_b, "n_masked": m.n - m.n_used, "chi2": c_b,
+                     "chi2r": c_b / max(n_b, 1),
+                     "rms_residual_over_peak": float(np.sqrt(np.mean(resid[sel] ** 2)))})
+    scale, notes = (ratio if gaussian else 1.0), []
+    if gaussian and ratio != 1.0:
+        notes.append(f"noise re-measured on the residuals: sigma x{ratio:.3f}")
+    if chi2r > CHI2R_LIMIT:
+        scale *= math.sqrt(chi2r)
+        notes.append(f"chi2r = {chi2r:.2f} > {CHI2R_LIMIT:g}: the model does not describe "
+                     f"the data to the noise; errors scaled by sqrt(chi2r) = "
+                     f"{math.sqrt(chi2r):.2f}")
+    # a constant (the background) averages noise that is correlated along and across
+    # the scans and offset per scan: its variance grows by the map mean's inflation
+    bg_scale = (math.sqrt(noise.inflation_mean) if noise is not None and gaussian
+                and math.isfinite(noise.inflation_mean) and noise.inflation_mean > 1 else 1.0)
+    if bg_scale != 1.0:
+        notes.append(f"background errors x{bg_scale:.2f} for the correlated noise "
+                     "(variance inflation of a map mean)")
+    return {"chi2": chi2, "dof": dof, "chi2r": chi2r, "chi2_data_sigma": chi2_first,
+            "background_error_scale": float(bg_scale),
+            "maps": maps, "error_scale": float(scale), "error_note": "; ".join(notes),
+            "sigma_value": float(np.median(sigma)) * data.scale,
+            "noise": None if noise is None else noise.to_dict()}
+
+
+# -------------------------------------------------------------- 7. solution
+def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.0) -> dict:
     """Name -> {"value", "error"} of the fitted nuisance parameters and the fixed ones
-    the model used (error 0)."""
+    the model used (error 0); units in :data:`gradfit.oof.nuisance.NUISANCE`."""
     out = {}
     for name in NUISANCE:
         if name in res.params:
-            v, e = np.asarray(res.params[name]), np.asarray(res.errors[name])
+            v = np.asarray(res.params[name])
+            e = np.asarray(res.errors[name]) * error_scale
+            if name in ("background", "background_plane"):
+                e = e * bg_scale
             out[name] = {"value": v.tolist() if v.ndim else float(v),
                          "error": e.tolist() if e.ndim else float(e)}
         elif name in const and name != "amp":
             v = np.asarray(const[name])
             out[name] = {"value": v.tolist() if v.ndim else float(v),
                          "error": np.zeros_like(v).tolist() if v.ndim else 0.0}
+    if SCAN_OFFSET in res.params:
+        out[SCAN_OFFSET] = {"value": np.asarray(res.params[SCAN_OFFSET]).tolist(),
+                            "error": (np.asarray(res.errors[SCAN_OFFSET]) * error_scale).tolist()}
     return out
 
 
 def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, fits,
-              stepwise, n_threads, extra, t_start) -> Solution:
+              stepwise, n_threads, extra, t_start, starts, stats) -> Solution:
     order = s.order
+    scale = stats["error_scale"]
     K = np.concatenate([[0.0], np.asarray(best.params["K"], dtype=np.float64)])
-    Ke = np.concatenate([[0.0], np.asarray(best.errors["K"], dtype=np.float64)])
+    Ke = np.concatenate([[0.0], np.asarray(best.errors["K"], dtype=np.float64)]) * scale
     params = dict(const)
     params.update({k: v for k, v in best.params.items()})
     n_orders = order if stepwise else 1
@@ -461,7 +742,9 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
         "neg_log_likelihood": float(best.fun),
         "likelihood": getattr(data.likelihood, "name", str(data.likelihood)),
         "ndata": int(data.y.size),
+        "n_masked": int(sum(m.n - m.n_used for m in obs.maps)),
         "n_free": len(best.names),
+        "free": list(s.free),
         "sigma": data.sigma_source,
         "normalised_residual": float(misfit),
         "grid_cells": model.grid.n,
@@ -470,16 +753,85 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
         "jacobian": "exact" if s.jacobian and model.transform == "mft" else "autodiff",
         "threads": n_threads,
         "starts": len(fits) - (n_orders - 1),
+        "start_log": starts,
         "stepwise": bool(stepwise),
         "at_bounds": list(getattr(best, "at_bounds", ())),
         "data_scale": data.scale,
     }
+    fit_info.update(stats)
+    if data.scan_axis is not None:
+        fit_info["scan_axis"] = data.scan_axis
+    offsets = None
+    if SCAN_OFFSET in params:
+        offsets = np.asarray(params.pop(SCAN_OFFSET)).reshape(-1)[data.scan_index]
     return Solution(
         telescope=tel, order=order, wavelength_m=float(obs.wavelength_m),
         frequency_hz=float(obs.frequency_hz), labels=zernike_labels(order), K_waves=K,
-        K_err_waves=Ke, nuisance=_nuisance_summary(best, const), fit=fit_info, result=best,
-        extra_errors=extra, illumination=model.illumination, _model=model, _params=params,
-        _scale=data.scale)
+        K_err_waves=Ke,
+        nuisance=_nuisance_summary(best, const, scale, stats["background_error_scale"]),
+        fit=fit_info, result=best, extra_errors=extra, illumination=model.illumination,
+        _model=model, _params=params, _scale=data.scale, _offsets=offsets)
+
+
+# ------------------------------------------------------- 8. resampled errors
+def _resampled_errors(obs, sol: Solution, kwargs: dict, method: str, opts: dict,
+                      report) -> dict:
+    """Jackknife or bootstrap over scans (:func:`~gradfit.oof.noise.resample_over_scans`).
+
+    Each replicate refits from the full fit's solution with one start, the full fit's
+    noise and grid, and no errors.
+    """
+    from .noise import detect_scan_axis, resample_over_scans
+
+    n = int(opts.get("n", 10))
+    axis = opts.get("scan_axis") or _scan_axis(obs)
+    if axis == "auto":
+        ref = obs.maps[obs.infocus_index]
+        if ref.grid_axes() is None:
+            raise ValueError(f"errors={method!r} needs gridded maps (or "
+                             "error_options={'scan_axis': 'u'|'v'})")
+        axis = detect_scan_axis(ref)
+    free = [f for f in sol.fit["free"]]
+    full_scale = float(sol.fit["data_scale"])
+    sigma = sol.fit["sigma_value"]
+    count = [0]
+    # amp and background are in units of the in-focus peak, which a replicate that
+    # lost the peak's scan measures anew: convert in and out through data units
+    in_peak = ("amp", "background")
+
+    def fit_fn(o):
+        count[0] += 1
+        report(stage=method, nit=count[0], of=n)
+        ref = o.maps[o.infocus_index]
+        rep_scale = float(np.max(ref.power[ref.valid]))
+        start = {"K": sol.K_waves}
+        for name, v in sol.nuisance.items():
+            if name not in ("amp", SCAN_OFFSET):  # a replicate has other scans
+                val = np.asarray(v["value"], dtype=np.float64)
+                start[name] = val * full_scale / rep_scale if name in in_peak else val
+        maps = [dataclasses.replace(m, sigma=np.full(m.n, sigma)) for m in o.maps]
+        r = fit(dataclasses.replace(o, maps=maps), order=sol.order, free=tuple(free),
+                start=start, n_starts=1, errors="none", grid=sol.fit["grid_cells"], **kwargs)
+        out = {"K": r.K_waves}
+        for name in free:
+            if name == SCAN_OFFSET:
+                continue
+            val = r.nuisance.get(name, {}).get("value")
+            if val is not None:
+                val = np.asarray(val, dtype=np.float64)
+                out[name] = val * rep_scale / full_scale if name in in_peak else val
+        return out
+
+    t0 = time.perf_counter()
+    blocks = opts.get("blocks", "interleaved")
+    sd = resample_over_scans(fit_fn, obs, axis, n=n, method=method,
+                             seed=int(opts.get("seed", 0)), blocks=blocks)
+    K_sd = np.asarray(sd.pop("K"), dtype=np.float64)
+    return {"method": method, "n": n, "scan_axis": axis, "blocks": blocks,
+            "time_s": time.perf_counter() - t0,
+            "nuisance": {k: np.asarray(v).tolist() for k, v in sd.items()},
+            "per_coefficient": {f"{method}_error_waves":
+                                [None] + [float(x) for x in K_sd[1:]]}}
 
 
 # ------------------------------------------------------------------------ fit
@@ -492,7 +844,7 @@ def fit(
     device="cpu",
     dtype=torch.float64,
     priors: dict | None = None,
-    free=("amp", "c_dB"),
+    free=None,
     progress=None,
     *,
     start: dict | None = None,
@@ -507,32 +859,55 @@ def fit(
     errors: str = "hessian",
     error_options: dict | None = None,
     jacobian: str = "auto",
+    start_time_factor: float = 2.0,
+    max_auto_order: int = 10,
+    scan_axis: str | None = None,
+    basis: str = "zernike",
+    pixel_m: float | None = None,
+    smoothness: float | None = None,
+    panels=None,
 ) -> Solution:
     """Fit the Zernike aperture phase (and nuisance parameters) to OOF beam maps.
+
+    With ``basis='pixels'`` or ``'panels'`` the Zernike fit is refined on a grid of
+    aperture cells (``pixel_m``, ``grid``) with a smoothness prior, or on one piston and
+    two tilts per panel of the layout ``panels``: a
+    :class:`~gradfit.oof.pixels.PixelSolution` (see :mod:`gradfit.oof.pixels`).
 
     Parameters
     ----------
     obs : Observation
         Two or more beam maps at known defocus.
-    order : int
-        Highest Zernike radial order; all coefficients but piston are fitted.
+    order : int or 'auto'
+        Highest Zernike radial order; all coefficients but piston are fitted. 'auto'
+        fits orders 1, 2, ... (up to ``max_auto_order``) and keeps the one of lowest BIC
+        (:func:`gradfit.oof.order.select_order`, with the effective number of samples
+        of correlated noise); the table and the reason are in ``fit["order_selection"]``.
     telescope : str or Telescope, optional
         Defaults to ``obs.telescope``.
     likelihood : {'gaussian', 'cauchy'} or gradfit likelihood
-        Gaussian with per-point sigma (given in the maps, else estimated from the map
-        edges), or Cauchy with that sigma as half width (robust to glitches).
+        Gaussian with per-point sigma, or Cauchy with that sigma as half width (robust to
+        glitches). Sigma: given in the maps, else the scan noise of the gridded maps
+        (:func:`gradfit.oof.noise.observation_noise`: survives backgrounds, scan
+        offsets and correlation along scans), measured again on the residuals after the
+        fit; else (scattered samples) from the map edges. Masked samples
+        (``BeamMap.mask``) stay on the grid and are left out of the likelihood.
     method : str
         Minimiser of :func:`gradfit.fit` (default Levenberg-Marquardt).
     device, dtype :
         Where the model runs (default CPU, float64).
     priors : dict, optional
         Name -> gradfit prior, e.g. ``{"K": gradfit.Normal(0, 0.3)}`` (waves): MAP fit.
-    free : iterable of str
+    free : iterable of str, optional
         Nuisance parameters to fit besides K, any of :data:`gradfit.oof.nuisance.NUISANCE`:
         'amp', 'c_dB', 'q', 'x0', 'y0', and per map 'pointing' (offsets in lambda/D),
         'gain' (relative to the in-focus map, which stays fixed) and 'background'. The
         others stay at ``start`` values or their defaults (c_dB -12 dB, q 2, x0 = y0 = 0,
-        no pointing offset, gain 1, background 0).
+        no pointing offset, gain 1, background 0). Default (:func:`default_free`): for
+        measured maps (no ``sigma`` in the maps, as read from files or text)
+        :data:`REAL_FREE` = amp, c_dB, pointing, gain, background; for maps that carry
+        their noise (simulations of the model) :data:`IDEAL_FREE` = amp, c_dB. Pass
+        ``free=("amp", "c_dB")`` to turn the real-map nuisance parameters off.
     progress : bool or callable, optional
         True prints the stage and iteration on stderr; a callable is called as
         ``progress({"stage": ..., "nit": ..., "fun": ...})`` while fitting.
@@ -548,8 +923,12 @@ def fit(
     n_starts : int or 'auto'
         Starts of a multi-start: 'auto' refits from up to 3 other starts (random K of
         0.1 waves rms) only when the first fit does not describe the data (robust
-        normalised residual 1.4826 MAD(r / sigma) above ``MISFIT_LIMIT``), stopping at
-        the first good one; an integer runs exactly that many and keeps the best.
+        normalised residual 1.4826 MAD(r / sigma) above ``MISFIT_LIMIT``, or no
+        convergence); it stops at the first start that describes the data, at one that
+        agrees with the best in -log L to ``AGREE`` (the same minimum), or when the
+        extra starts took ``start_time_factor`` x the first fit's time. An integer runs
+        exactly that many and keeps the best. Each start is reported through
+        ``progress`` (stage 'start') and logged in ``fit["start_log"]``.
     stepwise : bool
         Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
     threads : int, optional
@@ -561,12 +940,28 @@ def fit(
         Iteration limit of the minimiser.
     seed : int
         Seed of the extra starts.
-    errors : {'hessian', 'none', 'profile', 'mcmc'}
+    errors : {'hessian', 'none', 'profile', 'mcmc', 'jackknife', 'bootstrap'}
         'hessian' (default): 1σ errors from the inverse Hessian (Gauss-Newton for the
-        Gaussian likelihood). 'none': no errors (NaN), a little faster. 'profile' adds
+        Gaussian likelihood), scaled by sqrt(chi2r) when chi2r > ``CHI2R_LIMIT`` (see
+        ``fit["error_note"]``). 'jackknife' / 'bootstrap' add errors from refits with
+        blocks of scans deleted / scans redrawn (:func:`~gradfit.oof.noise.
+        resample_over_scans`; ``error_options`` ``n`` (10), ``scan_axis``, ``seed``,
+        ``blocks`` ('interleaved': block k drops every n-th scan; or 'contiguous')),
+        which respect noise correlated along the scans; reported beside the Hessian
+        errors (``Solution.zernike[i]["jackknife_error_waves"]``).
+        'none': no errors (NaN), a little faster. 'profile' adds
         the 68.27% profile-likelihood interval of every coefficient (about ten refits
         each). 'mcmc' adds posterior means and standard deviations from NUTS (pyro-ppl),
         and the surface-error map then comes from the posterior draws.
+    start_time_factor : float
+        Cap of the automatic multi-start: extra starts stop once they took this
+        multiple of the first fit's time.
+    max_auto_order : int
+        Highest order tried by ``order='auto'``.
+    scan_axis : {'u', 'v'}, optional
+        Direction of the scans, for ``free=(..., 'scan_offset')`` and the jackknife /
+        bootstrap; default ``obs.meta['scan_axis']`` (text maps record it), else
+        detected (:func:`gradfit.oof.noise.detect_scan_axis`).
     error_options : dict, optional
         For 'mcmc': ``num_samples`` (default 300), ``warmup``, ``num_chains`` (2),
         ``method`` ('nuts', 'hmc' or 'emcee'), ``seed``.
@@ -580,25 +975,113 @@ def fit(
     -------
     Solution
     """
+    if basis != "zernike":
+        from .pixels import fit_basis  # pixels does not import solve: no cycle
+
+        return fit_basis(fit, obs, basis, order=order, telescope=telescope, grid=grid,
+                         pixel_m=pixel_m, smoothness=smoothness, panels=panels,
+                         progress=progress, threads=threads, seed=seed, device=device,
+                         dtype=dtype)
     t_start = time.perf_counter()
     order, tel, free, start = _check_inputs(obs, order, telescope, free, start, n_starts,
                                             errors, jacobian, transform)
-    s = _Settings(order=order, telescope=tel, free=free, start=start, method=method,
-                  priors=priors, max_iter=max_iter, device=resolve_device(device), dtype=dtype,
-                  jacobian=jacobian != "autodiff", report=_reporter(progress),
-                  errors=errors != "none")
+    report = _reporter(progress)
     data = _data(obs, likelihood)
-    s.report(stage="grid")
-    model = _build_model(obs, tel, order, data, grid, transform, illumination, s.device, dtype)
+    if scan_axis not in (None, "u", "v"):
+        raise ValueError(f"scan_axis must be 'u', 'v' or None, got {scan_axis!r}")
+    if SCAN_OFFSET in free:
+        data = _with_scans(obs, data, scan_axis)
     n_threads = 1 if threads is None else int(threads)
-    with torch_threads(n_threads):
-        best, const, misfit, fits = _minimise(model, data, s, stepwise, n_starts, seed, obs,
-                                              model.grid.n, transform, illumination)
-        s.report(stage="done", fun=best.fun)
-        extra = {}
-        if errors == "none":
-            extra = {"method": "none"}
-        elif errors != "hessian" and best.success:
-            extra = _extra_errors(best, errors, dict(error_options or {}), s.report)
-    return _solution(obs, tel, model, data, s, best, const, misfit, fits, stepwise,
-                     n_threads, extra, t_start)
+    common = dict(telescope=tel, likelihood=likelihood, method=method, device=device,
+                  dtype=dtype, priors=priors, transform=transform, illumination=illumination,
+                  threads=threads, max_iter=max_iter, jacobian=jacobian)
+
+    def run(order_, grid_, extras=True):
+        s = _Settings(order=order_, telescope=tel, free=free, start=start, method=method,
+                      priors=priors, max_iter=max_iter, device=resolve_device(device),
+                      dtype=dtype, jacobian=jacobian != "autodiff", report=report,
+                      errors=errors != "none")
+        report(stage="grid", order=order_)
+        model = _build_model(obs, tel, order_, data, grid_, transform, illumination, s.device,
+                             dtype)
+        with torch_threads(n_threads):
+            best, const, misfit, fits, starts = _minimise(
+                model, data, s, stepwise, n_starts, seed, obs, model.grid.n, transform,
+                illumination, start_time_factor)
+            report(stage="done", fun=best.fun)
+            extra = {}
+            if errors == "none":
+                extra = {"method": "none"}
+            elif errors in ("profile", "mcmc") and best.success and extras:
+                extra = _extra_errors(best, errors, dict(error_options or {}), report)
+            stats = _statistics(obs, model, data, best, const,
+                                getattr(data.likelihood, "name", str(likelihood)))
+        return _solution(obs, tel, model, data, s, best, const, misfit, fits, stepwise,
+                         n_threads, extra, t_start, starts, stats)
+
+    if order == "auto":
+        # every order with its Hessian errors; profile/MCMC only for the chosen one
+        sol = _auto_order(obs, tel, data, free, grid, illumination, max_auto_order,
+                          lambda o, g: run(o, g, extras=False), report)
+        if errors in ("profile", "mcmc") and sol.success:
+            with torch_threads(n_threads):
+                extra = _extra_errors(sol.result, errors, dict(error_options or {}), report)
+            sol = dataclasses.replace(sol, extra_errors=extra, _cache={})
+    else:
+        sol = run(order, grid)
+    if errors in ("jackknife", "bootstrap"):
+        opts = dict(error_options or {})
+        if scan_axis is not None:
+            opts.setdefault("scan_axis", scan_axis)
+        extra = _resampled_errors(obs, sol, common, errors, opts, report)
+        sol = dataclasses.replace(sol, extra_errors=extra, _cache={})
+    return dataclasses.replace(sol, adequacy=_adequacy(obs, tel, sol), _cache={})
+
+
+def _adequacy(obs, tel, sol: Solution) -> dict:
+    """Does the fit describe the data (:func:`gradfit.oof.checks.assess`)? A fact beside
+    convergence, with the likely causes the checks can name when it does not."""
+    from .checks import assess
+    from .textio import compact
+
+    models = [p[m.valid] for m, p in zip(obs.maps, sol.model_maps())]
+    return assess(compact(obs), tel, normalised_residual=sol.fit.get(
+        "normalised_residual", float("nan")), model_maps=models, success=sol.success)
+
+
+def _auto_order(obs, tel, data: _Data, free, grid, illumination, max_auto_order: int, run,
+                report) -> Solution:
+    """``order='auto'``: orders upwards, the lowest BIC (:func:`.order.select_order`)."""
+    from .order import select_order
+
+    n_nuis = _n_nuisance(obs, free)
+    top = min(_max_order(obs, n_nuis), int(max_auto_order))
+    if top < 1:
+        raise ValueError("order='auto': the maps are too small for any order")
+    N = int(data.y.size)
+    infl = data.noise.inflation_ar if data.noise is not None else 1.0
+    n_eff = max(min(N / max(infl, 1.0), float(N)), 2.0)
+    # one aperture grid for every order (chosen for the highest), so the chi^2 compare
+    grid_n = grid
+    if grid_n is None:
+        with torch_threads(1):
+            grid_n = choose_grid_size(obs, tel, float(np.median(data.sigma)),
+                                      order=max(min(top, 6), 3), illumination=illumination)
+
+    def fit_at(o):
+        sol = run(o, grid_n)
+        return sol.fit["chi2_data_sigma"], sol.fit["n_free"], sol
+
+    def progress(step):
+        report(stage="order", order=step.order, chi2=round(step.chi2, 2),
+               chi2r=round(step.chi2r, 3), bic=round(step.bic, 2))
+
+    choice = select_order(fit_at, range(1, top + 1), N, n_eff=n_eff, progress=progress)
+    sol = choice.result
+    info = dict(sol.fit)
+    info["order_selection"] = {
+        "orders": [{"order": st.order, "n_params": st.n_params, "chi2": st.chi2,
+                    "chi2r": st.chi2r, "bic": st.bic} for st in choice.steps],
+        "chosen": choice.order, "reason": choice.reason, "table": choice.table(),
+        "n_eff": n_eff}
+    return dataclasses.replace(sol, fit=info, _cache={})

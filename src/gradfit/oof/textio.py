@@ -44,6 +44,7 @@ __all__ = [
     "read_text",
     "from_arrays",
     "write_text",
+    "compact",
     "convert",
     "parse_dz",
     "regular_grid",
@@ -510,7 +511,7 @@ def _observation(raw: list[TextMap], dz, *, frequency, wavelength, telescope, na
             s = np.broadcast_to(np.asarray(s, dtype=np.float64), p.shape).copy()
             if not np.all(s > 0):
                 raise ValueError(f"{m.path}: sigma must be > 0")
-        shape = None
+        shape, mask = None, None
         if grids[k] is not None:
             order, shape = grids[k][0], grids[k][1]
             u, v, p, line = u[order], v[order], p[order], line[order]
@@ -532,16 +533,23 @@ def _observation(raw: list[TextMap], dz, *, frequency, wavelength, telescope, na
                 stacklevel=3,
             )
             keep = ~bad
-            u, v, p = u[keep], v[keep], p[keep]
-            s = s[keep] if s is not None else None
-            shape = None  # BeamMap has no mask: a grid with holes is a set of samples
-        if p.size < _MIN_SAMPLES:
-            raise ValueError(f"{m.path}: {p.size} samples left after masking; a beam map "
+            if shape is not None and np.all(np.isfinite(u) & np.isfinite(v)):
+                # a grid keeps every sample and its shape (the fast separable transform);
+                # the mask leaves the flagged ones out of the likelihood
+                p = np.where(keep, p, np.nan)
+                mask = keep
+            else:
+                u, v, p = u[keep], v[keep], p[keep]
+                s = s[keep] if s is not None else None
+                shape = None  # scattered samples: the flagged ones are simply dropped
+        n_left = p.size if mask is None else int(mask.sum())
+        if n_left < _MIN_SAMPLES:
+            raise ValueError(f"{m.path}: {n_left} samples left after masking; a beam map "
                              f"needs at least {_MIN_SAMPLES}")
         flagged.append(n_bad)
         scan_axes.append(m.fast_axis)
         maps.append(BeamMap(u=u, v=v, power=p, dz=dzs[k], sigma=s, name=str(names[k]),
-                            shape=shape))
+                            shape=shape, mask=mask))
     info = {
         "OBJECT": "unknown",
         "source": ", ".join(m.path for m in raw),
@@ -665,4 +673,22 @@ def convert(paths, out: str | os.PathLike, dz, *, overwrite: bool = True, **kwar
     from gradfit.oof.io import write
 
     obs = read_text(paths, dz, **kwargs)
-    return write(obs, out, overwrite=overwrite)
+    return write(compact(obs), out, overwrite=overwrite)
+
+
+def compact(obs: Observation) -> Observation:
+    """The observation without its masked samples (the pyoof layout has no mask).
+
+    Maps with a mask lose their flagged samples and with them their ``shape``.
+    """
+    import dataclasses
+
+    maps = []
+    for m in obs.maps:
+        if m.mask is None:
+            maps.append(m)
+            continue
+        k = m.mask
+        maps.append(BeamMap(u=m.u[k], v=m.v[k], power=m.power[k], dz=m.dz,
+                            sigma=None if m.sigma is None else m.sigma[k], name=m.name))
+    return dataclasses.replace(obs, maps=maps)
