@@ -336,3 +336,15 @@ def test_other_likelihoods_and_priors_follow_fit(lik, priors, method):
             assert close(res.params[n][i], one.params[n], 1e-6), (i, n)
             assert close(res.errors[n][i], one.errors[n], 1e-5), (i, n)
         assert res.fun[i] == pytest.approx(one.fun, rel=1e-9)
+
+
+def test_vector_parameter_shared_start_raises_no_warning():
+    """A vector parameter with one start for all problems (broadcast over the batch)
+    must not hand torch a read-only view (a UserWarning, an error in this suite)."""
+    x = np.linspace(0, 4, 40)
+    rng = np.random.default_rng(0)
+    Y = 2 * np.exp(-1.3 * x)[None] * np.ones((20, 1)) + rng.normal(0, 0.05, (20, 40))
+    r = gradfit.fit_batch(lambda p, x: p["a"][0] * torch.exp(-p["a"][1] * x), x, Y,
+                          params={"a": np.array([2.0, 1.0])})
+    assert r.success.all() and r.params["a"].shape == (20, 2)
+    np.testing.assert_allclose(np.median(r.params["a"], axis=0), [2.0, 1.3], rtol=0.05)

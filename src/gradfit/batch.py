@@ -126,7 +126,8 @@ def _parse_params(params, B, priors):
             per_problem.append(name)
             vb = v
         else:
-            vb = np.broadcast_to(v, (B,) + v.shape)
+            # a writable copy, not a read-only broadcast view (torch warns on those)
+            vb = np.broadcast_to(v, (B,) + v.shape).copy()
         if not np.all(np.isfinite(vb)):
             i = int(np.flatnonzero(~np.isfinite(vb).reshape(B, -1).all(1))[0])
             raise ValueError(f"initial value of parameter {name!r} for problem {i} is not "
