@@ -525,6 +525,18 @@ def _summary(sol_dict: dict, console) -> None:
         console.print(line)
 
 
+def _enter(rd) -> None:
+    """Take the result directory's lock and staging area; refusals are exit 2, faults 3."""
+    from gradfit.oof import output
+
+    try:
+        rd.__enter__()
+    except output.OutputError as exc:
+        raise CLIError(_one_line(exc)) from None
+    except OSError as exc:
+        raise _io_error(exc) from None
+
+
 def _assess(sol, obs, tel) -> dict:
     """The adequacy of a finished fit (convergence is reported beside it): oof.fit's own."""
     return dict(sol.adequacy)
@@ -883,7 +895,6 @@ def fit_cmd(
     fitted one by one as by 'gradfit oof campaign' (one folder each in --out, and
     summary.csv, summary.json and campaign.png).
     """
-    from gradfit.oof import output
 
     if not str(out).strip():
         raise CLIError("--out is empty; give a directory for the results")
@@ -900,12 +911,7 @@ def fit_cmd(
     rd = _result_dir(out, list(files), overwrite)
     _check_observation(_fitted_samples(obs), tel, None if order == "auto" else order, file,
                        likelihood)
-    try:
-        rd.__enter__()  # lock held from the fit to the commit: a second writer stops now
-    except output.OutputError as exc:
-        raise CLIError(_one_line(exc)) from None
-    except OSError as exc:
-        raise _io_error(exc) from None
+    _enter(rd)  # lock held from the fit to the commit: a second writer stops now
     try:
         sol = _run_fit(
             obs,
@@ -1173,7 +1179,6 @@ def plot_cmd(directory, obs_path, units):
 @click.option("--json", "as_json", is_flag=True, help="Print the solution JSON to stdout.")
 def demo_cmd(out, order, npix, snr, seed, as_json):
     """Simulate an Effelsberg observation, fit it and write the figures to --out."""
-    from gradfit.oof import output
 
     t0 = time.perf_counter()
     if not str(out).strip():
@@ -1187,12 +1192,7 @@ def demo_cmd(out, order, npix, snr, seed, as_json):
     )
     obs = _simulate("effelsberg", order, snr, npix, seed, 32.0, 0.022)
     tel = _telescope("effelsberg")
-    try:
-        rd.__enter__()
-    except output.OutputError as exc:
-        raise CLIError(_one_line(exc)) from None
-    except OSError as exc:
-        raise _io_error(exc) from None
+    _enter(rd)
     try:
         sol = _run_fit(
             obs,

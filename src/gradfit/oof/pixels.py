@@ -51,6 +51,7 @@ from .model import torch_threads
 from .nuisance import DEFAULTS, ILLUMINATIONS, illumination
 from .observation import BeamMap, Observation
 from .pixel_errors import jacobi_diagonal, pixel_uncertainty
+from .progress import reporter
 from .telescope import Telescope, get_telescope
 from .transforms import make_transform
 
@@ -698,7 +699,7 @@ def refine_pixels(
         layout = panels if isinstance(panels, PanelLayout) else read_panel_layout(panels)
     tel = start.telescope
     n = grid_cells(tel, pixel_m, grid)
-    report = _reporter(progress)
+    report = reporter(progress)
     dev = resolve_device(device)
     y, sigma, scale = _data(obs)
     with torch_threads(1 if threads is None else int(threads)):
@@ -815,25 +816,6 @@ def fit_basis(zernike_fit, obs, basis: str = "pixels", *, order: int = 5, telesc
     return refine_pixels(obs, zernike, pixel_m=pixel_m, grid=grid,
                          smoothness=DEFAULT_SMOOTHNESS if smoothness is None else smoothness,
                          panels=panels, **refine_options)
-
-
-def _reporter(progress):
-    if progress is None or progress is False:
-        return lambda **info: None
-    if progress is True:
-        import sys
-
-        def report(**info):
-            sys.stderr.write("\r  " + ", ".join(f"{k} {v}" for k, v in info.items()) + " " * 8)
-            if info.get("stage") == "done":
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-        return report
-    if callable(progress):
-        return lambda **info: progress(info)
-    raise TypeError(f"progress must be a bool or a callable progress(info), not "
-                    f"{type(progress).__name__}")
 
 
 # -------------------------------------------------------------------- simulation

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from .grid import choose_grid_size
 from .model import BeamModel, torch_threads
 from .nuisance import NUISANCE
 from .observation import Observation
+from .progress import reporter
 from .solution import CONVENTION, Solution
 from .telescope import Telescope, get_telescope
 from .zernike import zernike_count, zernike_labels
@@ -205,26 +205,6 @@ def _need_telescope(obs):
         raise ValueError("the observation names no telescope; pass telescope=... "
                          "(e.g. 'effelsberg' or a Telescope)")
     return obs.telescope
-
-
-def _reporter(progress):
-    """``report(**info)`` for ``progress``: None/False (silent), True (stderr) or a callable."""
-    if progress is None or progress is False:
-        return lambda **info: None
-    if progress is True:
-        def report(**info):
-            parts = [str(info.get("stage", ""))]
-            parts += [f"{k} {v}" for k, v in info.items() if k != "stage" and v is not None]
-            sys.stderr.write("\r  " + ", ".join(parts) + " " * 8)
-            if info.get("stage") == "done":
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-        return report
-    if callable(progress):
-        return lambda **info: progress(info)
-    raise TypeError(f"progress must be a bool or a callable progress(info), not "
-                    f"{type(progress).__name__}")
 
 
 # ----------------------------------------------------------------- 2. the data
@@ -989,7 +969,7 @@ def fit(
     t_start = time.perf_counter()
     order, tel, free, start = _check_inputs(obs, order, telescope, free, start, n_starts,
                                             errors, jacobian, transform)
-    report = _reporter(progress)
+    report = reporter(progress)
     data = _data(obs, likelihood)
     if scan_axis not in (None, "u", "v"):
         raise ValueError(f"scan_axis must be 'u', 'v' or None, got {scan_axis!r}")
