@@ -178,3 +178,37 @@ def test_oof_fits_scatter_matches_solution_error_map():
     draws = np.random.default_rng(2).multivariate_normal(np.zeros(len(idx)), cov, size=3000)
     from_samples = solution_error_map(first, n_map, samples=draws)
     assert _rms(from_samples, open_) / _rms(predicted, open_) == pytest.approx(1.0, abs=0.05)
+
+
+def test_solution_error_map_equals_the_generic_map_for_each_dish_and_order():
+    """The Solution path caches the projected basis per (dish, order, grid) for a campaign;
+    it must equal surface_error_map on a basis built here independently, and a cache
+    entry of one dish or order must never serve another."""
+    from gradfit import oof
+    from gradfit.oof.uncertainty import solution_error_map
+
+    n = 40
+    for tel, order in (("effelsberg", 3), ("effelsberg", 2), ("gbt", 3)):
+        obs = oof.simulate(tel, order=order, snr=300, seed=7, npix=21)
+        sol = oof.fit(obs, order=order, n_starts=1, grid=48)
+        t = sol.telescope
+        pr = t.primary_radius_m
+        ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
+        X, Y = np.meshgrid(ax, ax)
+        open_ = np.asarray(t.illuminated(X, Y), dtype=bool)
+        U = np.full((len(sol.labels), n, n), np.nan)
+        U[:, open_] = zernike_basis(order, np.hypot(X, Y)[open_] / pr,
+                                    np.arctan2(Y, X)[open_]).numpy()
+        names = sol.result.names
+        idx = [names.index(f"K[{i}]") for i in range(len(sol.labels) - 1)]
+        C = np.zeros((len(sol.labels),) * 2)
+        C[1:, 1:] = sol.result.cov[np.ix_(idx, idx)]
+        want = surface_error_map(U, C, sol.wavelength_m, unit="waves", mask=open_)
+        for _ in range(2):  # the second call is served from the caches
+            got = solution_error_map(sol, n)
+            np.testing.assert_array_equal(np.isfinite(got), open_)
+            np.testing.assert_allclose(got[open_], want[open_], rtol=1e-10)
+        scale = float(sol.fit.get("error_scale", 1.0))
+        np.testing.assert_allclose(sol.surface_error_map(n)[open_], scale * want[open_],
+                                   rtol=1e-10)
+        assert np.nanmax(want) > 0

@@ -12,7 +12,7 @@ from .model import torch_threads
 from .nuisance import NUISANCE
 from .nuisance import illumination as illumination_taper
 from .telescope import Telescope
-from .zernike import zernike_basis
+from .zernike import aperture_basis
 
 __all__ = ["Solution", "CONVENTION"]
 
@@ -119,10 +119,13 @@ class Solution:
 
         if self.extra_errors.get("method") == "none":  # fitted with errors='none'
             return np.full((n, n), np.nan)
-        samples = self.extra_errors.get("samples")
-        # the covariance is the minimiser's; the reported errors may be scaled (chi2r)
-        scale = 1.0 if samples is not None else float(self.fit.get("error_scale", 1.0))
-        return solution_error_map(self, n, samples) * scale
+        key = ("error", int(n))
+        if key not in self._cache:  # written to a file and summarised: computed once
+            samples = self.extra_errors.get("samples")
+            # the covariance is the minimiser's; the reported errors may be scaled (chi2r)
+            scale = 1.0 if samples is not None else float(self.fit.get("error_scale", 1.0))
+            self._cache[key] = solution_error_map(self, n, samples) * scale
+        return self._cache[key].copy()
 
     @property
     def surface_error_rms_um(self) -> float:
@@ -142,18 +145,12 @@ class Solution:
     def _phase_grid(self, n: int):
         key = ("phase", int(n))
         if key not in self._cache:
-            tel = self.telescope
-            pr = tel.primary_radius_m
-            ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
-            X, Y = np.meshgrid(ax, ax)
-            open_ = tel.illuminated(X, Y)
-            x, y = X[open_], Y[open_]
-            U = zernike_basis(self.order, np.hypot(x, y) / pr, np.arctan2(y, x)).numpy()
+            U, open_, x, y = aperture_basis(self.telescope, self.order, n)
             ph = 2 * math.pi * (self.K_waves @ U)
             # remove piston and tilt by least squares over the open aperture
             A = np.stack([np.ones_like(x), x, y], axis=1)
             ph = ph - A @ np.linalg.lstsq(A, ph, rcond=None)[0]
-            img = np.full(X.shape, np.nan)
+            img = np.full(open_.shape, np.nan)
             img[open_] = ph
             self._cache[key] = (img, open_, x, y)
         return self._cache[key]

@@ -206,16 +206,11 @@ def surface_error_map_from_samples(samples, basis, wavelength_m: float, *, unit:
 
 def _solution_basis(sol, n: int):
     """The Zernike basis on the ``n x n`` cell centres of ``Solution.surface_map(n)``."""
-    from .zernike import zernike_basis
+    from .zernike import aperture_basis
 
-    tel = sol.telescope
-    pr = tel.primary_radius_m
-    ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
-    X, Y = np.meshgrid(ax, ax)
-    open_ = np.asarray(tel.illuminated(X, Y), dtype=bool)
+    Uo, open_, _, _ = aperture_basis(sol.telescope, sol.order, n)
     U = np.full((len(sol.labels), n, n), np.nan)
-    U[:, open_] = zernike_basis(sol.order, np.hypot(X[open_], Y[open_]) / pr,
-                                np.arctan2(Y[open_], X[open_])).numpy()
+    U[:, open_] = Uo
     return U, open_
 
 
@@ -249,15 +244,18 @@ def solution_error_map(sol, n: int = 256, samples=None) -> np.ndarray:
         ``(n, n)``, indexed ``[y, x]``, NaN where the aperture is blocked; piston and
         tilt are removed as in ``surface_map``.
     """
-    U, open_ = _solution_basis(sol, int(n))
-    nk = U.shape[0]
+    nk = len(sol.labels)
     if samples is not None:
+        U, open_ = _solution_basis(sol, int(n))
         draws = samples.samples["K"] if hasattr(samples, "samples") else samples
         draws = np.asarray(draws, dtype=np.float64)
         if draws.ndim == 2 and draws.shape[1] == nk - 1:
             draws = np.concatenate([np.zeros((draws.shape[0], 1)), draws], axis=1)
         return surface_error_map_from_samples(draws, U, sol.wavelength_m, unit="waves",
                                               mask=open_)
+    from .zernike import aperture_basis
+
+    open_ = aperture_basis(sol.telescope, sol.order, int(n))[1]
     res = sol.result
     names = list(res.names)
     cov = np.asarray(res.cov, dtype=np.float64)
@@ -277,4 +275,33 @@ def solution_error_map(sol, n: int = 256, samples=None) -> np.ndarray:
                       "the map is NaN", UserWarning, stacklevel=2)
         out = np.full(open_.shape, np.nan)
         return out
-    return surface_error_map(U, C, sol.wavelength_m, unit="waves", mask=open_)
+    # the piston-and-tilt-free design of surface_error_map(U, C, unit="waves", mask=open_),
+    # shared by every fit of one dish and order (a campaign's) instead of refitted per map
+    P = _projected_basis(sol.telescope, sol.order, int(n))
+    scale = _UNITS["waves"] * sol.wavelength_m / (4.0 * math.pi) * 1e6
+    var = np.einsum("pk,pk->p", P @ _check_cov(C, nk), P) * scale**2
+    return _unflatten(np.sqrt(np.clip(var, 0.0, None)), open_.ravel(), open_.shape)
+
+
+def _projected_basis(telescope, order: int, n: int) -> np.ndarray:
+    """Open-cell basis ``(n_open, K)`` less its least-squares piston and tilt (cached)."""
+    from .zernike import aperture_basis
+
+    key = (telescope, order, n)
+    try:
+        hit = _PROJECTED.get(key)
+    except TypeError:  # unhashable telescope-like object: no cache
+        key, hit = None, None
+    if hit is None:
+        U = aperture_basis(telescope, order, n)[0]
+        Uo, A = U.T, U[:3].T
+        hit = Uo - A @ np.linalg.lstsq(A, Uo, rcond=None)[0]
+        hit.setflags(write=False)
+        if key is not None:
+            if len(_PROJECTED) >= 8:
+                _PROJECTED.pop(next(iter(_PROJECTED)))
+            _PROJECTED[key] = hit
+    return hit
+
+
+_PROJECTED: dict = {}

@@ -7,13 +7,14 @@ ordered by ``n`` and then ``l = -n, -n+2, ..., n``.
 
 from __future__ import annotations
 
+import functools
 from math import comb, factorial
 
 import numpy as np
 import torch
 
 __all__ = ["zernike_labels", "zernike_count", "radial_poly", "zernike_basis",
-           "monomial_labels", "zernike_monomials"]
+           "monomial_labels", "zernike_monomials", "aperture_basis"]
 
 
 def zernike_labels(order: int) -> list[tuple[int, int]]:
@@ -141,3 +142,47 @@ def zernike_monomials(order: int) -> np.ndarray:
                 for (a, b), ca in ang.items():
                     C[k, mono[(a + 2 * t, b + 2 * (h - t))]] += c * comb(h, t) * ca
     return C
+
+
+def aperture_basis(telescope, order: int, n: int):
+    """The basis on the ``n x n`` cell centres over ``[-pr, pr]^2`` of a dish's aperture.
+
+    Parameters
+    ----------
+    telescope : Telescope
+        Gives ``primary_radius_m`` and ``illuminated(x, y)``.
+    order : int
+    n : int
+
+    Returns
+    -------
+    U : numpy.ndarray ``(K, n_open)``
+        The polynomials at the open cells, rows as :func:`zernike_labels`.
+    open_ : numpy.ndarray of bool ``(n, n)``
+        Open cells, indexed ``[y, x]``.
+    x, y : numpy.ndarray ``(n_open,)``
+        Their positions (metres).
+
+    Every fit of a campaign (one dish, one order) draws its maps on the same grid, so
+    the result is cached (the arrays are read-only); a telescope that cannot be hashed
+    is computed afresh.
+    """
+    try:
+        return _aperture_basis_cached(telescope, int(order), int(n))
+    except TypeError:  # unhashable telescope-like object
+        return _aperture_basis(telescope, int(order), int(n))
+
+
+def _aperture_basis(telescope, order, n):
+    pr = telescope.primary_radius_m
+    ax = -pr + (np.arange(n) + 0.5) * (2 * pr / n)
+    X, Y = np.meshgrid(ax, ax)
+    open_ = np.asarray(telescope.illuminated(X, Y), dtype=bool)
+    x, y = X[open_], Y[open_]
+    U = zernike_basis(order, np.hypot(x, y) / pr, np.arctan2(y, x)).numpy()
+    for a in (U, open_, x, y):
+        a.setflags(write=False)
+    return U, open_, x, y
+
+
+_aperture_basis_cached = functools.lru_cache(maxsize=8)(_aperture_basis)
