@@ -34,8 +34,12 @@ def test_fit_many_rows_match_single_fits(campaign, fitted):
     single = oof.fit(campaign[2], order=3)
     row = fitted.rows[2]
     assert row["elevation_deg"] == 50.0
+    # fitted from the batch's answer: the same minimum to LM's stopping tolerance, a
+    # millionth of the error bars
+    assert all(r["batched"] for r in fitted.rows)
     np.testing.assert_allclose([z["value_waves"] for z in row["zernike"]], single.K_waves,
-                               rtol=0, atol=1e-10)
+                               rtol=0, atol=1e-8)
+    assert max(z["error_waves"] for z in row["zernike"]) > 1e-4
     # the per-observation fits see the truth at that elevation (two-sided pull check)
     pulls = []
     for r, el in zip(fitted.rows, ELS):
@@ -80,12 +84,16 @@ def test_fit_many_on_dask_local_cluster_matches_in_process(tmp_path, campaign, f
         f = tmp_path / f"obs{i}.fits"
         oof.write(o, f)
         files.append(f)
-    local = C.fit_many(files, order=3)
+    local = C.fit_many(files, order=3, batch=False)
     res = C.fit_many(files, order=3, dask="local", out=tmp_path / "out")
     assert res.success and [r["name"] for r in res.rows] == ["obs0", "obs1", "obs2"]
-    for r, ref in zip(res.rows, local.rows):
+    for r, ref, b in zip(res.rows, local.rows, fitted.rows):
+        # each worker fits whole files: exactly the in-process one-by-one numbers, and
+        # the batched in-process ones to LM's tolerance
         np.testing.assert_array_equal([z["value_waves"] for z in r["zernike"]],
                                       [z["value_waves"] for z in ref["zernike"]])
+        np.testing.assert_allclose([z["value_waves"] for z in r["zernike"]],
+                                   [z["value_waves"] for z in b["zernike"]], rtol=0, atol=1e-8)
     assert (tmp_path / "out" / "obs1" / "solution.json").is_file()
 
 
@@ -162,6 +170,11 @@ def test_cli_campaign_exit_codes_and_outputs(tmp_path, campaign):
     rows = json.loads(r.stdout)["observations"]
     assert rows[0]["success"] and not rows[1]["success"] and "cannot read" in rows[1]["reason"]
     assert (tmp_path / "two" / "el0" / "solution.json").is_file()
+    assert all(o["batched"] for o in d["observations"])
+    r = CliRunner().invoke(cli, ["oof", "campaign", *files[:2], "--order", "3", "--no-batch",
+                                 "--out", str(tmp_path / "nb"), "-q", "--json"])
+    assert r.exit_code == 0, r.output
+    assert not any(o["batched"] for o in json.loads(r.stdout)["observations"])
 
 
 def test_cli_fit_with_several_fits_files_is_a_campaign(tmp_path, campaign):
@@ -184,3 +197,70 @@ def test_cli_fit_with_several_fits_files_is_a_campaign(tmp_path, campaign):
     r = CliRunner().invoke(cli, ["oof", "fit", files[0], "--dask", "local", "--order", "3",
                                  "--out", str(tmp_path / "one")])
     assert r.exit_code == 2 and "--dask is for a campaign" in r.stderr
+
+
+def test_batched_and_one_by_one_agree_and_the_batch_groups_by_geometry(campaign):
+    """Observations of two sky grids form two batches (a third, alone in its grid, is
+    fitted from scratch); each answer equals the one-by-one fit of the same file."""
+    from gradfit.oof.batchfit import batched_starts
+
+    odd = oof.simulate(order=3, npix=17, snr=1000, seed=5)
+    pair = [oof.simulate(order=3, npix=15, snr=1000, seed=s) for s in (6, 7)]
+    obs = list(campaign[:3]) + pair + [odd]
+    starts = batched_starts(obs, 3)
+    assert [s is not None for s in starts] == [True] * 5 + [False]
+    one = C.fit_many(obs, order=3, batch=False)
+    many = C.fit_many(obs, order=3)
+    assert [r["batched"] for r in many.rows] == [True] * 5 + [False]
+    assert not any(r["batched"] for r in one.rows)
+    for a, b, st in zip(one.rows, many.rows, starts):
+        ka = np.array([z["value_waves"] for z in a["zernike"]])
+        kb = np.array([z["value_waves"] for z in b["zernike"]])
+        np.testing.assert_allclose(kb, ka, rtol=0, atol=1e-8)
+        if st is not None:  # the batch itself already found that minimum
+            np.testing.assert_allclose(st["K"], ka, rtol=0, atol=1e-6)
+    # a fit option the batch does not serve: every observation from scratch
+    alt = C.fit_many(obs[:3], order=3, likelihood="cauchy")
+    assert not any(r["batched"] for r in alt.rows)
+
+
+def test_batched_beams_equal_the_single_model_and_finite_differences():
+    """BeamModel.batched / batched_jacobian against the one-observation model and
+    central differences (an independent check of every column)."""
+    import torch
+
+    from gradfit.oof.model import BeamModel
+
+    obs = oof.simulate(order=3, npix=15, snr=1000, seed=3)
+    bm = BeamModel(obs, obs.telescope, 3, 32)
+    rng = np.random.default_rng(4)
+    b = 3
+    p = {"K": torch.tensor(rng.normal(0, 0.1, (b, bm.n_coeff - 1))),
+         "amp": torch.tensor(rng.uniform(0.5, 2.0, b)),
+         "c_dB": torch.tensor(rng.uniform(-16.0, -8.0, b))}
+    mu, d = bm.batched_jacobian(p)
+    np.testing.assert_allclose(bm.batched(p).numpy(), mu.numpy(), rtol=1e-13, atol=0)
+    for i in range(b):
+        one = {k: v[i] for k, v in p.items()}
+        np.testing.assert_allclose(mu[i].numpy(), bm(one).numpy(), rtol=1e-12, atol=1e-15)
+    h = 1e-6
+    for name in ("K", "amp", "c_dB"):
+        cols = d[name] if name == "K" else d[name].unsqueeze(-1)
+        for j in range(cols.shape[-1]):
+            up = {k: v.clone() for k, v in p.items()}
+            dn = {k: v.clone() for k, v in p.items()}
+            if name == "K":
+                up["K"][:, j] += h
+                dn["K"][:, j] -= h
+            else:
+                up[name] += h
+                dn[name] -= h
+            fd = (bm.batched(up) - bm.batched(dn)) / (2 * h)
+            scale = float(fd.abs().max())
+            assert scale > 0
+            np.testing.assert_allclose(cols[..., j].numpy(), fd.numpy(), rtol=0,
+                                       atol=1e-6 * scale)
+    with pytest.raises(ValueError, match="batched K must have shape"):
+        bm.batched({"K": torch.zeros(bm.n_coeff - 1)})
+    with pytest.raises(ValueError, match="K, amp and c_dB only"):
+        bm.batched({"K": torch.zeros(1, bm.n_coeff - 1), "gain": torch.ones(1, 3)})

@@ -892,7 +892,7 @@ def fit_cmd(
     FILES is one observation: a FITS file (pyoof layout), or text maps (columns u, v,
     power; one map per file) with --dz (one defocus per file, in file order),
     --freq-ghz and --telescope. Several FITS files are a campaign of observations,
-    fitted one by one as by 'gradfit oof campaign' (one folder each in --out, and
+    fitted as by 'gradfit oof campaign' (one folder each in --out, and
     summary.csv, summary.json and campaign.png).
     """
 
@@ -1010,11 +1010,18 @@ def convert_cmd(files, dz, freq_ghz, units, telescope, out, overwrite):
                    "observations jointly (gravity.json, gravity.png).")
 @click.option("--overwrite", is_flag=True,
               help="Replace earlier results of other inputs in the observation folders.")
+@click.option("--no-batch", is_flag=True,
+              help="Fit each observation from scratch (default: the observations on one sky "
+                   "grid are fitted as one batch first, then each from that answer).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite, as_json,
-                 quiet):
-    """Fit many observations (FITS files), one by one, and summarise the campaign.
+                 quiet, no_batch=False):
+    """Fit many observations (FITS files) and summarise the campaign.
+
+    In process, the observations that share a dish, sky grid, defocus and order are
+    fitted as one batch, then each polished on its own; with --dask each worker fits
+    whole files.
 
     A file that cannot be read or fitted gets its row with the reason and the others go
     on; the exit code is 1 if any failed, 0 if all succeeded.
@@ -1039,7 +1046,8 @@ def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite,
 
     try:
         res = campaign.fit_many(list(files), order=order, telescope=telescope, out=outp,
-                                dask=dask_address, progress=progress, overwrite=overwrite)
+                                dask=dask_address, progress=progress, overwrite=overwrite,
+                                batch=not no_batch)
     except ImportError as exc:
         raise CLIError(f"--dask: {_one_line(exc)}") from None
     except ValueError as exc:

@@ -73,20 +73,32 @@ def _chi2_reduced(sol, obs) -> float | None:
     return r2 / max(n - npar, 1)
 
 
-def _fit_one(source, name, order, telescope, fit_kwargs, out, overwrite=False):
-    """Read, fit and (with ``out``) write one observation; never raises: a failure is
-    the row's ``reason``."""
+def _read_one(source):
+    """``(observation, None)`` or ``(None, reason)``: a file that cannot be read is a row."""
     from . import io as oio
+
+    if not isinstance(source, (str, os.PathLike)):
+        return source, None
+    try:
+        return oio.read(source), None
+    except Exception as exc:  # noqa: BLE001 - a campaign records every failure and goes on
+        return None, f"cannot read: {_one_line(exc)}"
+
+
+def _fit_one(source, name, order, telescope, fit_kwargs, out, overwrite=False, read=None,
+             start=None):
+    """Read (unless ``read`` gives the outcome), fit (from ``start`` if given) and (with
+    ``out``) write one observation; never raises: a failure is the row's ``reason``."""
     from .solve import fit
 
     file = str(source) if isinstance(source, (str, os.PathLike)) else ""
     t0 = time.perf_counter()
+    obs, reason = _read_one(source) if read is None else read
+    if obs is None:
+        return _failed_row(name, file, None, reason, t0), None
+    kw = dict(fit_kwargs) if start is None else dict(fit_kwargs, start=start)
     try:
-        obs = oio.read(source) if file else source
-    except Exception as exc:  # noqa: BLE001 - a campaign records every failure and goes on
-        return _failed_row(name, file, None, f"cannot read: {_one_line(exc)}", t0), None
-    try:
-        sol = fit(obs, order=order, telescope=telescope, **fit_kwargs)
+        sol = fit(obs, order=order, telescope=telescope, **kw)
     except Exception as exc:  # noqa: BLE001
         return _failed_row(name, file, obs, f"cannot fit: {_one_line(exc)}", t0), None
     row = _row_from_solution(name, file, obs, sol, time.perf_counter() - t0)
@@ -244,9 +256,10 @@ def fit_many(
     dask=None,
     progress=None,
     overwrite: bool = False,
+    batch: bool = True,
     **fit_kwargs,
 ) -> CampaignResult:
-    """Fit many observations, each on its own, and summarise them.
+    """Fit many observations and summarise them.
 
     Parameters
     ----------
@@ -267,6 +280,16 @@ def fit_many(
     overwrite : bool
         Replace an earlier result of a different input in ``out/NAME/`` (each is
         written atomically, as by ``gradfit oof fit``; see :mod:`gradfit.oof.output`).
+    batch : bool
+        In process (``dask=None``): fit the observations that share a dish, sky grid,
+        defocus and order as one batch first (:func:`gradfit.oof.batchfit.
+        batched_starts`), then each observation's own :func:`gradfit.oof.fit` from its
+        batched answer, which converges in a step or two to the same coefficients as a
+        fit from scratch. Only with ``fit_kwargs`` the batch serves (none of
+        ``start``, ``priors``, ``stepwise``, ``basis``, a likelihood other than
+        Gaussian, a method other than 'lm', a transform other than 'mft'); otherwise,
+        and for observations alone in their geometry, each is fitted from scratch.
+        The row's ``batched`` says which.
     **fit_kwargs :
         Passed to :func:`gradfit.oof.fit` (e.g. ``likelihood``, ``free``).
 
@@ -282,8 +305,27 @@ def fit_many(
     rows: list = [None] * len(sources)
     sols: dict = {}
     if dask is None:
+        reads = [_read_one(s) for s in sources]
+        starts = [None] * len(sources)
+        if batch and _batchable(order, fit_kwargs):
+            from .batchfit import batched_starts
+
+            try:
+                starts = batched_starts(
+                    [o for o, _ in reads], order, telescope=telescope,
+                    illumination=fit_kwargs.get("illumination", "pedestal"),
+                    threads=fit_kwargs.get("threads") or 1)
+            except Exception as exc:  # noqa: BLE001 - the batch only gives starts
+                import warnings
+
+                warnings.warn(f"fit_many: the batched start failed ({_one_line(exc)}); "
+                              "fitting each observation from scratch", RuntimeWarning,
+                              stacklevel=2)
         for i, (s, nm) in enumerate(zip(sources, names)):
-            rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, overwrite)
+            rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, overwrite,
+                                         read=reads[i], start=starts[i])
+            rows[i]["batched"] = starts[i] is not None
+            reads[i] = None  # the observation is held by its solution only
             if progress is not None:
                 progress(i + 1, len(sources), rows[i])
     else:
@@ -314,6 +356,28 @@ def fit_many(
     if out is not None:
         res.write(out)
     return res
+
+
+#: oof.fit options the batched start is the same fit for (others: each from scratch)
+_BATCH_SAFE = {"illumination", "errors", "error_options", "n_starts", "seed", "threads",
+               "max_iter", "start_time_factor", "free", "scan_axis", "progress",
+               "max_auto_order"}
+
+
+def _batchable(order, fit_kwargs) -> bool:
+    if not isinstance(order, int) or isinstance(order, bool):
+        return False
+    kw = dict(fit_kwargs)
+    if str(kw.pop("likelihood", "gaussian")).lower() != "gaussian":
+        return False
+    if kw.pop("method", "lm") != "lm" or kw.pop("transform", "mft") != "mft":
+        return False
+    if kw.pop("jacobian", "auto") == "autodiff" or kw.pop("basis", "zernike") != "zernike":
+        return False
+    if kw.pop("device", "cpu") not in ("cpu", None) or kw.pop("grid", None) is not None:
+        return False
+    kw.pop("dtype", None)
+    return set(kw) <= _BATCH_SAFE
 
 
 def _fit_row(source, name, order, telescope, fit_kwargs, out, overwrite):

@@ -351,7 +351,7 @@ class BeamModel:
             out["pointing"] = D.reshape(N, B, 2)
         illum = [n for n in ("c_dB", "q", "x0", "y0") if n in names]
         if illum:
-            dA = self._illumination_derivatives(illum, c_dB, q, x0, y0, r2, A)
+            dA = self.illumination_derivatives(illum, c_dB, q, x0, y0, r2, A)
             d = self.w * torch.stack(dA)  # (m, J)
             Dr, Di = self.tf.fields(d * cos.unsqueeze(1), d * sin.unsqueeze(1))  # (B, m, Nb)
             dP = (2 * self.norm) * (Fr.unsqueeze(1) * Dr + Fi.unsqueeze(1) * Di)
@@ -374,8 +374,12 @@ class BeamModel:
             out["background_plane"] = D.reshape(N, B, 2)
         return mu, out
 
-    def _illumination_derivatives(self, names, c_dB, q, x0, y0, r2, A):
-        """``dA/d name`` on the cells for the illumination parameters ``names``."""
+    def illumination_derivatives(self, names, c_dB, q, x0, y0, r2, A):
+        """``dA/d name`` on the cells for the illumination parameters ``names``.
+
+        ``c_dB``, ``q``, ``x0``, ``y0`` as tensors (None: the default), ``r2`` from
+        the illumination centre and ``A`` the illumination there; one tensor per name.
+        """
         ln10 = math.log(10.0) / 20.0
         C = 10.0 ** (c_dB / 20.0)
         qv = 2.0 if q is None else q
@@ -405,6 +409,68 @@ class BeamModel:
                     coord = self.px - x0v if n == "x0" else self.py - y0v
                     out.append(A * ln10 * c_dB * (-2 * coord / self.pr**2))
         return out
+
+    # ------------------------------------------------- many observations at once
+    def _check_batched(self, p):
+        if not (isinstance(self.tf, MFT) and self.tf.shared_axes):
+            raise ValueError("batched beams need transform='mft' with every map on the same "
+                             "sky grid")
+        K = torch.as_tensor(p["K"], dtype=self.dtype, device=self.device)
+        if K.dim() != 2 or K.shape[-1] != self.n_coeff - 1:
+            raise ValueError(f"batched K must have shape (b, {self.n_coeff - 1}), got "
+                             f"{tuple(K.shape)}")
+        extra = sorted(set(p) - {"K", "amp", "c_dB"})
+        if extra:
+            raise ValueError(f"batched beams take K, amp and c_dB only, not {extra}")
+        amp = self._get(p, "amp").expand(K.shape[0])
+        c_dB = self._get(p, "c_dB").expand(K.shape[0])
+        return K, amp, c_dB
+
+    def _batched_field(self, K, c_dB):
+        phase = (K @ self.U2pi).unsqueeze(-2) + self.defocus  # (b, B, J)
+        A = illumination(self.illumination, c_dB.unsqueeze(-1), self.r2)  # (b, J)
+        wA = (self.w * A).unsqueeze(-2)
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        return A, cos, sin, wA * cos, wA * sin
+
+    def batched(self, p: dict) -> torch.Tensor:
+        """The model of ``b`` observations that share this one's maps' geometry.
+
+        Each has its own ``K`` ``(b, n_coeff - 1)``, ``amp`` and ``c_dB`` ``(b,)`` (the
+        other nuisance parameters at their defaults); the sky grid, defocus and
+        wavelength are this model's. Returns ``(b, N)``, each row as :meth:`__call__`.
+        Only for 'mft' with one sky grid for every map (one matrix product serves all
+        observations).
+        """
+        K, amp, c_dB = self._check_batched(p)
+        b = K.shape[0]
+        er, ei = self._batched_field(K, c_dB)[3:]
+        Fr, Fi = self.tf.fields(er, ei)  # (b, B, n_k): the shared grid batches freely
+        return ((Fr**2 + Fi**2) * (self.norm * amp[:, None, None])).reshape(b, -1)
+
+    def batched_jacobian(self, p: dict) -> tuple[torch.Tensor, dict]:
+        """:meth:`batched` and its exact derivatives: ``{'K': (b, N, n_coeff - 1),
+        'amp': (b, N), 'c_dB': (b, N)}``, from the monomial transforms of every
+        observation's fields in one batch (as :meth:`jacobian`)."""
+        K, amp, c_dB = self._check_batched(p)
+        b, B, J = K.shape[0], self.n_maps, self.U.shape[-1]
+        with torch.no_grad():
+            A, cos, sin, er, ei = self._batched_field(K, c_dB)
+            Mr, Mi = self.tf.monomials(er.reshape(b * B, J), ei.reshape(b * B, J), self.order)
+            Fr, Fi = Mr[0], Mi[0]  # (b B, n_k)
+            P = (Fr**2 + Fi**2) * self.norm
+            H = (2 * self.norm) * (Fi * Mr - Fr * Mi)  # (M, b B, n_k)
+            C = self._monomial_coeffs()
+            dK = (C @ H.reshape(H.shape[0], -1)).reshape(-1, b, B * Fr.shape[-1])
+            dK = dK.permute(1, 2, 0) * amp[:, None, None]
+            d = self.w * self.illumination_derivatives(["c_dB"], c_dB.unsqueeze(-1), None, None,
+                                                       None, self.r2, A)[0]  # (b, J)
+            d = d.unsqueeze(-2)
+            Dr, Di = self.tf.fields(d * cos, d * sin)  # (b, B, n_k)
+            dC = (2 * self.norm) * (Fr.reshape(b, B, -1) * Dr + Fi.reshape(b, B, -1) * Di)
+            P = P.reshape(b, -1)
+            return P * amp[:, None], {"K": dK, "amp": P,
+                                      "c_dB": dC.reshape(b, -1) * amp[:, None]}
 
     def value_and_jacobian(self, p: dict, names) -> tuple[torch.Tensor, torch.Tensor]:
         """Model and its Jacobian as one ``(N, P)`` matrix, columns in the order of

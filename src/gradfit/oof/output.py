@@ -107,6 +107,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: staging directories of the open ResultDirs of this process (absolute paths)
+_STAGING: set = set()
+
+
+def _is_staging(directory: Path) -> bool:
+    return bool(_STAGING) and os.path.abspath(directory) in _STAGING
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True):
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
@@ -138,13 +146,18 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True):
     except OSError as exc:
         raise _io_error(path, exc) from None
     tmp = Path(tmp)
+    # in a result's staging directory the commit syncs every file and the directory once
+    # (and its rename is what makes the result appear): no sync per file here
+    staged = _is_staging(path.parent)
     try:
         yield tmp
-        _fsync_file(tmp)
+        if not staged:
+            _fsync_file(tmp)
         if not overwrite and path.exists():  # appeared while we wrote
             raise OutputError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if not staged:
+            _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -373,12 +386,15 @@ class ResultDir:
                 self.staging = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.tmp-"))
             except OSError as exc:
                 raise _io_error(self.target, exc) from None
+            _STAGING.add(os.path.abspath(self.staging))
         except BaseException:
             self._lock.release()
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.staging is not None:
+            _STAGING.discard(os.path.abspath(self.staging))
         try:
             if self.staging is not None and self.staging.exists():
                 shutil.rmtree(self.staging, ignore_errors=True)

@@ -168,6 +168,12 @@ class Solution:
         return self.phase_map(n) * self.wavelength_m / (4 * math.pi) * 1e6
 
     def _rms(self, weighted: bool, n: int = 256) -> float:
+        key = ("rms", bool(weighted), int(n))
+        if key not in self._cache:  # every summary asks for it several times
+            self._cache[key] = self._rms_of_grid(weighted, n)
+        return self._cache[key]
+
+    def _rms_of_grid(self, weighted: bool, n: int) -> float:
         img, open_, x, y = self._phase_grid(n)
         ph = img[open_]
         if not weighted:
