@@ -172,9 +172,11 @@ def test_cli_campaign_exit_codes_and_outputs(tmp_path, campaign):
     assert (tmp_path / "two" / "el0" / "solution.json").is_file()
     assert all(o["batched"] for o in d["observations"])
     r = CliRunner().invoke(cli, ["oof", "campaign", *files[:2], "--order", "3", "--no-batch",
-                                 "--out", str(tmp_path / "nb"), "-q", "--json"])
+                                 "--no-figures", "--out", str(tmp_path / "nb"), "-q", "--json"])
     assert r.exit_code == 0, r.output
     assert not any(o["batched"] for o in json.loads(r.stdout)["observations"])
+    assert (tmp_path / "nb" / "summary.csv").is_file()
+    assert not (tmp_path / "nb" / "campaign.png").exists()
 
 
 def test_cli_fit_with_several_fits_files_is_a_campaign(tmp_path, campaign):

@@ -901,7 +901,8 @@ def fit_cmd(
     if len(files) > 1 and dz is None and all(_is_fits(f) for f in files):
         return campaign_cmd.callback(files=files, out=out, order=order, telescope=telescope,
                                      dask_address=dask_address, gravity=False,
-                                     overwrite=overwrite, as_json=as_json, quiet=quiet)
+                                     overwrite=overwrite, as_json=as_json, quiet=quiet,
+                                     no_figures=not figures)
     if dask_address is not None:
         raise CLIError("--dask is for a campaign of several FITS files")
     obs, file, text = _read_input(files, dz, freq_ghz, units, telescope)
@@ -1013,10 +1014,11 @@ def convert_cmd(files, dz, freq_ghz, units, telescope, out, overwrite):
 @click.option("--no-batch", is_flag=True,
               help="Fit each observation from scratch (default: the observations on one sky "
                    "grid are fitted as one batch first, then each from that answer).")
+@click.option("--no-figures", is_flag=True, help="Do not draw campaign.png (or gravity.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON to stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite, as_json,
-                 quiet, no_batch=False):
+                 quiet, no_batch=False, no_figures=False):
     """Fit many observations (FITS files) and summarise the campaign.
 
     In process, the observations that share a dish, sky grid, defocus and order are
@@ -1047,7 +1049,7 @@ def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite,
     try:
         res = campaign.fit_many(list(files), order=order, telescope=telescope, out=outp,
                                 dask=dask_address, progress=progress, overwrite=overwrite,
-                                batch=not no_batch)
+                                batch=not no_batch, figures=not no_figures)
     except ImportError as exc:
         raise CLIError(f"--dask: {_one_line(exc)}") from None
     except ValueError as exc:
@@ -1064,7 +1066,8 @@ def campaign_cmd(files, out, order, telescope, dask_address, gravity, overwrite,
             raise CLIError(f"--gravity: {_one_line(exc)}") from None
         g = model.to_dict()
         (outp / "gravity.json").write_text(json.dumps(g, indent=1) + "\n")
-        model.plot(outp / "gravity.png")
+        if not no_figures:
+            model.plot(outp / "gravity.png")
         data["gravity"] = g
     if as_json:
         click.echo(json.dumps(data, indent=1, default=float))

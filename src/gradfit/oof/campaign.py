@@ -203,14 +203,15 @@ class CampaignResult:
                 lines.append(f"  {r['name']:<24} {el:>9}  FAILED  {r['reason']}")
         return "\n".join(lines)
 
-    def write(self, out) -> None:
-        """``summary.csv``, ``summary.json`` and ``campaign.png`` into ``out``."""
+    def write(self, out, figures: bool = True) -> None:
+        """``summary.csv``, ``summary.json`` and (with ``figures``) ``campaign.png``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _atomic_text(out / "summary.csv", self.to_csv())
         _atomic_text(out / "summary.json", json.dumps(self.to_dict(), indent=1, default=float)
                      + "\n")
-        self.plot(out / "campaign.png")
+        if figures:
+            self.plot(out / "campaign.png")
 
     def plot(self, path) -> None:
         """Coefficients (n ≥ 2) and surface rms against elevation."""
@@ -257,6 +258,7 @@ def fit_many(
     progress=None,
     overwrite: bool = False,
     batch: bool = True,
+    figures: bool = True,
     **fit_kwargs,
 ) -> CampaignResult:
     """Fit many observations and summarise them.
@@ -290,6 +292,8 @@ def fit_many(
         Gaussian, a method other than 'lm', a transform other than 'mft'); otherwise,
         and for observations alone in their geometry, each is fitted from scratch.
         The row's ``batched`` says which.
+    figures : bool
+        With ``out``: also draw ``campaign.png`` (matplotlib; about half a second).
     **fit_kwargs :
         Passed to :func:`gradfit.oof.fit` (e.g. ``likelihood``, ``free``).
 
@@ -354,7 +358,7 @@ def fit_many(
                     cluster.close()
     res = CampaignResult(rows=rows, solutions=sols, time_s=time.perf_counter() - t0)
     if out is not None:
-        res.write(out)
+        res.write(out, figures=figures)
     return res
 
 
