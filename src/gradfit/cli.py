@@ -47,11 +47,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"gradfit: warning: {_one_line(message)}", err=True)
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so that ``finally`` blocks remove staging files."""
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so that ``finally`` blocks remove staging files.
+
+    Not a KeyboardInterrupt: the profile and MCMC loops take Ctrl-C as "stop and keep
+    what is done", and a SIGTERM caught there let the process finish with exit code 0.
+    """
 
 
 def _raise_terminated(signum, frame):
+    from gradfit.oof import output
+
+    output.STOP.set()  # stands even if the exception below is swallowed on its way
     raise _Terminated()
 
 
@@ -62,6 +69,11 @@ def _on_sigterm():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _stop_requested() -> bool:
+    output = sys.modules.get("gradfit.oof.output")
+    return output is not None and output.STOP.is_set()
 
 
 def _restore_sigterm(old) -> None:
@@ -81,6 +93,8 @@ class _Group(click.Group):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.showwarning = _show_warning
+            if "gradfit.oof.output" in sys.modules:  # a new command (tests run many in one process)
+                sys.modules["gradfit.oof.output"].STOP.clear()
             old_term = _on_sigterm()
             try:
                 rv = super().main(
@@ -124,8 +138,18 @@ class _Group(click.Group):
                     err=True,
                 )
                 code = EXIT_FAILED
+            except BaseException:
+                if not _stop_requested():  # output.Stopped: a termination caught late
+                    raise
+                click.echo(f"{prog_name}: terminated", err=True)
+                code = 143
             finally:
                 _restore_sigterm(old_term)
+            if code != 143 and _stop_requested():
+                # the SIGTERM's exception was swallowed on its way (e.g. inside an
+                # extension module's import) and nothing was committed after it
+                click.echo(f"{prog_name}: terminated", err=True)
+                code = 143
         if not standalone_mode:
             return code
         sys.exit(code)

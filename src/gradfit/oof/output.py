@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = [
@@ -94,6 +95,23 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_files(paths) -> None:
+    """fsync every file, concurrently: the file system commits them together (one
+    journal commit for all instead of one each: 5 files took 5 ms here, 15-25 ms in
+    turn). The first error is raised after all have finished."""
+    paths = list(paths)
+    if len(paths) < 2:
+        for p in paths:
+            _fsync_file(p)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        futures = [pool.submit(_fsync_file, p) for p in paths]
+    for f in futures:
+        f.result()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -106,6 +124,13 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
+
+class Stopped(BaseException):
+    """:meth:`ResultDir.commit` after :data:`STOP` was set (not an error of the output)."""
+
+
+#: set by a termination handler (the CLI's SIGTERM): no result is committed after it
+STOP = threading.Event()
 
 #: staging directories of the open ResultDirs of this process (absolute paths)
 _STAGING: set = set()
@@ -388,6 +413,12 @@ class ResultDir:
                 raise _io_error(self.target, exc) from None
             _STAGING.add(os.path.abspath(self.staging))
         except BaseException:
+            # interrupted after the staging directory was made (e.g. by SIGTERM): the
+            # caller's 'with' never started, so its __exit__ will not clean up
+            if self.staging is not None:
+                _STAGING.discard(os.path.abspath(self.staging))
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
             self._lock.release()
             raise
         return self
@@ -411,10 +442,13 @@ class ResultDir:
         """
         if self.staging is None or self.committed:
             raise RuntimeError("ResultDir.commit outside its 'with' block or twice")
+        if STOP.is_set():
+            # a termination was asked for; its exception may have been lost in code
+            # that swallows exceptions (an extension module's import): publish nothing
+            raise Stopped(f"{self.target}: not written; the process was asked to stop")
         t = self._abs_target()
         try:
-            for p in self.staging.iterdir():
-                _fsync_file(p)
+            _fsync_files(self.staging.iterdir())
             _fsync_dir(self.staging)
             if not t.exists():
                 os.rename(self.staging, t)
