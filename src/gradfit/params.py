@@ -232,10 +232,16 @@ class ParamSpace:
 
         Works on a leading batch dimension: ``theta`` of shape ``(..., n_free)``.
         """
+        plan = self._unflatten_plan()
+        if self._uscalar:
+            # every parameter a free scalar: one autograd node instead of a slice and a
+            # view per parameter (in a small fit's Jacobian, double-backward through
+            # those nodes cost about as much as the model)
+            return dict(zip(self.names, theta.unbind(-1)))
         dev, dt = theta.device, theta.dtype
         batch = tuple(theta.shape[:-1])
         out: dict[str, torch.Tensor] = {}
-        for name, shape, size, k, nf, init, idx in self._unflatten_plan():
+        for name, shape, size, k, nf, init, idx in plan:
             if nf == size:
                 t = theta[..., k:k + nf]
             elif nf == 0:
@@ -265,6 +271,7 @@ class ParamSpace:
                              np.flatnonzero(free)))
                 k += nf
             self._uplan = plan
+            self._uscalar = all(e[1] == () and e[4] == 1 for e in plan)
         return plan
 
     def unflatten_numpy(self, theta: np.ndarray, fill_fixed: float | None = None) -> dict:
