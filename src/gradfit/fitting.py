@@ -14,7 +14,7 @@ import torch
 
 from . import solvers
 from .likelihoods import Gaussian, get_likelihood
-from .objective import Objective, resolve_device
+from .objective import Objective, resolve_device, separable_jacobian
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
@@ -117,6 +117,9 @@ class Problem:
     in_memory = True
     reducer = None
     terms = None
+    #: ``theta -> (r, J)`` or None: a cheaper Jacobian where it applies (see
+    #: :func:`gradfit.objective.separable_jacobian`); None: never
+    fast_jacobian = None
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
                  gauss_newton=False, rebuild=None, lik_residuals=None, residual_jacobian=None):
@@ -149,14 +152,25 @@ class Problem:
                     (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
                 r_, J = rj_theta(sp.to_external(z))
                 return r_, J * dtheta
+        fj = self.fast_jacobian
+        if fj is not None and sp.bounded:
+            def fj(z, fj_theta=self.fast_jacobian):
+                out = fj_theta(sp.to_external(z))
+                if out is None:
+                    return None
+                with torch.enable_grad():
+                    zz = z.detach().requires_grad_(True)
+                    (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
+                return out[0], out[1] * dtheta
         return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype,
-                         residual_jacobian_fun=rj)
+                         residual_jacobian_fun=rj, fast_jacobian_fun=fj)
 
     def theta_objective(self) -> Objective:
         """The objective in physical units (for Hessians and errors)."""
         return Objective(self.nll, self.space.n_free, residual_fun=self.residuals,
                          device=self.device, dtype=self.dtype,
-                         residual_jacobian_fun=self.residual_jacobian)
+                         residual_jacobian_fun=self.residual_jacobian,
+                         fast_jacobian_fun=self.fast_jacobian)
 
     def run(self, method="auto", **kwargs) -> FitResult:
         """Minimise this problem; the same as :func:`run_problem` ``(self, method, ...)``."""
@@ -387,9 +401,14 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                 return _residual_jacobian(jacobian, sp, theta, user_names, xt, yt, lik,
                                           prior_res)
 
-        return Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
+        prob = Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
                        gauss_newton=isinstance(lik, Gaussian) and has_res, rebuild=make,
                        lik_residuals=lik_residuals, residual_jacobian=res_jac)
+        if has_res and res_jac is None and prior_res is None and sp.all_free_scalars \
+                and list(sp.names) == user_names:
+            prob.fast_jacobian = _separable_jacobian_fn(
+                lambda Q: lik.residuals(yt, predict(sp.unflatten(Q))), lik_residuals, yt)
+        return prob
 
     prob = make(space)
     prob.terms = terms
@@ -403,6 +422,33 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
             f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
             "choose a starting point where the model and likelihood are finite")
     return prob
+
+
+def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
+    """``theta -> (r, J)`` or None, by :func:`gradfit.objective.separable_jacobian`.
+
+    Once it has said no for a problem it is not tried again. Its first answer is also
+    checked against the plain residuals (a model that reads its parameters' shape or
+    detaches them could give other values with per-element parameters).
+    """
+    state = {"ok": True, "checked": False}
+
+    def fast(theta):
+        if not state["ok"]:
+            return None
+        out = separable_jacobian(residuals_of, theta, tuple(yt.shape))
+        if out is not None and not state["checked"]:
+            with torch.no_grad():
+                r0 = plain_residuals(theta)
+            tol = 1e-10 * float(torch.maximum(r0.abs().max(), out[0].abs().max()))
+            if not float((out[0] - r0).abs().max()) <= tol:
+                out = None
+            state["checked"] = True
+        if out is None:
+            state["ok"] = False
+        return out
+
+    return fast
 
 
 def _residual_jacobian(jacobian, sp: ParamSpace, theta, user_names, xt, yt, lik, prior_res):

@@ -12,12 +12,13 @@ no multi-second first-call overhead in a fresh process.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["Objective", "Linearization", "resolve_device"]
+__all__ = ["Objective", "Linearization", "resolve_device", "separable_jacobian"]
 
 #: Jacobians up to this many entries get all their columns in one vectorised pass
 _BATCHED_COLUMNS_MAX = 4_000_000
@@ -63,6 +64,90 @@ def _batched_rows(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor | None:
     return Jt
 
 
+def _batched_vjp(out: torch.Tensor, inp: torch.Tensor, cot: torch.Tensor):
+    """``cot[b] · ∂out/∂inp`` for every row ``b`` of ``cot``, in one backward pass (as
+    :func:`_batched_rows`, frees the graph); None where the private API is missing."""
+    from torch.autograd.graph import _engine_run_backward
+
+    b = cot.shape[0]
+    level = torch._C._vmapmode_increment_nesting()
+    try:
+        # an op without a batching rule makes torch warn about a slower fallback loop
+        # (here over 2 rows): not the user's concern
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (g,) = _engine_run_backward((out,), (torch._add_batch_dim(cot, 0, level),), False,
+                                        False, (inp,), True, accumulate_grad=False)
+        return None if g is None else torch._remove_batch_dim(g, level, b, 0)
+    finally:
+        torch._C._vmapmode_decrement_nesting()
+
+
+#: relative disagreement (per Jacobian column) above which :func:`separable_jacobian`
+#: declares the residuals coupled; rounding gives about 1e-15
+SEPARABLE_TOL = 1e-10
+
+
+def separable_jacobian(residuals_of, theta: torch.Tensor, shape: tuple):
+    """Residuals and their Jacobian in one backward pass, for a model whose element ``i``
+    depends on the parameters only through element ``i`` of their broadcast.
+
+    ``residuals_of(Q)`` evaluates the residuals (of shape ``shape``) with every scalar
+    parameter given its own copy per element: ``Q`` has shape ``shape + (n,)``. For an
+    elementwise model (most curve fits) ``∂r_i/∂Q_j = 0`` for ``i != j``, so one
+    backward pass of ``Σ r`` gives the whole ``(m, n)`` Jacobian: about half the cost of
+    the double-backward columns for a small model, where autograd's per-node overhead
+    dominates. Whether the model *is* elementwise is checked at every call: a second
+    cotangent ``v`` (fixed, irregular) rides in the same pass, and ``∂(v·r)/∂Q`` must
+    equal ``v_i ∂r_i/∂Q_i`` row by row; any coupling across elements (a sum, a
+    convolution, an FFT, a normalisation) breaks that (``Σ_j v_j ∂r_j/∂Q_i``).
+
+    Returns ``(r, J)`` with ``r`` flat, or None when the model does not qualify (it
+    fails or changes shape with per-element parameters, or its elements are coupled);
+    the caller then differentiates it the general way.
+    """
+    n = theta.numel()
+    Q = theta.detach().expand(*shape, n).clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            r = residuals_of(Q)
+            if not isinstance(r, torch.Tensor) or tuple(r.shape) != tuple(shape) \
+                    or not r.requires_grad:
+                return None
+            r = r.reshape(-1)
+            m = r.numel()
+            v = _probe(m, r.dtype, r.device)
+            GH = _batched_vjp(r, Q, torch.stack([torch.ones_like(v), v]))
+    except Exception:  # noqa: BLE001 - a failure here (of the model with per-element
+        return None    # parameters, or of torch's private API) means: not this way
+    if GH is None:
+        return None
+    G, H = GH[0].reshape(m, n), GH[1].reshape(m, n)
+    vG = v[:, None] * G
+    off = (H - vG).abs().amax(dim=0)
+    scale = vG.abs().amax(dim=0)
+    if not bool((off <= SEPARABLE_TOL * scale).all()):
+        return None
+    return r.detach(), G
+
+
+_probes: dict = {}
+
+
+def _probe(m: int, dtype, device) -> torch.Tensor:
+    """A fixed, irregular vector in [1, 2) (Weyl sequence of the golden ratio)."""
+    key = (m, dtype, device)
+    v = _probes.get(key)
+    if v is None:
+        v = 1.0 + torch.remainder(torch.arange(1, m + 1, dtype=torch.float64)
+                                  * 0.6180339887498949, 1.0)
+        v = v.to(dtype=dtype, device=device)
+        if len(_probes) > 64:
+            _probes.clear()
+        _probes[key] = v
+    return v
+
+
 def resolve_device(device) -> torch.device:
     """Turn ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'`` or a torch.device into a device."""
     if device is None or device == "cpu":
@@ -105,6 +190,10 @@ class Objective:
     residual_jacobian_fun : callable, optional
         ``residual_jacobian_fun(z) -> (r, J)`` with ``J = dr/dz`` of shape ``(m, n)``:
         an exact Jacobian supplied by the model, used instead of autodiff columns.
+    fast_jacobian_fun : callable, optional
+        ``fast_jacobian_fun(z) -> (r, J)`` or None: a cheaper autodiff Jacobian that may
+        not apply (see :func:`separable_jacobian`); where it returns None, the
+        double-backward columns.
     """
 
     def __init__(
@@ -116,10 +205,12 @@ class Objective:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float64,
         residual_jacobian_fun: Callable | None = None,
+        fast_jacobian_fun: Callable | None = None,
     ):
         self._fun = fun
         self._res = residual_fun
         self._res_jac = residual_jacobian_fun
+        self._fast_jac = fast_jacobian_fun
         self.n = int(n)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -239,6 +330,10 @@ class Objective:
             with torch.no_grad():
                 r, J = self._res_jac(self.as_tensor(z))
             return r.detach(), J.detach()
+        if self._fast_jac is not None:
+            out = self._fast_jac(self.as_tensor(z))
+            if out is not None:
+                return out
         z = self.as_tensor(z).requires_grad_(True)
         with torch.enable_grad():
             r = self._res(z)

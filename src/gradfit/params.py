@@ -255,6 +255,12 @@ class ParamSpace:
             out[name] = t.reshape(batch + shape)
         return out
 
+    @property
+    def all_free_scalars(self) -> bool:
+        """Whether every parameter is a scalar and free (``theta`` is one value per name)."""
+        self._unflatten_plan()
+        return self._uscalar
+
     def _unflatten_plan(self) -> list:
         """Per parameter ``(name, shape, size, offset, n_free, init, free_idx)``, made once:
         :meth:`unflatten` runs at every model evaluation, where NumPy bookkeeping per call
