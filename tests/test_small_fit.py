@@ -1,0 +1,178 @@
+"""One small fit made cheap gives the answers of the general paths.
+
+- the separable Jacobian (one backward pass with per-element parameter copies) equals a
+  complex-step reference where the model is elementwise in its parameters, and says no
+  (None) where it is not: coupled elements (a normalisation, a convolution), a shape the
+  model cannot broadcast, or values that change with per-element parameters;
+- fits of such models still agree with scipy's curve_fit (values and errors);
+- Levenberg–Marquardt's NumPy loop (CPU) and its torch loop (every other device) take
+  the same steps.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import curve_fit
+
+import gradfit
+import gradfit.solvers.lm as lm
+from gradfit.fitting import build_problem
+from gradfit.objective import separable_jacobian
+
+X = np.linspace(0.0, 4.0, 40)
+P = np.array([2.0, 1.3, 0.4, 0.7])
+NAMES = "akwc"
+
+
+def model(p, x):
+    return p["a"] * torch.exp(-p["k"] * x) * torch.cos(p["w"] * x) + p["c"]
+
+
+def model_np(x, a, k, w, c):
+    return a * np.exp(-k * x) * np.cos(w * x) + c
+
+
+def data(model_np=model_np, seed=0):
+    return model_np(X, *P) + 0.01 * np.random.default_rng(seed).standard_normal(X.size)
+
+
+def complex_step_jacobian(f_np, p0):
+    cols = []
+    for j in range(len(p0)):
+        q = np.array(p0, dtype=complex)
+        q[j] += 1e-30j
+        cols.append(-f_np(X, *q).imag / 1e-30)  # r = y - model
+    return np.stack(cols, 1)
+
+
+# coupled models: element i of the output depends on every element of the parameters'
+# broadcast (a normalisation; a convolution)
+def normalised(p, x):
+    g = torch.exp(-p["k"] * x) * torch.cos(p["w"] * x)
+    return p["a"] * g / g.abs().sum() * x.numel() + p["c"]
+
+
+def normalised_np(x, a, k, w, c):
+    g = np.exp(-k * x) * np.cos(w * x)
+    return a * g / np.sqrt(g * g).sum() * x.size + c  # |g| as sqrt(g²): complex-step safe
+
+
+KERNEL = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
+
+
+def blurred(p, x):
+    mu = p["a"] * torch.exp(-p["k"] * x) * torch.cos(p["w"] * x)
+    mu = torch.nn.functional.conv1d(mu.reshape(1, 1, -1), KERNEL.reshape(1, 1, -1),
+                                    padding=1).reshape(-1)
+    return mu + p["c"]
+
+
+def blurred_np(x, a, k, w, c):
+    mu = a * np.exp(-k * x) * np.cos(w * x)
+    return np.convolve(mu, KERNEL.numpy(), mode="same") + c
+
+
+def test_separable_jacobian_matches_complex_step():
+    p0 = [1.8, 1.1, 0.5, 0.6]
+    prob = build_problem(model, X, data(), dict(zip(NAMES, p0)))
+    theta = torch.tensor(p0, dtype=torch.float64)
+    out = prob.fast_jacobian(theta)
+    assert out is not None  # an elementwise model takes the one-pass Jacobian
+    r, J = out
+    np.testing.assert_allclose(J.numpy(), complex_step_jacobian(model_np, p0),
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(r.numpy(), data() - model_np(X, *p0), rtol=0, atol=1e-14)
+    # and the objective's Jacobian is the same as the double-backward one
+    obj = prob.objective()
+    J_obj = obj.residuals_and_jacobian(theta)[1]
+    obj_slow = prob.objective()
+    obj_slow._fast_jac = None
+    np.testing.assert_allclose(J_obj.numpy(), obj_slow.residuals_and_jacobian(theta)[1].numpy(),
+                               rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("coupled, coupled_np", [(normalised, normalised_np),
+                                                 (blurred, blurred_np)])
+def test_coupled_models_are_refused_and_still_exact(coupled, coupled_np):
+    p0 = [1.8, 1.1, 0.5, 0.6]
+    y = data(coupled_np)
+    prob = build_problem(coupled, X, y, dict(zip(NAMES, p0)))
+    theta = torch.tensor(p0, dtype=torch.float64)
+    xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    assert separable_jacobian(lambda Q: yt - coupled(prob.space.unflatten(Q), xt), theta,
+                              (X.size,)) is None
+    assert prob.fast_jacobian(theta) is None
+    # the objective falls back to the exact double-backward Jacobian
+    J = prob.objective().residuals_and_jacobian(theta)[1].numpy()
+    np.testing.assert_allclose(J, complex_step_jacobian(coupled_np, p0), rtol=1e-10,
+                               atol=1e-12)
+    # and the fit agrees with curve_fit
+    res = gradfit.fit(coupled, X, y, params=dict(zip(NAMES, p0)))
+    popt, pcov = curve_fit(coupled_np, X, y, p0=p0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    got = np.array([res.params[k] for k in NAMES])
+    err = np.array([res.errors[k] for k in NAMES])
+    np.testing.assert_allclose(got, popt, rtol=1e-7)
+    np.testing.assert_allclose(err, np.sqrt(np.diag(pcov)), rtol=1e-5)
+
+
+def test_a_model_that_cannot_broadcast_is_refused():
+    Xm = np.stack([X, np.ones_like(X)], 1)  # (m, 2) design matrix
+
+    def linear(p, x):
+        return x @ torch.stack([p["a"], p["b"]])
+
+    y = 2.0 * X + 1.0 + 0.01 * np.random.default_rng(1).standard_normal(X.size)
+    prob = build_problem(linear, Xm, y, {"a": 1.0, "b": 0.0})
+    assert prob.fast_jacobian(torch.tensor([1.0, 0.0], dtype=torch.float64)) is None
+    res = gradfit.fit(linear, Xm, y, params={"a": 1.0, "b": 0.0})
+    coef, *_ = np.linalg.lstsq(Xm, y, rcond=None)
+    np.testing.assert_allclose([res.params["a"], res.params["b"]], coef, rtol=1e-9)
+
+
+def test_a_model_whose_values_change_with_per_element_parameters_is_refused():
+    # the derivatives look elementwise, but numel() of a parameter changes its value
+    def sneaky(p, x):
+        return p["a"] * torch.exp(-p["k"] * x) * p["k"].detach().numel() ** 0.5 + p["c"]
+
+    def sneaky_np(x, a, k, c):
+        return a * np.exp(-k * x) + c
+
+    y = sneaky_np(X, 2.0, 1.3, 0.7) + 0.01 * np.random.default_rng(2).standard_normal(X.size)
+    p0 = {"a": 1.8, "k": 1.1, "c": 0.6}
+    prob = build_problem(sneaky, X, y, p0)
+    assert prob.fast_jacobian(torch.tensor([1.8, 1.1, 0.6], dtype=torch.float64)) is None
+    res = gradfit.fit(sneaky, X, y, params=p0)
+    popt, _ = curve_fit(sneaky_np, X, y, p0=list(p0.values()), xtol=1e-14, ftol=1e-14)
+    np.testing.assert_allclose([res.params[k] for k in "akc"], popt, rtol=1e-7)
+
+
+def test_bounded_parameters_use_the_chain_rule():
+    p0 = [1.8, 1.1, 0.5, 0.6]
+    y = data()
+    params = {"a": gradfit.Param(1.8, bounds=(0, 10)), "k": gradfit.Param(1.1, bounds=(0, None)),
+              "w": 0.5, "c": 0.6}
+    res = gradfit.fit(model, X, y, params=params)
+    popt, pcov = curve_fit(model_np, X, y, p0=p0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    np.testing.assert_allclose([res.params[k] for k in NAMES], popt, rtol=1e-7)
+    np.testing.assert_allclose([res.errors[k] for k in NAMES], np.sqrt(np.diag(pcov)),
+                               rtol=1e-5)
+    prob = build_problem(model, X, y, params)
+    obj = prob.objective()
+    z = obj.as_tensor(prob.space.to_internal(np.array(p0)))
+    J_fast = obj.residuals_and_jacobian(z)[1]
+    obj._fast_jac = None
+    np.testing.assert_allclose(J_fast.numpy(), obj.residuals_and_jacobian(z)[1].numpy(),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_lm_numpy_and_torch_loops_agree(monkeypatch):
+    y = data()
+    p0 = dict(zip(NAMES, [1.0, 0.5, 0.8, 0.0]))  # far enough for several LM iterations
+    res_np = gradfit.fit(model, X, y, params=p0, method="lm")
+    monkeypatch.setattr(lm, "_ops", lambda obj: lm._TorchOps(obj))
+    res_t = gradfit.fit(model, X, y, params=p0, method="lm")
+    assert res_np.success and res_t.success
+    assert res_np.nit == res_t.nit and res_np.nit >= 3
+    for k in NAMES:
+        assert res_np.params[k] == pytest.approx(res_t.params[k], rel=1e-10)
+        assert res_np.errors[k] == pytest.approx(res_t.errors[k], rel=1e-8)
