@@ -326,12 +326,8 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         raise ValueError(
             f"the model returned shape {tuple(mu0.shape)} but y has shape {tuple(yt.shape)}")
     free_leaves = [n for n in user_names if leaves[n].requires_grad]
-    if free_leaves and mu0.requires_grad:
-        grads = torch.autograd.grad(mu0.sum(), [leaves[n] for n in free_leaves],
-                                    allow_unused=True)
-    else:
-        grads = [None] * len(free_leaves)
-    unused = [n for n, g in zip(free_leaves, grads) if g is None]
+    reached = _leaves_reached(mu0) if free_leaves else set()
+    unused = [n for n in free_leaves if id(leaves[n]) not in reached]
     if unused:
         raise ValueError(
             f"parameter(s) {', '.join(map(repr, unused))} are not used by the model; "
@@ -352,7 +348,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                 "with a model parameter of that name; rename the model parameter or give the "
                 "likelihood a fixed value")
         all_params[nname] = Param(nuis0[nname] if val is None else val, bounds=bounds)
-    space = ParamSpace(all_params)
+    space = ParamSpace(all_params) if lik.nuisance else init_space
     nuis_names = list(lik.nuisance)
     log_prior = _log_prior_fn(prior_map, whole_prior)
     prior_res, prior_ok = _prior_residual_fn(prior_map, whole_prior)
@@ -422,6 +418,28 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
             f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
             "choose a starting point where the model and likelihood are finite")
     return prob
+
+
+def _leaves_reached(t: torch.Tensor) -> set:
+    """``id`` of every leaf tensor the autograd graph of ``t`` reaches.
+
+    A leaf is reached exactly when ``autograd.grad(t.sum(), leaf, allow_unused=True)``
+    is not None; walking the graph costs a fraction of that backward pass.
+    """
+    out, seen = set(), set()
+    if t.grad_fn is None:  # t is a leaf itself, or no graph at all
+        return {id(t)} if t.requires_grad else out
+    stack = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
+        if var is not None:
+            out.add(id(var))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return out
 
 
 def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
