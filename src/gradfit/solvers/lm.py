@@ -268,29 +268,31 @@ POLISH_REL_STEP = 1e-10
 POLISH_DONE_STEP = 1e-13
 
 
-def _polish_can_help(xp, z, r, J, rank_tol, rel=None):
-    """Whether the Gauss–Newton step at z moves a parameter by more than ``rel``
-    (default :data:`POLISH_REL_STEP`) relative to its value.
-
-    One thin SVD of the Jacobian at hand, no new residuals or Jacobians.
-    """
-    rel = POLISH_REL_STEP if rel is None else rel
+def _gauss_newton(xp, J, r, rank_tol):
+    """The Gauss–Newton step at hand and its column scaling ``d`` (one thin SVD)."""
     d = xp.colnorm(J)
     d = xp.where(d > 0, d, xp.ones_like(d))
-    p = _gn_step(xp, J, r, d, rank_tol)
+    return _gn_step(xp, J, r, d, rank_tol), d
+
+
+def _step_matters(p, z, rel=None) -> bool:
+    """Whether step ``p`` moves a parameter by more than ``rel`` (default
+    :data:`POLISH_REL_STEP`) relative to its value."""
+    rel = POLISH_REL_STEP if rel is None else rel
     return not bool((abs(p) <= rel * abs(z)).all())
 
 
-def _polish(xp, z, r, J, fnorm, rank_tol, steps=8):
+def _polish(xp, z, r, J, fnorm, rank_tol, gn, steps=8):
     """Extra steps past the point where the cost stops resolving progress.
 
     Near the minimum the decrease of |r|² drowns in rounding while the gradient
     ``Jᵀr`` is still resolved, so a step is kept while the scale-free gradient
     halves and the cost does not rise beyond rounding. Gauss–Newton steps come
-    first (one Jacobian each). Where a Gauss–Newton step does not halve the
-    gradient, the residuals are large enough for their curvature to matter, and a
-    Newton step on the exact Hessian is tried instead (one Hessian); this buys the
-    last digits on fits like NIST's ENSO, MGH09, Rat43 or Lanczos3.
+    first (one Jacobian each; ``gn`` is :func:`_gauss_newton` at ``z``). Where a
+    Gauss–Newton step does not halve the gradient, the residuals are large enough
+    for their curvature to matter, and a Newton step on the exact Hessian is tried
+    instead (one Hessian); this buys the last digits on fits like NIST's ENSO,
+    MGH09, Rat43 or Lanczos3.
     """
     eps = torch.finfo(xp.obj.dtype).eps
 
@@ -309,9 +311,8 @@ def _polish(xp, z, r, J, fnorm, rank_tol, steps=8):
     for _ in range(steps):
         if not gc > 0:
             break
-        d = xp.colnorm(J)
-        d = xp.where(d > 0, d, xp.ones_like(d))
-        new = trial(_gn_step(xp, J, r, d, rank_tol))
+        p, d = gn
+        new = trial(p)
         if new is None or not new[4] < 0.5 * gc:
             # Gauss–Newton ignores the curvature of r, which large residuals make
             # matter (it can even raise the gradient, as on Rat43): try Newton.
@@ -320,7 +321,8 @@ def _polish(xp, z, r, J, fnorm, rank_tol, steps=8):
             if new is None or not new[4] < 0.5 * gc:
                 break
         z, r, J, fnorm, gc = new
-        if not _polish_can_help(xp, z, r, J, rank_tol, POLISH_DONE_STEP):
+        gn = _gauss_newton(xp, J, r, rank_tol)
+        if not _step_matters(gn[0], z, POLISH_DONE_STEP):
             break
     return z, 0.5 * fnorm**2
 
@@ -400,8 +402,9 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
     def converged(message, nit, method):
         # Polish every converged fit: even a passed gradient test can leave a few
         # digits on the table when J is ill-conditioned.
-        zp, costp = _polish(xp, z, r, J, fnorm, rank_tol) \
-            if polish and _polish_can_help(xp, z, r, J, rank_tol) else (z, cost)
+        gn = _gauss_newton(xp, J, r, rank_tol) if polish else None
+        zp, costp = _polish(xp, z, r, J, fnorm, rank_tol, gn) \
+            if polish and _step_matters(gn[0], z) else (z, cost)
         return done(zp, costp, True, message, nit, method)
 
     jac_scale = str(extra(opts, "scale", "jac")) == "jac"
