@@ -176,3 +176,53 @@ def test_lm_numpy_and_torch_loops_agree(monkeypatch):
     for k in NAMES:
         assert res_np.params[k] == pytest.approx(res_t.params[k], rel=1e-10)
         assert res_np.errors[k] == pytest.approx(res_t.errors[k], rel=1e-8)
+
+
+def test_fixed_scalars_and_profiles_keep_the_one_pass_jacobian():
+    y = data()
+    params = {"a": 1.8, "k": 1.1, "w": gradfit.Param(0.4, fixed=True), "c": 0.6}
+    prob = build_problem(model, X, y, params)
+    theta = torch.tensor([1.8, 1.1, 0.6], dtype=torch.float64)
+    out = prob.fast_jacobian(theta)
+    assert out is not None
+    ref = complex_step_jacobian(lambda x, a, k, c: model_np(x, a, k, 0.4, c), [1.8, 1.1, 0.6])
+    np.testing.assert_allclose(out[1].numpy(), ref, rtol=1e-12, atol=1e-13)
+    res = gradfit.fit(model, X, y, params=params)
+    popt, pcov = curve_fit(lambda x, a, k, c: model_np(x, a, k, 0.4, c), X, y,
+                           p0=[1.8, 1.1, 0.6], xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    np.testing.assert_allclose([res.params[k] for k in "akc"], popt, rtol=1e-7)
+    np.testing.assert_allclose([res.errors[k] for k in "akc"], np.sqrt(np.diag(pcov)),
+                               rtol=1e-5)
+
+
+def test_vector_parameters_take_the_general_jacobian():
+    def poly(p, x):
+        return p["c"][0] + p["c"][1] * x + p["c"][2] * x * x
+
+    y = 1.0 + 0.5 * X - 0.2 * X**2 + 0.01 * np.random.default_rng(3).standard_normal(X.size)
+    prob = build_problem(poly, X, y, {"c": [0.0, 0.0, 0.0]})
+    assert prob.fast_jacobian is None
+    res = gradfit.fit(poly, X, y, params={"c": [0.0, 0.0, 0.0]})
+    coef = np.polynomial.polynomial.polyfit(X, y, 2)
+    np.testing.assert_allclose(res.params["c"], coef, rtol=1e-9)
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", gradfit.Cauchy(gamma=0.05)])
+def test_other_likelihoods_jacobian_matches_the_general_one(likelihood):
+    counts = np.random.default_rng(4).poisson(50 * np.exp(-0.5 * X) + 5).astype(float)
+    y = counts if likelihood == "poisson" else data()
+
+    def expo(p, x):
+        return p["a"] * torch.exp(-p["k"] * x) + p["c"]
+
+    p0 = {"a": 40.0, "k": 0.4, "c": 4.0} if likelihood == "poisson" else \
+        {"a": 1.8, "k": 1.1, "c": 0.6}
+    prob = build_problem(expo, X, y, p0, likelihood=likelihood)
+    theta = torch.tensor(list(p0.values()), dtype=torch.float64)
+    obj = prob.objective()
+    r_fast, J_fast = obj.residuals_and_jacobian(theta)
+    assert prob.fast_jacobian(theta) is not None
+    obj._fast_jac = None
+    r_slow, J_slow = obj.residuals_and_jacobian(theta)
+    np.testing.assert_allclose(r_fast.numpy(), r_slow.numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(J_fast.numpy(), J_slow.numpy(), rtol=1e-11, atol=1e-13)

@@ -400,7 +400,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         prob = Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
                        gauss_newton=isinstance(lik, Gaussian) and has_res, rebuild=make,
                        lik_residuals=lik_residuals, residual_jacobian=res_jac)
-        if has_res and res_jac is None and prior_res is None and sp.all_free_scalars \
+        if has_res and res_jac is None and prior_res is None and sp.all_scalars \
                 and list(sp.names) == user_names:
             prob.fast_jacobian = _separable_jacobian_fn(
                 lambda Q: lik.residuals(yt, predict(sp.unflatten(Q))), lik_residuals, yt)

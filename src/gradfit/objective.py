@@ -42,18 +42,8 @@ def _batched_rows(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor | None:
         return None
     n = w.numel()
     try:
-        from torch.autograd.graph import _engine_run_backward
-
         eye = torch.eye(n, dtype=w.dtype, device=w.device)
-        # what torch._vmap_internals._vmap does, without its pytree handling of the
-        # arguments (measured at a sixth of a small fit's Jacobian)
-        level = torch._C._vmapmode_increment_nesting()
-        try:
-            (g,) = _engine_run_backward((w,), (torch._add_batch_dim(eye, 0, level),), True,
-                                        False, (u,), True, accumulate_grad=False)
-            Jt = None if g is None else torch._remove_batch_dim(g, level, n, 0)
-        finally:
-            torch._C._vmapmode_decrement_nesting()
+        Jt = _vmapped_backward(w, u, eye, retain_graph=True)
     except (ImportError, AttributeError, TypeError):  # the private API has changed
         _batched_ok = False
         return None
@@ -64,23 +54,32 @@ def _batched_rows(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor | None:
     return Jt
 
 
-def _batched_vjp(out: torch.Tensor, inp: torch.Tensor, cot: torch.Tensor):
-    """``cot[b] · ∂out/∂inp`` for every row ``b`` of ``cot``, in one backward pass (as
-    :func:`_batched_rows`, frees the graph); None where the private API is missing."""
+def _vmapped_backward(out: torch.Tensor, inp: torch.Tensor, cot: torch.Tensor,
+                      retain_graph: bool):
+    """``cot[b] · ∂out/∂inp`` for every row ``b`` of ``cot`` in one backward pass, or None
+    if ``out`` does not depend on ``inp``.
+
+    What ``torch._vmap_internals._vmap`` does around a backward pass, without its pytree
+    handling of the arguments (measured at a sixth of a small fit's Jacobian). Private
+    torch functions: ImportError/AttributeError/TypeError where they have changed.
+    """
+    from torch import _add_batch_dim, _remove_batch_dim
+    from torch._C import _vmapmode_decrement_nesting, _vmapmode_increment_nesting
     from torch.autograd.graph import _engine_run_backward
 
     b = cot.shape[0]
-    level = torch._C._vmapmode_increment_nesting()
+    level = _vmapmode_increment_nesting()
     try:
         # an op without a batching rule makes torch warn about a slower fallback loop
-        # (here over 2 rows): not the user's concern
+        # over the rows: not the user's concern
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            (g,) = _engine_run_backward((out,), (torch._add_batch_dim(cot, 0, level),), False,
-                                        False, (inp,), True, accumulate_grad=False)
-        return None if g is None else torch._remove_batch_dim(g, level, b, 0)
+            (g,) = _engine_run_backward((out,), (_add_batch_dim(cot, 0, level),),
+                                        retain_graph, False, (inp,), True,
+                                        accumulate_grad=False)
+        return None if g is None else _remove_batch_dim(g, level, b, 0)
     finally:
-        torch._C._vmapmode_decrement_nesting()
+        _vmapmode_decrement_nesting()
 
 
 #: relative disagreement (per Jacobian column) above which :func:`separable_jacobian`
@@ -117,7 +116,7 @@ def separable_jacobian(residuals_of, theta: torch.Tensor, shape: tuple):
             r = r.reshape(-1)
             m = r.numel()
             cot, v_host = _probe(m, r.dtype, r.device)
-            GH = _batched_vjp(r, Q, cot)
+            GH = _vmapped_backward(r, Q, cot, retain_graph=False)
     except Exception:  # noqa: BLE001 - a failure here (of the model with per-element
         return None    # parameters, or of torch's private API) means: not this way
     if GH is None:

@@ -269,10 +269,9 @@ class ParamSpace:
         return out
 
     @property
-    def all_free_scalars(self) -> bool:
-        """Whether every parameter is a scalar and free (``theta`` is one value per name)."""
-        self._unflatten_plan()
-        return self._uscalar
+    def all_scalars(self) -> bool:
+        """Whether every parameter (free or fixed) is a scalar."""
+        return all(shape == () for shape in self.shapes.values())
 
     def _unflatten_plan(self) -> list:
         """Per parameter ``(name, shape, size, offset, n_free, init, free_idx)``, made once:
