@@ -163,7 +163,7 @@ def _lm_overhead(Y, P0, starts, rounds) -> float:
         cache = {}
 
         def cached(fn, tag, obj=obj, cache=cache):
-            def call(z):
+            def call(z, **_):
                 key = (tag, obj.as_tensor(z).numpy().tobytes())
                 if key not in cache:
                     cache[key] = fn(z)

@@ -36,6 +36,15 @@ def data(model_np=model_np, seed=0):
     return model_np(X, *P) + 0.01 * np.random.default_rng(seed).standard_normal(X.size)
 
 
+def fast_jacobian(prob, theta):
+    """The problem's one-pass Jacobian ``(r, J)``, or None where it does not apply."""
+    begun = prob.fast_jacobian(theta)
+    if begun is None:
+        return None
+    J = begun[1]()
+    return None if J is None else (begun[0], J)
+
+
 def complex_step_jacobian(f_np, p0):
     cols = []
     for j in range(len(p0)):
@@ -76,7 +85,7 @@ def test_separable_jacobian_matches_complex_step():
     p0 = [1.8, 1.1, 0.5, 0.6]
     prob = build_problem(model, X, data(), dict(zip(NAMES, p0)))
     theta = torch.tensor(p0, dtype=torch.float64)
-    out = prob.fast_jacobian(theta)
+    out = fast_jacobian(prob, theta)
     assert out is not None  # an elementwise model takes the one-pass Jacobian
     r, J = out
     np.testing.assert_allclose(J.numpy(), complex_step_jacobian(model_np, p0),
@@ -101,7 +110,7 @@ def test_coupled_models_are_refused_and_still_exact(coupled, coupled_np):
     xt, yt = torch.as_tensor(X), torch.as_tensor(y)
     assert separable_jacobian(lambda Q: yt - coupled(prob.space.unflatten(Q), xt), theta,
                               (X.size,)) is None
-    assert prob.fast_jacobian(theta) is None
+    assert fast_jacobian(prob, theta) is None
     # the objective falls back to the exact double-backward Jacobian
     J = prob.objective().residuals_and_jacobian(theta)[1].numpy()
     np.testing.assert_allclose(J, complex_step_jacobian(coupled_np, p0), rtol=1e-10,
@@ -123,7 +132,7 @@ def test_a_model_that_cannot_broadcast_is_refused():
 
     y = 2.0 * X + 1.0 + 0.01 * np.random.default_rng(1).standard_normal(X.size)
     prob = build_problem(linear, Xm, y, {"a": 1.0, "b": 0.0})
-    assert prob.fast_jacobian(torch.tensor([1.0, 0.0], dtype=torch.float64)) is None
+    assert fast_jacobian(prob, torch.tensor([1.0, 0.0], dtype=torch.float64)) is None
     res = gradfit.fit(linear, Xm, y, params={"a": 1.0, "b": 0.0})
     coef, *_ = np.linalg.lstsq(Xm, y, rcond=None)
     np.testing.assert_allclose([res.params["a"], res.params["b"]], coef, rtol=1e-9)
@@ -140,7 +149,7 @@ def test_a_model_whose_values_change_with_per_element_parameters_is_refused():
     y = sneaky_np(X, 2.0, 1.3, 0.7) + 0.01 * np.random.default_rng(2).standard_normal(X.size)
     p0 = {"a": 1.8, "k": 1.1, "c": 0.6}
     prob = build_problem(sneaky, X, y, p0)
-    assert prob.fast_jacobian(torch.tensor([1.8, 1.1, 0.6], dtype=torch.float64)) is None
+    assert fast_jacobian(prob, torch.tensor([1.8, 1.1, 0.6], dtype=torch.float64)) is None
     res = gradfit.fit(sneaky, X, y, params=p0)
     popt, _ = curve_fit(sneaky_np, X, y, p0=list(p0.values()), xtol=1e-14, ftol=1e-14)
     np.testing.assert_allclose([res.params[k] for k in "akc"], popt, rtol=1e-7)
@@ -183,7 +192,7 @@ def test_fixed_scalars_and_profiles_keep_the_one_pass_jacobian():
     params = {"a": 1.8, "k": 1.1, "w": gradfit.Param(0.4, fixed=True), "c": 0.6}
     prob = build_problem(model, X, y, params)
     theta = torch.tensor([1.8, 1.1, 0.6], dtype=torch.float64)
-    out = prob.fast_jacobian(theta)
+    out = fast_jacobian(prob, theta)
     assert out is not None
     ref = complex_step_jacobian(lambda x, a, k, c: model_np(x, a, k, 0.4, c), [1.8, 1.1, 0.6])
     np.testing.assert_allclose(out[1].numpy(), ref, rtol=1e-12, atol=1e-13)
@@ -221,8 +230,30 @@ def test_other_likelihoods_jacobian_matches_the_general_one(likelihood):
     theta = torch.tensor(list(p0.values()), dtype=torch.float64)
     obj = prob.objective()
     r_fast, J_fast = obj.residuals_and_jacobian(theta)
-    assert prob.fast_jacobian(theta) is not None
+    assert fast_jacobian(prob, theta) is not None
     obj._fast_jac = None
     r_slow, J_slow = obj.residuals_and_jacobian(theta)
     np.testing.assert_allclose(r_fast.numpy(), r_slow.numpy(), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(J_fast.numpy(), J_slow.numpy(), rtol=1e-11, atol=1e-13)
+
+
+def test_a_trial_point_lends_its_forward_pass_to_the_jacobian():
+    y = data()
+    prob = build_problem(model, X, y, dict(zip(NAMES, [1.8, 1.1, 0.5, 0.6])))
+    obj = prob.objective()
+    z = obj.as_tensor([1.7, 1.2, 0.45, 0.65])
+    r = obj.residuals(z, then_jacobian=True)
+    assert (obj.nfev, obj.njev) == (1, 0)
+    r2, J = obj.residuals_and_jacobian(z)
+    assert (obj.nfev, obj.njev) == (1, 1)  # no second evaluation of the model
+    assert torch.equal(r, r2)
+    np.testing.assert_allclose(J.numpy(), complex_step_jacobian(model_np, z.tolist()),
+                               rtol=1e-12, atol=1e-13)
+    # at another point, the kept pass is not used
+    obj.residuals(z, then_jacobian=True)
+    z2 = z + 0.01
+    r3, J3 = obj.residuals_and_jacobian(z2)
+    assert (obj.nfev, obj.njev) == (3, 2)
+    np.testing.assert_allclose(r3.numpy(), y - model_np(X, *z2.tolist()), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(J3.numpy(), complex_step_jacobian(model_np, z2.tolist()),
+                               rtol=1e-12, atol=1e-13)

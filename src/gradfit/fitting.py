@@ -14,7 +14,7 @@ import torch
 
 from . import solvers
 from .likelihoods import Gaussian, get_likelihood
-from .objective import Objective, resolve_device, separable_jacobian
+from .objective import Objective, resolve_device, separable_begin
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
@@ -117,8 +117,8 @@ class Problem:
     in_memory = True
     reducer = None
     terms = None
-    #: ``theta -> (r, J)`` or None: a cheaper Jacobian where it applies (see
-    #: :func:`gradfit.objective.separable_jacobian`); None: never
+    #: ``theta -> (r, finish)`` or None, ``finish() -> J`` or None: a cheaper Jacobian
+    #: where it applies (see :func:`gradfit.objective.separable_begin`); None: never
     fast_jacobian = None
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
@@ -155,13 +155,21 @@ class Problem:
         fj = self.fast_jacobian
         if fj is not None and sp.bounded:
             def fj(z, fj_theta=self.fast_jacobian):
-                out = fj_theta(sp.to_external(z))
-                if out is None:
+                begun = fj_theta(sp.to_external(z))
+                if begun is None:
                     return None
-                with torch.enable_grad():
-                    zz = z.detach().requires_grad_(True)
-                    (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
-                return out[0], out[1] * dtheta
+
+                def finish():
+                    J = begun[1]()
+                    if J is None:
+                        return None
+                    # chain rule through the elementwise bound transform theta(z)
+                    with torch.enable_grad():
+                        zz = z.detach().requires_grad_(True)
+                        (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
+                    return J * dtheta
+
+                return begun[0], finish
         return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype,
                          residual_jacobian_fun=rj, fast_jacobian_fun=fj)
 
@@ -443,10 +451,10 @@ def _leaves_reached(t: torch.Tensor) -> set:
 
 
 def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
-    """``theta -> (r, J)`` or None, by :func:`gradfit.objective.separable_jacobian`.
+    """``theta -> (r, finish)`` or None, by :func:`gradfit.objective.separable_begin`.
 
-    Once it has said no for a problem it is not tried again. Its first answer is also
-    checked against the plain residuals (a model that reads its parameters' shape or
+    Once it has said no for a problem it is not tried again. Its first residuals are
+    also checked against the plain ones (a model that reads its parameters' shape or
     detaches them could give other values with per-element parameters).
     """
     state = {"ok": True, "checked": False}
@@ -454,17 +462,25 @@ def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
     def fast(theta):
         if not state["ok"]:
             return None
-        out = separable_jacobian(residuals_of, theta, tuple(yt.shape))
-        if out is not None and not state["checked"]:
+        begun = separable_begin(residuals_of, theta, tuple(yt.shape))
+        if begun is not None and not state["checked"]:
             with torch.no_grad():
                 r0 = plain_residuals(theta)
-            tol = 1e-10 * float(torch.maximum(r0.abs().max(), out[0].abs().max()))
-            if not float((out[0] - r0).abs().max()) <= tol:
-                out = None
+            tol = 1e-10 * float(torch.maximum(r0.abs().max(), begun[0].abs().max()))
+            if not float((begun[0] - r0).abs().max()) <= tol:
+                begun = None
             state["checked"] = True
-        if out is None:
+        if begun is None:
             state["ok"] = False
-        return out
+            return None
+
+        def finish(fin=begun[1]):
+            J = fin()
+            if J is None:
+                state["ok"] = False
+            return J
+
+        return begun[0], finish
 
     return fast
 

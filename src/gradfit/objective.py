@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-__all__ = ["Objective", "Linearization", "resolve_device", "separable_jacobian"]
+__all__ = ["Objective", "Linearization", "resolve_device", "separable_begin",
+           "separable_jacobian"]
 
 #: Jacobians up to this many entries get all their columns in one vectorised pass
 _BATCHED_COLUMNS_MAX = 4_000_000
@@ -105,6 +106,20 @@ def separable_jacobian(residuals_of, theta: torch.Tensor, shape: tuple):
     fails or changes shape with per-element parameters, or its elements are coupled);
     the caller then differentiates it the general way.
     """
+    begun = separable_begin(residuals_of, theta, shape)
+    if begun is None:
+        return None
+    J = begun[1]()
+    return None if J is None else (begun[0], J)
+
+
+def separable_begin(residuals_of, theta: torch.Tensor, shape: tuple):
+    """:func:`separable_jacobian` in two steps: ``(r, finish)`` now (the forward pass,
+    its graph kept), where ``finish()`` is the Jacobian or None; or None.
+
+    Levenberg–Marquardt evaluates each trial point this way, so that the Jacobian at
+    an accepted point costs only its backward pass.
+    """
     n = theta.numel()
     Q = theta.detach().expand(*shape, n).clone().requires_grad_(True)
     try:
@@ -114,25 +129,32 @@ def separable_jacobian(residuals_of, theta: torch.Tensor, shape: tuple):
                     or not r.requires_grad:
                 return None
             r = r.reshape(-1)
-            m = r.numel()
+    except Exception:  # noqa: BLE001 - a failure of the model with per-element
+        return None    # parameters means: not this way
+
+    def finish():
+        m = r.numel()
+        try:
             cot, v_host = _probe(m, r.dtype, r.device)
             GH = _vmapped_backward(r, Q, cot, retain_graph=False)
-    except Exception:  # noqa: BLE001 - a failure here (of the model with per-element
-        return None    # parameters, or of torch's private API) means: not this way
-    if GH is None:
-        return None
-    G = GH[0].reshape(m, n)
-    if G.device.type == "cpu":  # a dozen small torch calls cost 3x their NumPy twins
-        Gn, Hn = G.numpy(), GH[1].reshape(m, n).numpy()
-        vG = v_host[:, None] * Gn
-        with np.errstate(invalid="ignore"):
-            ok = bool((np.abs(Hn - vG).max(axis=0)
-                       <= SEPARABLE_TOL * np.abs(vG).max(axis=0)).all())
-    else:
-        vG = cot[1][:, None] * G
-        ok = bool(((GH[1].reshape(m, n) - vG).abs().amax(dim=0)
-                   <= SEPARABLE_TOL * vG.abs().amax(dim=0)).all())
-    return (r.detach(), G) if ok else None
+        except Exception:  # noqa: BLE001 - torch's private API, or a backward that fails
+            return None
+        if GH is None:
+            return None
+        G = GH[0].reshape(m, n)
+        if G.device.type == "cpu":  # a dozen small torch calls cost 3x their NumPy twins
+            Gn, Hn = G.numpy(), GH[1].reshape(m, n).numpy()
+            vG = v_host[:, None] * Gn
+            with np.errstate(invalid="ignore"):
+                ok = bool((np.abs(Hn - vG).max(axis=0)
+                           <= SEPARABLE_TOL * np.abs(vG).max(axis=0)).all())
+        else:
+            vG = cot[1][:, None] * G
+            ok = bool(((GH[1].reshape(m, n) - vG).abs().amax(dim=0)
+                       <= SEPARABLE_TOL * vG.abs().amax(dim=0)).all())
+        return G if ok else None
+
+    return r.detach(), finish
 
 
 _probes: dict = {}
@@ -198,9 +220,9 @@ class Objective:
         ``residual_jacobian_fun(z) -> (r, J)`` with ``J = dr/dz`` of shape ``(m, n)``:
         an exact Jacobian supplied by the model, used instead of autodiff columns.
     fast_jacobian_fun : callable, optional
-        ``fast_jacobian_fun(z) -> (r, J)`` or None: a cheaper autodiff Jacobian that may
-        not apply (see :func:`separable_jacobian`); where it returns None, the
-        double-backward columns.
+        ``fast_jacobian_fun(z) -> (r, finish)`` or None, with ``finish() -> J`` or None:
+        a cheaper autodiff Jacobian that may not apply (see :func:`separable_begin`);
+        where it gives None, the double-backward columns.
     """
 
     def __init__(
@@ -227,6 +249,7 @@ class Objective:
         self.njev = 0  # Jacobian evaluations
         self._np_cache: tuple[bytes, float, np.ndarray] | None = None
         self._last_jac: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending = None  # (z, r, finish) of the last residuals(then_jacobian=True)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -295,12 +318,23 @@ class Objective:
         H = torch.stack(rows).detach()
         return 0.5 * (H + H.T)
 
-    def residuals(self, z: torch.Tensor) -> torch.Tensor:
+    def residuals(self, z: torch.Tensor, *, then_jacobian: bool = False) -> torch.Tensor:
+        """r(z). ``then_jacobian``: the Jacobian at ``z`` may be asked for next (a trial
+        step that may be accepted); where the fast Jacobian applies, the forward pass
+        is kept for it, so that :meth:`residuals_and_jacobian` at ``z`` needs only the
+        backward pass."""
         if self._res is None:
             raise TypeError("this objective has no residual form; Levenberg–Marquardt needs one")
         self.nfev += 1
+        z = self.as_tensor(z)
+        self._pending = None
+        if then_jacobian and self._fast_jac is not None and self._res_jac is None:
+            begun = self._fast_jac(z)
+            if begun is not None:
+                self._pending = (z.clone(), begun[0], begun[1])
+                return begun[0]
         with torch.no_grad():
-            return self._res(self.as_tensor(z))
+            return self._res(z)
 
     def residuals_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals r(z) and the ``m x n`` Jacobian (see :meth:`_residuals_and_jacobian`).
@@ -309,7 +343,15 @@ class Objective:
         Levenberg–Marquardt fit need no second one.
         """
         z = self.as_tensor(z)
-        r, J = self._residuals_and_jacobian(z)
+        pending, self._pending = self._pending, None
+        J = None
+        if pending is not None and torch.equal(pending[0], z):
+            J = pending[2]()  # the forward pass was the trial's: no new evaluation
+            if J is not None:
+                self.njev += 1
+                r = pending[1]
+        if J is None:
+            r, J = self._residuals_and_jacobian(z)
         self._last_jac = (z.clone(), J)
         return r, J
 
@@ -338,9 +380,10 @@ class Objective:
                 r, J = self._res_jac(self.as_tensor(z))
             return r.detach(), J.detach()
         if self._fast_jac is not None:
-            out = self._fast_jac(self.as_tensor(z))
-            if out is not None:
-                return out
+            begun = self._fast_jac(self.as_tensor(z))
+            J = None if begun is None else begun[1]()
+            if J is not None:
+                return begun[0], J
         z = self.as_tensor(z).requires_grad_(True)
         with torch.enable_grad():
             r = self._res(z)

@@ -88,8 +88,8 @@ class _TorchOps:
             return None
         return torch.cholesky_solve(b[:, None], L)[:, 0]
 
-    def residuals(self, z):
-        return self.obj.residuals(z)
+    def residuals(self, z, then_jacobian=False):
+        return self.obj.residuals(z, then_jacobian=then_jacobian)
 
     def residuals_and_jacobian(self, z):
         return self.obj.residuals_and_jacobian(z)
@@ -165,8 +165,8 @@ class _NumpyOps(_TorchOps):
             return None
         return np.linalg.solve(L.T, np.linalg.solve(L, b))
 
-    def residuals(self, z):
-        return self.obj.residuals(torch.from_numpy(z)).numpy()
+    def residuals(self, z, then_jacobian=False):
+        return self.obj.residuals(torch.from_numpy(z), then_jacobian=then_jacobian).numpy()
 
     def residuals_and_jacobian(self, z):
         r, J = self.obj.residuals_and_jacobian(torch.from_numpy(z))
@@ -461,7 +461,7 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
                                          rank_tol, geodesic_alpha)
                 nfev += 1
             z_new = z + p
-            r_new = xp.residuals(z_new)
+            r_new = xp.residuals(z_new, then_jacobian=True)
             nfev += 1
             fnorm1 = float(xp.norm(r_new))
             finite = math.isfinite(fnorm1) and bool(np.isfinite(w).all())
