@@ -124,11 +124,11 @@ class _NumpyOps(_TorchOps):
 
     @staticmethod
     def norm(a):
-        return np.linalg.norm(a)
+        return _norm(a)
 
     @staticmethod
     def colnorm(J):
-        return np.linalg.norm(J, axis=0)
+        return np.sqrt(np.einsum("ij,ij->j", J, J))
 
     @staticmethod
     def allfinite(a) -> bool:
@@ -155,6 +155,9 @@ class _NumpyOps(_TorchOps):
 
     @staticmethod
     def to_host(*parts) -> np.ndarray:
+        if parts[0].dtype == np.float64:  # already host float64: no copies needed
+            s, utr = parts[0], parts[1]
+            return np.concatenate((s, utr, np.array([float(q) for q in parts[2:]])))
         return np.concatenate([np.reshape(q, -1) for q in parts]).astype(np.float64)
 
     @staticmethod
@@ -181,6 +184,12 @@ def _ops(obj: Objective) -> _TorchOps:
     return _NumpyOps(obj) if obj.device.type == "cpu" else _TorchOps(obj)
 
 
+def _norm(a) -> float:
+    """Euclidean norm of a 1-D NumPy array as a float (what ``np.linalg.norm`` computes
+    for one, ``sqrt(a·a)``, without its dispatch)."""
+    return math.sqrt(float(a @ a))
+
+
 def _trust_region_weights(s, utr, delta, rank_tol):
     """Weights ``w`` with ``D p = -V w`` for the trust-region step, and its damping λ.
 
@@ -190,17 +199,17 @@ def _trust_region_weights(s, utr, delta, rank_tol):
     """
     keep = s > rank_tol
     w_gn = np.where(keep, utr / np.where(keep, s, 1.0), 0.0)
-    q_gn = float(np.linalg.norm(w_gn))
+    q_gn = _norm(w_gn)
     if q_gn <= 1.1 * delta:
         return w_gn, 0.0
     su = s * utr
-    hi = float(np.linalg.norm(su)) / delta  # at this λ, |w| <= delta for sure
+    hi = _norm(su) / delta  # at this λ, |w| <= delta for sure
     lo = 0.0
     lam = hi
     for _ in range(100):
         den = s * s + lam
         w = su / den
-        q = float(np.linalg.norm(w))
+        q = _norm(w)
         if abs(q - delta) <= 0.1 * delta or hi - lo <= 1e-14 * hi:
             return w, lam
         if q > delta:
@@ -451,7 +460,7 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
 
         while True:  # trial steps with this Jacobian until one is accepted
             w, lam = _trust_region_weights(s, utr, delta, rank_tol)
-            pnorm = float(np.linalg.norm(w))
+            pnorm = _norm(w)
             if nit == 1 and nfev == 1:
                 delta = min(delta, pnorm)
             w_dev = xp.from_host(w)
