@@ -12,7 +12,6 @@ no multi-second first-call overhead in a fresh process.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -71,13 +70,10 @@ def _vmapped_backward(out: torch.Tensor, inp: torch.Tensor, cot: torch.Tensor,
     b = cot.shape[0]
     level = _vmapmode_increment_nesting()
     try:
-        # an op without a batching rule makes torch warn about a slower fallback loop
-        # over the rows: not the user's concern
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            (g,) = _engine_run_backward((out,), (_add_batch_dim(cot, 0, level),),
-                                        retain_graph, False, (inp,), True,
-                                        accumulate_grad=False)
+        # (an op without a batching rule runs a loop over the rows; torch says so only
+        # where its vmap fallback warnings are switched on, off by default)
+        (g,) = _engine_run_backward((out,), (_add_batch_dim(cot, 0, level),), retain_graph,
+                                    False, (inp,), True, accumulate_grad=False)
         return None if g is None else _remove_batch_dim(g, level, b, 0)
     finally:
         _vmapmode_decrement_nesting()
