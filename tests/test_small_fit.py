@@ -257,3 +257,23 @@ def test_a_trial_point_lends_its_forward_pass_to_the_jacobian():
     np.testing.assert_allclose(r3.numpy(), y - model_np(X, *z2.tolist()), rtol=0, atol=1e-13)
     np.testing.assert_allclose(J3.numpy(), complex_step_jacobian(model_np, z2.tolist()),
                                rtol=1e-12, atol=1e-13)
+
+
+def test_unused_parameters_found_by_the_graph_walk_as_by_autograd():
+    from gradfit.fitting import _leaves_reached
+
+    leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+              for k, v in zip("abcd", [1.0, 2.0, 3.0, 4.0])}
+    x = torch.linspace(0, 1, 5, dtype=torch.float64)
+    outputs = [leaves["a"] * x + leaves["b"] ** 2,       # c, d unused
+               leaves["c"] * 0.0 + x,                    # c used (zero derivative)
+               leaves["d"].detach() * x + leaves["a"],   # d detached: unused
+               leaves["b"]]                              # a leaf itself
+    for out in outputs:
+        grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
+        by_autograd = {k for k, g in zip(leaves, grads) if g is not None}
+        reached = _leaves_reached(out)
+        assert {k for k, t in leaves.items() if id(t) in reached} == by_autograd
+    with pytest.raises(ValueError, match="'d'.*not used by the model"):
+        gradfit.fit(lambda p, x: p["a"] * x + p["d"].detach(), X, data(),
+                    params={"a": 1.0, "d": 0.0})
