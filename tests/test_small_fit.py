@@ -277,3 +277,19 @@ def test_unused_parameters_found_by_the_graph_walk_as_by_autograd():
     with pytest.raises(ValueError, match="'d'.*not used by the model"):
         gradfit.fit(lambda p, x: p["a"] * x + p["d"].detach(), X, data(),
                     params={"a": 1.0, "d": 0.0})
+
+
+def test_float32_takes_the_one_pass_jacobian_and_matches_float64():
+    y = data()
+    p0 = dict(zip(NAMES, [1.8, 1.1, 0.5, 0.6]))
+    prob = build_problem(model, X, y, p0, dtype="float32")
+    theta = torch.tensor([1.8, 1.1, 0.5, 0.6], dtype=torch.float32)
+    out = fast_jacobian(prob, theta)
+    assert out is not None and out[1].dtype == torch.float32
+    np.testing.assert_allclose(out[1].numpy(), complex_step_jacobian(model_np, theta.tolist()),
+                               rtol=1e-5, atol=1e-5)
+    r32 = gradfit.fit(model, X, y, params=p0, dtype="float32")
+    r64 = gradfit.fit(model, X, y, params=p0)
+    for k in NAMES:
+        assert abs(r32.params[k] - r64.params[k]) <= 1e-2 * r64.errors[k]
+        assert r32.errors[k] == pytest.approx(r64.errors[k], rel=1e-3)

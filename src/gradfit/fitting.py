@@ -14,7 +14,7 @@ import torch
 
 from . import solvers
 from .likelihoods import Gaussian, get_likelihood
-from .objective import Objective, resolve_device, separable_begin
+from .objective import Objective, resolve_device, separable_begin, separable_tol
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
@@ -466,7 +466,8 @@ def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
         if begun is not None and not state["checked"]:
             with torch.no_grad():
                 r0 = plain_residuals(theta)
-            tol = 1e-10 * float(torch.maximum(r0.abs().max(), begun[0].abs().max()))
+            tol = separable_tol(r0.dtype) * float(torch.maximum(r0.abs().max(),
+                                                                   begun[0].abs().max()))
             if not float((begun[0] - r0).abs().max()) <= tol:
                 begun = None
             state["checked"] = True

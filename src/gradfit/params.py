@@ -246,7 +246,7 @@ class ParamSpace:
         Works on a leading batch dimension: ``theta`` of shape ``(..., n_free)``.
         """
         plan = self._unflatten_plan()
-        if self._uscalar:
+        if self.__dict__.get("_uscalar", False):
             # every parameter a free scalar: one autograd node instead of a slice and a
             # view per parameter (in a small fit's Jacobian, double-backward through
             # those nodes cost about as much as the model)
