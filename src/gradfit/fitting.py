@@ -417,7 +417,10 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
     prob = make(space)
     prob.terms = terms
     with torch.no_grad():
-        f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
+        if not nuis_names and log_prior is None:
+            f0 = lik.nll(yt, mu0, {})  # nll at the start is a function of mu0 alone
+        else:
+            f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
     if not torch.isfinite(f0):
         nbad = int((~torch.isfinite(mu0)).sum())
         hint = (f" (the model returned non-finite values at {nbad} of {mu0.numel()} points)"
