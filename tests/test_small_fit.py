@@ -293,3 +293,15 @@ def test_float32_takes_the_one_pass_jacobian_and_matches_float64():
     for k in NAMES:
         assert abs(r32.params[k] - r64.params[k]) <= 1e-2 * r64.errors[k]
         assert r32.errors[k] == pytest.approx(r64.errors[k], rel=1e-3)
+
+
+def test_a_jacobian_too_large_for_the_one_pass_takes_the_general_path(monkeypatch):
+    import gradfit.objective as objective
+
+    prob = build_problem(model, X, data(), dict(zip(NAMES, [1.8, 1.1, 0.5, 0.6])))
+    theta = torch.tensor([1.8, 1.1, 0.5, 0.6], dtype=torch.float64)
+    monkeypatch.setattr(objective, "SEPARABLE_MAX_ELEMENTS", X.size * 4 - 1)
+    assert fast_jacobian(prob, theta) is None
+    J = prob.objective().residuals_and_jacobian(theta)[1]  # the double-backward columns
+    np.testing.assert_allclose(J.numpy(), complex_step_jacobian(model_np, theta.tolist()),
+                               rtol=1e-12, atol=1e-13)

@@ -12,6 +12,7 @@ no multi-second first-call overhead in a fresh process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -86,6 +87,12 @@ def _vmapped_backward(out: torch.Tensor, inp: torch.Tensor, cot: torch.Tensor,
 SEPARABLE_TOL = 1e-10
 
 
+#: the one-pass Jacobian holds about four Jacobian-sized arrays at once (the parameter
+#: copies, the two cotangents' gradients, J); above this many elements of J (200 MB in
+#: float64) the general path, which needs less memory
+SEPARABLE_MAX_ELEMENTS = 25_000_000
+
+
 def separable_tol(dtype) -> float:
     """The coupling tolerance of :func:`separable_jacobian` for ``dtype``."""
     return max(SEPARABLE_TOL, 1000.0 * torch.finfo(dtype).eps)
@@ -124,6 +131,8 @@ def separable_begin(residuals_of, theta: torch.Tensor, shape: tuple):
     an accepted point costs only its backward pass.
     """
     n = theta.numel()
+    if math.prod(shape) * n > SEPARABLE_MAX_ELEMENTS:
+        return None
     Q = theta.detach().expand(*shape, n).clone().requires_grad_(True)
     try:
         with torch.enable_grad():
