@@ -14,7 +14,7 @@ import torch
 
 from . import solvers
 from .likelihoods import Gaussian, get_likelihood
-from .objective import Objective, resolve_device
+from .objective import Objective, resolve_device, separable_begin, separable_tol
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
@@ -117,6 +117,9 @@ class Problem:
     in_memory = True
     reducer = None
     terms = None
+    #: ``theta -> (r, finish)`` or None, ``finish() -> J`` or None: a cheaper Jacobian
+    #: where it applies (see :func:`gradfit.objective.separable_begin`); None: never
+    fast_jacobian = None
 
     def __init__(self, space, nll, residuals, device, dtype, ndata=None, likelihood=None,
                  gauss_newton=False, rebuild=None, lik_residuals=None, residual_jacobian=None):
@@ -149,14 +152,33 @@ class Problem:
                     (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
                 r_, J = rj_theta(sp.to_external(z))
                 return r_, J * dtheta
+        fj = self.fast_jacobian
+        if fj is not None and sp.bounded:
+            def fj(z, fj_theta=self.fast_jacobian):
+                begun = fj_theta(sp.to_external(z))
+                if begun is None:
+                    return None
+
+                def finish():
+                    J = begun[1]()
+                    if J is None:
+                        return None
+                    # chain rule through the elementwise bound transform theta(z)
+                    with torch.enable_grad():
+                        zz = z.detach().requires_grad_(True)
+                        (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
+                    return J * dtheta
+
+                return begun[0], finish
         return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype,
-                         residual_jacobian_fun=rj)
+                         residual_jacobian_fun=rj, fast_jacobian_fun=fj)
 
     def theta_objective(self) -> Objective:
         """The objective in physical units (for Hessians and errors)."""
         return Objective(self.nll, self.space.n_free, residual_fun=self.residuals,
                          device=self.device, dtype=self.dtype,
-                         residual_jacobian_fun=self.residual_jacobian)
+                         residual_jacobian_fun=self.residual_jacobian,
+                         fast_jacobian_fun=self.fast_jacobian)
 
     def run(self, method="auto", **kwargs) -> FitResult:
         """Minimise this problem; the same as :func:`run_problem` ``(self, method, ...)``."""
@@ -312,12 +334,8 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
         raise ValueError(
             f"the model returned shape {tuple(mu0.shape)} but y has shape {tuple(yt.shape)}")
     free_leaves = [n for n in user_names if leaves[n].requires_grad]
-    if free_leaves and mu0.requires_grad:
-        grads = torch.autograd.grad(mu0.sum(), [leaves[n] for n in free_leaves],
-                                    allow_unused=True)
-    else:
-        grads = [None] * len(free_leaves)
-    unused = [n for n, g in zip(free_leaves, grads) if g is None]
+    reached = _leaves_reached(mu0) if free_leaves else set()
+    unused = [n for n in free_leaves if id(leaves[n]) not in reached]
     if unused:
         raise ValueError(
             f"parameter(s) {', '.join(map(repr, unused))} are not used by the model; "
@@ -338,7 +356,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                 "with a model parameter of that name; rename the model parameter or give the "
                 "likelihood a fixed value")
         all_params[nname] = Param(nuis0[nname] if val is None else val, bounds=bounds)
-    space = ParamSpace(all_params)
+    space = ParamSpace(all_params) if lik.nuisance else init_space
     nuis_names = list(lik.nuisance)
     log_prior = _log_prior_fn(prior_map, whole_prior)
     prior_res, prior_ok = _prior_residual_fn(prior_map, whole_prior)
@@ -387,14 +405,22 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
                 return _residual_jacobian(jacobian, sp, theta, user_names, xt, yt, lik,
                                           prior_res)
 
-        return Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
+        prob = Problem(sp, nll, residuals, dev, dt, ndata=int(yt.numel()), likelihood=lik,
                        gauss_newton=isinstance(lik, Gaussian) and has_res, rebuild=make,
                        lik_residuals=lik_residuals, residual_jacobian=res_jac)
+        if has_res and res_jac is None and prior_res is None and sp.all_scalars \
+                and list(sp.names) == user_names:
+            prob.fast_jacobian = _separable_jacobian_fn(
+                lambda Q: lik.residuals(yt, predict(sp.unflatten(Q))), lik_residuals, yt)
+        return prob
 
     prob = make(space)
     prob.terms = terms
     with torch.no_grad():
-        f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
+        if not nuis_names and log_prior is None:
+            f0 = lik.nll(yt, mu0, {})  # nll at the start is a function of mu0 alone
+        else:
+            f0 = prob.nll(torch.as_tensor(space.theta0, device=dev, dtype=dt))
     if not torch.isfinite(f0):
         nbad = int((~torch.isfinite(mu0)).sum())
         hint = (f" (the model returned non-finite values at {nbad} of {mu0.numel()} points)"
@@ -403,6 +429,64 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
             f"the negative log-likelihood is {float(f0)} at the initial parameters{hint}; "
             "choose a starting point where the model and likelihood are finite")
     return prob
+
+
+def _leaves_reached(t: torch.Tensor) -> set:
+    """``id`` of every leaf tensor the autograd graph of ``t`` reaches.
+
+    A leaf is reached exactly when ``autograd.grad(t.sum(), leaf, allow_unused=True)``
+    is not None; walking the graph costs a fraction of that backward pass.
+    """
+    out, seen = set(), set()
+    if t.grad_fn is None:  # t is a leaf itself, or no graph at all
+        return {id(t)} if t.requires_grad else out
+    stack = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
+        if var is not None:
+            out.add(id(var))
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return out
+
+
+def _separable_jacobian_fn(residuals_of, plain_residuals, yt):
+    """``theta -> (r, finish)`` or None, by :func:`gradfit.objective.separable_begin`.
+
+    Once it has said no for a problem it is not tried again. Its first residuals are
+    also checked against the plain ones (a model that reads its parameters' shape or
+    detaches them could give other values with per-element parameters).
+    """
+    state = {"ok": True, "checked": False}
+
+    def fast(theta):
+        if not state["ok"]:
+            return None
+        begun = separable_begin(residuals_of, theta, tuple(yt.shape))
+        if begun is not None and not state["checked"]:
+            with torch.no_grad():
+                r0 = plain_residuals(theta)
+            tol = separable_tol(r0.dtype) * float(torch.maximum(r0.abs().max(),
+                                                                   begun[0].abs().max()))
+            if not float((begun[0] - r0).abs().max()) <= tol:
+                begun = None
+            state["checked"] = True
+        if begun is None:
+            state["ok"] = False
+            return None
+
+        def finish(fin=begun[1]):
+            J = fin()
+            if J is None:
+                state["ok"] = False
+            return J
+
+        return begun[0], finish
+
+    return fast
 
 
 def _residual_jacobian(jacobian, sp: ParamSpace, theta, user_names, xt, yt, lik, prior_res):

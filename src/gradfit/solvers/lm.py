@@ -28,6 +28,168 @@ from .base import RawSolution, SolverOptions
 __all__ = ["levenberg_marquardt"]
 
 
+class _TorchOps:
+    """The loop's array operations on the objective's device (torch)."""
+
+    host = False
+
+    def __init__(self, obj: Objective):
+        self.obj = obj
+
+    def arr(self, t):  # objective's tensor -> loop array
+        return t
+
+    def tensor(self, a):  # loop array -> objective's tensor
+        return a
+
+    def from_host(self, w):
+        return torch.as_tensor(w, dtype=self.obj.dtype, device=self.obj.device)
+
+    @staticmethod
+    def norm(a):
+        return torch.linalg.vector_norm(a)
+
+    @staticmethod
+    def colnorm(J):
+        return torch.linalg.vector_norm(J, dim=0)
+
+    @staticmethod
+    def allfinite(a) -> bool:
+        return bool(torch.isfinite(a).all())
+
+    where = staticmethod(torch.where)
+    maximum = staticmethod(torch.maximum)
+    ones_like = staticmethod(torch.ones_like)
+    zeros_like = staticmethod(torch.zeros_like)
+
+    def zeros(self, n):
+        return torch.zeros(n, dtype=self.obj.dtype, device=self.obj.device)
+
+    @staticmethod
+    def svd(A):
+        """Thin SVD; for tall A through a QR first, which is faster on CPU and GPU alike."""
+        m, n = A.shape
+        if m >= 2 * n:
+            Q, R = torch.linalg.qr(A)
+            Ur, s, Vh = torch.linalg.svd(R)
+            return Q @ Ur, s, Vh
+        return torch.linalg.svd(A, full_matrices=False)
+
+    @staticmethod
+    def to_host(*parts) -> np.ndarray:
+        """Small tensors (1-D or 0-d) as one float64 array, in one device sync."""
+        return torch.cat([q.reshape(-1) for q in parts]).cpu().numpy().astype(np.float64)
+
+    @staticmethod
+    def cho_solve(H, b):
+        """``H⁻¹ b`` by Cholesky, or None if H is not positive definite."""
+        L, info = torch.linalg.cholesky_ex(H)
+        if int(info) != 0:
+            return None
+        return torch.cholesky_solve(b[:, None], L)[:, 0]
+
+    def residuals(self, z, then_jacobian=False):
+        return self.obj.residuals(z, then_jacobian=then_jacobian)
+
+    def residuals_and_jacobian(self, z):
+        return self.obj.residuals_and_jacobian(z)
+
+    def hessian(self, z):
+        return self.obj.hessian(z)
+
+
+class _NumpyOps(_TorchOps):
+    """The same operations in NumPy, for CPU objectives.
+
+    For a small fit (a few parameters, a few hundred residuals) each torch call costs
+    5-30 µs of dispatch, so that the loop's dozens of small operations per
+    iteration cost about as much as a Jacobian; NumPy's are several times cheaper.
+    The arrays share memory with the objective's CPU tensors (no copies).
+    """
+
+    host = True
+
+    def arr(self, t):
+        return t.detach().numpy()
+
+    def tensor(self, a):
+        return torch.from_numpy(a)
+
+    def from_host(self, w):
+        return np.asarray(w, dtype=self.np_dtype)
+
+    def __init__(self, obj: Objective):
+        super().__init__(obj)
+        self.np_dtype = torch.empty(0, dtype=obj.dtype).numpy().dtype
+
+    @staticmethod
+    def norm(a):
+        return _norm(a)
+
+    @staticmethod
+    def colnorm(J):
+        return np.sqrt(np.einsum("ij,ij->j", J, J))
+
+    @staticmethod
+    def allfinite(a) -> bool:
+        return bool(np.isfinite(a).all())
+
+    where = staticmethod(np.where)
+    maximum = staticmethod(np.maximum)
+    ones_like = staticmethod(np.ones_like)
+    zeros_like = staticmethod(np.zeros_like)
+
+    def zeros(self, n):
+        return np.zeros(n, dtype=self.np_dtype)
+
+    @staticmethod
+    def svd(A):
+        # LAPACK's gesdd factors a tall A by QR first by itself: one call (a third of the
+        # cost of np.linalg.qr + svd for 225 x 7)
+        try:
+            return np.linalg.svd(A, full_matrices=False)
+        except np.linalg.LinAlgError:  # gesdd did not converge: the QR route
+            Q, R = np.linalg.qr(A)
+            Ur, s, Vh = np.linalg.svd(R)
+            return Q @ Ur, s, Vh
+
+    @staticmethod
+    def to_host(*parts) -> np.ndarray:
+        if parts[0].dtype == np.float64:  # already host float64: no copies needed
+            s, utr = parts[0], parts[1]
+            return np.concatenate((s, utr, np.array([float(q) for q in parts[2:]])))
+        return np.concatenate([np.reshape(q, -1) for q in parts]).astype(np.float64)
+
+    @staticmethod
+    def cho_solve(H, b):
+        try:
+            L = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            return None
+        return np.linalg.solve(L.T, np.linalg.solve(L, b))
+
+    def residuals(self, z, then_jacobian=False):
+        return self.obj.residuals(torch.from_numpy(z), then_jacobian=then_jacobian).numpy()
+
+    def residuals_and_jacobian(self, z):
+        r, J = self.obj.residuals_and_jacobian(torch.from_numpy(z))
+        return r.numpy(), J.numpy()
+
+    def hessian(self, z):
+        return self.obj.hessian(torch.from_numpy(z)).numpy()
+
+
+def _ops(obj: Objective) -> _TorchOps:
+    """NumPy for a CPU objective, torch elsewhere (the m-sized arrays stay on the device)."""
+    return _NumpyOps(obj) if obj.device.type == "cpu" else _TorchOps(obj)
+
+
+def _norm(a) -> float:
+    """Euclidean norm of a 1-D NumPy array as a float (what ``np.linalg.norm`` computes
+    for one, ``sqrt(a·a)``, without its dispatch)."""
+    return math.sqrt(float(a @ a))
+
+
 def _trust_region_weights(s, utr, delta, rank_tol):
     """Weights ``w`` with ``D p = -V w`` for the trust-region step, and its damping λ.
 
@@ -37,17 +199,17 @@ def _trust_region_weights(s, utr, delta, rank_tol):
     """
     keep = s > rank_tol
     w_gn = np.where(keep, utr / np.where(keep, s, 1.0), 0.0)
-    q_gn = float(np.linalg.norm(w_gn))
+    q_gn = _norm(w_gn)
     if q_gn <= 1.1 * delta:
         return w_gn, 0.0
     su = s * utr
-    hi = float(np.linalg.norm(su)) / delta  # at this λ, |w| <= delta for sure
+    hi = _norm(su) / delta  # at this λ, |w| <= delta for sure
     lo = 0.0
     lam = hi
     for _ in range(100):
         den = s * s + lam
         w = su / den
-        q = float(np.linalg.norm(w))
+        q = _norm(w)
         if abs(q - delta) <= 0.1 * delta or hi - lo <= 1e-14 * hi:
             return w, lam
         if q > delta:
@@ -64,7 +226,7 @@ def _trust_region_weights(s, utr, delta, rank_tol):
     return su / (s * s + lam), lam
 
 
-def _geodesic_correction(obj, z, r, J, v, U, s, Vh, d, w, lam, rank_tol, alpha, h=0.1):
+def _geodesic_correction(xp, z, r, J, v, U, s, Vh, d, w, lam, rank_tol, alpha, h=0.1):
     """``v + a/2`` with Transtrum & Sethna's (2012) geodesic acceleration ``a``.
 
     ``a`` solves the damped system of ``v`` with ``r`` replaced by the second
@@ -74,48 +236,34 @@ def _geodesic_correction(obj, z, r, J, v, U, s, Vh, d, w, lam, rank_tol, alpha, 
     elsewhere (including where the difference is lost in rounding) ``v`` is kept.
     No host sync.
     """
-    r_h = obj.residuals(z + h * v)
+    r_h = xp.residuals(z + h * v)
     rvv = (2.0 / h) * ((r_h - r) / h - J @ v)
-    coef = torch.where((s > rank_tol) | (lam > 0), s / (s * s + lam), torch.zeros_like(s))
+    coef = xp.where((s > rank_tol) | (lam > 0), s / (s * s + lam), xp.zeros_like(s))
     wa = coef * (U.T @ rvv)
     a = -(Vh.T @ wa) / d
-    ok = torch.isfinite(wa).all() & (2 * torch.linalg.vector_norm(wa)
-                                     <= alpha * torch.linalg.vector_norm(w))
-    return torch.where(ok, v + 0.5 * a, v)
+    ok = xp.allfinite(wa) and bool(2 * xp.norm(wa) <= alpha * xp.norm(w))
+    return v + 0.5 * a if ok else v
 
 
-def _gcos(J, r, fnorm):
-    colnorm = torch.linalg.vector_norm(J, dim=0)
+def _gcos(xp, J, r, fnorm):
+    colnorm = xp.colnorm(J)
     g = J.T @ r
-    return torch.where(colnorm > 0, g.abs() / (colnorm * fnorm), torch.zeros_like(g)).max()
+    return xp.where(colnorm > 0, abs(g) / (colnorm * fnorm), xp.zeros_like(g)).max()
 
 
-def _svd(A):
-    """Thin SVD; for tall A through a QR first, which is faster on CPU and GPU alike."""
-    m, n = A.shape
-    if m >= 2 * n:
-        Q, R = torch.linalg.qr(A)
-        Ur, s, Vh = torch.linalg.svd(R)
-        return Q @ Ur, s, Vh
-    return torch.linalg.svd(A, full_matrices=False)
-
-
-def _gn_step(J, r, d, rank_tol):
+def _gn_step(xp, J, r, d, rank_tol):
     """Gauss–Newton step (pseudo-inverse on numerically zero singular values)."""
-    U, s, Vh = _svd(J / d)
+    U, s, Vh = xp.svd(J / d)
     keep = s > rank_tol
-    w = torch.where(keep, (U.T @ r) / torch.where(keep, s, torch.ones_like(s)),
-                    torch.zeros_like(s))
+    w = xp.where(keep, (U.T @ r) / xp.where(keep, s, xp.ones_like(s)), xp.zeros_like(s))
     return -(Vh.T @ w) / d
 
 
-def _newton_step(obj, z, J, r, d):
+def _newton_step(xp, z, J, r, d):
     """Newton step on the exact Hessian of 0.5|r|², or None if it is not positive definite."""
-    H = obj.hessian(z) / torch.outer(d, d)
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) != 0:
-        return None
-    return -torch.cholesky_solve(((J.T @ r) / d)[:, None], L)[:, 0] / d
+    H = xp.hessian(z) / (d[:, None] * d[None, :])
+    x = xp.cho_solve(H, (J.T @ r) / d)
+    return None if x is None else -x / d
 
 
 #: the polish runs only where the Gauss–Newton step would move a parameter by more
@@ -129,59 +277,61 @@ POLISH_REL_STEP = 1e-10
 POLISH_DONE_STEP = 1e-13
 
 
-def _polish_can_help(z, r, J, rank_tol, rel=None):
-    """Whether the Gauss–Newton step at z moves a parameter by more than ``rel``
-    (default :data:`POLISH_REL_STEP`) relative to its value.
+def _gauss_newton(xp, J, r, rank_tol):
+    """The Gauss–Newton step at hand and its column scaling ``d`` (one thin SVD)."""
+    d = xp.colnorm(J)
+    d = xp.where(d > 0, d, xp.ones_like(d))
+    return _gn_step(xp, J, r, d, rank_tol), d
 
-    One thin SVD of the Jacobian at hand, no new residuals or Jacobians.
-    """
+
+def _step_matters(p, z, rel=None) -> bool:
+    """Whether step ``p`` moves a parameter by more than ``rel`` (default
+    :data:`POLISH_REL_STEP`) relative to its value."""
     rel = POLISH_REL_STEP if rel is None else rel
-    d = torch.linalg.vector_norm(J, dim=0)
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    p = _gn_step(J, r, d, rank_tol)
-    return not bool((p.abs() <= rel * z.abs()).all())
+    return not bool((abs(p) <= rel * abs(z)).all())
 
 
-def _polish(obj, z, r, J, fnorm, rank_tol, steps=8):
+def _polish(xp, z, r, J, fnorm, rank_tol, gn, steps=8):
     """Extra steps past the point where the cost stops resolving progress.
 
     Near the minimum the decrease of |r|² drowns in rounding while the gradient
     ``Jᵀr`` is still resolved, so a step is kept while the scale-free gradient
     halves and the cost does not rise beyond rounding. Gauss–Newton steps come
-    first (one Jacobian each). Where a Gauss–Newton step does not halve the
-    gradient, the residuals are large enough for their curvature to matter, and a
-    Newton step on the exact Hessian is tried instead (one Hessian); this buys the
-    last digits on fits like NIST's ENSO, MGH09, Rat43 or Lanczos3.
+    first (one Jacobian each; ``gn`` is :func:`_gauss_newton` at ``z``). Where a
+    Gauss–Newton step does not halve the gradient, the residuals are large enough
+    for their curvature to matter, and a Newton step on the exact Hessian is tried
+    instead (one Hessian); this buys the last digits on fits like NIST's ENSO,
+    MGH09, Rat43 or Lanczos3.
     """
-    eps = torch.finfo(obj.dtype).eps
+    eps = torch.finfo(xp.obj.dtype).eps
 
     def trial(p):
         z_new = z + p
-        r_new, J_new = obj.residuals_and_jacobian(z_new)
-        fn = float(torch.linalg.vector_norm(r_new))
+        r_new, J_new = xp.residuals_and_jacobian(z_new)
+        fn = float(xp.norm(r_new))
         # |r| can carry far more rounding than eps·|r| (r = model - data cancels), so
         # allow a rise up to sqrt(eps); the falling gradient is the real test.
         if not (math.isfinite(fn) and fn <= fnorm * (1 + math.sqrt(eps))
-                and bool(torch.isfinite(J_new).all())):
+                and xp.allfinite(J_new)):
             return None
-        return z_new, r_new, J_new, fn, float(_gcos(J_new, r_new, fn))
+        return z_new, r_new, J_new, fn, float(_gcos(xp, J_new, r_new, fn))
 
-    gc = float(_gcos(J, r, fnorm))
+    gc = float(_gcos(xp, J, r, fnorm))
     for _ in range(steps):
         if not gc > 0:
             break
-        d = torch.linalg.vector_norm(J, dim=0)
-        d = torch.where(d > 0, d, torch.ones_like(d))
-        new = trial(_gn_step(J, r, d, rank_tol))
+        p, d = gn
+        new = trial(p)
         if new is None or not new[4] < 0.5 * gc:
             # Gauss–Newton ignores the curvature of r, which large residuals make
             # matter (it can even raise the gradient, as on Rat43): try Newton.
-            p = _newton_step(obj, z, J, r, d)
+            p = _newton_step(xp, z, J, r, d)
             new = None if p is None else trial(p)
             if new is None or not new[4] < 0.5 * gc:
                 break
         z, r, J, fnorm, gc = new
-        if not _polish_can_help(z, r, J, rank_tol, POLISH_DONE_STEP):
+        gn = _gauss_newton(xp, J, r, rank_tol)
+        if not _step_matters(gn[0], z, POLISH_DONE_STEP):
             break
     return z, 0.5 * fnorm**2
 
@@ -216,12 +366,19 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     RawSolution
         ``fun`` is ``0.5 * sum(r**2)`` at ``z``.
     """
-    method = "lm"
     if not obj.has_residuals:
         raise ValueError(
             "method 'lm' needs an objective with residuals (Objective(..., residual_fun=...)); "
             "use 'bfgs', 'lbfgs' or 'trust-exact' for a general objective"
         )
+    # NaN and inf propagate silently, as they do in torch: a trial step into a region
+    # where the model overflows is rejected by the loop, not reported by NumPy
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        return _levenberg_marquardt(obj, z0, opts)
+
+
+def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
+    method = "lm"
     maxit = max_iter(opts, 1000)
     max_nfev = int(extra(opts, "max_nfev", 1000 * (obj.n + 1)))
     factor = float(extra(opts, "factor", 3.0))
@@ -230,17 +387,22 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     ftol, xtol, gtol = float(opts.ftol), float(opts.xtol), float(opts.gtol)
     eps = float(torch.finfo(obj.dtype).eps)
 
-    z = as_start(obj, z0)
-    r, J = obj.residuals_and_jacobian(z)
-    fnorm = float(torch.linalg.vector_norm(r))
+    xp = _ops(obj)
+    z0 = as_start(obj, z0)
+    z = xp.arr(z0)
+    r, J = xp.residuals_and_jacobian(z)
+    fnorm = float(xp.norm(r))
     cost = 0.5 * fnorm**2
     if not math.isfinite(cost):
-        return nonfinite_start(z, cost, method)
-    if not bool(torch.isfinite(J).all()):
-        return finish(z, cost, False, "non-finite Jacobian at the starting point", 0, method)
+        return nonfinite_start(z0, cost, method)
+    if not xp.allfinite(J):
+        return finish(z0, cost, False, "non-finite Jacobian at the starting point", 0, method)
     if obj.n == 0 or fnorm == 0.0:
-        return finish(z, cost, True, "zero cost or no free parameters", 0, method)
-    m = r.numel()
+        return finish(z0, cost, True, "zero cost or no free parameters", 0, method)
+    m = r.shape[0]
+
+    def done(z, cost, success, message, nit, method):
+        return finish(xp.tensor(z), cost, success, message, nit, method)
 
     polish = bool(extra(opts, "polish", True))
     geodesic = bool(extra(opts, "geodesic", False))
@@ -249,15 +411,16 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     def converged(message, nit, method):
         # Polish every converged fit: even a passed gradient test can leave a few
         # digits on the table when J is ill-conditioned.
-        zp, costp = _polish(obj, z, r, J, fnorm, rank_tol) \
-            if polish and _polish_can_help(z, r, J, rank_tol) else (z, cost)
-        return finish(zp, costp, True, message, nit, method)
+        gn = _gauss_newton(xp, J, r, rank_tol) if polish else None
+        zp, costp = _polish(xp, z, r, J, fnorm, rank_tol, gn) \
+            if polish and _step_matters(gn[0], z) else (z, cost)
+        return done(zp, costp, True, message, nit, method)
 
     jac_scale = str(extra(opts, "scale", "jac")) == "jac"
     fnorm0 = fnorm
     rank_tol = 0.0
     origin = None
-    d = torch.zeros(obj.n, dtype=obj.dtype, device=obj.device)
+    d = xp.zeros(obj.n)
     delta = None
     nfev = 1
     nit = 0
@@ -266,27 +429,26 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     hit_nonfinite = False
     while True:
         if nit >= maxit:
-            return finish(z, cost, False, f"maximum number of iterations ({maxit}) reached",
+            return done(z, cost, False, f"maximum number of iterations ({maxit}) reached",
                           nit, method)
         nit += 1
-        colnorm = torch.linalg.vector_norm(J, dim=0)
+        colnorm = xp.colnorm(J)
         # MINPACK's running max keeps the scaling from collapsing where a column vanishes.
-        d = torch.maximum(d, colnorm) if jac_scale else torch.ones_like(colnorm)
-        d = torch.where(d > 0, d, torch.ones_like(d))
-        U, s_t, Vh = _svd(J / d)
+        d = xp.maximum(d, colnorm) if jac_scale else xp.ones_like(colnorm)
+        d = xp.where(d > 0, d, xp.ones_like(d))
+        U, s_t, Vh = xp.svd(J / d)
         utr_t = U.T @ r
         g = J.T @ r
-        gcos = torch.where(colnorm > 0, g.abs() / (colnorm * fnorm), torch.zeros_like(g)).max()
-        host = torch.cat([s_t, utr_t, torch.stack([gcos, torch.linalg.vector_norm(d * z),
-                                                   z.abs().max()])])
-        host = host.cpu().numpy().astype(np.float64)
-        s, utr = host[: s_t.numel()], host[s_t.numel(): 2 * s_t.numel()]
+        gcos = xp.where(colnorm > 0, abs(g) / (colnorm * fnorm), xp.zeros_like(g)).max()
+        host = xp.to_host(s_t, utr_t, gcos, xp.norm(d * z), abs(z).max())
+        k = s_t.shape[0]
+        s, utr = host[:k], host[k: 2 * k]
         gnorm, xnorm, zmax = float(host[-3]), float(host[-2]), float(host[-1])
         if origin is None:
             origin = Origin(cost, zmax)
         why = origin.diverged(cost, zmax)  # the cost is >= 0: only a runaway can show
         if why is not None:
-            return finish(z, cost, False, why, nit - 1, method)
+            return done(z, cost, False, why, nit - 1, method)
         rank_tol = eps * max(m, obj.n) * (float(s.max()) if s.size else 0.0)
 
         if gnorm <= gtol:
@@ -298,19 +460,19 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
 
         while True:  # trial steps with this Jacobian until one is accepted
             w, lam = _trust_region_weights(s, utr, delta, rank_tol)
-            pnorm = float(np.linalg.norm(w))
+            pnorm = _norm(w)
             if nit == 1 and nfev == 1:
                 delta = min(delta, pnorm)
-            w_dev = torch.as_tensor(w, dtype=obj.dtype, device=obj.device)
+            w_dev = xp.from_host(w)
             p = -(Vh.T @ w_dev) / d
             if geodesic:
-                p = _geodesic_correction(obj, z, r, J, p, U, s_t, Vh, d, w_dev, lam,
+                p = _geodesic_correction(xp, z, r, J, p, U, s_t, Vh, d, w_dev, lam,
                                          rank_tol, geodesic_alpha)
                 nfev += 1
             z_new = z + p
-            r_new = obj.residuals(z_new)
+            r_new = xp.residuals(z_new, then_jacobian=True)
             nfev += 1
-            fnorm1 = float(torch.linalg.vector_norm(r_new))
+            fnorm1 = float(xp.norm(r_new))
             finite = math.isfinite(fnorm1) and bool(np.isfinite(w).all())
 
             # Reductions relative to |r|², as MINPACK (NaN counts as a large increase).
@@ -331,8 +493,8 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
 
             accepted = ratio >= 1e-4
             if accepted:
-                r_try, J_try = obj.residuals_and_jacobian(z_new)
-                if not bool(torch.isfinite(J_try).all()):
+                r_try, J_try = xp.residuals_and_jacobian(z_new)
+                if not xp.allfinite(J_try):
                     # A NaN derivative is as bad as a NaN value: back off.
                     accepted = False
                     delta = 0.1 * min(delta, pnorm)
@@ -348,7 +510,7 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                               f"relative reduction of the cost below ftol={ftol:g}", nit, method)
             if delta <= xtol * xnorm:
                 if hit_nonfinite:
-                    return finish(z, cost, False,
+                    return done(z, cost, False,
                                   "trust region collapsed against a region where the model is "
                                   "not finite (NaN or inf just beyond): not a minimum", nit,
                                   method)
@@ -363,7 +525,7 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
                 return converged("zero residual to float precision (|r| <= eps |r at start|)",
                                  nit, method)
             if nfev >= max_nfev:
-                return finish(z, cost, False,
+                return done(z, cost, False,
                               f"maximum number of function evaluations ({max_nfev}) reached",
                               nit, method)
             if abs(actred) <= eps and prered <= eps and 0.5 * ratio <= 1:
@@ -371,10 +533,10 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
             if delta <= eps * xnorm or delta == 0.0:
                 if finite and not hit_nonfinite:
                     return converged("step at machine precision", nit, method)
-                return finish(z, cost, False,
+                return done(z, cost, False,
                               "step became non-finite: no step toward lower cost is finite",
                               nit, method)
             if accepted:
-                if call_back(opts, nit, z, cost):
-                    return finish(z, cost, False, "stopped by the callback", nit, method)
+                if call_back(opts, nit, xp.tensor(z), cost):
+                    return done(z, cost, False, "stopped by the callback", nit, method)
                 break
