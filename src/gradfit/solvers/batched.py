@@ -60,12 +60,18 @@ class BatchedObjective:
     residual_jacobian_fun : callable, optional
         ``residual_jacobian_fun(z, data) -> (r (b, m), J (b, m, n))``: exact Jacobians
         supplied by the model, used instead of autodiff columns.
+    normal_fun : callable, optional
+        ``normal_fun(z, data) -> (cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))``: the
+        Gauss-Newton normal equations made directly (e.g. from the model's Jacobian
+        columns, without forming J), used by Levenberg–Marquardt when given.
     """
 
     def __init__(self, residual_fun: Callable | None, value_fun: Callable | None, n: int,
-                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None):
+                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None,
+                 normal_fun: Callable | None = None):
         self._res = residual_fun
         self._res_jac = residual_jacobian_fun
+        self._normal = normal_fun
         self._val = value_fun
         self.n = int(n)
         self.data = tuple(data)
@@ -76,7 +82,7 @@ class BatchedObjective:
         """The same objective on the problems ``idx`` (a 1-D index tensor)."""
         return BatchedObjective(self._res, self._val, self.n,
                                 tuple(d.index_select(0, idx) for d in self.data),
-                                self.device, self.dtype, self._res_jac)
+                                self.device, self.dtype, self._res_jac, self._normal)
 
     @property
     def has_residuals(self) -> bool:
@@ -102,6 +108,24 @@ class BatchedObjective:
             return r.detach(), J.detach()
         return jacobian(lambda zz: self._res(zz, self.data), z, self.n)
 
+    def normal_equations(self, z: torch.Tensor):
+        """``(cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))`` at ``z``, with ``cost = ½|r|²``.
+
+        From ``normal_fun`` where given; else from the residuals and their Jacobian
+        columns, stacked with r as one ``(b, n + 1, m)`` block whose Gram matrix (one
+        batched matmul) holds JᵀJ, Jᵀr and |r|² at once.
+        """
+        if self._normal is not None:
+            with torch.no_grad():
+                cost, A, g = self._normal(z.detach(), self.data)
+            return cost.detach(), A.detach(), g.detach()
+        if self._res_jac is not None:
+            with torch.no_grad():
+                r, J = self._res_jac(z.detach(), self.data)
+            return normal_from_columns(list(J.detach().unbind(2)), r.detach())
+        r, cols = jacobian_columns(lambda zz: self._res(zz, self.data), z, self.n)
+        return normal_from_columns(cols, r)
+
     def value(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self._val(z, self.data)
@@ -119,6 +143,13 @@ class BatchedObjective:
 
 def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see above)."""
+    r, cols = jacobian_columns(fun, z, n)
+    # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
+    return r, torch.stack(cols, dim=1).transpose(1, 2)
+
+
+def jacobian_columns(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, list]:
+    """``fun(z) (b, m)`` and the n Jacobian columns ``d fun / d z[:, j]``, each ``(b, m)``."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         r = fun(z)
@@ -132,9 +163,32 @@ def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
             if w is not None and w.requires_grad:
                 (c,) = torch.autograd.grad(w[:, j].sum(), u, retain_graph=True,
                                            allow_unused=True)
-            cols.append(torch.zeros_like(r) if c is None else c)
-    # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
-    return r.detach(), torch.stack(cols, dim=1).detach().transpose(1, 2)
+            cols.append(torch.zeros_like(r) if c is None else c.detach())
+    return r.detach(), cols
+
+
+def normal_from_columns(cols: list, r: torch.Tensor, weight=None, sign: float = 1.0):
+    """``(½|r|², JᵀJ, Jᵀr)`` per problem, J's columns given as ``(b, m)`` tensors.
+
+    With ``weight`` (a ``(b, m)`` or broadcastable tensor) the columns are
+    ``weight * cols[j]``; ``sign = -1`` flips them (``J = -cols``). One stack of
+    ``[cols…, sign·r]`` into ``(b, n + 1, m)`` and one batched Gram matrix give all
+    three: on a CPU one bmm of the stacked block costs about what JᵀJ alone did, and
+    Jᵀr and |r|² come free (a separate matrix-vector bmm cost 2/3 of JᵀJ's time).
+    """
+    n = len(cols)
+    if weight is not None:
+        cols = [c * weight for c in cols]
+    b, m = r.shape
+    K = torch.empty(b, n + 1, m, dtype=r.dtype, device=r.device)
+    for j, c in enumerate(cols):
+        K[:, j] = c
+    if sign == 1.0:
+        K[:, n] = r
+    else:
+        torch.mul(r, sign, out=K[:, n])
+    G = torch.bmm(K, K.transpose(1, 2))
+    return 0.5 * G[:, n, n], G[:, :n, :n], G[:, :n, n]
 
 
 def hessian(fun: Callable, z: torch.Tensor, n: int) -> torch.Tensor:
@@ -165,12 +219,6 @@ class BatchedSolution:
     nfev: torch.Tensor    # (B,) objective evaluations (each with its derivatives)
     method: str
     jtj: torch.Tensor | None = None  # (B, n, n) JᵀJ at z (LM with keep_jtj)
-
-
-def _normal_equations(r, J):
-    """``JᵀJ (b, n, n)`` and ``Jᵀr (b, n)`` per problem."""
-    Jt = J.transpose(1, 2)
-    return Jt @ J, (Jt @ r.unsqueeze(-1)).squeeze(-1)
 
 
 def _all_finite(t):
@@ -256,9 +304,7 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
     eps = torch.finfo(z0.dtype).eps
     dev, dt = z0.device, z0.dtype
     z = z0.detach().clone()
-    r, J = obj.residuals_and_jacobian(z)
-    cost = 0.5 * (r * r).sum(-1)
-    A, g = _normal_equations(r, J)
+    cost, A, g = obj.normal_equations(z)
     code = torch.zeros(B, dtype=torch.int64, device=dev)
     code = torch.where(~torch.isfinite(cost), torch.full_like(code, -2), code)
     code = torch.where((code == 0) & ~_all_finite(A),
@@ -297,10 +343,7 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         solved = (info == 0) & torch.isfinite(p).all(-1)
         p = torch.where(solved.unsqueeze(-1), p, torch.zeros_like(p))
         z_new = z + p
-        r_new, J_new = o.residuals_and_jacobian(z_new)
-        cost_new = 0.5 * (r_new * r_new).sum(-1)
-        A_new, g_new = _normal_equations(r_new, J_new)
-        del r_new, J_new
+        cost_new, A_new, g_new = o.normal_equations(z_new)
         Ap = (A @ p.unsqueeze(-1)).squeeze(-1)
         pred = -((g * p).sum(-1) + 0.5 * (p * Ap).sum(-1))
         actred = cost - cost_new
