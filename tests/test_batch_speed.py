@@ -136,3 +136,28 @@ def test_pixelwise_switches_off_for_non_elementwise_models(case, monkeypatch):
         err = np.array([res.errors[nm][i] for nm in names])
         assert rel(got, popt) < 1e-6
         assert rel(err, np.sqrt(np.diag(pcov))) < 1e-5
+
+
+def test_poisson_closed_form_slope_equals_autodiff():
+    rng = np.random.default_rng(5)
+    y = rng.poisson(rng.uniform(0, 50, 4000)).astype(float)
+    mu = np.maximum(y * (1 + rng.normal(0, 0.3, y.size)), 0.0) + rng.uniform(0.01, 2, y.size)
+    # points on the series branch (|y - mu| <= 1e-4 y), and exactly at y = mu
+    y[:320] = np.maximum(y[:320], 1.0)
+    mu[:300] = y[:300] * (1 + rng.uniform(-9e-5, 9e-5, 300))
+    mu[300:320] = y[300:320]
+    yt = torch.tensor(y)
+    mt = torch.tensor(mu, requires_grad=True)
+    lik = gradfit.likelihoods.Poisson()
+    r_ref = lik.residuals(yt, mt)
+    (dr_ref,) = torch.autograd.grad(r_ref.sum(), mt)
+    r, dr = gb._poisson_residual_and_slope(yt, mt.detach())
+    near = np.abs(y - mu) <= 1e-4 * y
+    assert near.sum() > 300 and (y == 0).sum() > 20
+    assert torch.equal(r, r_ref.detach())  # the same operations: the same numbers
+    assert rel(dr.numpy(), dr_ref.numpy()) < 1e-12
+    # an independent check: central differences of the deviance residual
+    h = 1e-6 * mu
+    up = lik.residuals(yt, torch.tensor(mu + h)).numpy()
+    dn = lik.residuals(yt, torch.tensor(mu - h)).numpy()
+    assert np.max(np.abs((up - dn) / (2 * h) - dr.numpy()) / np.abs(dr.numpy())) < 1e-6
