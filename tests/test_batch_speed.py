@@ -161,3 +161,33 @@ def test_poisson_closed_form_slope_equals_autodiff():
     up = lik.residuals(yt, torch.tensor(mu + h)).numpy()
     dn = lik.residuals(yt, torch.tensor(mu - h)).numpy()
     assert np.max(np.abs((up - dn) / (2 * h) - dr.numpy()) / np.abs(dr.numpy())) < 1e-6
+
+
+@pytest.mark.parametrize("lik, method", [("gaussian", "lm"), ("poisson", "lm"),
+                                         ("gaussian", "lbfgs")])
+def test_working_set_refill_gives_the_same_fits(lik, method):
+    # chunk_size 3 of 11 problems: finished problems leave the working set and waiting
+    # ones join it many times; each problem's fit must not notice
+    T, Y, P0 = make_problems(11, lik, seed=13)
+    params = start(P0)
+    kw = {"likelihood": lik, "method": method}
+    whole = gradfit.fit_batch(gauss2d, X, Y, params=params, **kw)
+    small = gradfit.fit_batch(gauss2d, X, Y, params=params, chunk_size=3, **kw)
+    assert whole.success.all() and small.success.all()
+    assert np.array_equal(whole.nit, small.nit)
+    assert len(set(whole.nit.tolist())) > 1  # problems finish at different iterations
+    for nm in NAMES:
+        assert rel(small.params[nm], whole.params[nm]) < 1e-12
+        assert rel(small.errors[nm], whole.errors[nm]) < 1e-10
+    assert rel(small.fun, whole.fun) < 1e-13
+    # and the fits are fits: one problem against gradfit.fit
+    one = gradfit.fit(gauss2d, X, Y[4], params=dict(zip(NAMES, P0[4])), likelihood=lik)
+    for nm in NAMES:
+        assert abs(small.params[nm][4] - one.params[nm]) <= 1e-6 * abs(one.params[nm]) + 1e-9
+
+
+def test_max_iter_stops_every_problem_with_a_refilled_working_set():
+    T, Y, P0 = make_problems(7, "gaussian", seed=2)
+    res = gradfit.fit_batch(gauss2d, X, Y, params=start(P0), chunk_size=2, max_iter=2)
+    assert np.all(res.nit == 2) and not res.success.any()
+    assert all("maximum number of iterations" in m for m in res.messages)

@@ -691,45 +691,59 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     nfev_out = np.zeros(B, dtype=np.int64)
     cov_out = np.full((B, n, n), np.nan)
     warn_dof = False
+    data_all = pack(keep)
+    z0_keep = torch.as_tensor(z0_all[keep], device=dev, dtype=dt)
+
+    def part(c0, size):
+        return tuple(d[c0:c0 + size] for d in data_all)
+
+    # every start checked first, a chunk at a time
+    f0_parts = []
     for c0 in range(0, nK, chunk_size):
-        rows = keep[c0:c0 + chunk_size]
-        data = pack(rows)
-        z0 = torch.as_tensor(z0_all[rows], device=dev, dtype=dt)
         with torch.no_grad():
-            f0 = val_z(z0, data)
+            f0 = val_z(z0_keep[c0:c0 + chunk_size], part(c0, chunk_size))
         badf = ~torch.isfinite(f0)
         if bool(badf.any()):
-            bad = rows[torch.nonzero(badf).reshape(-1).cpu().numpy()]
+            bad = keep[c0 + torch.nonzero(badf).reshape(-1).cpu().numpy()]
             raise ValueError(
                 f"the negative log-likelihood is not finite at the initial parameters of "
                 f"problem(s) {_indices(bad)}; choose starting points where the model and "
                 "likelihood are finite")
-        obj = BatchedObjective(res_z, val_z, n, data, dev, dt, normal_fun=normal_z)
-        check = int(opts.get("check_every", 2 if method == "lm" else 8))
-        H_end = None
-        if n == 0:
-            z = z0
-            fun_t = f0
-            code = torch.full((rows.size,), 4, dtype=torch.int64)
-            nit = nfev = torch.zeros(rows.size, dtype=torch.int64)
-        elif method == "lm":
-            # unbounded: z is theta, and the solver's last JᵀJ serves the errors
-            reuse = errors and gauss_newton and not space.bounded
-            sol = batched_lm(obj, z0, max_iter=200 if max_iter is None else int(max_iter),
-                             check_every=check, keep_jtj=reuse, **tol_kw)
-            z, code, nit, nfev = sol.z, sol.code, sol.nit, sol.nfev
-            H_end = sol.jtj
-        else:
-            sol = batched_lbfgs(obj, z0, max_iter=1000 if max_iter is None else int(max_iter),
-                                memory=int(opts.get("memory", 10)), check_every=check,
-                                **tol_kw)
-            z, code, nit, nfev = sol.z, sol.code, sol.nit, sol.nfev
+        f0_parts.append(f0)
+    # one solver run over all problems, chunk_size of them iterated at a time: a
+    # finished problem's place goes to a waiting one (no per-chunk tail of iterations)
+    obj = BatchedObjective(res_z, val_z, n, data_all, dev, dt, normal_fun=normal_z)
+    check = int(opts.get("check_every", 2 if method == "lm" else 8))
+    sol = None
+    if n == 0:
+        z_all = z0_keep
+        code_all = torch.full((nK,), 4, dtype=torch.int64)
+        nit_all = nfev_all = torch.zeros(nK, dtype=torch.int64)
+    elif method == "lm":
+        # unbounded: z is theta, and the solver's last JᵀJ serves the errors
+        reuse = errors and gauss_newton and not space.bounded
+        sol = batched_lm(obj, z0_keep, max_iter=200 if max_iter is None else int(max_iter),
+                         check_every=check, keep_jtj=reuse, working_set=chunk_size, **tol_kw)
+    else:
+        sol = batched_lbfgs(obj, z0_keep, max_iter=1000 if max_iter is None else int(max_iter),
+                            memory=int(opts.get("memory", 10)), check_every=check,
+                            working_set=chunk_size, **tol_kw)
+    if sol is not None:
+        z_all, code_all, nit_all, nfev_all = sol.z, sol.code, sol.nit, sol.nfev
+    for k_part, c0 in enumerate(range(0, nK, chunk_size)):
+        rows = keep[c0:c0 + chunk_size]
+        sl = slice(c0, c0 + rows.size)
+        data = part(c0, rows.size)
+        z, code, nit, nfev = z_all[sl], code_all[sl], nit_all[sl], nfev_all[sl]
+        H_end = sol.jtj[sl] if sol is not None and sol.jtj is not None else None
         theta = to_ext(z).detach()
         # Gaussian without priors: the LM's ½|r|² at its last point is the nll there
         # (and 2x it the RSS), so neither needs another model evaluation
         ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
         if ls_cost:
-            fun_t = sol.fun
+            fun_t = sol.fun[sl]
+        elif n == 0:
+            fun_t = f0_parts[k_part]
         else:
             with torch.no_grad():
                 fun_t = val_t(theta, data)
