@@ -246,12 +246,16 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         left out of the fit and reported as failed with NaN values.
     max_iter, tol, options :
         Iteration limit per problem; ``tol`` sets gtol, ftol and xtol together;
-        ``options``: ``{"check_every": k, "memory": m}`` (how often the host checks
-        convergence; the L-BFGS memory).
+        ``options``: ``{"check_every": k, "memory": m, "pixelwise": bool}`` (how often
+        the host checks convergence; the L-BFGS memory; whether autodiff may take the
+        whole Jacobian of an elementwise model from one backward pass, default True:
+        used only where it agrees with the n-pass Jacobian on the first problems).
     errors : bool
         Compute the covariances (default True).
     chunk_size : int, optional
-        Problems per batched computation (default 16384 on a GPU, 512 on a CPU).
+        Problems iterated at once (default 16384 on a GPU, 512 on a CPU): a finished
+        problem leaves this working set and a waiting one takes its place; the
+        starting values and the errors are also computed this many at a time.
     jacobian : callable, optional
         ``jacobian(p, x) -> (mu, {name: d mu / d p[name]})`` for one problem (vectorised
         like ``model``; batched itself with ``vectorized=True``), each derivative of
