@@ -191,3 +191,47 @@ def test_max_iter_stops_every_problem_with_a_refilled_working_set():
     res = gradfit.fit_batch(gauss2d, X, Y, params=start(P0), chunk_size=2, max_iter=2)
     assert np.all(res.nit == 2) and not res.success.any()
     assert all("maximum number of iterations" in m for m in res.messages)
+
+
+def _gauss2d_jac(p, x):
+    from test_batch_jacobian import gauss2d_jac
+    return gauss2d_jac(p, x)
+
+
+@pytest.mark.parametrize("lik", [gradfit.likelihoods.Poisson(), gradfit.Cauchy(gamma=3.0)])
+def test_hessian_from_model_jacobian_equals_autodiff_hessian(lik):
+    from gradfit.solvers.batched import hessian
+    T, Y, P0 = make_problems(4, "poisson", seed=8)
+    Yt, x = torch.tensor(Y), torch.tensor(X)
+    th = torch.tensor(P0 * (1 + 0.01 * np.random.default_rng(0).normal(size=P0.shape)))
+    lik.prepare(Yt[0])
+    nll_one = torch.func.vmap(lambda yy, mu: lik.nll(yy, mu, {}))
+    vm = torch.func.vmap(gauss2d, in_dims=(0, None))
+    vj = torch.func.vmap(_gauss2d_jac, in_dims=(0, None))
+
+    def mu_cols(t):
+        mu, d = vj({nm: t[:, k] for k, nm in enumerate(NAMES)}, x)
+        return None, None, mu, [d[nm] for nm in NAMES]
+
+    H = gb._hessian_from_model_jacobian(mu_cols, nll_one, Yt, th)
+    H_ref = hessian(lambda t: nll_one(Yt, vm({nm: t[:, k] for k, nm in enumerate(NAMES)}, x)),
+                    th, len(NAMES))
+    assert H.shape == (4, 7, 7)
+    assert float((H - H_ref).abs().max()) < 1e-10 * float(H_ref.abs().max())
+    # the second-derivative term matters here: JᵀWJ alone is not the Hessian
+    assert float((H - H.transpose(1, 2)).abs().max()) == 0.0
+
+
+def test_detached_model_jacobian_keeps_the_autodiff_hessian():
+    # derivatives computed outside torch's graph: right first derivatives, no second
+    def jac_detached(p, x):
+        mu, d = _gauss2d_jac(p, x)
+        return mu, {k: v.detach() for k, v in d.items()}
+
+    T, Y, P0 = make_problems(3, "poisson", seed=6)
+    a = gradfit.fit_batch(gauss2d, X, Y, params=start(P0), likelihood="poisson",
+                          jacobian=jac_detached)
+    b = gradfit.fit_batch(gauss2d, X, Y, params=start(P0), likelihood="poisson")
+    assert a.success.all() and b.success.all()
+    for nm in NAMES:
+        assert rel(a.errors[nm], b.errors[nm]) < 1e-6
