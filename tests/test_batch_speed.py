@@ -235,3 +235,11 @@ def test_detached_model_jacobian_keeps_the_autodiff_hessian():
     assert a.success.all() and b.success.all()
     for nm in NAMES:
         assert rel(a.errors[nm], b.errors[nm]) < 1e-6
+
+
+def test_read_only_data_and_starts_give_no_warning():
+    T, Y, P0 = make_problems(3, "gaussian", seed=1)
+    Y.setflags(write=False)
+    P0.setflags(write=False)
+    res = gradfit.fit_batch(gauss2d, X, Y, params=start(P0))  # filterwarnings = error
+    assert res.success.all()

@@ -357,7 +357,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     xt_all = _map_tree(x, lambda p, a: _to_tensor(p, a, dev, dt))
 
     # ------------------------------------------------- one problem, checked
-    y0 = torch.as_tensor(y_np[keep[0]], device=dev, dtype=dt)
+    y0 = torch.tensor(y_np[keep[0]], device=dev, dtype=dt)  # a copy: y may be read-only
     try:
         lik.prepare(y0)
     except ValueError as exc:
@@ -491,7 +491,11 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
 
     def pack(rows):
         ridx = torch.as_tensor(rows, device=dev)
-        Yb = torch.as_tensor(y_np[rows], device=dev, dtype=dt)
+        # all problems, in order: y's own memory (a float64 CPU tensor shares it; torch
+        # warns on a read-only array, so that one is copied)
+        whole = y_np.flags.writeable and len(rows) == B and \
+            bool(np.all(np.asarray(rows) == np.arange(B)))
+        Yb = torch.as_tensor(y_np if whole else y_np[rows], device=dev, dtype=dt)
         xs = [a.index_select(0, ridx) for a in _batched_leaf_tensors(xt_all)] if x_batched \
             else []
         pp = [torch.as_tensor(values[nm][rows], device=dev, dtype=dt) for nm in per_problem]
