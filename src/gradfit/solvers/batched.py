@@ -6,7 +6,9 @@ damping or step length, its own step acceptance and its own convergence tests;
 a finished problem stops changing (``torch.where`` on a per-problem mask). There
 is no Python loop over problems and no host round trip per iteration: the host
 reads how many problems are still running every ``check_every`` iterations, and
-then drops the finished ones from the working set, so that they stop costing work.
+then drops the finished ones from the working set, so that they stop costing work,
+and lets waiting problems take their places (a working set of at most
+``working_set`` problems, kept full).
 
 Solvers see a :class:`BatchedObjective`: flat vectors ``z`` of shape ``(b, n)`` in
 an unconstrained space, and the per-problem data as tensors with a leading axis,
@@ -292,6 +294,9 @@ class _Driver:
             self.full[k].index_copy_(0, idx, st[k])
 
 
+#: waiting problems join when at most this fraction of the working set still runs
+#: (measured on the 2-D Gaussian, B = 1e4: 0.75 and 0.5 alike, 0.25 and 0 (refill only
+#: when all are done, the old chunks) 6-25% slower)
 _REFILL = 0.75
 _KEEP_LM = ("z", "cost", "code", "nit", "nfev")
 _KEEP_LBFGS = ("z", "f", "code", "nit", "nfev")
