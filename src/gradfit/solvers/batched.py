@@ -6,7 +6,9 @@ damping or step length, its own step acceptance and its own convergence tests;
 a finished problem stops changing (``torch.where`` on a per-problem mask). There
 is no Python loop over problems and no host round trip per iteration: the host
 reads how many problems are still running every ``check_every`` iterations, and
-then drops the finished ones from the working set, so that they stop costing work.
+then drops the finished ones from the working set, so that they stop costing work,
+and lets waiting problems take their places (a working set of at most
+``working_set`` problems, kept full).
 
 Solvers see a :class:`BatchedObjective`: flat vectors ``z`` of shape ``(b, n)`` in
 an unconstrained space, and the per-problem data as tensors with a leading axis,
@@ -60,12 +62,18 @@ class BatchedObjective:
     residual_jacobian_fun : callable, optional
         ``residual_jacobian_fun(z, data) -> (r (b, m), J (b, m, n))``: exact Jacobians
         supplied by the model, used instead of autodiff columns.
+    normal_fun : callable, optional
+        ``normal_fun(z, data) -> (cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))``: the
+        Gauss-Newton normal equations made directly (e.g. from the model's Jacobian
+        columns, without forming J), used by Levenberg–Marquardt when given.
     """
 
     def __init__(self, residual_fun: Callable | None, value_fun: Callable | None, n: int,
-                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None):
+                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None,
+                 normal_fun: Callable | None = None):
         self._res = residual_fun
         self._res_jac = residual_jacobian_fun
+        self._normal = normal_fun
         self._val = value_fun
         self.n = int(n)
         self.data = tuple(data)
@@ -76,7 +84,7 @@ class BatchedObjective:
         """The same objective on the problems ``idx`` (a 1-D index tensor)."""
         return BatchedObjective(self._res, self._val, self.n,
                                 tuple(d.index_select(0, idx) for d in self.data),
-                                self.device, self.dtype, self._res_jac)
+                                self.device, self.dtype, self._res_jac, self._normal)
 
     @property
     def has_residuals(self) -> bool:
@@ -102,6 +110,24 @@ class BatchedObjective:
             return r.detach(), J.detach()
         return jacobian(lambda zz: self._res(zz, self.data), z, self.n)
 
+    def normal_equations(self, z: torch.Tensor):
+        """``(cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))`` at ``z``, with ``cost = ½|r|²``.
+
+        From ``normal_fun`` where given; else from the residuals and their Jacobian
+        columns, stacked with r as one ``(b, n + 1, m)`` block whose Gram matrix (one
+        batched matmul) holds JᵀJ, Jᵀr and |r|² at once.
+        """
+        if self._normal is not None:
+            with torch.no_grad():
+                cost, A, g = self._normal(z.detach(), self.data)
+            return cost.detach(), A.detach(), g.detach()
+        if self._res_jac is not None:
+            with torch.no_grad():
+                r, J = self._res_jac(z.detach(), self.data)
+            return normal_from_columns(list(J.detach().unbind(2)), r.detach())
+        r, cols = jacobian_columns(lambda zz: self._res(zz, self.data), z, self.n)
+        return normal_from_columns(cols, r)
+
     def value(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self._val(z, self.data)
@@ -119,6 +145,13 @@ class BatchedObjective:
 
 def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see above)."""
+    r, cols = jacobian_columns(fun, z, n)
+    # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
+    return r, torch.stack(cols, dim=1).transpose(1, 2)
+
+
+def jacobian_columns(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, list]:
+    """``fun(z) (b, m)`` and the n Jacobian columns ``d fun / d z[:, j]``, each ``(b, m)``."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         r = fun(z)
@@ -132,9 +165,27 @@ def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
             if w is not None and w.requires_grad:
                 (c,) = torch.autograd.grad(w[:, j].sum(), u, retain_graph=True,
                                            allow_unused=True)
-            cols.append(torch.zeros_like(r) if c is None else c)
-    # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
-    return r.detach(), torch.stack(cols, dim=1).detach().transpose(1, 2)
+            cols.append(torch.zeros_like(r) if c is None else c.detach())
+    return r.detach(), cols
+
+
+def normal_from_columns(cols: list, r: torch.Tensor, weight=None, sign: float = 1.0):
+    """``(½|r|², JᵀJ, Jᵀr)`` per problem, J's columns given as ``(b, m)`` tensors.
+
+    With ``weight`` (a ``(b, m)`` or broadcastable tensor) the columns are
+    ``weight * cols[j]``; ``sign = -1`` flips them (``J = -cols``). One stack of
+    ``[cols…, sign·r]`` into ``(b, n + 1, m)`` and one batched Gram matrix give all
+    three: on a CPU one bmm of the stacked block costs about what JᵀJ alone did, and
+    Jᵀr and |r|² come free (a separate matrix-vector bmm cost 2/3 of JᵀJ's time).
+    """
+    n = len(cols)
+    if weight is not None:
+        cols = [c * weight for c in cols]
+    # (one stack measured 2x faster than filling a fresh torch.empty block column by
+    # column, which first-touches its pages inside the copies)
+    K = torch.stack(cols + [r if sign == 1.0 else r * sign], dim=1)
+    G = torch.bmm(K, K.transpose(1, 2))
+    return 0.5 * G[:, n, n], G[:, :n, :n], G[:, :n, n]
 
 
 def hessian(fun: Callable, z: torch.Tensor, n: int) -> torch.Tensor:
@@ -167,12 +218,6 @@ class BatchedSolution:
     jtj: torch.Tensor | None = None  # (B, n, n) JᵀJ at z (LM with keep_jtj)
 
 
-def _normal_equations(r, J):
-    """``JᵀJ (b, n, n)`` and ``Jᵀr (b, n)`` per problem."""
-    Jt = J.transpose(1, 2)
-    return Jt @ J, (Jt @ r.unsqueeze(-1)).squeeze(-1)
-
-
 def _all_finite(t):
     """Per problem: are all entries finite? (a sum is, unless one is not or it overflows)"""
     return torch.isfinite(t.sum(dim=tuple(range(1, t.dim()))))
@@ -184,56 +229,83 @@ def _where(mask, a, b):
 
 
 class _Driver:
-    """Runs a per-iteration ``step`` on the working set, and cuts the working set down.
+    """Runs a per-iteration ``step`` on a working set of problems, kept full.
 
-    ``state`` is a dict of tensors with a leading batch axis; it must hold ``code``
-    (0 while running). Every ``check_every`` iterations the host reads the number
-    still running; finished rows are written back to the full state, and the
-    working set shrinks to the running ones when they are at most 3/4 of it.
+    ``init(obj_rows, z0_rows)`` makes the starting state of some problems (a dict of
+    tensors with a leading batch axis, holding ``code``: 0 while running). At most
+    ``size`` problems are in the working set. Every ``check_every`` iterations the
+    host reads the number still running (the one host sync); when at most 3/4 of
+    the working set (or of ``size``, while problems wait) still runs, the finished
+    rows are written back to the full result and dropped, and waiting problems take
+    their places. So the per-iteration cost of the many small tensor operations is
+    shared by a full working set until the last problems, instead of every chunk
+    ending in a long tail of iterations on a few slow problems.
     """
 
-    def __init__(self, obj, state, check_every, keep):
+    def __init__(self, obj, init, z0, check_every, keep, size=None):
         self.obj_full = obj
-        self.state = state
-        # only these rows are written back (not r or J: B x m x n can be large)
-        self.full = {k: state[k] for k in keep}
+        self.init = init
+        self.z0 = z0
+        self.keep = keep
         self.check_every = max(1, int(check_every))
+        B = z0.shape[0]
+        self.size = B if size is None else max(1, min(int(size), B))
 
     def run(self, step, max_iter):
-        B = self.full["code"].shape[0]
-        dev = self.full["code"].device
-        idx = torch.arange(B, device=dev)
-        obj, st = self.obj_full, self.state
-        size = B
-        for it in range(max_iter):
+        B, size = self.z0.shape[0], self.size
+        dev = self.z0.device
+        order = torch.arange(B, device=dev)
+        nxt = size
+        idx = order[:nxt]
+        obj = self.obj_full if nxt == B else self.obj_full.subset(idx)
+        st = self.init(obj, self.z0[:nxt])
+        # only these rows are written back (not A, g for L-BFGS memories etc.)
+        self.full = {k: torch.empty((B,) + tuple(st[k].shape[1:]), dtype=st[k].dtype,
+                                    device=dev) for k in self.keep}
+        it = 0
+        while True:
             st = step(obj, st, it)
-            if (it + 1) % self.check_every == 0 or it + 1 == max_iter:
-                running = st["code"] == 0
-                n_run = int(running.sum())  # the one host sync
-                if n_run == 0:
-                    break
-                if n_run <= (3 * size) // 4:
-                    self._write_back(idx, st)
-                    keep = torch.nonzero(running).reshape(-1)
-                    idx = idx.index_select(0, keep)
-                    st = {k: v.index_select(0, keep) for k, v in st.items()}
-                    obj = self.obj_full.subset(idx)
-                    size = n_run
+            it += 1
+            if it % self.check_every:
+                continue
+            running = st["code"] == 0
+            n_run = int(running.sum())  # the one host sync
+            if n_run == 0 and nxt == B:
+                break
+            refill = nxt < B and n_run <= int(_REFILL * size)
+            if refill or n_run <= (3 * running.shape[0]) // 4:
+                self._write_back(idx, st)
+                keep = torch.nonzero(running).reshape(-1)
+                idx = idx.index_select(0, keep)
+                st = {k: v.index_select(0, keep) for k, v in st.items()}
+                if refill:
+                    take = min(size - n_run, B - nxt)
+                    new = order[nxt:nxt + take]
+                    st_new = self.init(self.obj_full.subset(new), self.z0[nxt:nxt + take])
+                    nxt += take
+                    st = {k: torch.cat([st[k], st_new[k]]) for k in st}
+                    idx = torch.cat([idx, new])
+                obj = self.obj_full.subset(idx)
         self._write_back(idx, st)
         return self.full
 
     def _write_back(self, idx, st):
         for k in self.full:
-            self.full[k] = self.full[k].index_copy(0, idx, st[k])
+            self.full[k].index_copy_(0, idx, st[k])
 
 
+#: waiting problems join when at most this fraction of the working set still runs
+#: (measured on the 2-D Gaussian, B = 1e4: 0.75 and 0.5 alike, 0.25 and 0 (refill only
+#: when all are done, the old chunks) 6-25% slower)
+_REFILL = 0.75
 _KEEP_LM = ("z", "cost", "code", "nit", "nfev")
 _KEEP_LBFGS = ("z", "f", "code", "nit", "nfev")
 
 
 def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
                gtol: float = 1e-10, ftol: float = 1e-15, xtol: float = 1e-12,
-               check_every: int = 2, keep_jtj: bool = False) -> BatchedSolution:
+               check_every: int = 2, keep_jtj: bool = False,
+               working_set: int | None = None) -> BatchedSolution:
     """Minimise ``0.5 |r_i(z_i)|²`` for every problem i by Levenberg–Marquardt.
 
     With ``keep_jtj`` the Gauss-Newton matrix ``JᵀJ`` at each final point comes back
@@ -251,27 +323,32 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
     ``max_j |cos(r, J_j)| <= gtol``; relative actual and predicted reductions
     ``<= ftol``; an accepted step ``|p| <= xtol (|z| + xtol)``; zero cost; a
     predicted reduction at machine precision (the cost can fall no further).
+
+    ``working_set`` caps the problems iterated at once (default: all); finished
+    problems leave it and waiting ones join (see :class:`_Driver`).
     """
     B, n = z0.shape
     eps = torch.finfo(z0.dtype).eps
     dev, dt = z0.device, z0.dtype
-    z = z0.detach().clone()
-    r, J = obj.residuals_and_jacobian(z)
-    cost = 0.5 * (r * r).sum(-1)
-    A, g = _normal_equations(r, J)
-    code = torch.zeros(B, dtype=torch.int64, device=dev)
-    code = torch.where(~torch.isfinite(cost), torch.full_like(code, -2), code)
-    code = torch.where((code == 0) & ~_all_finite(A),
-                       torch.full_like(code, -3), code)
-    code = torch.where((code == 0) & (cost == 0), torch.full_like(code, 4), code)
-    state = {
-        "z": z, "A": A, "g": g, "cost": cost, "code": code,
-        "lam": torch.full((B,), 1e-3, dtype=dt, device=dev),
-        "nu": torch.full((B,), 2.0, dtype=dt, device=dev),
-        "D": torch.zeros(B, n, dtype=dt, device=dev),
-        "nit": torch.zeros(B, dtype=torch.int64, device=dev),
-        "nfev": torch.ones(B, dtype=torch.int64, device=dev),
-    }
+
+    def init(o, z0_rows):
+        b = z0_rows.shape[0]
+        z = z0_rows.detach().clone()
+        cost, A, g = o.normal_equations(z)
+        code = torch.zeros(b, dtype=torch.int64, device=dev)
+        code = torch.where(~torch.isfinite(cost), torch.full_like(code, -2), code)
+        code = torch.where((code == 0) & ~_all_finite(A),
+                           torch.full_like(code, -3), code)
+        code = torch.where((code == 0) & (cost == 0), torch.full_like(code, 4), code)
+        return {
+            "z": z, "A": A, "g": g, "cost": cost, "code": code,
+            "lam": torch.full((b,), 1e-3, dtype=dt, device=dev),
+            "nu": torch.full((b,), 2.0, dtype=dt, device=dev),
+            "D": torch.zeros(b, n, dtype=dt, device=dev),
+            "nit": torch.zeros(b, dtype=torch.int64, device=dev),
+            "nfev": torch.ones(b, dtype=torch.int64, device=dev),
+        }
+
     eye = torch.eye(n, dtype=dt, device=dev)
 
     def step(o, s, it):
@@ -297,10 +374,7 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         solved = (info == 0) & torch.isfinite(p).all(-1)
         p = torch.where(solved.unsqueeze(-1), p, torch.zeros_like(p))
         z_new = z + p
-        r_new, J_new = o.residuals_and_jacobian(z_new)
-        cost_new = 0.5 * (r_new * r_new).sum(-1)
-        A_new, g_new = _normal_equations(r_new, J_new)
-        del r_new, J_new
+        cost_new, A_new, g_new = o.normal_equations(z_new)
         Ap = (A @ p.unsqueeze(-1)).squeeze(-1)
         pred = -((g * p).sum(-1) + 0.5 * (p * Ap).sum(-1))
         actred = cost - cost_new
@@ -334,18 +408,19 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
                 "D": D, "nit": nit, "nfev": s["nfev"] + run.to(s["nit"].dtype)}
 
     if max_iter <= 0:
-        state["code"] = torch.where(state["code"] == 0, torch.full_like(code, -1), state["code"])
-        final = state
+        final = init(obj, z0)
+        final["code"] = torch.where(final["code"] == 0, -1, final["code"])
     else:
         keep = _KEEP_LM + (("A",) if keep_jtj else ())
-        final = _Driver(obj, state, check_every, keep).run(step, max_iter)
+        final = _Driver(obj, init, z0, check_every, keep, working_set).run(step, max_iter)
     return BatchedSolution(final["z"], final["cost"], final["code"], final["nit"],
                            final["nfev"], "lm", final["A"] if keep_jtj else None)
 
 
 def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 1000,
                   memory: int = 10, gtol: float = 1e-10, ftol: float = 1e-15,
-                  xtol: float = 1e-15, check_every: int = 8) -> BatchedSolution:
+                  xtol: float = 1e-15, check_every: int = 8,
+                  working_set: int | None = None) -> BatchedSolution:
     """Minimise every problem's ``f_i(z_i)`` by L-BFGS with per-problem step lengths.
 
     Each iteration makes one trial step per problem along its L-BFGS direction
@@ -364,24 +439,27 @@ def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 10
     dev, dt = z0.device, z0.dtype
     eps = torch.finfo(dt).eps
     M = max(1, int(memory))
-    z = z0.detach().clone()
-    f, g = obj.value_and_grad(z)
-    code = torch.zeros(B, dtype=torch.int64, device=dev)
-    code = torch.where(~torch.isfinite(f), torch.full_like(code, -2), code)
-    code = torch.where((code == 0) & ~torch.isfinite(g).all(-1), torch.full_like(code, -3),
-                       code)
-    scale0 = torch.clamp(f.abs(), min=1.0)
-    code = torch.where((code == 0) & (g.abs().amax(-1) <= gtol * scale0),
-                       torch.full_like(code, 6), code)
-    state = {
-        "z": z, "f": f, "g": g, "code": code,
-        "S": torch.zeros(B, M, n, dtype=dt, device=dev),
-        "Y": torch.zeros(B, M, n, dtype=dt, device=dev),
-        "rho": torch.zeros(B, M, dtype=dt, device=dev),  # 0 marks an empty slot
-        "alpha": torch.ones(B, dtype=dt, device=dev),
-        "nit": torch.zeros(B, dtype=torch.int64, device=dev),
-        "nfev": torch.ones(B, dtype=torch.int64, device=dev),
-    }
+
+    def init(o, z0_rows):
+        b = z0_rows.shape[0]
+        z = z0_rows.detach().clone()
+        f, g = o.value_and_grad(z)
+        code = torch.zeros(b, dtype=torch.int64, device=dev)
+        code = torch.where(~torch.isfinite(f), torch.full_like(code, -2), code)
+        code = torch.where((code == 0) & ~torch.isfinite(g).all(-1),
+                           torch.full_like(code, -3), code)
+        scale0 = torch.clamp(f.abs(), min=1.0)
+        code = torch.where((code == 0) & (g.abs().amax(-1) <= gtol * scale0),
+                           torch.full_like(code, 6), code)
+        return {
+            "z": z, "f": f, "g": g, "code": code,
+            "S": torch.zeros(b, M, n, dtype=dt, device=dev),
+            "Y": torch.zeros(b, M, n, dtype=dt, device=dev),
+            "rho": torch.zeros(b, M, dtype=dt, device=dev),  # 0 marks an empty slot
+            "alpha": torch.ones(b, dtype=dt, device=dev),
+            "nit": torch.zeros(b, dtype=torch.int64, device=dev),
+            "nfev": torch.ones(b, dtype=torch.int64, device=dev),
+        }
 
     def direction(g, S, Y, rho):
         q = g.clone()
@@ -458,9 +536,10 @@ def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 10
                 "alpha": alpha, "nit": nit, "nfev": s["nfev"] + run.to(s["nit"].dtype)}
 
     if max_iter <= 0:
-        state["code"] = torch.where(state["code"] == 0, torch.full_like(code, -1), state["code"])
-        final = state
+        final = init(obj, z0)
+        final["code"] = torch.where(final["code"] == 0, -1, final["code"])
     else:
-        final = _Driver(obj, state, check_every, _KEEP_LBFGS).run(step, max_iter)
+        final = _Driver(obj, init, z0, check_every, _KEEP_LBFGS, working_set).run(step,
+                                                                                 max_iter)
     return BatchedSolution(final["z"], final["f"], final["code"], final["nit"],
                            final["nfev"], "lbfgs")
