@@ -269,6 +269,10 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     BatchResult
     """
     t0 = time.perf_counter()
+    call = dict(model=model, x=x, y=y, params=params, likelihood=likelihood, method=method,
+                priors=priors, device=device, dtype=dtype, x_batched=x_batched,
+                vectorized=vectorized, on_nan=on_nan, max_iter=max_iter, tol=tol,
+                errors=errors, chunk_size=chunk_size, options=options, jacobian=jacobian)
     if not callable(model):
         raise TypeError(f"model must be a callable model(p, x), not {type(model).__name__}")
     dev = resolve_device(device)
@@ -755,6 +759,21 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                             working_set=chunk_size, **tol_kw)
     if sol is not None:
         z_all, code_all, nit_all, nfev_all = sol.z, sol.code, sol.nit, sol.nfev
+    if jac_how == "pixelwise" and n and nK:
+        # checked at the starts; a coupling across points that only switches on
+        # elsewhere (torch.where on a parameter) would make the one-pass Jacobian
+        # wrong there: check again at the answers, and refit without it if it is
+        idx = np.unique(np.linspace(0, nK - 1, min(nK, 4)).round().astype(int))
+        idx_t = torch.as_tensor(idx, device=dev)
+        theta_end = to_ext(z_all[idx_t]).detach()
+        data_end = tuple(d[idx_t] for d in data_all)
+        if not _pixelwise_agrees_at(res_jac_t, theta_end, data_end, dt):
+            warnings.warn("fit_batch: the model's points are coupled at the fitted values "
+                          "(the one-pass Jacobian disagreed with the per-parameter one); "
+                          "refitting with options['pixelwise'] = False", FitWarning,
+                          stacklevel=2)
+            call["options"] = dict(opts, pixelwise=False)
+            return fit_batch(**call)
     for k_part, c0 in enumerate(range(0, nK, chunk_size)):
         rows = keep[c0:c0 + chunk_size]
         sl = slice(c0, c0 + rows.size)
@@ -1021,6 +1040,28 @@ def _pixelwise_columns(predict, P, xx, free_names, ydata_shape):
     mu = mu.detach().reshape(b, -1)
     cols = [torch.zeros_like(mu) if g is None else g.reshape(b, -1) for g in grads]
     return mu, cols
+
+
+def _pixelwise_agrees_at(res_jac_t, theta, data, dt) -> bool:
+    """The one-pass and n-pass Jacobians (and residuals) at ``theta``: equal where finite."""
+    tol = 1e-8 if dt == torch.float64 else 1e-3
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r0, J0 = res_jac_t(theta, data, "columns")
+            r1, J1 = res_jac_t(theta, data, "pixelwise")
+    except Exception:  # noqa: BLE001 - any failure means: not elementwise
+        return False
+    if tuple(J1.shape) != tuple(J0.shape) or tuple(r1.shape) != tuple(r0.shape):
+        return False
+    fin = torch.isfinite(J0).flatten(1).all(1) & torch.isfinite(r0).all(1)
+    if not bool(fin.any()):
+        return True  # nothing to compare (the start check needed a finite point)
+    r0, r1, J0, J1 = r0[fin], r1[fin], J0[fin], J1[fin]
+    rs = float(r0.abs().amax()) or 1.0
+    js = float(J0.abs().amax()) or 1.0
+    return not (float((r1 - r0).abs().amax()) > tol * rs or not bool(torch.isfinite(J1).all())
+                or float((J1 - J0).abs().amax()) > tol * js)
 
 
 def _pixelwise_agrees(res_jac_t, pack, keep, theta0_rows, space, dev, dt) -> bool:
