@@ -273,6 +273,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 priors=priors, device=device, dtype=dtype, x_batched=x_batched,
                 vectorized=vectorized, on_nan=on_nan, max_iter=max_iter, tol=tol,
                 errors=errors, chunk_size=chunk_size, options=options, jacobian=jacobian)
+    jac_how = None  # how the residual Jacobian is made (least-squares forms only)
     if not callable(model):
         raise TypeError(f"model must be a callable model(p, x), not {type(model).__name__}")
     dev = resolve_device(device)
