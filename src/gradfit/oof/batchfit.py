@@ -13,7 +13,9 @@ runs each observation's own :func:`gradfit.oof.fit` from it, so the nuisance
 parameters of measured maps, the noise estimate, the errors, the multi-start policy
 and the checks are exactly those of a single fit, which from there converges in a
 step or two. An observation that fits no group (alone in its geometry, scattered
-samples, maps on different sky grids) gets no start and is fitted from the default.
+samples, maps on different sky grids, or measured maps, whose fits free a background,
+gain and pointing per map that the batch does not) gets no start and is fitted from
+the default.
 """
 
 from __future__ import annotations
@@ -57,10 +59,22 @@ def _sigma_and_scale(obs):
     return np.concatenate(parts), scale
 
 
-def geometry_key(obs, telescope, order: int, illumination: str = "pedestal"):
+def geometry_key(obs, telescope, order: int, illumination: str = "pedestal", free=None):
     """What observations must share to be fitted in one batch, or None if ``obs`` cannot
     be batched: the dish, wavelength, order, illumination, the defocus, sky grid and
-    mask of every map, and the aperture grid chosen for its noise."""
+    mask of every map, and the aperture grid chosen for its noise.
+
+    Only a fit whose free nuisance parameters are those of the batch (``amp`` and
+    ``c_dB``: ``free`` as given to :func:`gradfit.oof.fit`, or its default for ``obs``)
+    is batched. Measured maps free a background, gain and pointing per map as well; a
+    start from a batch without them was measured to lead their fits elsewhere (0.07
+    waves apart, 4x slower), so they are fitted from scratch.
+    """
+    from .solve import IDEAL_FREE, default_free  # solve does not import this module
+
+    chosen = default_free(obs) if free is None else tuple(free)
+    if sorted(chosen) != sorted(IDEAL_FREE):
+        return None
     if any(m.grid_axes() is None for m in obs.maps) or len({m.shape for m in obs.maps}) != 1:
         return None
     axes = [m.grid_axes() for m in obs.maps]
@@ -81,8 +95,9 @@ def geometry_key(obs, telescope, order: int, illumination: str = "pedestal"):
 
 
 def batched_starts(observations, order: int, *, telescope=None,
-                   illumination: str = "pedestal", max_iter: int = 100, min_batch: int = 2,
-                   threads: int = 1, device="cpu", dtype=torch.float64) -> list:
+                   illumination: str = "pedestal", free=None, max_iter: int = 100,
+                   min_batch: int = 2, threads: int = 1, device="cpu",
+                   dtype=torch.float64) -> list:
     """Fit ``K``, ``amp`` and ``c_dB`` of many observations in batches of one geometry.
 
     Parameters
@@ -92,6 +107,9 @@ def batched_starts(observations, order: int, *, telescope=None,
     telescope : Telescope or str, optional
         Default: each observation's own.
     illumination : str
+    free : iterable of str, optional
+        The ``free`` of the fits that will start from these answers (default: each
+        observation's :func:`gradfit.oof.solve.default_free`); see :func:`geometry_key`.
     max_iter : int
         Iteration limit of the batched Levenberg-Marquardt.
     min_batch : int
@@ -112,7 +130,7 @@ def batched_starts(observations, order: int, *, telescope=None,
     for i, obs in enumerate(observations):
         if obs is None:
             continue
-        key = geometry_key(obs, telescope, order, illumination)
+        key = geometry_key(obs, telescope, order, illumination, free)
         if key is not None:
             groups.setdefault(key, []).append(i)
     starts: list = [None] * len(observations)

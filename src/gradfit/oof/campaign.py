@@ -99,9 +99,15 @@ def _fit_one(source, name, order, telescope, fit_kwargs, out, overwrite=False, r
     kw = dict(fit_kwargs) if start is None else dict(fit_kwargs, start=start)
     try:
         sol = fit(obs, order=order, telescope=telescope, **kw)
+        if start is not None and not (sol.success and sol.adequacy.get("adequate", True)):
+            # a fit that does not describe its data may have several minima, and which
+            # one it finds depends on the start: the batch's answer is not used for it
+            sol = fit(obs, order=order, telescope=telescope, **fit_kwargs)
+            start = None
     except Exception as exc:  # noqa: BLE001
         return _failed_row(name, file, obs, f"cannot fit: {_one_line(exc)}", t0), None
     row = _row_from_solution(name, file, obs, sol, time.perf_counter() - t0)
+    row["batched"] = start is not None
     if not sol.success:
         row["reason"] = f"fit failed: {row['message']}"
     if out is not None:
@@ -287,7 +293,12 @@ def fit_many(
         defocus and order as one batch first (:func:`gradfit.oof.batchfit.
         batched_starts`), then each observation's own :func:`gradfit.oof.fit` from its
         batched answer, which converges in a step or two to the same coefficients as a
-        fit from scratch. Only with ``fit_kwargs`` the batch serves (none of
+        fit from scratch. Only for fits that free ``amp`` and ``c_dB`` alone (maps that
+        carry their noise, or ``free=("amp", "c_dB")``: measured maps' default nuisance
+        parameters are not in the batch) and with ``fit_kwargs`` the batch serves; and a
+        fit from the batch's answer that does not describe its data (not converged, or
+        not adequate) is done again from scratch, since such a fit may have several
+        minima and the one found depends on the start (none of
         ``start``, ``priors``, ``stepwise``, ``basis``, a likelihood other than
         Gaussian, a method other than 'lm', a transform other than 'mft'); otherwise,
         and for observations alone in their geometry, each is fitted from scratch.
@@ -318,6 +329,7 @@ def fit_many(
                 starts = batched_starts(
                     [o for o, _ in reads], order, telescope=telescope,
                     illumination=fit_kwargs.get("illumination", "pedestal"),
+                    free=fit_kwargs.get("free"),
                     threads=fit_kwargs.get("threads") or 1)
             except Exception as exc:  # noqa: BLE001 - the batch only gives starts
                 import warnings
@@ -328,7 +340,7 @@ def fit_many(
         for i, (s, nm) in enumerate(zip(sources, names)):
             rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, overwrite,
                                          read=reads[i], start=starts[i])
-            rows[i]["batched"] = starts[i] is not None
+            rows[i].setdefault("batched", False)
             reads[i] = None  # the observation is held by its solution only
             if progress is not None:
                 progress(i + 1, len(sources), rows[i])
