@@ -610,7 +610,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             b = Yb.shape[0]
             if isinstance(lik, Gaussian):
                 r = lik.residuals(Yb, mu.reshape(Yb.shape)).reshape(b, -1)
-                s = getattr(lik, "_s", None)
+                s = lik.sigma_tensor
                 if s is None:
                     return r, None, -1.0
                 w = torch.reciprocal(s)

@@ -99,6 +99,12 @@ class Gaussian(Likelihood):
     def prepare(self, y):
         self._s = self._scale_tensor(self.sigma, y, "Gaussian sigma")
 
+    @property
+    def sigma_tensor(self):
+        """sigma as prepared for the data (a tensor on its device and dtype), or None
+        for least squares; ``residuals`` divides by it."""
+        return self._s
+
     def residuals(self, y, mu):
         r = y - mu
         return r if self._s is None else r / self._s
