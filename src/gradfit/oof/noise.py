@@ -388,14 +388,13 @@ def _fit_ar1_variogram(Z: np.ndarray) -> tuple[float, float]:
     gamma = np.array([_robust_var(Z[:, k:] - Z[:, :-k]) for k in lags])
     if not gamma[0] > 0:
         raise ValueError("scan_noise: the map has no noise (neighbouring samples are equal)")
-    best = None
-    for phi in np.linspace(-0.9, 0.98, 189):
-        shape = 2 * (1 - phi**lags)
-        s2 = float(gamma @ shape / (shape @ shape))  # least squares for the sill
-        cost = float(np.sum((gamma - s2 * shape) ** 2))
-        if best is None or cost < best[0]:
-            best = (cost, float(phi), s2)
-    return best[1], best[2]
+    # the grid of phi at once (one row per phi; the first minimum, as a loop would take)
+    phis = np.linspace(-0.9, 0.98, 189)
+    shape = 2 * (1 - phis[:, None] ** lags)
+    s2 = (shape @ gamma) / np.einsum("ij,ij->i", shape, shape)  # least squares for the sill
+    cost = np.sum((gamma - s2[:, None] * shape) ** 2, axis=1)
+    i = int(np.argmin(cost))
+    return float(phis[i]), float(s2[i])
 
 
 # ---------------------------------------------------------------- resampling
