@@ -481,3 +481,22 @@ def test_internal_error_is_one_line_exit_1(tmp_path, monkeypatch):
         "gradfit: internal error: RuntimeError: something broke; second line "
         "(set GRADFIT_DEBUG=1 for a traceback)"
     )
+
+
+def test_fit_scan_axis_reaches_the_jackknife_and_is_recorded(tmp_path):
+    from gradfit import oof
+
+    src = tmp_path / "s.fits"
+    oof.write(oof.simulate(order=2, npix=15, seed=1), src)
+    for axis in ("u", "v"):
+        out = tmp_path / axis
+        r = CliRunner().invoke(cli, ["oof", "fit", str(src), "--order", "2", "--errors",
+                                     "jackknife", "--scan-axis", axis, "--no-figures", "-q",
+                                     "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        d = json.loads((out / "solution.json").read_text())
+        assert d["settings"]["scan_axis"] == axis
+        assert d["errors"]["scan_axis"] == axis
+    r = CliRunner().invoke(cli, ["oof", "fit", str(src), "--scan-axis", "w", "--out",
+                                 str(tmp_path / "w")])
+    assert r.exit_code == 2 and "--scan-axis" in r.stderr

@@ -567,7 +567,7 @@ def _assess(sol, obs, tel) -> dict:
 
 
 def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet, max_iter=None,
-             error_options=None, max_time=None, free=None):
+             error_options=None, max_time=None, free=None, scan_axis=None):
     """oof.fit with CLI error mapping: bad settings → exit 2, crash or budget → exit 1."""
     try:
         from gradfit.oof import fit
@@ -583,6 +583,8 @@ def _run_fit(obs, *, order, likelihood, method, device, telescope, errors, quiet
         kwargs["max_iter"] = max_iter
     if free is not None:
         kwargs["free"] = free
+    if scan_axis is not None:
+        kwargs["scan_axis"] = scan_axis
     if errors not in _ERRORS_IMPLEMENTED:
         raise CLIError(f"--errors {errors}: choose one of {', '.join(_ERRORS_IMPLEMENTED)}")
     kwargs["errors"] = errors
@@ -811,6 +813,9 @@ def _fitted_samples(obs):
               help="Also fit a background plane per map (on top of the defaults).")
 @click.option("--scan-offsets", is_flag=True,
               help="Also fit an offset per scan of every map (scan direction from the files).")
+@click.option("--scan-axis", type=click.Choice(["u", "v"]), default=None,
+              help="Direction of the scans, for --scan-offsets and the jackknife / bootstrap "
+                   "errors (default: recorded in the text maps, else detected from the noise).")
 @click.option(
     "--likelihood",
     type=click.Choice(["gaussian", "cauchy"]),
@@ -895,6 +900,7 @@ def fit_cmd(
     free,
     background_plane,
     scan_offsets,
+    scan_axis,
     likelihood,
     method,
     device,
@@ -951,6 +957,7 @@ def fit_cmd(
             error_options={"num_samples": mcmc_samples} if errors == "mcmc" else None,
             max_time=max_time,
             free=free,
+            scan_axis=scan_axis,
         )
         adequacy = _assess(sol, obs, tel)
         settings = dict(
@@ -964,6 +971,7 @@ def fit_cmd(
             max_time=max_time,
             strict=strict,
             free=list(sol.fit.get("free", [])),
+            scan_axis=scan_axis,
         )
         if text:
             settings.update(files=[str(f) for f in files], dz=[m.dz for m in obs.maps],
