@@ -2,6 +2,8 @@
 
 >>> from gradfit import oof
 >>> obs = oof.read("obs.fits")                      # doctest: +SKIP
+>>> obs = oof.read_text(["m.txt", "f.txt", "p.txt"], "-0.027,0,0.027",
+...                     telescope="srt", frequency=22.23e9)   # doctest: +SKIP
 >>> sol = oof.fit(obs, order=5, telescope="effelsberg")   # doctest: +SKIP
 
 The pipeline, top to bottom: ``observation`` (maps and their geometry) and ``io``
@@ -24,6 +26,7 @@ from gradfit.oof.simulate import simulate
 from gradfit.oof.solution import Solution
 from gradfit.oof.solve import fit
 from gradfit.oof.telescope import Telescope, get_telescope
+from gradfit.oof.textio import read_text
 
 __all__ = [
     "BeamMap",
@@ -36,6 +39,7 @@ __all__ = [
     "fit_pixels",
     "get_telescope",
     "read",
+    "read_text",
     "simulate",
     "write",
     "write_solution",
