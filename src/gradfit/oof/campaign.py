@@ -1,8 +1,9 @@
 """Many OOF observations: a campaign fitted file by file (in process or on Dask), and the
 gravity model fitted jointly to all of them.
 
-:func:`fit_many` fits each observation on its own and collects one summary row per
-observation (a file that fails to read or fit gets its row with the reason, and the
+:func:`fit_many` fits each observation (in process, those of one sky grid first as one
+batch, :mod:`gradfit.oof.batchfit`; or on Dask workers) and collects one summary row
+per observation (a file that fails to read or fit gets its row with the reason, and the
 rest go on). :func:`fit_campaign` fits every observation at once with each Zernike
 coefficient a function of elevation,
 
@@ -293,16 +294,15 @@ def fit_many(
         defocus and order as one batch first (:func:`gradfit.oof.batchfit.
         batched_starts`), then each observation's own :func:`gradfit.oof.fit` from its
         batched answer, which converges in a step or two to the same coefficients as a
-        fit from scratch. Only for fits that free ``amp`` and ``c_dB`` alone (maps that
-        carry their noise, or ``free=("amp", "c_dB")``: measured maps' default nuisance
-        parameters are not in the batch) and with ``fit_kwargs`` the batch serves; and a
-        fit from the batch's answer that does not describe its data (not converged, or
-        not adequate) is done again from scratch, since such a fit may have several
-        minima and the one found depends on the start (none of
-        ``start``, ``priors``, ``stepwise``, ``basis``, a likelihood other than
-        Gaussian, a method other than 'lm', a transform other than 'mft'); otherwise,
-        and for observations alone in their geometry, each is fitted from scratch.
-        The row's ``batched`` says which.
+        fit from scratch. The batch serves fits that free ``amp`` and ``c_dB`` alone
+        (maps that carry their noise, or ``free=("amp", "c_dB")``; measured maps free a
+        background, gain and pointing per map by default), with none of ``start``,
+        ``priors``, ``stepwise``, ``basis``, ``grid``, a likelihood other than Gaussian,
+        a method other than 'lm' or a transform other than 'mft'. Any other fit, an
+        observation alone in its geometry, and a fit from a batched answer that does
+        not describe its data (not converged, or not adequate: such a fit may have
+        several minima, and the one found depends on the start) is fitted from
+        scratch. The row's ``batched`` says which were.
     figures : bool
         With ``out``: also draw ``campaign.png`` (matplotlib; about half a second).
     **fit_kwargs :
