@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.simulate import simulate
+from gradfit.oof.simulate import defocus_values, simulate, true_coefficients
 from gradfit.oof.telescope import get_telescope
 from gradfit.oof.textio import from_arrays, write_text
-from gradfit.oof.zernike import zernike_count, zernike_labels
+from gradfit.oof.zernike import zernike_labels
 
 __all__ = ["simulate_realistic", "ar1_scan_noise"]
 
@@ -166,15 +166,8 @@ def simulate_realistic(
     if int(flags) != flags or flags < 0:
         raise ValueError(f"flags must be an integer >= 0, got {flags}")
     rng = np.random.default_rng(seed)
-    nk = zernike_count(order)
-    if K_waves is None:
-        K = rng.normal(0.0, rms_waves, nk)
-    else:
-        K = np.array(K_waves, dtype=np.float64).ravel()
-        if K.size != nk:
-            raise ValueError(f"K_waves has {K.size} values; order {order} needs {nk}")
-    K[0] = 0.0
-    dzs = [-float(dz), 0.0, float(dz)] if np.ndim(dz) == 0 else [float(d) for d in dz]
+    K = true_coefficients(rng, order, rms_waves, K_waves)
+    dzs = defocus_values(dz)
     ref = int(np.argmin(np.abs(dzs)))
     if dzs[ref] != 0.0:
         raise ValueError(f"dz needs an in-focus map (0) for the gains and drift; got {dzs}")

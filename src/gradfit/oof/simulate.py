@@ -10,7 +10,29 @@ from .observation import BeamMap, Observation
 from .telescope import Telescope, get_telescope
 from .zernike import zernike_count, zernike_labels
 
-__all__ = ["simulate", "C_LIGHT", "phase_rms_notilt"]
+__all__ = ["simulate", "C_LIGHT", "phase_rms_notilt", "defocus_values", "true_coefficients"]
+
+
+def defocus_values(dz) -> list[float]:
+    """A number d as the maps' defocus ``[-d, 0, +d]`` (metres), or the given values."""
+    dzs = [-float(dz), 0.0, float(dz)] if np.ndim(dz) == 0 else [float(d) for d in dz]
+    if not dzs:
+        raise ValueError("dz must be a number or a non-empty sequence of defocus values")
+    return dzs
+
+
+def true_coefficients(rng, order: int, rms_waves: float, K_waves=None) -> np.ndarray:
+    """A simulation's Zernike coefficients (waves, piston 0): ``K_waves`` checked for
+    its length, or drawn from ``rng`` with ``rms_waves`` each."""
+    nk = zernike_count(order)
+    if K_waves is None:
+        K = rng.normal(0.0, rms_waves, nk)
+    else:
+        K = np.array(K_waves, dtype=np.float64).ravel()
+        if K.size != nk:
+            raise ValueError(f"K_waves has {K.size} values; order {order} needs {nk}")
+    K[0] = 0.0
+    return K
 
 C_LIGHT = 299_792_458.0
 MAP_NAMES = {-1: "MINUS OOF", 0: "ZERO OOF", 1: "PLUS OOF"}
@@ -123,18 +145,9 @@ def simulate(
     if not freq_hz > 0:
         raise ValueError(f"freq_hz must be > 0, got {freq_hz}")
     npix = int(npix)
-    dzs = [-float(dz), 0.0, float(dz)] if np.ndim(dz) == 0 else [float(d) for d in dz]
-    if not dzs:
-        raise ValueError("dz must be a number or a non-empty sequence of defocus values")
+    dzs = defocus_values(dz)
     rng = np.random.default_rng(seed)
-    nk = zernike_count(order)
-    if K_waves is None:
-        K = rng.normal(0.0, rms_waves, nk)
-    else:
-        K = np.array(K_waves, dtype=np.float64).ravel()
-        if K.size != nk:
-            raise ValueError(f"K_waves has {K.size} values; order {order} needs {nk}")
-    K[0] = 0.0
+    K = true_coefficients(rng, order, rms_waves, K_waves)
     lam = C_LIGHT / float(freq_hz)
     beam = 1.22 * lam / (2 * tel.primary_radius_m)
     axis = np.linspace(-half_width_beams * beam, half_width_beams * beam, npix)
