@@ -144,29 +144,35 @@ def batched_starts(observations, order: int, *, telescope=None,
                               device=device, dtype=dtype)
             if not (isinstance(model.tf, MFT) and model.tf.shared_axes):
                 continue
-            group = [observations[i] for i in idx]
+            data = _group_data([observations[i] for i in idx])
             found = None
             if model.dtype == torch.float64 and model.device.type == "cpu":
                 # most of the iterations in float32 (twice the products per second),
                 # the last ones in float64 from there: the same answer, sooner
                 m32 = BeamModel(obs0, tel, order, n_grid, illumination=illumination,
                                 device=device, dtype=torch.float32)
-                found = _fit_group(gradfit, m32, group, max_iter)
-            found = _fit_group(gradfit, model, group, max_iter, found)
+                found = _fit_group(gradfit, m32, data, max_iter)
+            found = _fit_group(gradfit, model, data, max_iter, found)
         for i, s in zip(idx, found):
             starts[i] = s
     return starts
 
 
-def _fit_group(gradfit, model: BeamModel, group, max_iter, starts=None):
-    b = len(group)
+def _group_data(group):
+    """``(keep, y, w)``: the kept samples (one mask for the group), each observation's data
+    in units of its in-focus peak and the weights 1/sigma, ``(b, n_kept)`` each."""
     keep = np.flatnonzero(np.concatenate([m.valid for m in group[0].maps]))
     y, w = [], []
     for obs in group:
         sigma, scale = _sigma_and_scale(obs)
         y.append(np.concatenate([m.power for m in obs.maps])[keep] / scale)
         w.append(1.0 / sigma)
-    y, w = np.stack(y), np.stack(w)
+    return keep, np.stack(y), np.stack(w)
+
+
+def _fit_group(gradfit, model: BeamModel, data, max_iter, starts=None):
+    keep, y, w = data
+    b = y.shape[0]
     keep_t = torch.as_tensor(keep, device=model.device)
     nk = model.n_coeff - 1
     spec = NUISANCE["c_dB"]
@@ -180,15 +186,17 @@ def _fit_group(gradfit, model: BeamModel, group, max_iter, starts=None):
                                    "amp": d["amp"][:, keep_t] * x,
                                    "c_dB": d["c_dB"][:, keep_t] * x}
 
-    # the linear least-squares amplitude of the unaberrated start, per observation
-    with torch.no_grad():
-        m0 = model.batched({"K": torch.zeros(1, nk, dtype=model.dtype, device=model.device),
-                            "amp": 1.0, "c_dB": spec.default})[0, keep_t].cpu().numpy()
-    amp0 = np.sum(w * w * y * m0, axis=1) / np.sum(w * w * m0 * m0, axis=1)
-    K0, c0 = np.zeros((b, nk)), np.full(b, spec.default)
+    K0, c0, amp0 = np.zeros((b, nk)), np.full(b, spec.default), np.full(b, np.nan)
     for i, st in enumerate(starts or ()):
         if st is not None:
             K0[i], amp0[i], c0[i] = st["K"][1:], st["amp"], st["c_dB"]
+    new = np.isnan(amp0)
+    if new.any():  # the linear least-squares amplitude of the unaberrated start
+        with torch.no_grad():
+            m0 = model.batched({"K": torch.zeros(1, nk, dtype=model.dtype,
+                                                 device=model.device),
+                                "amp": 1.0, "c_dB": spec.default})[0, keep_t].cpu().numpy()
+        amp0[new] = (np.sum(w * w * y * m0, axis=1) / np.sum(w * w * m0 * m0, axis=1))[new]
     params = {"K": K0, "amp": amp0, "c_dB": gradfit.Param(c0, bounds=spec.bounds)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)

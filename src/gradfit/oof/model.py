@@ -427,7 +427,7 @@ class BeamModel:
         return K, amp, c_dB
 
     def _batched_field(self, K, c_dB):
-        phase = (K @ self.U2pi).unsqueeze(-2) + self.defocus  # (b, B, J)
+        phase = self.phase({"K": K})  # K (b, n): (b, B, J)
         A = illumination(self.illumination, c_dB.unsqueeze(-1), self.r2)  # (b, J)
         wA = (self.w * A).unsqueeze(-2)
         cos, sin = torch.cos(phase), torch.sin(phase)
