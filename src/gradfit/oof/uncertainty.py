@@ -13,6 +13,7 @@ wavelength), so they serve any fit that produces Zernike coefficients.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -284,24 +285,22 @@ def solution_error_map(sol, n: int = 256, samples=None) -> np.ndarray:
 
 
 def _projected_basis(telescope, order: int, n: int) -> np.ndarray:
-    """Open-cell basis ``(n_open, K)`` less its least-squares piston and tilt (cached)."""
+    """Open-cell basis ``(n_open, K)`` less its least-squares piston and tilt (cached as
+    :func:`gradfit.oof.zernike.aperture_basis` is)."""
+    try:
+        return _projected_cached(telescope, order, n)
+    except TypeError:  # unhashable telescope-like object: no cache
+        return _projected(telescope, order, n)
+
+
+def _projected(telescope, order, n):
     from .zernike import aperture_basis
 
-    key = (telescope, order, n)
-    try:
-        hit = _PROJECTED.get(key)
-    except TypeError:  # unhashable telescope-like object: no cache
-        key, hit = None, None
-    if hit is None:
-        U = aperture_basis(telescope, order, n)[0]
-        Uo, A = U.T, U[:3].T
-        hit = Uo - A @ np.linalg.lstsq(A, Uo, rcond=None)[0]
-        hit.setflags(write=False)
-        if key is not None:
-            if len(_PROJECTED) >= 8:
-                _PROJECTED.pop(next(iter(_PROJECTED)))
-            _PROJECTED[key] = hit
-    return hit
+    U = aperture_basis(telescope, order, n)[0]
+    Uo, A = U.T, U[:3].T
+    P = Uo - A @ np.linalg.lstsq(A, Uo, rcond=None)[0]
+    P.setflags(write=False)
+    return P
 
 
-_PROJECTED: dict = {}
+_projected_cached = functools.lru_cache(maxsize=8)(_projected)
