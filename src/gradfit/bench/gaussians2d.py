@@ -135,11 +135,16 @@ def simulate(
     return replace(st, data=img, theta_true=theta)
 
 
-def model_image_numpy(theta, st: ImageSetup) -> np.ndarray:
-    """The model image (NumPy), same body as the likelihood."""
+def _image(xp, theta, st: ImageSetup):
+    """The model image with the array module ``xp`` (numpy or torch): one body for both."""
     b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
     r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
-    return b + np.sum(A[:, None, None] * np.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
+    return b + xp.sum(A[:, None, None] * xp.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
+
+
+def model_image_numpy(theta, st: ImageSetup) -> np.ndarray:
+    """The model image (NumPy), the body of the likelihood."""
+    return _image(np, theta, st)
 
 
 def neg_log_likelihood_numpy(theta, st: ImageSetup) -> float:
@@ -157,9 +162,7 @@ def neg_log_likelihood_numpy(theta, st: ImageSetup) -> float:
     float
         ``sum(log1p(((data - image) / gamma)**2))``.
     """
-    b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
-    r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
-    image = b + np.sum(A[:, None, None] * np.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
+    image = _image(np, theta, st)
     return np.sum(np.log1p(((st.data - image) / st.gamma) ** 2))
 
 
@@ -180,7 +183,5 @@ def neg_log_likelihood_torch(theta, st: ImageSetup):
     """
     import torch
 
-    b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
-    r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
-    image = b + torch.sum(A[:, None, None] * torch.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
+    image = _image(torch, theta, st)
     return torch.sum(torch.log1p(((st.data - image) / st.gamma) ** 2))
