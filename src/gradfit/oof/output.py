@@ -415,20 +415,21 @@ class ResultDir:
         except BaseException:
             # interrupted after the staging directory was made (e.g. by SIGTERM): the
             # caller's 'with' never started, so its __exit__ will not clean up
-            if self.staging is not None:
-                _STAGING.discard(os.path.abspath(self.staging))
-                shutil.rmtree(self.staging, ignore_errors=True)
-                self.staging = None
+            self._remove_staging()
+            self.staging = None
             self._lock.release()
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _remove_staging(self) -> None:
         if self.staging is not None:
             _STAGING.discard(os.path.abspath(self.staging))
+            # after a commit it is gone, or holds the replaced result (rename exchange)
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self.staging is not None and self.staging.exists():
-                shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_staging()
         finally:
             self._lock.release()
 
