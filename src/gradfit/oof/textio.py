@@ -191,6 +191,14 @@ def read_map(path: str | os.PathLike, units: str | None = None) -> TextMap:
     tag_line = None
     header_seen = False
     data, lines = [], []
+
+    def declare(unit, what, lineno):  # a unit tag or header unit; all must agree
+        nonlocal file_units, tag_line
+        if file_units is not None and unit != file_units:
+            raise ValueError(f"{path}: line {lineno}: {what} {unit!r} contradicts "
+                             f"{file_units!r} (line {tag_line})")
+        file_units, tag_line = unit, lineno
+
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -198,13 +206,7 @@ def read_map(path: str | os.PathLike, units: str | None = None) -> TextMap:
         if line[0] in "#%!":
             m = _UNIT_TAG.search(line)
             if m:
-                tag = _unit(m.group(1), f"{path}: line {lineno}")
-                if file_units is not None and tag != file_units:
-                    raise ValueError(
-                        f"{path}: line {lineno}: unit tag {tag!r} contradicts {file_units!r} "
-                        f"(line {tag_line})"
-                    )
-                file_units, tag_line = tag, lineno
+                declare(_unit(m.group(1), f"{path}: line {lineno}"), "unit tag", lineno)
             continue
         if not header_seen and not data:
             cells = _split(line)
@@ -213,12 +215,7 @@ def read_map(path: str | os.PathLike, units: str | None = None) -> TextMap:
                 order, head_units = _header(cells, path, lineno)
                 header_seen = True
                 if head_units is not None:
-                    if file_units is not None and head_units != file_units:
-                        raise ValueError(
-                            f"{path}: line {lineno}: header unit {head_units!r} contradicts "
-                            f"{file_units!r} (line {tag_line})"
-                        )
-                    file_units, tag_line = head_units, lineno
+                    declare(head_units, "header unit", lineno)
                 continue
         data.append(line)
         lines.append(lineno)
