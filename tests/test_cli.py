@@ -462,7 +462,10 @@ def test_cauchy_fit_with_masked_nan_pixels(tiny_sim, tmp_path):
     assert r.exit_code == 0, (r.output, r.exception)
     assert "masked 2 of 81 samples" in r.stderr
     sol = json.loads(r.stdout)
-    assert sol["input"]["points_per_map"] == [81, 81, 79]
+    # the flagged samples stay on the grid, out of the likelihood
+    assert sol["input"]["points_per_map"] == [81, 81, 81]
+    assert sol["input"]["masked_per_map"] == [0, 0, 2]
+    assert sol["fit"]["n_masked"] == 2
     assert "cauchy" in sol["fit"]["likelihood"].lower()
     assert sol["settings"]["likelihood"] == "cauchy"
     assert (tmp_path / "res" / "maps.png").exists()

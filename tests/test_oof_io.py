@@ -361,8 +361,30 @@ def test_nan_pixels_are_masked_with_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"HDU 3 \('PLUS OOF'\): masked 3 of 25 samples"):
         obs = io.read(p)
     m = obs.maps[2]
-    assert m.n == 22 and np.all(np.isfinite(m.power)) and m.shape is None
-    assert obs.maps[0].n == 25 and obs.maps[0].shape == (5, 5)
+    # on a grid, flagged samples stay in place (the grid and its fast transform kept)
+    assert m.n == 25 and m.shape == (5, 5) and m.n_used == 22
+    assert np.flatnonzero(~m.mask).tolist() == [0, 3, 7]
+    assert np.all(np.isnan(m.power[~m.mask])) and np.all(np.isfinite(m.power[m.mask]))
+    assert obs.maps[0].n == 25 and obs.maps[0].shape == (5, 5) and obs.maps[0].mask is None
+
+
+def test_nan_coordinates_are_dropped_and_the_grid_lost(tmp_path):
+    h = pyoof_hdul()
+    h["PLUS OOF"].data["U"][4] = np.nan
+    h["PLUS OOF"].data["BEAM"][9] = np.nan
+    with pytest.warns(UserWarning, match=r"HDU 3 \('PLUS OOF'\): masked 2 of 25 samples"):
+        obs = io.read(save(h, tmp_path))
+    m = obs.maps[2]
+    assert m.n == 23 and m.shape is None and m.mask is None and np.all(np.isfinite(m.power))
+
+
+def test_masked_samples_do_not_hide_a_zero_map_or_bad_sigma(tmp_path):
+    h = pyoof_hdul()
+    h["ZERO OOF"].data["BEAM"][:] = 0.0
+    h["ZERO OOF"].data["BEAM"][2] = np.nan
+    with pytest.warns(UserWarning, match="masked 1 of 25"), \
+            pytest.raises(OOFDataError, match=r"HDU 2 \('ZERO OOF'\): map is all zero"):
+        io.read(save(h, tmp_path))
 
 
 def test_all_nan_map(tmp_path):

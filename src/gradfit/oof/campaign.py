@@ -66,8 +66,9 @@ def _chi2_reduced(sol, obs) -> float | None:
         chi = sol.fit.get("chi2_reduced")
         return None if chi is None else float(chi)
     model = sol.model_maps()
-    r2 = sum(float(np.sum(((m.power - mm) / m.sigma) ** 2)) for m, mm in zip(obs.maps, model))
-    n = sum(m.n for m in obs.maps)
+    r2 = sum(float(np.sum((((m.power - mm) / m.sigma)[m.valid]) ** 2))  # flagged left out
+             for m, mm in zip(obs.maps, model))
+    n = sum(m.n_used for m in obs.maps)
     p = len(getattr(sol.result, "names", [])) or sol.K_waves.size
     npar = int(np.sum([np.size(v) for v in sol.result.params.values()])) if hasattr(
         sol.result, "params") else p

@@ -99,7 +99,7 @@ def _grid(m):
     shape = getattr(m, "shape", None)
     if shape is None or shape[0] * shape[1] != m.n or min(shape) < 4:
         return None
-    return m.power.reshape(shape)
+    return m.masked_power().reshape(shape)  # flagged samples NaN
 
 
 def noise_sigma(m) -> float:
@@ -116,9 +116,12 @@ def noise_sigma(m) -> float:
         k = 2
         d = np.concatenate([np.diff(P[:k], axis=1).ravel(), np.diff(P[-k:], axis=1).ravel(),
                             np.diff(P[:, :k], axis=0).ravel(), np.diff(P[:, -k:], axis=0).ravel()])
+        d = d[np.isfinite(d)]  # differences that touch a flagged sample
         return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
-    r = np.hypot(m.u - np.median(m.u), m.v - np.median(m.v))
-    edge = m.power[r >= np.quantile(r, 0.9)]
+    ok = m.valid
+    u, v = m.u[ok], m.v[ok]
+    r = np.hypot(u - np.median(u), v - np.median(v))
+    edge = m.power[ok][r >= np.quantile(r, 0.9)]
     return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
 
 
@@ -129,10 +132,11 @@ def structure_sigma(m) -> float:
     pure noise, hundreds for a beam; ``inf`` for a noiseless map with structure, ``0``
     for a constant one.
     """
-    P = m.power
-    if m.n == 0 or float(np.ptp(P)) == 0.0:
+    ok = m.valid  # flagged samples left out
+    P = m.power[ok]
+    if P.size == 0 or float(np.ptp(P)) == 0.0:
         return 0.0
-    sigma = m.sigma if m.sigma is not None else noise_sigma(m)
+    sigma = m.sigma[ok] if m.sigma is not None else noise_sigma(m)
     if np.all(np.asarray(sigma) == 0):
         return math.inf
     z = (P - np.median(P)) / sigma

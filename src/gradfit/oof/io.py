@@ -86,7 +86,9 @@ def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observatio
         :func:`write`, the layout recorded there (a simulation keeps ``'gradfit'``).
         Maps keep the file's order.
         ``shape`` is ``(n_v, n_u)`` when a map's samples form a regular grid with u
-        varying fastest (and no sample was masked), else None.
+        varying fastest, else None. On a grid, samples whose BEAM (or SIGMA) is NaN
+        or infinite stay in place, flagged by the map's ``mask``; samples with a
+        non-finite U or V, or off a grid, are dropped.
 
     Raises
     ------
@@ -336,23 +338,33 @@ def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
     n_bad = int(power.size - finite.sum())
     if n_bad == power.size:
         raise OOFDataError(f"{path}: {label}: all {power.size} samples are NaN or infinite")
-    shape = grid_shape(u, v) if n_bad == 0 else None
+    mask = None
+    shape = grid_shape(u, v) if np.isfinite(u).all() and np.isfinite(v).all() else None
     if n_bad:
         warnings.warn(
             f"{path}: {label}: masked {n_bad} of {power.size} samples with NaN or infinite values",
             UserWarning,
             stacklevel=4,
         )
-        u, v, power = u[finite], v[finite], power[finite]
-        sigma = sigma[finite] if sigma is not None else None
-    if not np.any(power != 0):
+        if shape is not None:
+            # a grid keeps every sample and its shape (the fast separable transform and
+            # the scan-noise estimate need it); the mask leaves the flagged ones out
+            mask = finite
+            power = np.where(finite, power, np.nan)
+            sigma = np.where(finite, sigma, np.nan) if sigma is not None else None
+        else:  # scattered samples: the flagged ones are simply dropped
+            u, v, power = u[finite], v[finite], power[finite]
+            sigma = sigma[finite] if sigma is not None else None
+    used = slice(None) if mask is None else mask
+    if not np.any(power[used] != 0):
         raise OOFDataError(f"{path}: {label}: map is all zero")
-    if sigma is not None and np.any(sigma <= 0):
+    if sigma is not None and np.any(sigma[used] <= 0):
         raise OOFDataError(
             f"{path}: {label}: per-point errors must be positive "
-            f"({int(np.sum(sigma <= 0))} values <= 0)"
+            f"({int(np.sum(sigma[used] <= 0))} values <= 0)"
         )
-    return BeamMap(u=u, v=v, power=power, dz=dz, sigma=sigma, name=name, shape=shape)
+    return BeamMap(u=u, v=v, power=power, dz=dz, sigma=sigma, name=name, shape=shape,
+                   mask=mask)
 
 
 _STRUCTURAL = {
@@ -858,6 +870,7 @@ def write_fit_result(staging, sol, obs, *, input_path=None, input_sha256=None,
         "layout": obs.layout,
         "n_maps": len(obs.maps),
         "points_per_map": [m.n for m in obs.maps],
+        "masked_per_map": [m.n - m.n_used for m in obs.maps],
     }
     more = {"input": info, "settings": dict(settings or {})}
     if adequacy is not None:

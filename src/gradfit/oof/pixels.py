@@ -66,6 +66,9 @@ PISTON_SIGMA_RAD = 1e-3
 DEFAULT_SMOOTHNESS = 100.0
 #: default cells across the dish
 DEFAULT_GRID = 128
+#: sigma (in units of the in-focus peak) given to flagged samples in a pixel fit: their
+#: weight (1/sigma^2) is ~1e-30 of a real sample's, and sigma^2 still fits in float32
+MASKED_SIGMA = 1e15
 #: panels with fewer cells than this get a piston but no tilts (see PanelBasis)
 MIN_CELLS_FOR_TILT = 8
 
@@ -424,12 +427,19 @@ class _Posterior:
 
 # ---------------------------------------------------------------------- the data
 def _data(obs: Observation):
-    """Data in units of the in-focus peak and their sigma (given, or from the map edges)."""
+    """Data in units of the in-focus peak, their sigma (given, or from the map edges) and
+    the mask of the samples that count.
+
+    Flagged samples (``BeamMap.mask``) stay on the grid, as the model is computed there,
+    with the value 0 and a sigma of :data:`MASKED_SIGMA`: their weight in the likelihood
+    and in the errors is ~1e-30 of a real sample's, without a second code path.
+    """
     ref = obs.maps[obs.infocus_index]
-    scale = float(np.max(ref.power))
+    scale = float(np.max(ref.power[ref.valid]))
     if not scale > 0:
         raise ValueError(f"{ref.name or 'in-focus map'}: its maximum is {scale}; expected a "
                          "positive beam peak")
+    valid = np.concatenate([m.valid for m in obs.maps])
     y = np.concatenate([m.power for m in obs.maps]) / scale
     parts = []
     for m in obs.maps:
@@ -439,11 +449,13 @@ def _data(obs: Observation):
             s = m.noise() / scale
             parts.append(np.full(m.n, s if s > 0 else 1e-6))
     sigma = np.concatenate(parts)
-    if not np.all(np.isfinite(y)):
+    if not np.all(np.isfinite(y[valid])):
         raise ValueError("some beam values are not finite; mask them before fitting")
-    if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
+    if np.any(~np.isfinite(sigma[valid])) or np.any(sigma[valid] <= 0):
         raise ValueError("the noise sigma of some samples is not positive and finite")
-    return y, sigma, scale
+    y = np.where(valid, y, 0.0)
+    sigma = np.where(valid, sigma, MASKED_SIGMA)
+    return y, sigma, scale, valid
 
 
 # ------------------------------------------------------------------ the solution
@@ -701,7 +713,7 @@ def refine_pixels(
     n = grid_cells(tel, pixel_m, grid)
     report = reporter(progress)
     dev = resolve_device(device)
-    y, sigma, scale = _data(obs)
+    y, sigma, scale, valid = _data(obs)
     with torch_threads(1 if threads is None else int(threads)):
         report(stage="pixel grid", cells=n)
         model = PixelModel(obs, tel, n, illumination=start.illumination,
@@ -728,7 +740,7 @@ def refine_pixels(
         amp = float(amp_t)
         with torch.no_grad():
             mu = model({"phase": model.tensor(phase), "amp": amp}).cpu().numpy()
-        chi2 = float(np.sum(((y - mu) / sigma) ** 2))
+        chi2 = float(np.sum((((y - mu) / sigma)[valid]) ** 2))
         err = np.full(phase.size, np.nan)
         theta_err = np.full(theta.size, np.nan)
         n_eff = math.nan
@@ -753,7 +765,7 @@ def refine_pixels(
         "time_s": time.perf_counter() - t0,
         "fit_time_s": float(res.time_s),
         "chi2": chi2,
-        "ndata": int(y.size),
+        "ndata": int(valid.sum()),
         "n_cells": int(phase.size),
         "n_params": int(theta.size) + 1,
         "n_prior_rows": int(n_prior),

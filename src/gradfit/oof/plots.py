@@ -185,7 +185,7 @@ def plot_maps(
             rms = float(np.sqrt(np.nanmean(res**2)))
             note = f"rms {rms:.3g}"
             if m.sigma is not None:
-                note += f" = {rms / float(np.sqrt(np.mean(m.sigma**2))):.2f} σ"
+                note += f" = {rms / float(np.sqrt(np.mean(m.sigma[m.valid]**2))):.2f} σ"
             peak = float(np.nanmax(obs.maps[obs.infocus_index].masked_power()))
             if peak > 0:
                 note += f", {100 * rms / peak:.2g}% of peak"
