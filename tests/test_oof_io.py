@@ -446,3 +446,39 @@ def test_write_solution(tmp_path):
     assert extent == pytest.approx((-50 - 50 / 7, 50 + 50 / 7) * 2)
     phase, extent, header = io.read_image(tmp_path / "out" / "phase.fits")
     assert header["BUNIT"] == "rad" and extent is None
+
+
+@pytest.mark.parametrize("order", ["v-fastest", "back-and-forth"])
+def test_a_grid_in_another_sample_order_is_put_on_its_grid(tmp_path, order):
+    h = pyoof_hdul(n=6)
+    ref = io.read(save(h, tmp_path, "ref.fits"))
+    idx = np.arange(36).reshape(6, 6)
+    if order == "v-fastest":
+        idx = idx.T.ravel()
+    else:  # raster scans along u, every other one reversed
+        idx[1::2] = idx[1::2, ::-1]
+        idx = idx.ravel()
+    for name in ("MINUS OOF", "ZERO OOF", "PLUS OOF"):
+        h[name].data = h[name].data[idx]
+    h["PLUS OOF"].data["BEAM"][5] = np.nan  # a flag in the file's order
+    with pytest.warns(UserWarning, match="masked 1 of 36"):
+        obs = io.read(save(h, tmp_path, "perm.fits"))
+    for m, r in zip(obs.maps, ref.maps):
+        assert m.shape == (6, 6)
+        np.testing.assert_array_equal(m.u, r.u)
+        np.testing.assert_array_equal(m.v, r.v)
+    np.testing.assert_array_equal(obs.maps[0].power, ref.maps[0].power)
+    plus = obs.maps[2]
+    flagged = int(idx[5])  # where the file's sample 5 sits on the grid
+    assert np.flatnonzero(~plus.mask).tolist() == [flagged]
+    keep = plus.mask
+    np.testing.assert_array_equal(plus.power[keep], ref.maps[2].power[keep])
+
+
+def test_scattered_samples_keep_their_order(tmp_path):
+    h = pyoof_hdul()
+    for name in ("MINUS OOF", "ZERO OOF", "PLUS OOF"):
+        h[name].data["U"][3] += 1e-6  # off the grid by a fiftieth of a step
+    obs = io.read(save(h, tmp_path))
+    assert all(m.shape is None for m in obs.maps)
+    assert obs.maps[0].u[3] == pytest.approx(_grid()[0][3] + 1e-6, rel=1e-6)

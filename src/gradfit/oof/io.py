@@ -86,7 +86,9 @@ def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observatio
         :func:`write`, the layout recorded there (a simulation keeps ``'gradfit'``).
         Maps keep the file's order.
         ``shape`` is ``(n_v, n_u)`` when a map's samples form a regular grid with u
-        varying fastest, else None. On a grid, samples whose BEAM (or SIGMA) is NaN
+        varying fastest, else None; the samples of a grid written in another order (v
+        fastest, scans back and forth) are put in that order. On a grid, samples whose
+        BEAM (or SIGMA) is NaN
         or infinite stay in place, flagged by the map's ``mask``; samples with a
         non-finite U or V, or off a grid, are dropped.
 
@@ -339,7 +341,20 @@ def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
     if n_bad == power.size:
         raise OOFDataError(f"{path}: {label}: all {power.size} samples are NaN or infinite")
     mask = None
-    shape = grid_shape(u, v) if np.isfinite(u).all() and np.isfinite(v).all() else None
+    shape = None
+    if np.isfinite(u).all() and np.isfinite(v).all():
+        shape = grid_shape(u, v)
+        if shape is None:
+            # a grid in another sample order (v fastest, scans back and forth): put it in
+            # u-fastest order, or it would lose the separable transform (20x slower)
+            from gradfit.oof.textio import regular_grid
+
+            grid = regular_grid(u, v)
+            if grid is not None and grid_shape(u[grid[0]], v[grid[0]]) == grid[1]:
+                order, shape = grid[0], grid[1]
+                u, v, power = u[order], v[order], power[order]
+                finite = finite[order]
+                sigma = sigma[order] if sigma is not None else None
     if n_bad:
         warnings.warn(
             f"{path}: {label}: masked {n_bad} of {power.size} samples with NaN or infinite values",
