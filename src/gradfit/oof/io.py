@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.observation import BeamMap, Observation, grid_shape
+from gradfit.oof.observation import BeamMap, Observation, grid_shape, regular_grid
 
 __all__ = [
     "OOFDataError",
@@ -347,8 +347,6 @@ def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
         if shape is None:
             # a grid in another sample order (v fastest, scans back and forth): put it in
             # u-fastest order, or it would lose the separable transform (20x slower)
-            from gradfit.oof.textio import regular_grid
-
             grid = regular_grid(u, v)
             if grid is not None and grid_shape(u[grid[0]], v[grid[0]]) == grid[1]:
                 order, shape = grid[0], grid[1]

@@ -184,7 +184,7 @@ def _holey_grid(m: BeamMap) -> tuple[np.ndarray, np.ndarray]:
     Raises ValueError unless the samples are distinct points of a product grid that
     they fill to at least 90% (a raster with a few flagged samples removed).
     """
-    from gradfit.oof.textio import grid_indices
+    from gradfit.oof.observation import grid_indices
 
     ua, va, iu, iv = grid_indices(m.u, m.v)
     cells = iv * ua.size + iu

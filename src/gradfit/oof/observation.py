@@ -1,8 +1,10 @@
 """The data of one OOF holography observation: any number of beam maps at known defocus.
 
 The maps own their geometry: :meth:`BeamMap.grid_axes` (the one test for a regular
-grid, used by the readers and the model), :meth:`BeamMap.noise` (the noise estimate
-from the map edges) and :attr:`Observation.infocus_index` (the reference map).
+grid, used by the readers and the model), :func:`regular_grid` (the samples of a grid
+in any order, put in u-fastest order by both readers), :meth:`BeamMap.noise` (the
+noise estimate from the map edges) and :attr:`Observation.infocus_index` (the
+reference map).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BeamMap", "Observation", "grid_shape", "GRID_RTOL"]
+__all__ = ["BeamMap", "Observation", "grid_shape", "grid_indices", "regular_grid",
+           "GRID_RTOL"]
 
 #: samples within this fraction of the map extent of a regular grid count as on it
 GRID_RTOL = 1e-6
@@ -55,6 +58,54 @@ def _axes(u, v, shape, rtol):
     if not (np.all(du > 0) or np.all(du < 0)) or not (np.all(dv > 0) or np.all(dv < 0)):
         return None
     return ua, va
+
+
+def _levels(x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of x (clustered within tol) and the level index of each sample."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    new = np.concatenate([[True], np.diff(xs) > tol])
+    level_sorted = np.cumsum(new) - 1
+    idx = np.empty(x.size, dtype=np.int64)
+    idx[order] = level_sorted
+    centres = np.bincount(level_sorted, weights=xs) / np.bincount(level_sorted)
+    return centres, idx
+
+
+def grid_indices(u, v):
+    """``(u_axis, v_axis, iu, iv)``: the distinct u and v values and each sample's index.
+
+    Values closer than :data:`GRID_RTOL` of the map's extent are one level. For samples on a grid
+    (complete or with holes) ``u_axis[iu]``, ``v_axis[iv]`` give their grid positions.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if u.size == 0 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        raise ValueError("grid_indices needs finite coordinates")
+    scale = max(float(np.ptp(u)), float(np.ptp(v)), 1e-300)
+    tol = GRID_RTOL * scale
+    ua, iu = _levels(u, tol)
+    va, iv = _levels(v, tol)
+    return ua, va, iu, iv
+
+
+def regular_grid(u: np.ndarray, v: np.ndarray):
+    """``(order, shape, u_axis, v_axis)`` if the samples fill a regular grid, else None.
+
+    ``u[order]``, ``v[order]`` run with u fastest, as :class:`BeamMap` expects for
+    ``shape = (n_v, n_u)``.
+    """
+    if u.size < 4 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        return None
+    ua, va, iu, iv = grid_indices(u, v)
+    nu, nv = ua.size, va.size
+    if nu < 2 or nv < 2 or nu * nv != u.size:
+        return None
+    cell = iv * nu + iu
+    if np.unique(cell).size != u.size:
+        return None
+    order = np.argsort(cell, kind="stable")
+    return order, (nv, nu), ua, va
 
 
 @dataclass

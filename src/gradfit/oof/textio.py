@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.observation import BeamMap, Observation
+from gradfit.oof.observation import BeamMap, Observation, grid_indices, regular_grid
 
 __all__ = [
     "UNITS",
@@ -285,54 +285,6 @@ def _parse_rows(data: list[str], lines: list[int], path: str, order: list[int]) 
 
 
 # ------------------------------------------------------------------ grids
-def _levels(x: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of x (clustered within tol) and the level index of each sample."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    new = np.concatenate([[True], np.diff(xs) > tol])
-    level_sorted = np.cumsum(new) - 1
-    idx = np.empty(x.size, dtype=np.int64)
-    idx[order] = level_sorted
-    centres = np.bincount(level_sorted, weights=xs) / np.bincount(level_sorted)
-    return centres, idx
-
-
-def grid_indices(u, v):
-    """``(u_axis, v_axis, iu, iv)``: the distinct u and v values and each sample's index.
-
-    Values closer than 1e-6 of the map's extent are one level. For samples on a grid
-    (complete or with holes) ``u_axis[iu]``, ``v_axis[iv]`` give their grid positions.
-    """
-    u = np.asarray(u, dtype=np.float64).ravel()
-    v = np.asarray(v, dtype=np.float64).ravel()
-    if u.size == 0 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
-        raise ValueError("grid_indices needs finite coordinates")
-    scale = max(float(np.ptp(u)), float(np.ptp(v)), 1e-300)
-    tol = 1e-6 * scale
-    ua, iu = _levels(u, tol)
-    va, iv = _levels(v, tol)
-    return ua, va, iu, iv
-
-
-def regular_grid(u: np.ndarray, v: np.ndarray):
-    """``(order, shape, u_axis, v_axis)`` if the samples fill a regular grid, else None.
-
-    ``u[order]``, ``v[order]`` run with u fastest, as :class:`BeamMap` expects for
-    ``shape = (n_v, n_u)``.
-    """
-    if u.size < 4 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
-        return None
-    ua, va, iu, iv = grid_indices(u, v)
-    nu, nv = ua.size, va.size
-    if nu < 2 or nv < 2 or nu * nv != u.size:
-        return None
-    cell = iv * nu + iu
-    if np.unique(cell).size != u.size:
-        return None
-    order = np.argsort(cell, kind="stable")
-    return order, (nv, nu), ua, va
-
-
 def _describe(m: TextMap, grid) -> str:
     s = 1.0 / UNITS[m.units]
     what = f"{grid[1][0]} x {grid[1][1]} grid" if grid else f"{m.n} scattered samples"
