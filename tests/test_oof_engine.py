@@ -63,6 +63,21 @@ def _shifted_grid_obs(obs):
     return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
 
 
+def _scattered_obs(obs, seed=3):
+    """The same maps at jittered positions, with a different number of samples each:
+    no grid, so the 'dft' transform, with its per-map padding."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for i, m in enumerate(obs.maps):
+        step = float(np.ptp(m.u)) / (m.shape[1] - 1)
+        keep = np.ones(m.n, dtype=bool)
+        keep[rng.choice(m.n, 3 * i, replace=False)] = False  # 0, 3, 6 samples fewer
+        maps.append(BeamMap(m.u[keep] + rng.normal(0, 0.05 * step, keep.sum()),
+                            m.v[keep] + rng.normal(0, 0.05 * step, keep.sum()),
+                            m.power[keep], m.dz, name=m.name))
+    return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
+
+
 def test_zernike_monomials_expand_the_basis(rng):
     for order in (1, 4, 7):
         r, t = np.sqrt(rng.uniform(0, 1, 300)), rng.uniform(-np.pi, np.pi, 300)
@@ -79,11 +94,17 @@ def test_zernike_monomials_expand_the_basis(rng):
 
 
 @pytest.mark.parametrize("illum,shared", [("pedestal", True), ("gaussian", True),
-                                          ("pedestal", False)])
+                                          ("pedestal", False), ("pedestal", "scattered"),
+                                          ("gaussian", "scattered")])
 def test_exact_jacobian_matches_autodiff(small_obs, rng, illum, shared):
-    obs = small_obs if shared else _shifted_grid_obs(small_obs)
-    m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)
-    assert m.tf.shared_axes is shared
+    if shared == "scattered":
+        obs = _scattered_obs(small_obs)
+        m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)
+        assert m.transform == "dft" and m.sizes == [225, 222, 219]
+    else:
+        obs = small_obs if shared else _shifted_grid_obs(small_obs)
+        m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)
+        assert m.tf.shared_axes is shared
     p = _params(illum, rng)
     names = [n for n in ALL if n in p]
     mu, d = m.jacobian(p, names)
@@ -95,10 +116,13 @@ def test_exact_jacobian_matches_autodiff(small_obs, rng, illum, shared):
         assert rel < 1e-10, (n, rel)
 
 
-@pytest.mark.parametrize("illum", ["pedestal", "gaussian"])
-def test_exact_jacobian_matches_finite_differences(small_obs, rng, illum):
+@pytest.mark.parametrize("illum,scattered", [("pedestal", False), ("gaussian", False),
+                                             ("pedestal", True)])
+def test_exact_jacobian_matches_finite_differences(small_obs, rng, illum, scattered):
     """Every column against a central difference (independent of autodiff)."""
-    m = BeamModel(small_obs, "effelsberg", 4, 32, illumination=illum)
+    obs = _scattered_obs(small_obs) if scattered else small_obs
+    m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)
+    assert m.transform == ("dft" if scattered else "mft")
     p = _params(illum, rng)
     names = [n for n in ALL if n in p]
     _, d = m.jacobian(p, names)
@@ -140,8 +164,8 @@ def test_jacobian_rejects_bad_names_and_transforms(small_obs):
     g = BeamModel(small_obs, "effelsberg", 4, 32, illumination="gaussian")
     with pytest.raises(ValueError, match="q is a parameter of the pedestal"):
         g.jacobian(p, ["q"])
-    d = BeamModel(small_obs, "effelsberg", 4, 32, transform="dft")
-    with pytest.raises(ValueError, match="need transform='mft'"):
+    d = BeamModel(small_obs, "effelsberg", 4, 32, transform="fft")
+    with pytest.raises(ValueError, match="need transform='mft' or 'dft', not 'fft'"):
         d.jacobian(p, ["K"])
 
 
@@ -222,6 +246,22 @@ def test_exact_and_autodiff_jacobians_give_the_same_fit(pyoof_obs):
     assert a.nuisance["c_dB"]["value"] == pytest.approx(b.nuisance["c_dB"]["value"], abs=1e-7)
 
 
+def test_scattered_samples_fit_with_the_exact_jacobian(small_obs):
+    # measured positions (jittered, maps of different lengths): the 'dft' transform, whose
+    # exact Jacobian gives the autodiff fit's numbers; nuisance parameters freed as for
+    # measured maps
+    obs = _scattered_obs(small_obs)
+    free = ("amp", "c_dB", "pointing", "gain", "background")
+    a = fit(obs, order=2, free=free, jacobian="auto")
+    b = fit(obs, order=2, free=free, jacobian="autodiff")
+    assert a.fit["transform"] == b.fit["transform"] == "dft"
+    assert a.fit["jacobian"] == "exact" and b.fit["jacobian"] == "autodiff"
+    np.testing.assert_allclose(a.K_waves, b.K_waves, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(a.K_err_waves, b.K_err_waves, rtol=1e-6)
+    for n in ("gain", "background", "pointing"):
+        np.testing.assert_allclose(a.nuisance[n]["value"], b.nuisance[n]["value"], atol=1e-8)
+
+
 def test_gain_and_background_are_recovered():
     obs = simulate("effelsberg", order=3, snr=2000, npix=25, seed=11)
     gain, bg = np.array([0.97, 1.0, 1.03]), np.array([0.02, 0.05, 0.01])
@@ -252,8 +292,8 @@ def test_fit_options_errors_progress_jacobian(pyoof_obs, capsys):
         fit(pyoof_obs, order=2, errors="full")
     with pytest.raises(TypeError, match="progress must be a bool or a callable"):
         fit(pyoof_obs, order=2, progress="yes")
-    with pytest.raises(ValueError, match="jacobian='exact' needs transform='mft'"):
-        fit(pyoof_obs, order=2, jacobian="exact", transform="dft")
+    with pytest.raises(ValueError, match="jacobian='exact' needs transform='mft' or 'dft'"):
+        fit(pyoof_obs, order=2, jacobian="exact", transform="fft")
     with pytest.raises(ValueError, match="unknown jacobian"):
         fit(pyoof_obs, order=2, jacobian="numeric")
     with pytest.raises(ValueError, match="unknown free parameter.*'tilt'.*gain.*background"):

@@ -260,7 +260,7 @@ class BeamModel:
             The sample points are fixed when the model is built; ``x`` is accepted so
             that the model has the ``model(p, x)`` signature of :func:`gradfit.fit`.
         """
-        if self.analytic_jacobian and isinstance(self.tf, MFT) and torch.is_grad_enabled():
+        if self.analytic_jacobian and self.tf.exact_jacobian and torch.is_grad_enabled():
             names = tuple(k for k in NUISANCE_AND_K if isinstance(p.get(k), torch.Tensor)
                           and p[k].requires_grad)
             if names:
@@ -296,13 +296,14 @@ class BeamModel:
             Name -> ``d mu / d p[name]``, shape ``(N,) + shape of p[name]`` (``K``:
             ``(N, n_coeff - 1)``, ``pointing``: ``(N, B, 2)``, ``gain``: ``(N, B)``).
 
-        Only for ``transform='mft'``: all columns come from ``order + 1`` batched
-        x-transforms and ``(order + 1)(order + 2)/2`` y-transforms of the field (see
-        :meth:`gradfit.oof.transforms.MFT.monomials`), plus one transform per free
+        For ``transform='mft'`` and ``'dft'``: all columns come from ``order + 1``
+        batched x-transforms and ``(order + 1)(order + 2)/2`` y-transforms of the field
+        (see :meth:`gradfit.oof.transforms.MFT.monomials`), plus one transform per free
         illumination parameter, against one transform per column for autodiff.
         """
-        if not isinstance(self.tf, MFT):
-            raise ValueError("exact Jacobians need transform='mft' (maps on one regular grid)")
+        if not self.tf.exact_jacobian:
+            raise ValueError(f"exact Jacobians need transform='mft' or 'dft', not "
+                             f"{self.tf.name!r}")
         names = tuple(names)
         bad = [n for n in names if n not in NUISANCE_AND_K]
         if bad:
@@ -313,9 +314,16 @@ class BeamModel:
         with torch.no_grad():
             return self._jacobian(p, names)
 
+    def _flat(self, X: torch.Tensor) -> torch.Tensor:
+        """Per-map rows ``(B, Nb, ...)`` (padded to the longest map) -> ``(N, ...)``, map
+        after map, as :meth:`__call__` returns the model."""
+        Nb = X.shape[1]
+        if all(s == Nb for s in self.sizes):
+            return X.reshape((-1,) + X.shape[2:])
+        return torch.cat([X[b, :s] for b, s in enumerate(self.sizes)])
+
     def _jacobian(self, p, names):
-        B, Nb = self.n_maps, self.sizes[0]
-        N = B * Nb
+        B = self.n_maps
         mu = self(p)
         phase = self.phase(p)
         c_dB = self._get(p, "c_dB")
@@ -329,6 +337,7 @@ class BeamModel:
         order = self.order if "K" in names else 1 if "pointing" in names else 0
         Mr, Mi = self.tf.monomials(er, ei, order)  # (M, B, Nb)
         Fr, Fi = Mr[0], Mi[0]
+        Nb = Fr.shape[-1]  # samples per map (padded to the longest map for 'dft')
         P = (Fr**2 + Fi**2) * self.norm  # (B, Nb)
         amp = self._get(p, "amp")
         gain = self._opt(p, "gain")
@@ -341,14 +350,14 @@ class BeamModel:
             H = (2 * self.norm) * (Fi * Mr - Fr * Mi)  # (M, B, Nb)
         if "K" in names:
             dK = (self._monomial_coeffs() @ H.reshape(H.shape[0], -1)).reshape(-1, B, Nb)
-            out["K"] = (dK * s).permute(1, 2, 0).reshape(N, -1)
+            out["K"] = self._flat((dK * s).permute(1, 2, 0))
         if "pointing" in names:
             # phase ramp (pi / pr)(u0 x + v0 y): the monomials x/R and y/R times pi
             i10, i01 = order + 1, 1  # (1, 0) and (0, 1) in monomial_labels order
             D = H.new_zeros(B, Nb, B, 2)
             D[ar, :, ar, 0] = np.pi * H[i10] * s
             D[ar, :, ar, 1] = np.pi * H[i01] * s
-            out["pointing"] = D.reshape(N, B, 2)
+            out["pointing"] = self._flat(D)
         illum = [n for n in ("c_dB", "q", "x0", "y0") if n in names]
         if illum:
             dA = self.illumination_derivatives(illum, c_dB, q, x0, y0, r2, A)
@@ -357,21 +366,21 @@ class BeamModel:
             dP = (2 * self.norm) * (Fr.unsqueeze(1) * Dr + Fi.unsqueeze(1) * Di)
             dP = dP * (s.unsqueeze(1) if s.dim() else s)
             for i, n in enumerate(illum):
-                out[n] = dP[:, i].reshape(N)
+                out[n] = self._flat(dP[:, i])
         if "amp" in names:
-            out["amp"] = (P if gain is None else P * gain.unsqueeze(-1)).reshape(N)
+            out["amp"] = self._flat(P if gain is None else P * gain.unsqueeze(-1))
         if "gain" in names:
             D = P.new_zeros(B, Nb, B)
             D[ar, :, ar] = amp * P
-            out["gain"] = D.reshape(N, B)
+            out["gain"] = self._flat(D)
         if "background" in names:
             D = P.new_zeros(B, Nb, B)
             D[ar, :, ar] = 1.0
-            out["background"] = D.reshape(N, B)
+            out["background"] = self._flat(D)
         if "background_plane" in names:
             D = P.new_zeros(B, Nb, B, 2)
             D[ar, :, ar, :] = self.uv_norm[:, :Nb]
-            out["background_plane"] = D.reshape(N, B, 2)
+            out["background_plane"] = self._flat(D)
         return mu, out
 
     def illumination_derivatives(self, names, c_dB, q, x0, y0, r2, A):

@@ -141,8 +141,8 @@ def _check_inputs(obs, order, telescope, free, start, n_starts, errors, jacobian
     if n_starts != "auto" and (isinstance(n_starts, bool) or not isinstance(
             n_starts, (int, np.integer)) or n_starts < 1):
         raise ValueError(f"n_starts must be 'auto' or an integer >= 1, got {n_starts!r}")
-    if jacobian == "exact" and transform != "mft":
-        raise ValueError(f"jacobian='exact' needs transform='mft', not {transform!r}; use "
+    if jacobian == "exact" and transform == "fft":
+        raise ValueError("jacobian='exact' needs transform='mft' or 'dft', not 'fft'; use "
                          "jacobian='auto' or 'autodiff'")
     return order, tel, free, start
 
@@ -468,7 +468,7 @@ def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int)
     """One call of :func:`gradfit.fit` from full-length start coefficients ``K0``."""
     params, const = _parameters(model, data, s, K0)
     bound = _Bound(model, const, tuple(params), s.report, start_index, data.keep, data)
-    jac = bound.jacobian if s.jacobian and model.transform == "mft" else None
+    jac = bound.jacobian if s.jacobian and model.tf.exact_jacobian else None
     with warnings.catch_warnings():
         # c_dB ending on its bound is reported in the fit message, not as a warning
         warnings.simplefilter("ignore", gradfit.FitWarning)
@@ -734,7 +734,7 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
         "grid_cells": model.grid.n,
         "grid_pixels": model.grid.n_pixels,
         "transform": model.transform,
-        "jacobian": "exact" if s.jacobian and model.transform == "mft" else "autodiff",
+        "jacobian": "exact" if s.jacobian and model.tf.exact_jacobian else "autodiff",
         "threads": n_threads,
         "starts": len(fits) - (n_orders - 1),
         "start_log": starts,
@@ -952,7 +952,7 @@ def fit(
     jacobian : {'auto', 'exact', 'autodiff'}
         'auto' (default) and 'exact': the model's exact Jacobian
         (:meth:`~gradfit.oof.model.BeamModel.jacobian`, a few batched transforms) for
-        Levenberg-Marquardt and the errors, with transform 'mft'; 'autodiff': one
+        Levenberg-Marquardt and the errors, with transform 'mft' or 'dft'; 'autodiff': one
         autodiff pass per parameter (slower, the same numbers to rounding).
 
     Returns

@@ -20,6 +20,8 @@ forward-FFT sign). All arithmetic is real, batched over maps and differentiable
 ``'dft'`` (:class:`DFT`)
     Direct non-uniform transform for scattered samples: for each sample the x sum of
     every aperture row (one matrix product for all rows and samples), then the y sum.
+    It gives the monomial transforms too (:meth:`DFT.monomials`), so the model's
+    Jacobian is exact for scattered samples as well.
 ``'fft'`` (:class:`FFT`)
     Zero-padded FFT of the aperture grid and bilinear interpolation of the power, as
     pyoof does; kept for comparison.
@@ -42,6 +44,9 @@ class Transform:
     """Base class: holds the grid, the device and dtype; subclasses implement ``power``."""
 
     name = ""
+    #: whether it gives ``fields`` and ``monomials``, from which the model builds its
+    #: exact Jacobian
+    exact_jacobian = False
 
     def __init__(self, grid, maps, wavelength_m: float, device, dtype):
         self.grid = grid
@@ -92,6 +97,7 @@ class MFT(Transform):
     """
 
     name = "mft"
+    exact_jacobian = True
 
     def __init__(self, grid, maps, axes, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
@@ -196,6 +202,7 @@ class DFT(Transform):
     """Direct transform at scattered sample points, exact, O(n_k n) memory per map."""
 
     name = "dft"
+    exact_jacobian = True
 
     def __init__(self, grid, maps, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
@@ -213,6 +220,7 @@ class DFT(Transform):
         self.Wu, self.Cv, self.Sv = self._t(np.stack(Wu)), self._t(np.stack(Cv)), self._t(
             np.stack(Sv))
         self.nk = nk
+        self._pows: dict = {}
 
     def power(self, er, ei):
         nk = self.nk
@@ -221,6 +229,45 @@ class DFT(Transform):
         fr = (self.Cv * Tr + self.Sv * Ti).sum(-2)
         fi = (self.Cv * Ti - self.Sv * Tr).sum(-2)
         return fr**2 + fi**2
+
+    def fields(self, er: torch.Tensor, ei: torch.Tensor):
+        """F of many fields per map: ``er, ei`` ``(B, M, J)`` -> ``Fr, Fi`` ``(B, M, nk)``."""
+        B, M = er.shape[:2]
+        nk, n = self.nk, self.n
+        X = self._scatter(er.reshape(B * M, -1), ei.reshape(B * M, -1))  # (B M, n, 2n)
+        T = (X.reshape(B, M * n, 2 * n) @ self.Wu).reshape(B, M, n, 2 * nk)
+        Tr, Ti = T[..., :nk], T[..., nk:]
+        Cv, Sv = self.Cv.unsqueeze(1), self.Sv.unsqueeze(1)
+        return (Cv * Tr + Sv * Ti).sum(-2), (Cv * Ti - Sv * Tr).sum(-2)
+
+    def monomials(self, er: torch.Tensor, ei: torch.Tensor, order: int):
+        """Transforms of ``(x/R)^a (y/R)^b E`` for every ``a + b <= order`` (as
+        :meth:`MFT.monomials`: ``(M, B, nk)`` each, ``a`` then ``b``, ``F`` first).
+
+        The x sums of all ``order + 1`` powers of x are one matrix product per map; the y
+        sums of each power of x are the per-sample products ``Cv Tr + Sv Ti`` (and their
+        imaginary twins), weighted by every power of y in one more product: the
+        Jacobian of scattered samples for about ``order + 1`` beam evaluations.
+        """
+        nk, n = self.nk, self.n
+        B = er.shape[0]
+        if order not in self._pows:
+            xn = self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
+            xn2 = torch.cat([xn, xn])
+            Wu = torch.cat([self.Wu * (xn2**a)[:, None] for a in range(order + 1)], dim=-1)
+            Yp = torch.stack([xn**b for b in range(order + 1)])  # (order + 1, n_y)
+            self._pows[order] = (Wu, Yp)
+        Wu, Yp = self._pows[order]
+        T = (self._scatter(er, ei) @ Wu).reshape(B, n, order + 1, 2, nk)
+        Mr, Mi = [], []
+        for a in range(order + 1):
+            Tr, Ti = T[:, :, a, 0], T[:, :, a, 1]  # (B, n_y, nk)
+            Pr = self.Cv * Tr + self.Sv * Ti
+            Pi = self.Cv * Ti - self.Sv * Tr
+            Y = Yp[: order + 1 - a]  # powers of y that go with x^a
+            Mr.append((Y @ Pr).transpose(0, 1))  # (k, B, nk)
+            Mi.append((Y @ Pi).transpose(0, 1))
+        return torch.cat(Mr), torch.cat(Mi)
 
 
 class FFT(Transform):
