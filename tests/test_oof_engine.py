@@ -78,6 +78,36 @@ def _scattered_obs(obs, seed=3):
     return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
 
 
+def _cropped_obs(obs):
+    """The in-focus map cut to its central 9 x 11 samples: maps on grids of different
+    shapes (the MFT on padded axes)."""
+    maps = []
+    for i, m in enumerate(obs.maps):
+        if i == obs.infocus_index:
+            sl = (slice(3, 12), slice(2, 13))
+            cut = [a.reshape(m.shape)[sl].ravel() for a in (m.u, m.v, m.power)]
+            m = BeamMap(*cut, m.dz, name=m.name, shape=(9, 11))
+        maps.append(m)
+    return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
+
+
+def test_maps_of_different_shapes_keep_the_mft_and_match_the_dft(small_obs, rng):
+    obs = _cropped_obs(small_obs)
+    mft = BeamModel(obs, "effelsberg", 4, 32)
+    dft = BeamModel(obs, "effelsberg", 4, 32, transform="dft")
+    assert mft.transform == "mft" and dft.transform == "dft"
+    assert mft.sizes == [225, 99, 225]
+    p = _params("pedestal", rng)
+    with torch.no_grad():
+        a, b = mft(p), dft(p)
+    assert a.shape == (549,)
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-12
+    _, da = mft.jacobian(p, list(p))
+    _, db = dft.jacobian(p, list(p))
+    for n in p:
+        assert float((da[n] - db[n]).abs().max() / db[n].abs().max()) < 1e-11, n
+
+
 def test_zernike_monomials_expand_the_basis(rng):
     for order in (1, 4, 7):
         r, t = np.sqrt(rng.uniform(0, 1, 300)), rng.uniform(-np.pi, np.pi, 300)
@@ -95,12 +125,15 @@ def test_zernike_monomials_expand_the_basis(rng):
 
 @pytest.mark.parametrize("illum,shared", [("pedestal", True), ("gaussian", True),
                                           ("pedestal", False), ("pedestal", "scattered"),
-                                          ("gaussian", "scattered")])
+                                          ("gaussian", "scattered"), ("pedestal", "cropped")])
 def test_exact_jacobian_matches_autodiff(small_obs, rng, illum, shared):
     if shared == "scattered":
         obs = _scattered_obs(small_obs)
         m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)
         assert m.transform == "dft" and m.sizes == [225, 222, 219]
+    elif shared == "cropped":
+        m = BeamModel(_cropped_obs(small_obs), "effelsberg", 4, 32, illumination=illum)
+        assert m.transform == "mft" and m.sizes == [225, 99, 225]
     else:
         obs = small_obs if shared else _shifted_grid_obs(small_obs)
         m = BeamModel(obs, "effelsberg", 4, 32, illumination=illum)

@@ -90,7 +90,7 @@ class BeamModel:
         Cells across the dish (see :func:`gradfit.oof.grid.choose_grid_size`).
     transform : {'mft', 'dft', 'fft'}
         How F is evaluated at the sample points (see :mod:`gradfit.oof.transforms`).
-        'mft' falls back to 'dft' when the maps are not regular grids of one shape.
+        'mft' falls back to 'dft' when a map is not a regular grid.
     illumination : {'pedestal', 'gaussian'}
         See :func:`gradfit.oof.nuisance.illumination`; ``r'`` is measured from ``(x0, y0)``.
     analytic_jacobian : bool

@@ -9,7 +9,7 @@ for a 128-cell grid), started from a Zernike solution:
 
 with ``phi`` the per-cell vector itself (no p x J basis matrix is ever built) and
 ``F_b`` the transform of :mod:`gradfit.oof.transforms` (the exact matrix Fourier
-transform for maps on one regular grid). The illumination, pointing, gains and
+transform for maps on regular grids). The illumination, pointing, gains and
 backgrounds are those of the starting Zernike solution; ``amp`` is fitted.
 
 The fit maximises the posterior

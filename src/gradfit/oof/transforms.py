@@ -14,7 +14,7 @@ forward-FFT sign). All arithmetic is real, batched over maps and differentiable
 
 ``'mft'`` (:class:`MFT`)
     Exact separable matrix Fourier transform ``F = A_v E A_u^T`` when every map is a
-    regular grid of one shape. It also gives the transforms of ``x^a y^b E`` for all
+    regular grid. It also gives the transforms of ``x^a y^b E`` for all
     monomials at once (:meth:`MFT.monomials`), from which the model's exact Jacobian
     is built.
 ``'dft'`` (:class:`DFT`)
@@ -26,8 +26,8 @@ forward-FFT sign). All arithmetic is real, batched over maps and differentiable
     Zero-padded FFT of the aperture grid and bilinear interpolation of the power, as
     pyoof does; kept for comparison.
 
-:func:`make_transform` picks the object; ``'mft'`` falls back to ``'dft'`` when the
-maps are not regular grids of one shape.
+:func:`make_transform` picks the object; ``'mft'`` falls back to ``'dft'`` when a map is
+not a regular grid (maps on grids of different shapes keep the MFT).
 """
 
 from __future__ import annotations
@@ -90,7 +90,10 @@ class MFT(Transform):
     ----------
     grid : ApertureGrid
     maps : list of BeamMap
-        All regular grids of one shape; ``axes`` gives their ``(u_axis, v_axis)``.
+        All regular grids; ``axes`` gives their ``(u_axis, v_axis)``. Maps of different
+        shapes (a smaller in-focus map, say) are computed on their axes padded to the
+        largest shape, and their samples taken from there (``(B, n_k)``, padded to the
+        longest map, as the other transforms return them).
     axes : list of (numpy.ndarray, numpy.ndarray)
     wavelength_m : float
     device, dtype :
@@ -102,6 +105,17 @@ class MFT(Transform):
     def __init__(self, grid, maps, axes, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
         ax = grid.axis
+        shapes = [(va.size, ua.size) for ua, va in axes]
+        nv_max, nu_max = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        axes = [(_extend(ua, nu_max), _extend(va, nv_max)) for ua, va in axes]
+        self._take = None
+        if len(set(shapes)) > 1:
+            nk = max(self.sizes)
+            take = np.zeros((len(axes), nk), dtype=np.int64)
+            for b, (nv, nu) in enumerate(shapes):
+                rows, cols = np.divmod(np.arange(nv * nu), nu)
+                take[b, : nv * nu] = rows * nu_max + cols
+            self._take = torch.as_tensor(take, device=self.device)
         Wv, Wu = [], []
         for ua, va in axes:
             Cv, Sv = self._kernel(va, ax)  # (nv, n)
@@ -114,8 +128,16 @@ class MFT(Transform):
             self.Wu, self.Wv = self._t(Wu[0]), self._t(Wv[0])
         else:
             self.Wu, self.Wv = self._t(np.stack(Wu)), self._t(np.stack(Wv))
-        self.nv, self.nu = maps[0].shape
+        self.nv, self.nu = nv_max, nu_max
         self._pows: dict = {}
+
+    def _samples(self, F: torch.Tensor, map_dim: int) -> torch.Tensor:
+        """3-D ``F`` with the maps along ``map_dim`` and the padded grid last -> the samples
+        of each map, ``n_k`` last (the identity when every map has the same shape)."""
+        if self._take is None:
+            return F
+        take = self._take.unsqueeze(1 - map_dim)  # (B, 1, n_k) or (1, B, n_k)
+        return torch.gather(F, -1, take.expand(F.shape[:-1] + take.shape[-1:]))
 
     # ------------------------------------------------------------- one field each
     def _step_v(self, T: torch.Tensor, Wv: torch.Tensor, B: int, M: int):
@@ -145,7 +167,8 @@ class MFT(Transform):
         else:
             T = X.reshape(B, M * self.n, 2 * self.n) @ self.Wu
         Fr, Fi = self._step_v(T, self.Wv, B, M)
-        return Fr[0].reshape(B, M, -1), Fi[0].reshape(B, M, -1)
+        return (self._samples(Fr[0].reshape(B, M, -1), 0),
+                self._samples(Fi[0].reshape(B, M, -1), 0))
 
     def power(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
         Fr, Fi = self.fields(er.unsqueeze(-2), ei.unsqueeze(-2))
@@ -195,7 +218,7 @@ class MFT(Transform):
             Fr, Fi = self._step_v(T[:, :, a], Wv[..., : k * 2 * self.nv, :], B, 1)
             Mr.append(Fr.reshape(k, B, -1))
             Mi.append(Fi.reshape(k, B, -1))
-        return torch.cat(Mr), torch.cat(Mi)
+        return self._samples(torch.cat(Mr), 1), self._samples(torch.cat(Mi), 1)
 
 
 class DFT(Transform):
@@ -322,9 +345,18 @@ class FFT(Transform):
         return (vals * self.w).sum(1) * self.area
 
 
+def _extend(axis: np.ndarray, n: int) -> np.ndarray:
+    """``axis`` continued with its own step to ``n`` points (the padding of a smaller
+    map's grid; what is computed there is never used)."""
+    if axis.size >= n:
+        return axis
+    step = axis[-1] - axis[-2]
+    return np.concatenate([axis, axis[-1] + step * np.arange(1, n - axis.size + 1)])
+
+
 def make_transform(name: str, grid, maps, wavelength_m: float, *, fft_pad: int = 8,
                    device="cpu", dtype=torch.float64) -> Transform:
-    """The transform ``name`` for these maps; 'mft' becomes 'dft' off a common regular grid.
+    """The transform ``name`` for these maps; 'mft' becomes 'dft' for maps off a regular grid.
 
     Parameters
     ----------
@@ -340,7 +372,7 @@ def make_transform(name: str, grid, maps, wavelength_m: float, *, fft_pad: int =
         raise ValueError(f"unknown transform {name!r}; choose one of: {', '.join(TRANSFORMS)}")
     if name == "mft":
         axes = [m.grid_axes() for m in maps]
-        if all(a is not None for a in axes) and len({m.shape for m in maps}) == 1:
+        if all(a is not None for a in axes):
             return MFT(grid, maps, axes, wavelength_m, device, dtype)
         name = "dft"
     if name == "dft":
