@@ -19,6 +19,7 @@ from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
 from .solvers.base import SolverOptions
+from .solvers.blas import single_threaded_blas
 from .uncertainty import FitWarning, correlation, covariance_from_hessian
 from .uncertainty_scale import DENSE_LIMIT, variances
 
@@ -673,6 +674,11 @@ def _progress_callback(progress):
     return cb
 
 
+#: data points x free parameters from which a CPU fit runs NumPy's BLAS on one thread
+#: (:func:`gradfit.solvers.blas.single_threaded_blas`)
+BLAS_LIMIT_MIN = 20_000
+
+
 def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progress=False,
                 options=None, strict=False, errors="hessian", theta0=None) -> FitResult:
     """Minimise a built :class:`Problem` and return a :class:`FitResult`.
@@ -680,6 +686,18 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     Options are as for :func:`fit`; ``errors`` may also be a bool here (True is
     ``'hessian'``), without a warning, since this is the layer below the public API.
     """
+    n = prob.space.n_free
+    if prob.device.type != "cpu" or ((prob.ndata or 0) * n < BLAS_LIMIT_MIN and n < 64):
+        # (on the GPU NumPy does no real work; a small problem's calls stay below the
+        # size where OpenBLAS starts threads, and the limit costs 20-40 µs)
+        return _run_problem(prob, method, max_iter, tol, progress, options, strict, errors,
+                            theta0)
+    with single_threaded_blas():  # the solver's and the errors' NumPy: see solvers.blas
+        return _run_problem(prob, method, max_iter, tol, progress, options, strict, errors,
+                            theta0)
+
+
+def _run_problem(prob, method, max_iter, tol, progress, options, strict, errors, theta0):
     t0 = time.perf_counter()
     if isinstance(errors, bool):
         errors = "hessian" if errors else "none"
