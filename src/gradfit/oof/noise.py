@@ -44,6 +44,8 @@ __all__ = [
     "observation_noise",
     "detect_scan_axis",
     "scan_labels",
+    "raster_indices",
+    "raster_shape",
     "ar1_mean_factor",
     "inflation_factor",
     "resample_over_scans",
@@ -181,21 +183,171 @@ class ScanNoise:
 def _holey_grid(m: BeamMap) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of each sample of a map on a grid with missing samples.
 
-    Raises ValueError unless the samples are distinct points of a product grid that
-    they fill to at least 90% (a raster with a few flagged samples removed).
+    The samples must be distinct points of a product grid that they fill to at least
+    90% (a raster with a few flagged samples removed), or, failing that, lie near the
+    nodes of a regular raster (recorded positions that jitter: :func:`raster_indices`).
+    Raises ValueError naming the cause otherwise.
     """
     from gradfit.oof.observation import grid_indices
 
     ua, va, iu, iv = grid_indices(m.u, m.v)
     cells = iv * ua.size + iu
-    if (ua.size < 4 or va.size < 4 or np.unique(cells).size != m.n
-            or m.n < 0.9 * ua.size * va.size):
+    if (ua.size >= 4 and va.size >= 4 and np.unique(cells).size == m.n
+            and m.n >= 0.9 * ua.size * va.size):
+        return iv, iu
+    try:
+        return raster_indices(m.u, m.v)
+    except ValueError as err:
         raise ValueError(
-            f"map {m.name!r} is not a raster: its {m.n} samples fill "
-            f"{m.n / (ua.size * va.size):.0%} of a {va.size} x {ua.size} grid; pass a 2-D "
-            "array (NaN where a sample is missing), or scan labels"
+            f"map {m.name!r} is not a raster: {err}; pass a 2-D array (NaN where a "
+            "sample is missing), or scan labels"
+        ) from None
+
+
+def raster_shape(beam_map: BeamMap) -> tuple[int, int] | None:
+    """``(n_rows, n_cols)`` of the raster a map's noise is measured on, or None.
+
+    A gridded map's ``shape``; for a map without one, the grid its samples fill with a
+    few missing, or the raster its recorded positions jitter about
+    (:func:`raster_indices`); None for scattered samples.
+    """
+    if beam_map.grid_axes() is not None:
+        return tuple(int(k) for k in beam_map.shape)
+    try:
+        rows, cols = _holey_grid(beam_map)
+    except ValueError:
+        return None
+    return int(rows.max()) + 1, int(cols.max()) + 1
+
+
+#: largest offset of a sample from its raster node along u or v, in raster steps
+RASTER_TOL = 0.25
+#: smallest share of the raster's nodes that the samples must fill
+RASTER_FILL = 0.9
+
+
+def raster_indices(u, v, *, tol: float = RASTER_TOL,
+                   min_fill: float = RASTER_FILL) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)``: the node of a regular raster near which each sample lies.
+
+    Real maps record where the telescope pointed, which jitters about the nominal raster
+    by a few % of its step. The samples (in any order) are accepted as a raster when,
+    along u and along v separately, each lies within ``tol`` steps of a node of one
+    regular grid (step and origin fitted by least squares), no node holds two samples,
+    and the samples fill at least ``min_fill`` of the nodes between the extreme ones
+    (a raster with flagged samples removed). The positions themselves are not changed;
+    row ``r`` holds the ``r``-th smallest v, column ``c`` the ``c``-th smallest u.
+
+    Raises
+    ------
+    ValueError
+        Naming the cause: positions farther than ``tol`` from a node (jitter beyond
+        it, a rotated or sheared raster, a drifting step), two samples on one node, a
+        raster smaller than 4 x 4, or too few nodes filled.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if u.size != v.size:
+        raise ValueError(f"u and v must have the same length, got {u.size} and {v.size}")
+    if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        raise ValueError("raster positions must be finite (u, v)")
+    if not 0 < tol < 0.5:
+        # beyond half a step a sample is as near to the next node as to its own
+        raise ValueError(f"tol must be in (0, 0.5) raster steps, got {tol}")
+    if not 0 < min_fill <= 1:
+        raise ValueError(f"min_fill must be in (0, 1], got {min_fill}")
+    n = u.size
+    if n < 16:
+        raise ValueError(f"{n} samples cannot form a raster of at least 4 x 4")
+    cols = _raster_axis(u, "u", tol)
+    rows = _raster_axis(v, "v", tol)
+    n_u, n_v = int(cols.max()) + 1, int(rows.max()) + 1
+    if n_u < 4 or n_v < 4:
+        raise ValueError(f"its samples span a {n_v} x {n_u} raster; at least 4 x 4 needed")
+    cells = rows * n_u + cols
+    taken = np.unique(cells).size
+    if taken != n:
+        raise ValueError(
+            f"{n - taken} of its {n} samples fall on a raster node taken by another "
+            f"sample (a {n_v} x {n_u} raster): repeated positions or a finer raster"
         )
-    return iv, iu
+    if n < min_fill * n_u * n_v:
+        raise ValueError(f"its {n} samples fill {n / (n_u * n_v):.0%} of a {n_v} x {n_u} "
+                         f"grid (at least {min_fill:.0%} needed)")
+    return rows, cols
+
+
+def _raster_axis(x: np.ndarray, name: str, tol: float) -> np.ndarray:
+    """Node index (from 0) of each value of ``x`` on a regular 1-D grid, within ``tol`` steps.
+
+    The samples of one node differ by less than ``2 tol`` steps and those of
+    neighbouring nodes by more than ``1 - 2 tol``, so a large jump in the sorted gaps
+    between sorted values separates the two (the gaps within a node are zero for exact
+    positions). The few largest jumps (ratios of consecutive sorted gaps, at most one
+    level per two samples) are tried in turn, and the first whose levels lie on one
+    regular grid within ``tol`` (:func:`_lattice`) is taken; without a clear jump every
+    distinct value is a level.
+    """
+    xs = np.sort(x)
+    gaps = np.diff(xs)
+    extent = float(xs[-1] - xs[0])
+    if not extent > 0:
+        raise ValueError(f"every sample has the same {name}")
+    tiny = 1e-9 * extent  # rounding in exact positions
+    g = np.sort(gaps)[::-1]
+    n = x.size
+    cuts = []
+    top = n // 2  # B breaks, 3 <= B <= n/2: the smallest gaps' ratios are noise
+    if top >= 3:
+        big, small = g[2:top], g[3:top + 1]  # the B-th and (B+1)-th largest gap
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(small > tiny, big / np.maximum(small, tiny),
+                             np.where(big > tiny, np.inf, 0.0))
+        for b in np.argsort(-ratio, kind="stable")[:4]:
+            if ratio[b] >= 2.0:
+                cuts.append(gaps >= big[b])
+    cuts.append(gaps > tiny)
+    first = None
+    for cut in cuts:
+        try:
+            return _lattice(x, xs, cut, name, tol)
+        except ValueError as err:
+            first = first or err
+    raise first
+
+
+def _lattice(x, xs, cut, name, tol) -> np.ndarray:
+    """Node index of each ``x`` given the level breaks ``cut`` between sorted values ``xs``.
+
+    The levels' centres fix a first step (their median spacing, which a few missing
+    rows do not move); origin and step are then fitted to every sample by least
+    squares, and each sample must lie within ``tol`` steps of its node.
+    """
+    level = np.concatenate([[0], np.cumsum(cut)])
+    centres = np.bincount(level, weights=xs) / np.bincount(level)
+    if centres.size < 2:
+        raise ValueError(f"the {name} positions do not spread over a raster")
+    step0 = float(np.median(np.diff(centres)))
+    node = np.rint((centres - centres[0]) / step0)
+    if np.any(np.diff(node) < 1):
+        raise ValueError(f"the {name} positions do not cluster on a regular raster "
+                         "(levels closer than half a step): jitter beyond the tolerance, a "
+                         "rotated or sheared raster, or a drifting step")
+    k = node[level]
+    kc = k - k.mean()
+    step = float(kc @ (xs - xs.mean()) / (kc @ kc))
+    origin = float(xs.mean() - step * k.mean())
+    index = np.rint((x - origin) / step)
+    dev = np.abs(x - origin - step * index) / step
+    worst = float(dev.max())
+    if worst > tol:
+        raise ValueError(
+            f"its {name} positions lie up to {worst:.2f} steps (step {step:.3g}) from the "
+            f"nodes of a regular raster, more than the tolerance {tol:g}: jitter beyond it, "
+            "a rotated or sheared raster, or a drifting step"
+        )
+    index -= index.min()
+    return index.astype(np.int64)
 
 
 def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
