@@ -175,7 +175,9 @@ def _n_nuisance(obs, free) -> int:
     """Free nuisance values (scan offsets: one per scan and map, less one per map)."""
     n = sum(NUISANCE[f].n_free(len(obs.maps)) for f in free if f in NUISANCE)
     if SCAN_OFFSET in free:
-        n += sum(max(min(m.shape) - 1, 0) if m.shape else 0 for m in obs.maps)
+        from .noise import raster_shape  # gridded, or a raster whose positions jitter
+
+        n += sum(max(min(sh) - 1, 0) for sh in map(raster_shape, obs.maps) if sh)
     return n
 
 
