@@ -259,8 +259,8 @@ def raster_indices(u, v, *, tol: float = RASTER_TOL,
     n = u.size
     if n < 16:
         raise ValueError(f"{n} samples cannot form a raster of at least 4 x 4")
-    cols = _raster_axis(u, "u", tol)
-    rows = _raster_axis(v, "v", tol)
+    cols = _raster_axis(u, "u", tol, min_fill)
+    rows = _raster_axis(v, "v", tol, min_fill)
     n_u, n_v = int(cols.max()) + 1, int(rows.max()) + 1
     if n_u < 4 or n_v < 4:
         raise ValueError(f"its samples span a {n_v} x {n_u} raster; at least 4 x 4 needed")
@@ -277,16 +277,16 @@ def raster_indices(u, v, *, tol: float = RASTER_TOL,
     return rows, cols
 
 
-def _raster_axis(x: np.ndarray, name: str, tol: float) -> np.ndarray:
+def _raster_axis(x: np.ndarray, name: str, tol: float, min_fill: float) -> np.ndarray:
     """Node index (from 0) of each value of ``x`` on a regular 1-D grid, within ``tol`` steps.
 
     The samples of one node differ by less than ``2 tol`` steps and those of
     neighbouring nodes by more than ``1 - 2 tol``, so a large jump in the sorted gaps
     between sorted values separates the two (the gaps within a node are zero for exact
-    positions). The few largest jumps (ratios of consecutive sorted gaps, at most one
-    level per two samples) are tried in turn, and the first whose levels lie on one
-    regular grid within ``tol`` (:func:`_lattice`) is taken; without a clear jump every
-    distinct value is a level.
+    positions). The six largest jumps (ratios >= 1.25 of consecutive sorted gaps, with
+    at most one level per two samples) are tried in turn, and the first whose levels lie
+    on one regular grid within ``tol`` (:func:`_lattice`) is taken; a split level or two
+    merged ones cannot. Without a clear jump every distinct value is a level.
     """
     xs = np.sort(x)
     gaps = np.diff(xs)
@@ -297,42 +297,59 @@ def _raster_axis(x: np.ndarray, name: str, tol: float) -> np.ndarray:
     g = np.sort(gaps)[::-1]
     n = x.size
     cuts = []
-    top = n // 2  # B breaks, 3 <= B <= n/2: the smallest gaps' ratios are noise
-    if top >= 3:
-        big, small = g[2:top], g[3:top + 1]  # the B-th and (B+1)-th largest gap
+    top = n // 2  # B breaks, 1 <= B <= n/2: the smallest gaps' ratios are noise
+    if top >= 1:
+        big, small = g[:top], g[1:top + 1]  # the B-th and (B+1)-th largest gap
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(small > tiny, big / np.maximum(small, tiny),
                              np.where(big > tiny, np.inf, 0.0))
-        for b in np.argsort(-ratio, kind="stable")[:4]:
-            if ratio[b] >= 2.0:
+        for b in np.argsort(-ratio, kind="stable")[:6]:
+            if ratio[b] >= 1.25:  # (a wrong split or merge fails the grid's check)
                 cuts.append(gaps >= big[b])
     cuts.append(gaps > tiny)
-    first = None
+    errors = []
     for cut in cuts:
         try:
-            return _lattice(x, xs, cut, name, tol)
+            return _lattice(x, xs, cut, name, tol, min_fill)
         except ValueError as err:
-            first = first or err
-    raise first
+            errors.append(err)
+    # the levels that did lie on a grid, if any, say best how far the positions are off
+    raise next((e for e in errors if isinstance(e, _BeyondTolerance)), errors[0])
 
 
-def _lattice(x, xs, cut, name, tol) -> np.ndarray:
+_CAUSES = "jitter beyond the tolerance, a rotated or sheared raster, or a drifting step"
+
+
+class _BeyondTolerance(ValueError):
+    """Levels on a regular grid, but samples farther than the tolerance from its nodes."""
+
+
+def _lattice(x, xs, cut, name, tol, min_fill) -> np.ndarray:
     """Node index of each ``x`` given the level breaks ``cut`` between sorted values ``xs``.
 
     The levels' centres fix a first step (their median spacing, which a few missing
-    rows do not move); origin and step are then fitted to every sample by least
-    squares, and each sample must lie within ``tol`` steps of its node.
+    rows do not move) and so the node of each level; the levels must fill ``min_fill``
+    of the nodes (as the raster's rows or columns must). Origin and step are then fitted
+    to every sample by least squares, and each sample must lie within ``tol`` steps of
+    its node.
     """
     level = np.concatenate([[0], np.cumsum(cut)])
     centres = np.bincount(level, weights=xs) / np.bincount(level)
     if centres.size < 2:
         raise ValueError(f"the {name} positions do not spread over a raster")
-    step0 = float(np.median(np.diff(centres)))
-    node = np.rint((centres - centres[0]) / step0)
-    if np.any(np.diff(node) < 1):
+    spacing = np.diff(centres)
+    step0 = float(np.median(spacing))
+    # node numbers from neighbour to neighbour (1, or 2 past a missing row): a step
+    # carried across the whole map would accumulate the error of the first estimate
+    hops = np.rint(spacing / step0)
+    node = np.concatenate([[0.0], np.cumsum(hops)])
+    if np.any(hops < 1):
         raise ValueError(f"the {name} positions do not cluster on a regular raster "
-                         "(levels closer than half a step): jitter beyond the tolerance, a "
-                         "rotated or sheared raster, or a drifting step")
+                         f"(levels closer than half a step): {_CAUSES}")
+    if centres.size < min_fill * (node[-1] + 1):
+        raise ValueError(f"the {name} positions fill {centres.size / (node[-1] + 1):.0%} of "
+                         f"the nodes of a regular grid (step {step0:.3g}), not a raster's "
+                         f"rows or columns: {_CAUSES}")
     k = node[level]
     kc = k - k.mean()
     step = float(kc @ (xs - xs.mean()) / (kc @ kc))
@@ -341,10 +358,9 @@ def _lattice(x, xs, cut, name, tol) -> np.ndarray:
     dev = np.abs(x - origin - step * index) / step
     worst = float(dev.max())
     if worst > tol:
-        raise ValueError(
+        raise _BeyondTolerance(
             f"its {name} positions lie up to {worst:.2f} steps (step {step:.3g}) from the "
-            f"nodes of a regular raster, more than the tolerance {tol:g}: jitter beyond it, "
-            "a rotated or sheared raster, or a drifting step"
+            f"nodes of a regular raster, more than the tolerance {tol:g}: {_CAUSES}"
         )
     index -= index.min()
     return index.astype(np.int64)
