@@ -25,6 +25,10 @@ turns the correlations into the variance inflation of a mean (the effective samp
 size), and
 :func:`resample_over_scans` gives parameter errors that respect the correlation by a
 jackknife over blocks of scans or a bootstrap of scans, for any fit callable.
+
+Maps without ``shape`` are put on their raster first: a grid with flagged samples
+removed, or recorded positions that jitter about a raster's nodes
+(:func:`raster_indices`; :func:`raster_shape` says whether a map is one).
 """
 
 from __future__ import annotations
@@ -414,7 +418,8 @@ def scan_noise(values, scan_axis: str = "auto", *, model=None,
     values : 2-D array ``(n_v, n_u)`` or BeamMap
         The map on its grid (u varying along the rows, as ``BeamMap.shape``); NaN marks a
         missing sample. A BeamMap without ``shape`` whose samples are a raster with a few
-        samples missing (flagged) is put back on its grid.
+        samples missing (flagged), or whose recorded positions jitter about a raster
+        (:func:`raster_indices`), is put on its grid.
     scan_axis : {'auto', 'u', 'v'}
         Direction of the scans; 'auto' uses :func:`detect_scan_axis`.
     model : array_like, optional
@@ -582,7 +587,8 @@ def scan_labels(beam_map: BeamMap, scan_axis: str) -> np.ndarray:
     """The scan number of each sample of a raster map (scans along ``scan_axis``).
 
     Scans along u are the grid's rows (one v each); scans along v its columns. A map
-    without ``shape`` (flagged samples removed) is placed on its grid first.
+    without ``shape`` (flagged samples removed, or jittered positions) is placed on its
+    raster first.
     """
     if scan_axis not in ("u", "v"):
         raise ValueError(f"scan_axis must be 'u' or 'v', got {scan_axis!r}")
