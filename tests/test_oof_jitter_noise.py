@@ -116,6 +116,18 @@ def test_what_is_not_a_raster_is_refused_with_its_cause(positions, match):
         scan_labels(m, "u")
 
 
+def test_a_missing_scan_keeps_the_numbering():
+    """A whole row and a whole column missing (their neighbours 2 steps apart)."""
+    u, v, rows, cols = _raster(jitter=0.15, seed=5)
+    keep = np.flatnonzero((rows != 7) & (cols != 11))
+    r, c = raster_indices(u[keep], v[keep])
+    np.testing.assert_array_equal(r, rows[keep])
+    np.testing.assert_array_equal(c, cols[keep])
+    fewer = np.delete(keep, np.s_[5::12])  # and 31 flagged samples: below 90%
+    with pytest.raises(ValueError, match="its 343 samples fill 83% of a 18 x 23"):
+        raster_indices(u[fewer], v[fewer])
+
+
 def test_a_slightly_rotated_raster_keeps_its_nodes():
     """0.5 degree over 21 steps moves the nodes by 0.09 step: within the tolerance."""
     u, v = _rotated(0.5)

@@ -240,7 +240,8 @@ def raster_indices(u, v, *, tol: float = RASTER_TOL,
     regular grid (step and origin fitted by least squares), no node holds two samples,
     and the samples fill at least ``min_fill`` of the nodes between the extreme ones
     (a raster with flagged samples removed). The positions themselves are not changed;
-    row ``r`` holds the ``r``-th smallest v, column ``c`` the ``c``-th smallest u.
+    rows number the v nodes from the smallest v, columns the u nodes from the smallest
+    u (a missing scan leaves its number out).
 
     Raises
     ------
