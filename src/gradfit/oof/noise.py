@@ -25,6 +25,10 @@ turns the correlations into the variance inflation of a mean (the effective samp
 size), and
 :func:`resample_over_scans` gives parameter errors that respect the correlation by a
 jackknife over blocks of scans or a bootstrap of scans, for any fit callable.
+
+Maps without ``shape`` are put on their raster first: a grid with flagged samples
+removed, or recorded positions that jitter about a raster's nodes
+(:func:`raster_indices`; :func:`raster_shape` says whether a map is one).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ __all__ = [
     "observation_noise",
     "detect_scan_axis",
     "scan_labels",
+    "raster_indices",
+    "raster_shape",
     "ar1_mean_factor",
     "inflation_factor",
     "resample_over_scans",
@@ -181,21 +187,188 @@ class ScanNoise:
 def _holey_grid(m: BeamMap) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of each sample of a map on a grid with missing samples.
 
-    Raises ValueError unless the samples are distinct points of a product grid that
-    they fill to at least 90% (a raster with a few flagged samples removed).
+    The samples must be distinct points of a product grid that they fill to at least
+    90% (a raster with a few flagged samples removed), or, failing that, lie near the
+    nodes of a regular raster (recorded positions that jitter: :func:`raster_indices`).
+    Raises ValueError naming the cause otherwise.
     """
     from gradfit.oof.observation import grid_indices
 
     ua, va, iu, iv = grid_indices(m.u, m.v)
     cells = iv * ua.size + iu
-    if (ua.size < 4 or va.size < 4 or np.unique(cells).size != m.n
-            or m.n < 0.9 * ua.size * va.size):
+    if (ua.size >= 4 and va.size >= 4 and np.unique(cells).size == m.n
+            and m.n >= 0.9 * ua.size * va.size):
+        return iv, iu
+    try:
+        return raster_indices(m.u, m.v)
+    except ValueError as err:
         raise ValueError(
-            f"map {m.name!r} is not a raster: its {m.n} samples fill "
-            f"{m.n / (ua.size * va.size):.0%} of a {va.size} x {ua.size} grid; pass a 2-D "
-            "array (NaN where a sample is missing), or scan labels"
+            f"map {m.name!r} is not a raster: {err}; pass a 2-D array (NaN where a "
+            "sample is missing), or scan labels"
+        ) from None
+
+
+def raster_shape(beam_map: BeamMap) -> tuple[int, int] | None:
+    """``(n_rows, n_cols)`` of the raster a map's noise is measured on, or None.
+
+    A gridded map's ``shape``; for a map without one, the grid its samples fill with a
+    few missing, or the raster its recorded positions jitter about
+    (:func:`raster_indices`); None for scattered samples.
+    """
+    if beam_map.grid_axes() is not None:
+        return tuple(int(k) for k in beam_map.shape)
+    try:
+        rows, cols = _holey_grid(beam_map)
+    except ValueError:
+        return None
+    return int(rows.max()) + 1, int(cols.max()) + 1
+
+
+#: largest offset of a sample from its raster node along u or v, in raster steps
+RASTER_TOL = 0.25
+#: smallest share of the raster's nodes that the samples must fill
+RASTER_FILL = 0.9
+
+
+def raster_indices(u, v, *, tol: float = RASTER_TOL,
+                   min_fill: float = RASTER_FILL) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)``: the node of a regular raster near which each sample lies.
+
+    Real maps record where the telescope pointed, which jitters about the nominal raster
+    by a few % of its step. The samples (in any order) are accepted as a raster when,
+    along u and along v separately, each lies within ``tol`` steps of a node of one
+    regular grid (step and origin fitted by least squares), no node holds two samples,
+    and the samples fill at least ``min_fill`` of the nodes between the extreme ones
+    (a raster with flagged samples removed). The positions themselves are not changed;
+    rows number the v nodes from the smallest v, columns the u nodes from the smallest
+    u (a missing scan leaves its number out).
+
+    Raises
+    ------
+    ValueError
+        Naming the cause: positions farther than ``tol`` from a node (jitter beyond
+        it, a rotated or sheared raster, a drifting step), two samples on one node, a
+        raster smaller than 4 x 4, or too few nodes filled.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if u.size != v.size:
+        raise ValueError(f"u and v must have the same length, got {u.size} and {v.size}")
+    if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        raise ValueError("raster positions must be finite (u, v)")
+    if not 0 < tol < 0.5:
+        # beyond half a step a sample is as near to the next node as to its own
+        raise ValueError(f"tol must be in (0, 0.5) raster steps, got {tol}")
+    if not 0 < min_fill <= 1:
+        raise ValueError(f"min_fill must be in (0, 1], got {min_fill}")
+    n = u.size
+    if n < 16:
+        raise ValueError(f"{n} samples cannot form a raster of at least 4 x 4")
+    cols = _raster_axis(u, "u", tol, min_fill)
+    rows = _raster_axis(v, "v", tol, min_fill)
+    n_u, n_v = int(cols.max()) + 1, int(rows.max()) + 1
+    if n_u < 4 or n_v < 4:
+        raise ValueError(f"its samples span a {n_v} x {n_u} raster; at least 4 x 4 needed")
+    cells = rows * n_u + cols
+    taken = np.unique(cells).size
+    if taken != n:
+        raise ValueError(
+            f"{n - taken} of its {n} samples fall on a raster node taken by another "
+            f"sample (a {n_v} x {n_u} raster): repeated positions or a finer raster"
         )
-    return iv, iu
+    if n < min_fill * n_u * n_v:
+        raise ValueError(f"its {n} samples fill {n / (n_u * n_v):.0%} of a {n_v} x {n_u} "
+                         f"grid (at least {min_fill:.0%} needed)")
+    return rows, cols
+
+
+def _raster_axis(x: np.ndarray, name: str, tol: float, min_fill: float) -> np.ndarray:
+    """Node index (from 0) of each value of ``x`` on a regular 1-D grid, within ``tol`` steps.
+
+    The samples of one node differ by less than ``2 tol`` steps and those of
+    neighbouring nodes by more than ``1 - 2 tol``, so a large jump in the sorted gaps
+    between sorted values separates the two (the gaps within a node are zero for exact
+    positions). The six largest jumps (ratios >= 1.25 of consecutive sorted gaps, with
+    at most one level per two samples) are tried in turn, and the first whose levels lie
+    on one regular grid within ``tol`` (:func:`_lattice`) is taken; a split level or two
+    merged ones cannot. Without a clear jump every distinct value is a level.
+    """
+    xs = np.sort(x)
+    gaps = np.diff(xs)
+    extent = float(xs[-1] - xs[0])
+    if not extent > 0:
+        raise ValueError(f"every sample has the same {name}")
+    tiny = 1e-9 * extent  # rounding in exact positions
+    g = np.sort(gaps)[::-1]
+    n = x.size
+    cuts = []
+    top = n // 2  # B breaks, 1 <= B <= n/2: the smallest gaps' ratios are noise
+    if top >= 1:
+        big, small = g[:top], g[1:top + 1]  # the B-th and (B+1)-th largest gap
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(small > tiny, big / np.maximum(small, tiny),
+                             np.where(big > tiny, np.inf, 0.0))
+        for b in np.argsort(-ratio, kind="stable")[:6]:
+            if ratio[b] >= 1.25:  # (a wrong split or merge fails the grid's check)
+                cuts.append(gaps >= big[b])
+    cuts.append(gaps > tiny)
+    errors = []
+    for cut in cuts:
+        try:
+            return _lattice(x, xs, cut, name, tol, min_fill)
+        except ValueError as err:
+            errors.append(err)
+    # the levels that did lie on a grid, if any, say best how far the positions are off
+    raise next((e for e in errors if isinstance(e, _BeyondTolerance)), errors[0])
+
+
+_CAUSES = "jitter beyond the tolerance, a rotated or sheared raster, or a drifting step"
+
+
+class _BeyondTolerance(ValueError):
+    """Levels on a regular grid, but samples farther than the tolerance from its nodes."""
+
+
+def _lattice(x, xs, cut, name, tol, min_fill) -> np.ndarray:
+    """Node index of each ``x`` given the level breaks ``cut`` between sorted values ``xs``.
+
+    The levels' centres fix a first step (their median spacing, which a few missing
+    rows do not move) and so the node of each level; the levels must fill ``min_fill``
+    of the nodes (as the raster's rows or columns must). Origin and step are then fitted
+    to every sample by least squares, and each sample must lie within ``tol`` steps of
+    its node.
+    """
+    level = np.concatenate([[0], np.cumsum(cut)])
+    centres = np.bincount(level, weights=xs) / np.bincount(level)
+    if centres.size < 2:
+        raise ValueError(f"the {name} positions do not spread over a raster")
+    spacing = np.diff(centres)
+    step0 = float(np.median(spacing))
+    # node numbers from neighbour to neighbour (1, or 2 past a missing row): a step
+    # carried across the whole map would accumulate the error of the first estimate
+    hops = np.rint(spacing / step0)
+    node = np.concatenate([[0.0], np.cumsum(hops)])
+    if np.any(hops < 1):
+        raise ValueError(f"the {name} positions do not cluster on a regular raster "
+                         f"(levels closer than half a step): {_CAUSES}")
+    if centres.size < min_fill * (node[-1] + 1):
+        raise ValueError(f"the {name} positions fill {centres.size / (node[-1] + 1):.0%} of "
+                         f"the nodes of a regular grid (step {step0:.3g}), not a raster's "
+                         f"rows or columns: {_CAUSES}")
+    k = node[level]
+    kc = k - k.mean()
+    step = float(kc @ (xs - xs.mean()) / (kc @ kc))
+    origin = float(xs.mean() - step * k.mean())
+    index = np.rint((x - origin) / step)
+    dev = np.abs(x - origin - step * index) / step
+    worst = float(dev.max())
+    if worst > tol:
+        raise _BeyondTolerance(
+            f"its {name} positions lie up to {worst:.2f} steps (step {step:.3g}) from the "
+            f"nodes of a regular raster, more than the tolerance {tol:g}: {_CAUSES}"
+        )
+    index -= index.min()
+    return index.astype(np.int64)
 
 
 def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
@@ -246,7 +419,8 @@ def scan_noise(values, scan_axis: str = "auto", *, model=None,
     values : 2-D array ``(n_v, n_u)`` or BeamMap
         The map on its grid (u varying along the rows, as ``BeamMap.shape``); NaN marks a
         missing sample. A BeamMap without ``shape`` whose samples are a raster with a few
-        samples missing (flagged) is put back on its grid.
+        samples missing (flagged), or whose recorded positions jitter about a raster
+        (:func:`raster_indices`), is put on its grid.
     scan_axis : {'auto', 'u', 'v'}
         Direction of the scans; 'auto' uses :func:`detect_scan_axis`.
     model : array_like, optional
@@ -414,7 +588,8 @@ def scan_labels(beam_map: BeamMap, scan_axis: str) -> np.ndarray:
     """The scan number of each sample of a raster map (scans along ``scan_axis``).
 
     Scans along u are the grid's rows (one v each); scans along v its columns. A map
-    without ``shape`` (flagged samples removed) is placed on its grid first.
+    without ``shape`` (flagged samples removed, or jittered positions) is placed on its
+    raster first.
     """
     if scan_axis not in ("u", "v"):
         raise ValueError(f"scan_axis must be 'u' or 'v', got {scan_axis!r}")

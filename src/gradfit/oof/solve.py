@@ -175,7 +175,9 @@ def _n_nuisance(obs, free) -> int:
     """Free nuisance values (scan offsets: one per scan and map, less one per map)."""
     n = sum(NUISANCE[f].n_free(len(obs.maps)) for f in free if f in NUISANCE)
     if SCAN_OFFSET in free:
-        n += sum(max(min(m.shape) - 1, 0) if m.shape else 0 for m in obs.maps)
+        from .noise import raster_shape  # gridded, or a raster whose positions jitter
+
+        n += sum(max(min(sh) - 1, 0) for sh in map(raster_shape, obs.maps) if sh)
     return n
 
 
@@ -251,23 +253,18 @@ def _scan_axis(obs) -> str:
 
 def _with_scans(obs, data: _Data, axis=None) -> _Data:
     """``data`` with the scan of every model sample (for the per-scan offsets)."""
-    from .noise import detect_scan_axis, scan_labels
+    from .noise import detect_scan_axis, raster_shape, scan_labels
 
-    if not all(m.grid_axes() is not None for m in obs.maps):
+    if not all(raster_shape(m) is not None for m in obs.maps):
         raise ValueError(f"free={SCAN_OFFSET!r} needs maps on a regular grid (rasters of scans)")
     axis = axis or _scan_axis(obs)
     if axis == "auto":
-        ref = obs.maps[obs.infocus_index]
-        axis = detect_scan_axis(_noise_grid(ref))
+        axis = detect_scan_axis(obs.maps[obs.infocus_index])
     labels = [scan_labels(m, axis) for m in obs.maps]
     S = int(max(lab.max() for lab in labels)) + 1
     index = np.concatenate([b * S + lab for b, lab in enumerate(labels)])
     return dataclasses.replace(data, scan_index=index, scan_shape=(len(obs.maps), S),
                                scan_axis=axis)
-
-
-def _noise_grid(m):
-    return m.masked_power().reshape(m.shape)
 
 
 def _evaluate(model: BeamModel, p: dict, data: _Data, index=None):
@@ -285,9 +282,11 @@ def _evaluate(model: BeamModel, p: dict, data: _Data, index=None):
 
 def _honest_noise(obs, models=None):
     """The adopted :class:`~gradfit.oof.noise.ScanNoise` of gridded maps, else None."""
-    from .noise import observation_noise
+    from .noise import observation_noise, raster_shape
 
-    if not all(m.grid_axes() is not None and min(m.shape) >= 8 for m in obs.maps):
+    # gridded maps, or rasters whose recorded positions jitter (the noise uses the raster)
+    shapes = [raster_shape(m) for m in obs.maps]
+    if not all(sh is not None and min(sh) >= 8 for sh in shapes):
         return None
     try:
         with warnings.catch_warnings():
@@ -765,13 +764,13 @@ def _resampled_errors(obs, sol: Solution, kwargs: dict, method: str, opts: dict,
     Each replicate refits from the full fit's solution with one start, the full fit's
     noise and grid, and no errors.
     """
-    from .noise import detect_scan_axis, resample_over_scans
+    from .noise import detect_scan_axis, raster_shape, resample_over_scans
 
     n = int(opts.get("n", 10))
     axis = opts.get("scan_axis") or _scan_axis(obs)
     if axis == "auto":
         ref = obs.maps[obs.infocus_index]
-        if ref.grid_axes() is None:
+        if raster_shape(ref) is None:
             raise ValueError(f"errors={method!r} needs gridded maps (or "
                              "error_options={'scan_axis': 'u'|'v'})")
         axis = detect_scan_axis(ref)
@@ -873,8 +872,9 @@ def fit(
         Gaussian with per-point sigma, or Cauchy with that sigma as half width (robust to
         glitches). Sigma: given in the maps, else the scan noise of the gridded maps
         (:func:`gradfit.oof.noise.observation_noise`: survives backgrounds, scan
-        offsets and correlation along scans), measured again on the residuals after the
-        fit; else (scattered samples) from the map edges. Masked samples
+        offsets and correlation along scans; also for rasters whose recorded positions
+        jitter, :func:`gradfit.oof.noise.raster_indices`), measured again on the
+        residuals after the fit; else (scattered samples) from the map edges. Masked samples
         (``BeamMap.mask``) stay on the grid and are left out of the likelihood.
     method : str
         Minimiser of :func:`gradfit.fit` (default Levenberg-Marquardt).

@@ -244,8 +244,9 @@ def read_map(path: str | os.PathLike, units: str | None = None) -> TextMap:
     finite = np.isfinite(u) & np.isfinite(v)
     uf, vf = u[finite], v[finite]
     if uf.size >= 2:
-        du, dv = uf[1] != uf[0], vf[1] != vf[0]
-        fast = "u" if du and not dv else "v" if dv and not du else None
+        # one coordinate steps, the other stays (or jitters: recorded positions)
+        du, dv = abs(uf[1] - uf[0]), abs(vf[1] - vf[0])
+        fast = "u" if du > 4 * dv else "v" if dv > 4 * du else None
     return TextMap(u=u, v=v, power=power, line=np.asarray(lines), units=unit, fast_axis=fast,
                    path=path)
 
@@ -306,8 +307,37 @@ def _same_grid(a: TextMap, ga, b: TextMap, gb) -> bool:
     pa, pb = np.lexsort((a.u, a.v)), np.lexsort((b.u, b.v))
     scale = max(float(np.nanmax(np.abs(a.u))), float(np.nanmax(np.abs(a.v))), 1e-300)
     tol = 1e-4 * scale
-    return bool(np.allclose(a.u[pa], b.u[pb], rtol=0, atol=tol, equal_nan=True)
-                and np.allclose(a.v[pa], b.v[pb], rtol=0, atol=tol, equal_nan=True))
+    if (np.allclose(a.u[pa], b.u[pb], rtol=0, atol=tol, equal_nan=True)
+            and np.allclose(a.v[pa], b.v[pb], rtol=0, atol=tol, equal_nan=True)):
+        return True
+    return _same_raster(a, b)
+
+
+def _same_raster(a: TextMap, b: TextMap) -> bool:
+    """Whether two maps whose recorded positions jitter lie on one raster.
+
+    Each must be a raster (:func:`gradfit.oof.noise.raster_indices`) of the same size,
+    its rows' v and columns' u (the means of their samples) within the raster tolerance
+    of the other's.
+    """
+    from gradfit.oof.noise import RASTER_TOL, raster_indices
+
+    axes = []
+    for m in (a, b):
+        ok = np.isfinite(m.u) & np.isfinite(m.v)
+        try:
+            rows, cols = raster_indices(m.u[ok], m.v[ok])
+        except ValueError:
+            return False
+        with np.errstate(invalid="ignore"):  # a row without samples: NaN, never equal
+            axes.append((np.bincount(cols, weights=m.u[ok]) / np.bincount(cols),
+                         np.bincount(rows, weights=m.v[ok]) / np.bincount(rows)))
+    (ua, va), (ub, vb) = axes
+    if ua.size != ub.size or va.size != vb.size:
+        return False
+    tol = RASTER_TOL * min(abs(float(np.nanmedian(np.diff(ua)))),
+                           abs(float(np.nanmedian(np.diff(va)))))
+    return bool(np.all(np.abs(ua - ub) <= tol) and np.all(np.abs(va - vb) <= tol))
 
 
 # ------------------------------------------------------------------ observation
