@@ -56,6 +56,9 @@ CONVERGED, MAX_ITER, STALLED, FAILED = 0, 1, 2, 3
 # curve_fit to 1e-6 (LM ends quadratically, so the last change is far above the remaining
 # error); float32's chi² of 225 terms is only good to ~1e-6 relative
 TOL = {"float64": 1e-12, "float32": 1e-6}
+# the fastmath flags of the extra rows: reordered sums and fused multiply-adds in the
+# accumulation of JᵀJ (no assumption of finite values or of no signed zeros)
+REASSOC = {"reassoc", "contract"}
 # what the answers must meet: float64 equal to fit_batch and tight curve_fit (relative),
 # float32 within this many σ of float64
 REL64, SIGMA32 = 1e-6, 0.05
@@ -63,6 +66,8 @@ REL64, SIGMA32 = 1e-6, 0.05
 
 def build(dtype: str, parallel: bool, fastmath=False):
     """The Numba LM for one float type: ``.fit(Y, P0, xs, ys, poisson, tol, max_iter)``.
+
+    ``fastmath`` (False or a set of LLVM flags) applies to the accumulation pass only.
 
     Constants are closure values of the float type, so a float32 kernel stays in float32
     (a Python float literal would promote each expression to float64).
@@ -75,40 +80,11 @@ def build(dtype: str, parallel: bool, fastmath=False):
     INF, NAN = F(np.inf), F(np.nan)
 
     @numba.njit(cache=False, fastmath=fastmath)
-    def normal_equations(p, y, xs, ys, poisson, A, g, buf):
-        """chi² at p; A = JᵀWJ (full 7 x 7) and g = JᵀW r, from two passes over the pixels.
-
-        The first pass makes the exponentials, residuals, weights and chi² (the calls to
-        exp and log, the divisions) into ``buf`` (3, pixels); the second accumulates
-        JᵀWJ with no call in its loop: every xmm register is
-        caller-saved, so a call there would spill the 35 accumulators at each pixel
-        (one pass: 5.8 µs an evaluation, two: 4.3 µs, measured in float64).
-        """
-        amp, x0, y0, sx, sy, th, bg = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
-        c, s = math.cos(th), math.sin(th)
-        isx, isy = ONE / sx, ONE / sy
-        m = y.shape[0]
-        chi2 = ZERO
-        for i in range(m):
-            dx, dy = xs[i] - x0, ys[i] - y0
-            a, b = (c * dx + s * dy) * isx, (-s * dx + c * dy) * isy
-            e = math.exp(-HALF * (a * a + b * b))
-            mu = amp * e + bg
-            yi = y[i]
-            if poisson:
-                if not mu > ZERO:
-                    return INF
-                # deviance 2 Σ (mu - y - y log(mu / y)); Gpufit's MLE weights y / mu² in
-                # the curvature and y / mu - 1 in the gradient
-                q = yi / mu
-                chi2 += TWO * (mu - yi)
-                if yi > ZERO:
-                    chi2 += TWO * yi * math.log(q)
-                r, w = q - ONE, q / mu
-            else:
-                r, w = yi - mu, ONE
-                chi2 += r * r
-            buf[0, i], buf[1, i], buf[2, i] = e, r, w
+    def accumulate(amp, x0, y0, c, s, isx, isy, xs, ys, buf, A, g):
+        """The second pass: A = JᵀWJ and g = JᵀW r from the exponentials, residuals and
+        weights in buf. With ``fastmath={'reassoc', 'contract'}`` LLVM may reorder its
+        sums and so vectorise them over the pixels (it may not otherwise)."""
+        m = xs.shape[0]
         # the 28 entries of the lower triangle and the 7 of g live in registers
         a00 = a10 = a11 = a20 = a21 = a22 = a30 = a31 = a32 = a33 = ZERO
         a40 = a41 = a42 = a43 = a44 = a50 = a51 = a52 = a53 = a54 = a55 = ZERO
@@ -167,6 +143,43 @@ def build(dtype: str, parallel: bool, fastmath=False):
                 A[j, m] = A[m, j] = low[k]
                 k += 1
         g[0], g[1], g[2], g[3], g[4], g[5], g[6] = g0, g1, g2, g3, g4, g5, g6
+
+    @numba.njit(cache=False)
+    def normal_equations(p, y, xs, ys, poisson, A, g, buf):
+        """chi² at p; A = JᵀWJ (full 7 x 7) and g = JᵀW r, from two passes over the pixels.
+
+        The first pass makes the exponentials, residuals, weights and chi² (the calls to
+        exp and log, the divisions) into ``buf`` (3, pixels); the second accumulates
+        JᵀWJ (:func:`accumulate`) with no call in its loop: every xmm register is
+        caller-saved, so a call there would spill the 35 accumulators at each pixel
+        (one pass: 5.8 µs an evaluation, two: 4.3 µs, measured in float64).
+        """
+        amp, x0, y0, sx, sy, th, bg = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+        c, s = math.cos(th), math.sin(th)
+        isx, isy = ONE / sx, ONE / sy
+        m = y.shape[0]
+        chi2 = ZERO
+        for i in range(m):
+            dx, dy = xs[i] - x0, ys[i] - y0
+            a, b = (c * dx + s * dy) * isx, (-s * dx + c * dy) * isy
+            e = math.exp(-HALF * (a * a + b * b))
+            mu = amp * e + bg
+            yi = y[i]
+            if poisson:
+                if not mu > ZERO:
+                    return INF
+                # deviance 2 Σ (mu - y - y log(mu / y)); Gpufit's MLE weights y / mu² in
+                # the curvature and y / mu - 1 in the gradient
+                q = yi / mu
+                chi2 += TWO * (mu - yi)
+                if yi > ZERO:
+                    chi2 += TWO * yi * math.log(q)
+                r, w = q - ONE, q / mu
+            else:
+                r, w = yi - mu, ONE
+                chi2 += r * r
+            buf[0, i], buf[1, i], buf[2, i] = e, r, w
+        accumulate(amp, x0, y0, c, s, isx, isy, xs, ys, buf, A, g)
         return chi2
 
     @numba.njit(cache=False)
@@ -295,10 +308,11 @@ def build(dtype: str, parallel: bool, fastmath=False):
 
 
 class NativeFit:
-    """A compiled LM for one dtype (and serial or ``prange``); ``__call__`` fits a batch."""
+    """A compiled LM for one dtype (serial or ``prange``; ``fastmath`` for the accumulation
+    pass); ``__call__`` fits a batch."""
 
     def __init__(self, dtype: str, parallel: bool, max_iter: int = 200, tol: float | None = None,
-                 kernels=None):
+                 kernels=None, fastmath=False):
         self.dtype, self.parallel, self.max_iter = dtype, parallel, max_iter
         self.F = np.float32 if dtype == "float32" else np.float64
         self.tol = self.F(TOL[dtype] if tol is None else tol)
@@ -309,7 +323,7 @@ class NativeFit:
             self.kernels = kernels
             return
         t0 = time.perf_counter()
-        self.kernels = build(dtype, parallel)
+        self.kernels = build(dtype, parallel, fastmath)
         self(np.asarray(problems(2, "gaussian", seed=99)[0]), problems(2, "gaussian", 99)[1],
              poisson=False)
         self(np.asarray(problems(2, "poisson", seed=99)[0]), problems(2, "poisson", 99)[1],
@@ -454,6 +468,7 @@ def main(argv=None):
     native = {}
     for dt in ("float64", "float32"):
         native[("numba LM", dt)] = NativeFit(dt, False)
+        native[("numba LM, reassoc (fastmath)", dt)] = NativeFit(dt, False, fastmath=REASSOC)
         if nthreads > 1:
             native[(f"numba LM prange x{nthreads}", dt)] = NativeFit(dt, True)
     # Gpufit's settings in its bundled benchmark: float32, tolerance 1e-4, <= 10 iterations
@@ -520,7 +535,12 @@ def main(argv=None):
                       res[("fit_batch model's Jacobian", "float64")], None, REL64)]
             if ref_cf is not None:
                 pairs.append(("numba LM float64", "curve_fit tight", n64, ref_cf, nl, REL64))
-            pairs += [("numba LM float32", "numba LM float64", n32, n64, None, "sigma"),
+            fm = "numba LM, reassoc (fastmath)"
+            pairs += [(f"{fm} float64", "fit_batch autodiff float64", res[(fm, "float64")],
+                       fb64, None, REL64),
+                      ("numba LM float32", "numba LM float64", n32, n64, None, "sigma"),
+                      (f"{fm} float32", "numba LM float64", res[(fm, "float32")], n64, None,
+                       "sigma"),
                       ("fit_batch autodiff float32", "fit_batch autodiff float64",
                        res[("fit_batch autodiff", "float32")], fb64, None, None),
                       ("numba LM, Gpufit's tol 1e-4, <= 10 it. float32", "numba LM float64",
