@@ -331,16 +331,18 @@ class NativeFit:
         self.compile_s = time.perf_counter() - t0  # both specialisations, by the first calls
 
     def __call__(self, Y, P0, poisson):
+        """Fit the problems (rows of Y from rows of P0): the results and the time taken,
+        conversions to and from the float type included (as fit_batch's time has them)."""
+        t0 = time.perf_counter()
         Y = np.ascontiguousarray(Y, dtype=self.F)
         P0 = np.ascontiguousarray(P0, dtype=self.F)
-        t0 = time.perf_counter()
         P, E, status, nev = self.kernels.fit(Y, P0, self.xs, self.ys, bool(poisson), self.tol,
-                                      self.max_iter)
-        t = time.perf_counter() - t0
+                                             self.max_iter)
         ok = (status == CONVERGED) | (status == STALLED)
         ok &= np.isfinite(P).all(1)
-        return {"params": P.astype(np.float64), "errors": E.astype(np.float64),
-                "success": ok, "status": status, "nev": nev}, t
+        out = {"params": P.astype(np.float64), "errors": E.astype(np.float64),
+               "success": ok, "status": status, "nev": nev}
+        return out, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- harness
