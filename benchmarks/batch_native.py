@@ -473,6 +473,8 @@ def main(argv=None):
         native[("numba LM, reassoc (fastmath)", dt)] = NativeFit(dt, False, fastmath=REASSOC)
         if nthreads > 1:
             native[(f"numba LM prange x{nthreads}", dt)] = NativeFit(dt, True)
+            native[(f"numba LM, reassoc, prange x{nthreads}", dt)] = NativeFit(
+                dt, True, fastmath=REASSOC)
     # Gpufit's settings in its bundled benchmark: float32, tolerance 1e-4, <= 10 iterations
     gpufit_like = NativeFit("float32", False, max_iter=10, tol=1e-4,
                             kernels=native[("numba LM", "float32")].kernels)
@@ -527,6 +529,9 @@ def main(argv=None):
                        "success_frac": float(r["success"].mean()),
                        "mean_evaluations": float(np.mean(r["nev"])),
                        "cpu_over_wall": cpu[(name, dt)] / t}
+                # wall time per problem and evaluation (model, Jacobian, normal equations,
+                # and a share of everything else)
+                row["us_per_evaluation"] = 1e6 * t / (B * row["mean_evaluations"])
                 rows.append(row)
                 print(_fmt(row), file=sys.stderr)
             # the answers; fit_batch's float64 errors are the σ for the differences in σ
@@ -550,8 +555,9 @@ def main(argv=None):
                        None)]
             for (name, dt), r in res.items():
                 if "prange" in name:  # the same arithmetic on other threads: bit for bit
-                    pairs.append((f"{name} {dt}", f"numba LM {dt}", r,
-                                  res[("numba LM", dt)], None, 0.0))
+                    serial = fm if "reassoc" in name else "numba LM"
+                    pairs.append((f"{name} {dt}", f"{serial} {dt}", r, res[(serial, dt)],
+                                  None, 0.0))
             for a_name, b_name, a, b, n, lim in pairs:
                 d = compare(a, b, sigma=fb64, n=n)
                 if lim is None:
@@ -603,12 +609,17 @@ def _fmt(r):
 def table(rows):
     lines = [f"{'noise':8s} {'B':>6s} {'variant':40s} {'dtype':7s} {'fits/s':>9s} "
              f"{'x curve_fit':>11s} {'curve_fit/s':>11s} {'ok':>6s} {'evals':>5s} "
-             f"{'cpu/wall':>8s}"]
+             f"{'cpu/wall':>8s} {'µs/eval':>7s}"]
     for r in rows:
         lines.append(f"{r['noise']:8s} {r['B']:>6d} {r['variant']:40s} {r['dtype']:7s} "
                      f"{r['fits_per_s']:9.0f} {r['x_curve_fit']:11.1f} "
                      f"{r['curve_fit_loop_per_s']:11.0f} {r['success_frac']:6.4f} "
-                     f"{r['mean_evaluations']:5.2f} {r['cpu_over_wall']:8.2f}")
+                     f"{r['mean_evaluations']:5.2f} {r['cpu_over_wall']:8.2f} "
+                     f"{r['us_per_evaluation']:7.2f}")
+    lines.append("ok: fraction converged; evals: mean evaluations (model, Jacobian, normal "
+                 "equations) per fit; cpu/wall: CPU time over wall time (threads busy); "
+                 "µs/eval: wall time per problem and evaluation; curve_fit/s: its loop, least "
+                 "squares on either noise, in the same rounds")
     return "\n".join(lines)
 
 
