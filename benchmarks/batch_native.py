@@ -351,7 +351,7 @@ class NativeFit:
 
 # --------------------------------------------------------------------------- harness
 def _fit_batch(Y, P0, lik, dtype, jac):
-    """gradfit.fit_batch on these problems: (params, errors, success, nit) and its time."""
+    """gradfit.fit_batch on these problems: (params, errors, success, nev) and its time."""
     import gradfit
 
     params = {n: P0[:, k] for k, n in enumerate(NAMES)}
