@@ -78,24 +78,27 @@ def _scattered_obs(obs, seed=3):
     return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
 
 
-def _cropped_obs(obs):
-    """The in-focus map cut to its central 9 x 11 samples: maps on grids of different
-    shapes (the MFT on padded axes)."""
+def _cropped_obs(obs, corner=False):
+    """The in-focus map cut to 9 x 11 samples, central (or in the first corner, whose axes
+    padded are the other maps' own): maps on grids of different shapes (the MFT on
+    padded axes)."""
     maps = []
     for i, m in enumerate(obs.maps):
         if i == obs.infocus_index:
-            sl = (slice(3, 12), slice(2, 13))
+            sl = (slice(0, 9), slice(0, 11)) if corner else (slice(3, 12), slice(2, 13))
             cut = [a.reshape(m.shape)[sl].ravel() for a in (m.u, m.v, m.power)]
             m = BeamMap(*cut, m.dz, name=m.name, shape=(9, 11))
         maps.append(m)
     return Observation(maps, obs.wavelength_m, obs.frequency_hz, obs.telescope)
 
 
-def test_maps_of_different_shapes_keep_the_mft_and_match_the_dft(small_obs, rng):
-    obs = _cropped_obs(small_obs)
+@pytest.mark.parametrize("corner", [False, True])
+def test_maps_of_different_shapes_keep_the_mft_and_match_the_dft(small_obs, rng, corner):
+    obs = _cropped_obs(small_obs, corner)
     mft = BeamModel(obs, "effelsberg", 4, 32)
     dft = BeamModel(obs, "effelsberg", 4, 32, transform="dft")
     assert mft.transform == "mft" and dft.transform == "dft"
+    assert not mft.tf.shared_axes  # (never batched across observations)
     assert mft.sizes == [225, 99, 225]
     p = _params("pedestal", rng)
     with torch.no_grad():

@@ -122,8 +122,10 @@ class MFT(Transform):
             Cu, Su = self._kernel(ua, ax)  # (nu, n)
             Wu.append(np.block([[Cu.T, -Su.T], [Su.T, Cu.T]]))  # (2n, 2nu)
             Wv.append(np.block([[Cv, Sv], [-Sv, Cv]]))  # (2nv, 2n)
-        self.shared_axes = all(np.array_equal(Wv[0], w) for w in Wv) and all(
-            np.array_equal(Wu[0], w) for w in Wu)
+        # (maps of different shapes never share axes, even where the padding makes their
+        # kernels equal: what batches observations needs every map on the same samples)
+        self.shared_axes = self._take is None and all(
+            np.array_equal(Wv[0], w) for w in Wv) and all(np.array_equal(Wu[0], w) for w in Wu)
         if self.shared_axes:
             self.Wu, self.Wv = self._t(Wu[0]), self._t(Wv[0])
         else:
