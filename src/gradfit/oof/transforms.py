@@ -269,24 +269,25 @@ class DFT(Transform):
         """Transforms of ``(x/R)^a (y/R)^b E`` for every ``a + b <= order`` (as
         :meth:`MFT.monomials`: ``(M, B, nk)`` each, ``a`` then ``b``, ``F`` first).
 
-        The x sums of all ``order + 1`` powers of x are one matrix product per map; the y
-        sums of each power of x are the per-sample products ``Cv Tr + Sv Ti`` (and their
-        imaginary twins), weighted by every power of y in one more product: the
-        Jacobian of scattered samples for about ``order + 1`` beam evaluations.
+        For each power of x, the x sums are one matrix product per map, with the power
+        applied to the field (so nothing the size of the kernel is copied or cached: for
+        scattered samples the kernel holds one column per sample); the y sums of each
+        power of x are the per-sample products ``Cv Tr + Sv Ti`` (and their imaginary
+        twins), weighted by every power of y in one more product: the Jacobian of
+        scattered samples for about ``order + 1`` beam evaluations.
         """
-        nk, n = self.nk, self.n
-        B = er.shape[0]
+        nk = self.nk
         if order not in self._pows:
             xn = self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
-            xn2 = torch.cat([xn, xn])
-            Wu = torch.cat([self.Wu * (xn2**a)[:, None] for a in range(order + 1)], dim=-1)
-            Yp = torch.stack([xn**b for b in range(order + 1)])  # (order + 1, n_y)
-            self._pows[order] = (Wu, Yp)
-        Wu, Yp = self._pows[order]
-        T = (self._scatter(er, ei) @ Wu).reshape(B, n, order + 1, 2, nk)
+            xn2 = torch.cat([xn, xn])  # x of each column of [Re E | Im E]
+            self._pows[order] = (torch.stack([xn2**a for a in range(order + 1)]),
+                                 torch.stack([xn**b for b in range(order + 1)]))
+        Xp, Yp = self._pows[order]  # (order + 1, 2n), (order + 1, n_y)
+        X = self._scatter(er, ei)  # (B, n_y, 2n)
         Mr, Mi = [], []
         for a in range(order + 1):
-            Tr, Ti = T[:, :, a, 0], T[:, :, a, 1]  # (B, n_y, nk)
+            T = (X * Xp[a]) @ self.Wu  # (B, n_y, 2 nk): x sums of x^a E
+            Tr, Ti = T[..., :nk], T[..., nk:]
             Pr = self.Cv * Tr + self.Sv * Ti
             Pi = self.Cv * Ti - self.Sv * Tr
             Y = Yp[: order + 1 - a]  # powers of y that go with x^a
