@@ -88,9 +88,8 @@ def read(path: str | os.PathLike, *, max_bytes: int | None = None) -> Observatio
         ``shape`` is ``(n_v, n_u)`` when a map's samples form a regular grid with u
         varying fastest, else None; the samples of a grid written in another order (v
         fastest, scans back and forth) are put in that order. On a grid, samples whose
-        BEAM (or SIGMA) is NaN
-        or infinite stay in place, flagged by the map's ``mask``; samples with a
-        non-finite U or V, or off a grid, are dropped.
+        BEAM (or SIGMA) is NaN or infinite stay in place, flagged by the map's ``mask``;
+        samples with a non-finite U or V, or off a grid, are dropped.
 
     Raises
     ------
