@@ -219,8 +219,9 @@ def test_batched_and_one_by_one_agree_and_the_batch_groups_by_geometry(campaign)
         ka = np.array([z["value_waves"] for z in a["zernike"]])
         kb = np.array([z["value_waves"] for z in b["zernike"]])
         np.testing.assert_allclose(kb, ka, rtol=0, atol=1e-8)
-        if st is not None:  # the batch itself already found that minimum
-            np.testing.assert_allclose(st["K"], ka, rtol=0, atol=1e-6)
+        if st is not None:  # the batch (float32) itself already found that minimum
+            err = np.array([z["error_waves"] for z in a["zernike"]])
+            assert np.all(np.abs(st["K"] - ka)[1:] <= 0.05 * err[1:])
     # a fit option the batch does not serve: every observation from scratch
     alt = C.fit_many(obs[:3], order=3, likelihood="cauchy")
     assert not any(r["batched"] for r in alt.rows)
