@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .likelihoods import Cauchy, Gaussian, Poisson, StudentT, get_likelihood
+from .likelihoods import Cauchy, Gaussian, Poisson, StudentT, get_likelihood, poisson_series_limit
 from .objective import resolve_device
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
@@ -1098,7 +1098,7 @@ def _poisson_residual_and_slope(y, mu):
     y_safe = torch.where(pos, y, torch.ones_like(y))
     ylogy = torch.where(pos, y * torch.log(torch.where(pos, y, 1.0) / mu), torch.zeros_like(y))
     dev = 2.0 * (mu - y + ylogy)
-    near = d.abs() <= 1e-4 * y
+    near = d.abs() <= poisson_series_limit(d.dtype) * y
     d_safe = torch.where(near, torch.ones_like(d), d)
     t = d / y_safe
     series = (1 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / y_safe
