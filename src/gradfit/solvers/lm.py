@@ -187,8 +187,7 @@ class _NumpyOps(_TorchOps):
                 s = np.sqrt(lam[::-1])
                 Vh = np.ascontiguousarray(V[:, ::-1].T)
                 return s, Vh, lambda x: (Vh @ (A.T @ x)) / s
-        U, s, Vh = self.svd(A)
-        return s, Vh, lambda x: U.T @ x
+        return super().factor(A)
 
     @staticmethod
     def to_host(*parts) -> np.ndarray:
@@ -292,8 +291,10 @@ def _geodesic_correction(xp, z, r, J, v, ut, s, Vh, d, w, lam, rank_tol, alpha, 
     return v + 0.5 * a if ok else v
 
 
-def _gcos(xp, J, r, fnorm):
-    colnorm = xp.colnorm(J)
+def _gcos(xp, J, r, fnorm, colnorm=None):
+    """MINPACK's gradient test: max |cos| between ``r`` and a column of ``J`` (the column
+    norms where the caller has them already)."""
+    colnorm = xp.colnorm(J) if colnorm is None else colnorm
     g = J.T @ r
     return xp.where(colnorm > 0, abs(g) / (colnorm * fnorm), xp.zeros_like(g)).max()
 
@@ -485,8 +486,7 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
         d = xp.where(d > 0, d, xp.ones_like(d))
         s_t, Vh, ut = xp.factor(J / d)
         utr_t = ut(r)
-        g = J.T @ r
-        gcos = xp.where(colnorm > 0, abs(g) / (colnorm * fnorm), xp.zeros_like(g)).max()
+        gcos = _gcos(xp, J, r, fnorm, colnorm)
         host = xp.to_host(s_t, utr_t, gcos, xp.norm(d * z), abs(z).max())
         k = s_t.shape[0]
         s, utr = host[:k], host[k: 2 * k]
