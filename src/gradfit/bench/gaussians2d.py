@@ -135,16 +135,11 @@ def simulate(
     return replace(st, data=img, theta_true=theta)
 
 
-def _image(xp, theta, st: ImageSetup):
-    """The model image with the array module ``xp`` (numpy or torch): one body for both."""
+def model_image_numpy(theta, st: ImageSetup) -> np.ndarray:
+    """The model image (NumPy), same body as the likelihood."""
     b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
     r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
-    return b + xp.sum(A[:, None, None] * xp.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
-
-
-def model_image_numpy(theta, st: ImageSetup) -> np.ndarray:
-    """The model image (NumPy), the body of the likelihood."""
-    return _image(np, theta, st)
+    return b + np.sum(A[:, None, None] * np.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
 
 
 def neg_log_likelihood_numpy(theta, st: ImageSetup) -> float:
@@ -162,7 +157,9 @@ def neg_log_likelihood_numpy(theta, st: ImageSetup) -> float:
     float
         ``sum(log1p(((data - image) / gamma)**2))``.
     """
-    image = _image(np, theta, st)
+    b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
+    r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
+    image = b + np.sum(A[:, None, None] * np.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
     return np.sum(np.log1p(((st.data - image) / st.gamma) ** 2))
 
 
@@ -183,5 +180,7 @@ def neg_log_likelihood_torch(theta, st: ImageSetup):
     """
     import torch
 
-    image = _image(torch, theta, st)
+    b, A, x0, y0, w = theta[0], theta[1::4], theta[2::4], theta[3::4], theta[4::4]
+    r2 = (st.X - x0[:, None, None]) ** 2 + (st.Y - y0[:, None, None]) ** 2
+    image = b + torch.sum(A[:, None, None] * torch.exp(-r2 / (2 * w[:, None, None] ** 2)), 0)
     return torch.sum(torch.log1p(((st.data - image) / st.gamma) ** 2))

@@ -3,7 +3,7 @@
 This module is the "before" and "after" of gradfit's central claim. The NumPy
 function :func:`neg_log_likelihood_numpy` is written the way a scientist would
 write it with ``numpy.fft`` (pyoof-like); :func:`neg_log_likelihood_torch` is
-the same function with ``np`` replaced by ``torch`` (one body, :func:`_power`). The NumPy
+the same function with ``np`` replaced by ``torch`` in four lines. The NumPy
 one is fitted with ``scipy.optimize.minimize(method="BFGS")`` and
 finite-difference gradients; the torch one with the
 same BFGS but the exact autodiff gradient, f and ∇f from one pass, or with
@@ -400,21 +400,15 @@ def simulate(
 
 
 # ------------------------------------------------------ the likelihood, twice
-def _power(xp, theta, st: OOFSetup):
-    """Model beam maps P[map, v, u] with the array module ``xp`` (numpy, torch or
-    jax.numpy): the one body of every variant below, as a scientist would write it."""
+def model_power_numpy(theta, st: OOFSetup) -> np.ndarray:
+    """Model beam maps P[map, v, u] (NumPy), same body as the likelihood below."""
     i_amp, c_db, K = theta[0], theta[1], theta[2:]
     C = 10.0 ** (c_db / 20.0)
     Ea = i_amp * (C + (1.0 - C) * st.taper)
-    phase = 2 * pi * (xp.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
-    E = st.B * Ea * xp.exp(1j * phase)
-    F = xp.fft.fft2(E, st.s)[:, st.rows, st.cols]
+    phase = 2 * pi * (np.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
+    E = st.B * Ea * np.exp(1j * phase)
+    F = np.fft.fft2(E, st.s)[:, st.rows, st.cols]
     return (F.real**2 + F.imag**2) / st.norm
-
-
-def model_power_numpy(theta, st: OOFSetup) -> np.ndarray:
-    """Model beam maps P[map, v, u] (NumPy), the body of the likelihood below."""
-    return _power(np, theta, st)
 
 
 def neg_log_likelihood_numpy(theta, st: OOFSetup) -> float:
@@ -432,7 +426,13 @@ def neg_log_likelihood_numpy(theta, st: OOFSetup) -> float:
     float
         ``0.5 * sum(((P - data) / sigma)**2)``.
     """
-    P = _power(np, theta, st)
+    i_amp, c_db, K = theta[0], theta[1], theta[2:]
+    C = 10.0 ** (c_db / 20.0)
+    Ea = i_amp * (C + (1.0 - C) * st.taper)
+    phase = 2 * pi * (np.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
+    E = st.B * Ea * np.exp(1j * phase)
+    F = np.fft.fft2(E, st.s)[:, st.rows, st.cols]
+    P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * np.sum(((P - st.data) / st.sigma) ** 2)
 
 
@@ -453,17 +453,29 @@ def neg_log_likelihood_torch(theta, st: OOFSetup):
     """
     import torch
 
-    P = _power(torch, theta, st)
+    i_amp, c_db, K = theta[0], theta[1], theta[2:]
+    C = 10.0 ** (c_db / 20.0)
+    Ea = i_amp * (C + (1.0 - C) * st.taper)
+    phase = 2 * pi * (torch.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
+    E = st.B * Ea * torch.exp(1j * phase)
+    F = torch.fft.fft2(E, st.s)[:, st.rows, st.cols]
+    P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * torch.sum(((P - st.data) / st.sigma) ** 2)
 
 
 def neg_log_likelihood_jax(theta, st: OOFSetup):
     """Gaussian −log L of the OOF beam maps in JAX, for the benchmark only (needs ``jax``).
 
-    The body of :func:`neg_log_likelihood_numpy` with ``jax.numpy``; the
+    Same body as :func:`neg_log_likelihood_numpy` with ``jax.numpy``; the
     setup's arrays must be JAX arrays (float64: enable ``jax_enable_x64``).
     """
     import jax.numpy as jnp
 
-    P = _power(jnp, theta, st)
+    i_amp, c_db, K = theta[0], theta[1], theta[2:]
+    C = 10.0 ** (c_db / 20.0)
+    Ea = i_amp * (C + (1.0 - C) * st.taper)
+    phase = 2 * pi * (jnp.tensordot(K, st.U, 1) + st.dz[:, None, None] * st.opd / st.wavelength)
+    E = st.B * Ea * jnp.exp(1j * phase)
+    F = jnp.fft.fft2(E, st.s)[:, st.rows, st.cols]
+    P = (F.real**2 + F.imag**2) / st.norm
     return 0.5 * jnp.sum(((P - st.data) / st.sigma) ** 2)
