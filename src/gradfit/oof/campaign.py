@@ -618,17 +618,20 @@ def fit_campaign(
     else:
         abc0 = np.zeros((3, p))
 
-    models, ys, sig, scales = [], [], [], []
+    models, ys, sig, scales, keeps = [], [], [], [], []
     for o in obs_list:
         m = BeamModel(o, tel, order, grid)
-        ref = int(np.argmin([abs(mp.dz) for mp in o.maps]))
-        scale = float(np.max(o.maps[ref].power))
+        ref = o.maps[int(np.argmin([abs(mp.dz) for mp in o.maps]))]
+        scale = float(np.max(ref.power[ref.valid]))
+        # flagged samples (BeamMap.mask) stay on the model's grid, out of the fit
+        keep = np.concatenate([mp.valid for mp in o.maps])
         models.append(m)
         scales.append(scale)
-        ys.append(np.concatenate([mp.power for mp in o.maps]) / scale)
+        keeps.append(torch.as_tensor(np.flatnonzero(keep)))
+        ys.append(np.concatenate([mp.power for mp in o.maps])[keep] / scale)
         sig.append(np.concatenate([
             (mp.sigma if mp.sigma is not None else np.full(mp.n, estimate_noise(mp)))
-            for mp in o.maps]) / scale)
+            for mp in o.maps])[keep] / scale)
     y = np.concatenate(ys)
     sigma = np.concatenate(sig)
     e = torch.as_tensor(np.radians(els))
@@ -639,7 +642,7 @@ def fit_campaign(
         K = prm["a"] + sin_e[:, None] * prm["b"] + cos_e[:, None] * prm["c"]  # (n_obs, p)
         out = []
         for i, m in enumerate(models):
-            out.append(m({"K": K[i], "amp": prm["amp"][i], "c_dB": prm["c_dB"][i]}))
+            out.append(m({"K": K[i], "amp": prm["amp"][i], "c_dB": prm["c_dB"][i]})[keeps[i]])
         return torch.cat(out)
 
     amp0 = []
@@ -647,7 +650,8 @@ def fit_campaign(
         with torch.no_grad():
             K0 = torch.as_tensor(abc0[0] + np.sin(np.radians(els[i])) * abc0[1]
                                  + np.cos(np.radians(els[i])) * abc0[2])
-            mu = m({"K": K0, "amp": torch.tensor(1.0), "c_dB": torch.tensor(-14.0)}).numpy()
+            mu = m({"K": K0, "amp": torch.tensor(1.0),
+                    "c_dB": torch.tensor(-14.0)})[keeps[i]].numpy()
         amp0.append(float(mu @ ys[i] / (mu @ mu)))
     params = {"a": abc0[0], "b": abc0[1], "c": abc0[2], "amp": np.array(amp0),
               "c_dB": np.full(n_obs, -14.0)}

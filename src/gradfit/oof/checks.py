@@ -111,18 +111,7 @@ def noise_sigma(m) -> float:
     """
     if m.sigma is not None and m.sigma.size:
         return float(np.median(m.sigma))
-    P = _grid(m)
-    if P is not None:
-        k = 2
-        d = np.concatenate([np.diff(P[:k], axis=1).ravel(), np.diff(P[-k:], axis=1).ravel(),
-                            np.diff(P[:, :k], axis=0).ravel(), np.diff(P[:, -k:], axis=0).ravel()])
-        d = d[np.isfinite(d)]  # differences that touch a flagged sample
-        return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2))
-    ok = m.valid
-    u, v = m.u[ok], m.v[ok]
-    r = np.hypot(u - np.median(u), v - np.median(v))
-    edge = m.power[ok][r >= np.quantile(r, 0.9)]
-    return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
+    return m.noise()
 
 
 def structure_sigma(m) -> float:
@@ -252,9 +241,10 @@ def check_observation(obs, telescope, order: int | None = None,
     focus = int(np.argmin([abs(m.dz) for m in obs.maps]))
     for i, m in enumerate(obs.maps):
         label = _label(m, i)
-        if float(np.ptp(m.power)) == 0.0:
+        good = m.power[m.valid]  # flagged samples (NaN) left out
+        if float(np.ptp(good)) == 0.0:
             raise SanityError(f"{label}: the map is constant (every sample is "
-                              f"{m.power[0]:g}); there is no beam to fit")
+                              f"{good[0]:g}); there is no beam to fit")
         s = structure_sigma(m)
         # the in-focus map must show its beam; a weak defocused map is legitimate
         # (its beam is spread out) but carries little information: a note
@@ -263,13 +253,15 @@ def check_observation(obs, telescope, order: int | None = None,
                 f"{label}: the in-focus map has no structure above its noise (it differs "
                 f"from a constant by {s:.2g} sigma, noise {noise_sigma(m):.3g}; at least "
                 f"{STRUCTURE_SIGMA:g} needed): a noise-only map, or a wrong NOISE/SIGMA")
-        dev = np.abs(m.power - np.median(m.power))
+        used = np.flatnonzero(m.valid)  # flagged samples (NaN) left out
+        dev = np.abs(m.power[used] - np.median(m.power[used]))
         top = np.argsort(dev)[-2:]
         if (likelihood == "gaussian" and top.size == 2 and dev[top[1]] > 0
                 and dev[top[1]] > GLITCH_RATIO * dev[top[0]]):
+            k = int(used[top[1]])
             raise SanityError(
-                f"{label}: sample {int(top[1])} (u = {m.u[top[1]]:.3g}, v = {m.v[top[1]]:.3g} "
-                f"rad) is {m.power[top[1]]:.3g}, {dev[top[1]] / dev[top[0]]:.3g} times brighter "
+                f"{label}: sample {k} (u = {m.u[k]:.3g}, v = {m.v[k]:.3g} "
+                f"rad) is {m.power[k]:.3g}, {dev[top[1]] / dev[top[0]]:.3g} times brighter "
                 "than any other sample: a glitch; remove it, or use the Cauchy likelihood "
                 "(--likelihood cauchy), which is robust to it")
         if s < STRUCTURE_SIGMA:
@@ -287,8 +279,8 @@ def _fwhm_beams(m, obs, tel) -> float | None:
         return None
     du = float(np.ptp(m.u)) / max(m.shape[1] - 1, 1)
     dv = float(np.ptp(m.v)) / max(m.shape[0] - 1, 1)
-    base = float(np.median(P))
-    peak = float(P.max()) - base
+    base = float(np.nanmedian(P))  # (flagged samples are NaN)
+    peak = float(np.nanmax(P)) - base
     if not peak > 0:
         return None
     area = np.count_nonzero(P - base > peak / 2) * du * dv
