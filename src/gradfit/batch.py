@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .likelihoods import Cauchy, Gaussian, Poisson, StudentT, get_likelihood, poisson_series_limit
+from .likelihoods import Cauchy, Gaussian, Poisson, StudentT, get_likelihood, poisson_deviance_parts
 from .objective import resolve_device
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
@@ -1093,16 +1093,7 @@ def _poisson_residual_and_slope(y, mu):
     ``d dev/d mu = -2 d / mu``), and ``-sqrt(q) + d q' / (2 sqrt(q))`` with
     ``q' = -(2/3 + t + 1.2 t²) / y²`` on the series.
     """
-    d = y - mu
-    pos = y > 0
-    y_safe = torch.where(pos, y, torch.ones_like(y))
-    ylogy = torch.where(pos, y * torch.log(torch.where(pos, y, 1.0) / mu), torch.zeros_like(y))
-    dev = 2.0 * (mu - y + ylogy)
-    near = d.abs() <= poisson_series_limit(d.dtype) * y
-    d_safe = torch.where(near, torch.ones_like(d), d)
-    t = d / y_safe
-    series = (1 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / y_safe
-    q = torch.where(near, series, dev / (d_safe * d_safe))
+    d, t, y_safe, near, q = poisson_deviance_parts(y, mu)
     sq = torch.sqrt(torch.clamp(q, min=0.0))
     r = d * sq
     dq_near = -(2.0 / 3 + t * (1.0 + 1.2 * t)) / (y_safe * y_safe)

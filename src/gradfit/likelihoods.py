@@ -15,7 +15,32 @@ import numpy as np
 import torch
 
 __all__ = ["Likelihood", "Gaussian", "Cauchy", "StudentT", "Poisson", "get_likelihood",
-           "LIKELIHOODS", "poisson_series_limit"]
+           "LIKELIHOODS", "poisson_deviance_parts", "poisson_series_limit"]
+
+
+def poisson_deviance_parts(y: torch.Tensor, mu: torch.Tensor):
+    """The pieces of the Poisson deviance residual ``r = d sqrt(q)``: ``(d, t, y_safe,
+    near, q)`` with ``d = y - mu``, ``t = d / y`` (``y_safe``: y with 1 where it is 0),
+    ``near`` where the series is used and ``q = dev / d²``.
+
+    The residual is ``sign(y - mu) sqrt(dev)`` written as ``d sqrt(dev / d²)``, so that it
+    stays differentiable where mu == y (there sqrt(dev) alone has the derivative 0/0).
+    Near d = 0, dev / d² comes from its series (1/y)(1 + 2t/3 + t²/2 + 2t³/5), which also
+    avoids the cancellation in dev there (:func:`poisson_series_limit`). Shared by
+    :meth:`Poisson.residuals` and ``fit_batch``'s closed-form slope, so both give the
+    same numbers.
+    """
+    d = y - mu
+    pos = y > 0
+    y_safe = torch.where(pos, y, torch.ones_like(y))
+    ylogy = torch.where(pos, y * torch.log(torch.where(pos, y, 1.0) / mu), torch.zeros_like(y))
+    dev = 2.0 * (mu - y + ylogy)
+    near = d.abs() <= poisson_series_limit(d.dtype) * y
+    d_safe = torch.where(near, torch.ones_like(d), d)
+    t = d / y_safe
+    series = (1 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / y_safe
+    q = torch.where(near, series, dev / (d_safe * d_safe))
+    return d, t, y_safe, near, q
 
 
 def poisson_series_limit(dtype) -> float:
@@ -234,21 +259,7 @@ class Poisson(Likelihood):
             raise ValueError(f"Poisson data must be non-negative counts; y[{i}] = {y.ravel()[i]}")
 
     def residuals(self, y, mu):
-        # Deviance residual sign(y - mu) sqrt(dev), written as d sqrt(dev / d²) with
-        # d = y - mu, so that it stays differentiable where mu == y (there sqrt(dev)
-        # alone has the derivative 0/0). Near d = 0, dev / d² comes from its series
-        # (1/y)(1 + 2t/3 + t²/2 + 2t³/5), t = d/y, which also avoids the cancellation
-        # in dev there; both branches agree to ~1e-12 at |t| = 1e-4.
-        d = y - mu
-        ylogy = torch.where(y > 0, y * torch.log(torch.where(y > 0, y, 1.0) / mu),
-                            torch.zeros_like(y))
-        dev = 2.0 * (mu - y + ylogy)
-        near = d.abs() <= poisson_series_limit(d.dtype) * y
-        d_safe = torch.where(near, torch.ones_like(d), d)
-        y_safe = torch.where(y > 0, y, torch.ones_like(y))
-        t = d / y_safe
-        series = (1 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / y_safe
-        q = torch.where(near, series, dev / (d_safe * d_safe))
+        d, _, _, _, q = poisson_deviance_parts(y, mu)
         return d * torch.sqrt(torch.clamp(q, min=0.0))
 
     def nll(self, y, mu, nuis):
