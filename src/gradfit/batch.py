@@ -561,7 +561,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     to_ext = space.to_external
     res_z = (lambda z, d: res_t(to_ext(z), d)) if res_t is not None else None
     res_jac_t = normal_z = hess_fn = None
-    m_data = int(np.prod(ydata_shape))
+    ndata = int(np.prod(ydata_shape))
     if res_t is not None:
         def prior_res_jac(theta, pp, b):
             def prior_res(th):
@@ -596,7 +596,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             for name in names:
                 k0, nf, fi = free_idx[name]
                 if nf:
-                    D = dmu[name].reshape(b, m_data, -1)
+                    D = dmu[name].reshape(b, ndata, -1)
                     D = D if nf == D.shape[-1] else D.index_select(2, fi)
                     cols.extend(D.unbind(2))
             return Yb, pp, mu.reshape(b, -1), cols
@@ -614,7 +614,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 if s is None:
                     return r, None, -1.0
                 w = torch.reciprocal(s)
-                w = w.reshape(-1) if w.numel() == m_data else w.reshape(())
+                w = w.reshape(-1) if w.numel() == ndata else w.reshape(())
                 return r, w, -1.0
             if type(lik) is Poisson:
                 r, dr = _poisson_residual_and_slope(Yb, mu.reshape(Yb.shape))
@@ -701,7 +701,6 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             f"{' with these priors' if prior_map else ''} has none: use method='lbfgs'")
 
     gauss_newton = isinstance(lik, Gaussian) and has_res
-    ndata = int(np.prod(ydata_shape))
     tol_kw = {}
     if tol is not None:
         tol_kw = {"gtol": float(tol), "ftol": float(tol), "xtol": float(tol)}
@@ -775,6 +774,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                           stacklevel=2)
             call["options"] = dict(opts, pixelwise=False)
             return fit_batch(**call)
+    # Gaussian without priors: the LM's ½|r|² at its last point is the nll there
+    # (and 2x it the RSS), so neither needs another model evaluation
+    ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
     for k_part, c0 in enumerate(range(0, nK, chunk_size)):
         rows = keep[c0:c0 + chunk_size]
         sl = slice(c0, c0 + rows.size)
@@ -782,9 +784,6 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         z, code, nit, nfev = z_all[sl], code_all[sl], nit_all[sl], nfev_all[sl]
         H_end = sol.jtj[sl] if sol is not None and sol.jtj is not None else None
         theta = to_ext(z).detach()
-        # Gaussian without priors: the LM's ½|r|² at its last point is the nll there
-        # (and 2x it the RSS), so neither needs another model evaluation
-        ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
         if ls_cost:
             fun_t = sol.fun[sl]
         elif n == 0:
@@ -796,13 +795,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             if gauss_newton:
                 if H_end is not None:
                     H = H_end
-                else:
-                    if res_jac_t is not None:
-                        with torch.no_grad():
-                            J = res_jac_t(theta, data)[1]
-                    else:
-                        J = _jacobian(lambda th, d=data: res_t(th, d), theta, n)[1]
-                    H = J.transpose(1, 2) @ J
+                else:  # (gauss_newton implies residuals, hence normal_t)
+                    with torch.no_grad():
+                        H = normal_t(theta, data)[1]
             elif hess_fn is not None:
                 H = hess_fn(theta, data)
             else:

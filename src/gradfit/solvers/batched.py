@@ -59,9 +59,6 @@ class BatchedObjective:
         Per-problem data, each with a leading batch axis (cut down with the working set).
     device, dtype :
         Where every tensor lives.
-    residual_jacobian_fun : callable, optional
-        ``residual_jacobian_fun(z, data) -> (r (b, m), J (b, m, n))``: exact Jacobians
-        supplied by the model, used instead of autodiff columns.
     normal_fun : callable, optional
         ``normal_fun(z, data) -> (cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))``: the
         Gauss-Newton normal equations made directly (e.g. from the model's Jacobian
@@ -69,10 +66,8 @@ class BatchedObjective:
     """
 
     def __init__(self, residual_fun: Callable | None, value_fun: Callable | None, n: int,
-                 data: tuple, device, dtype, residual_jacobian_fun: Callable | None = None,
-                 normal_fun: Callable | None = None):
+                 data: tuple, device, dtype, normal_fun: Callable | None = None):
         self._res = residual_fun
-        self._res_jac = residual_jacobian_fun
         self._normal = normal_fun
         self._val = value_fun
         self.n = int(n)
@@ -84,31 +79,11 @@ class BatchedObjective:
         """The same objective on the problems ``idx`` (a 1-D index tensor)."""
         return BatchedObjective(self._res, self._val, self.n,
                                 tuple(d.index_select(0, idx) for d in self.data),
-                                self.device, self.dtype, self._res_jac, self._normal)
+                                self.device, self.dtype, self._normal)
 
     @property
     def has_residuals(self) -> bool:
         return self._res is not None
-
-    def residuals(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self._res(z, self.data)
-
-    def residuals_and_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``r (b, m)`` and the per-problem Jacobians ``J (b, m, n)``.
-
-        The problems are independent, so one double-backward pass per parameter
-        gives column ``j`` of every problem's Jacobian at once: ``w = Jᵀu`` is
-        linear in a dummy ``u``, and ``∂(Σ_b w_bj)/∂u`` is ``J[:, :, j]``. This has
-        no first-call start-up (forward mode's is about 2 s) and, measured on a
-        7-parameter model, costs the same as ``vmap(jacfwd)`` once that is warm;
-        ``vmap(jacrev)`` is 100x slower. A model-supplied Jacobian skips all of this.
-        """
-        if self._res_jac is not None:
-            with torch.no_grad():
-                r, J = self._res_jac(z.detach(), self.data)
-            return r.detach(), J.detach()
-        return jacobian(lambda zz: self._res(zz, self.data), z, self.n)
 
     def normal_equations(self, z: torch.Tensor):
         """``(cost (b,), JᵀJ (b, n, n), Jᵀr (b, n))`` at ``z``, with ``cost = ½|r|²``.
@@ -121,10 +96,6 @@ class BatchedObjective:
             with torch.no_grad():
                 cost, A, g = self._normal(z.detach(), self.data)
             return cost.detach(), A.detach(), g.detach()
-        if self._res_jac is not None:
-            with torch.no_grad():
-                r, J = self._res_jac(z.detach(), self.data)
-            return normal_from_columns(list(J.detach().unbind(2)), r.detach())
         r, cols = jacobian_columns(lambda zz: self._res(zz, self.data), z, self.n)
         return normal_from_columns(cols, r)
 
@@ -144,14 +115,22 @@ class BatchedObjective:
 
 
 def jacobian(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see above)."""
+    """``fun(z) (b, m)`` and its per-problem Jacobians ``(b, m, n)`` (see
+    :func:`jacobian_columns`)."""
     r, cols = jacobian_columns(fun, z, n)
     # stacked as (b, n, m) (a plain copy) and handed out as its (b, m, n) transpose
     return r, torch.stack(cols, dim=1).transpose(1, 2)
 
 
 def jacobian_columns(fun: Callable, z: torch.Tensor, n: int) -> tuple[torch.Tensor, list]:
-    """``fun(z) (b, m)`` and the n Jacobian columns ``d fun / d z[:, j]``, each ``(b, m)``."""
+    """``fun(z) (b, m)`` and the n Jacobian columns ``d fun / d z[:, j]``, each ``(b, m)``.
+
+    The problems are independent, so one double-backward pass per parameter gives
+    column ``j`` of every problem's Jacobian at once: ``w = Jᵀu`` is linear in a dummy
+    ``u``, and ``∂(Σ_b w_bj)/∂u`` is ``J[:, :, j]``. This has no first-call start-up
+    (forward mode's is about 2 s) and, measured on a 7-parameter model, costs the same
+    as ``vmap(jacfwd)`` once that is warm; ``vmap(jacrev)`` is 100x slower.
+    """
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
         r = fun(z)
@@ -251,7 +230,7 @@ class _Driver:
         B = z0.shape[0]
         self.size = B if size is None else max(1, min(int(size), B))
 
-    def run(self, step, max_iter):
+    def run(self, step):
         B, size = self.z0.shape[0], self.size
         dev = self.z0.device
         order = torch.arange(B, device=dev)
@@ -264,7 +243,7 @@ class _Driver:
                                     device=dev) for k in self.keep}
         it = 0
         while True:
-            st = step(obj, st, it)
+            st = step(obj, st)
             it += 1
             if it % self.check_every:
                 continue
@@ -351,7 +330,7 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
 
     eye = torch.eye(n, dtype=dt, device=dev)
 
-    def step(o, s, it):
+    def step(o, s):
         z, A, g, cost, code = s["z"], s["A"], s["g"], s["cost"], s["code"]
         run = code == 0
         diagA = torch.diagonal(A, dim1=1, dim2=2)
@@ -412,7 +391,7 @@ def batched_lm(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 200,
         final["code"] = torch.where(final["code"] == 0, -1, final["code"])
     else:
         keep = _KEEP_LM + (("A",) if keep_jtj else ())
-        final = _Driver(obj, init, z0, check_every, keep, working_set).run(step, max_iter)
+        final = _Driver(obj, init, z0, check_every, keep, working_set).run(step)
     return BatchedSolution(final["z"], final["cost"], final["code"], final["nit"],
                            final["nfev"], "lm", final["A"] if keep_jtj else None)
 
@@ -478,7 +457,7 @@ def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 10
             d = d + (a[M - 1 - k] - bi).unsqueeze(-1) * S[:, i]
         return -d
 
-    def step(o, s, it):
+    def step(o, s):
         z, f, g, code = s["z"], s["f"], s["g"], s["code"]
         S, Y, rho, alpha = s["S"], s["Y"], s["rho"], s["alpha"]
         run = code == 0
@@ -539,7 +518,6 @@ def batched_lbfgs(obj: BatchedObjective, z0: torch.Tensor, *, max_iter: int = 10
         final = init(obj, z0)
         final["code"] = torch.where(final["code"] == 0, -1, final["code"])
     else:
-        final = _Driver(obj, init, z0, check_every, _KEEP_LBFGS, working_set).run(step,
-                                                                                 max_iter)
+        final = _Driver(obj, init, z0, check_every, _KEEP_LBFGS, working_set).run(step)
     return BatchedSolution(final["z"], final["f"], final["code"], final["nit"],
                            final["nfev"], "lbfgs")
