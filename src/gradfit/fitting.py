@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -687,12 +688,11 @@ def run_problem(prob: Problem, method="auto", *, max_iter=None, tol=None, progre
     ``'hessian'``), without a warning, since this is the layer below the public API.
     """
     n = prob.space.n_free
-    if prob.device.type != "cpu" or ((prob.ndata or 0) * n < BLAS_LIMIT_MIN and n < 64):
-        # (on the GPU NumPy does no real work; a small problem's calls stay below the
-        # size where OpenBLAS starts threads, and the limit costs 20-40 µs)
-        return _run_problem(prob, method, max_iter, tol, progress, options, strict, errors,
-                            theta0)
-    with single_threaded_blas():  # the solver's and the errors' NumPy: see solvers.blas
+    # the solver's and the errors' NumPy on one thread (see solvers.blas); not on the GPU,
+    # where NumPy does no real work, nor for a small problem, whose calls stay below the
+    # size where OpenBLAS starts threads (the limit costs 20-40 µs)
+    limit = prob.device.type == "cpu" and ((prob.ndata or 0) * n >= BLAS_LIMIT_MIN or n >= 64)
+    with single_threaded_blas() if limit else contextlib.nullcontext():
         return _run_problem(prob, method, max_iter, tol, progress, options, strict, errors,
                             theta0)
 
