@@ -139,21 +139,20 @@ def batched_starts(observations, order: int, *, telescope=None,
             continue
         tel, n_grid = key[0], key[-1]
         obs0 = observations[idx[0]]
+        # the batch in float32 on the CPU (twice the products per second); each
+        # observation's own float64 fit then takes it to the float64 answer in 3-5
+        # iterations. A float64 batch stage in between (as before) cost more than it
+        # saved: 30 simulations, 33x33, order 5: 0.054 + 0.018 s per observation with it,
+        # 0.024 + 0.032 s without, against 0.067 s for plain fits; the same coefficients
+        # to 1.3e-9 waves either way
+        dt = torch.float32 if (dtype == torch.float64
+                               and torch.device(device).type == "cpu") else dtype
         with torch_threads(threads):
             model = BeamModel(obs0, tel, order, n_grid, illumination=illumination,
-                              device=device, dtype=dtype)
+                              device=device, dtype=dt)
             if not (isinstance(model.tf, MFT) and model.tf.shared_axes):
                 continue
             data = _group_data([observations[i] for i in idx])
-            if model.dtype == torch.float64 and model.device.type == "cpu":
-                # the batch in float32 (twice the products per second); each observation's
-                # own float64 fit then takes it to the float64 answer in 3-5 iterations.
-                # A float64 batch stage in between (as before) cost more than it saved:
-                # 30 simulations, 33x33, order 5: 0.054 + 0.018 s per observation with
-                # it, 0.024 + 0.032 s without, against 0.067 s for plain fits; the
-                # same coefficients to 1.3e-9 waves either way
-                model = BeamModel(obs0, tel, order, n_grid, illumination=illumination,
-                                  device=device, dtype=torch.float32)
             found = _fit_group(gradfit, model, data, max_iter)
         for i, s in zip(idx, found):
             starts[i] = s
@@ -172,7 +171,7 @@ def _group_data(group):
     return keep, np.stack(y), np.stack(w)
 
 
-def _fit_group(gradfit, model: BeamModel, data, max_iter, starts=None):
+def _fit_group(gradfit, model: BeamModel, data, max_iter):
     keep, y, w = data
     b = y.shape[0]
     keep_t = torch.as_tensor(keep, device=model.device)
@@ -188,17 +187,11 @@ def _fit_group(gradfit, model: BeamModel, data, max_iter, starts=None):
                                    "amp": d["amp"][:, keep_t] * x,
                                    "c_dB": d["c_dB"][:, keep_t] * x}
 
-    K0, c0, amp0 = np.zeros((b, nk)), np.full(b, spec.default), np.full(b, np.nan)
-    for i, st in enumerate(starts or ()):
-        if st is not None:
-            K0[i], amp0[i], c0[i] = st["K"][1:], st["amp"], st["c_dB"]
-    new = np.isnan(amp0)
-    if new.any():  # the linear least-squares amplitude of the unaberrated start
-        with torch.no_grad():
-            m0 = model.batched({"K": torch.zeros(1, nk, dtype=model.dtype,
-                                                 device=model.device),
-                                "amp": 1.0, "c_dB": spec.default})[0, keep_t].cpu().numpy()
-        amp0[new] = (np.sum(w * w * y * m0, axis=1) / np.sum(w * w * m0 * m0, axis=1))[new]
+    K0, c0 = np.zeros((b, nk)), np.full(b, spec.default)
+    with torch.no_grad():  # the linear least-squares amplitude of the unaberrated start
+        m0 = model.batched({"K": torch.zeros(1, nk, dtype=model.dtype, device=model.device),
+                            "amp": 1.0, "c_dB": spec.default})[0, keep_t].cpu().numpy()
+    amp0 = np.sum(w * w * y * m0, axis=1) / np.sum(w * w * m0 * m0, axis=1)
     params = {"K": K0, "amp": amp0, "c_dB": gradfit.Param(c0, bounds=spec.bounds)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)
