@@ -133,7 +133,7 @@ def _failed_row(name, file, obs, reason, t0) -> dict:
     return {"name": name, "file": file, "elevation_deg": _elevation(obs) if obs else None,
             "success": False, "message": "", "reason": reason,
             "time_s": time.perf_counter() - t0, "chi2_reduced": None, "surface_rms_um": None,
-            "ruze_efficiency": None, "zernike": []}
+            "ruze_efficiency": None, "zernike": [], "batched": False}
 
 
 def _one_line(exc) -> str:
@@ -341,7 +341,6 @@ def fit_many(
         for i, (s, nm) in enumerate(zip(sources, names)):
             rows[i], sols[nm] = _fit_one(s, nm, order, telescope, fit_kwargs, out, overwrite,
                                          read=reads[i], start=starts[i])
-            rows[i].setdefault("batched", False)
             reads[i] = None  # the observation is held by its solution only
             if progress is not None:
                 progress(i + 1, len(sources), rows[i])
