@@ -79,8 +79,15 @@ class Transform:
         X = vals.new_zeros(M, 2 * n * n).index_copy(1, self.grid_index, vals)
         return X.reshape(M, n, 2 * n)
 
-    def power(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def power(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
+        """``|F_b|^2`` at every sample, ``(B, n_k)``: by :meth:`fields` where a transform
+        has it (MFT, DFT); others (FFT) override this."""
+        Fr, Fi = self.fields(er.unsqueeze(-2), ei.unsqueeze(-2))
+        return (Fr**2 + Fi**2)[:, 0]
+
+    def _aperture_x(self) -> torch.Tensor:
+        """The aperture grid's axis over the dish radius (x/R and y/R of its cells)."""
+        return self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
 
 
 class MFT(Transform):
@@ -172,15 +179,11 @@ class MFT(Transform):
         return (self._samples(Fr[0].reshape(B, M, -1), 0),
                 self._samples(Fi[0].reshape(B, M, -1), 0))
 
-    def power(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
-        Fr, Fi = self.fields(er.unsqueeze(-2), ei.unsqueeze(-2))
-        return (Fr**2 + Fi**2)[:, 0]
-
     # ------------------------------------------------------------------ monomials
     def _powers(self, order: int):
         """``Wu`` and ``Wv`` weighted by ``(x/R)^a`` and ``(y/R)^b``, ``a, b <= order``."""
         if order not in self._pows:
-            xn = self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
+            xn = self._aperture_x()
             xn2 = torch.cat([xn, xn])
             Wu = torch.cat([self.Wu * (xn2**a)[:, None] for a in range(order + 1)], dim=-1)
             Wv = torch.cat([self.Wv * (xn2**b)[None, :] for b in range(order + 1)], dim=-2)
@@ -247,14 +250,6 @@ class DFT(Transform):
         self.nk = nk
         self._pows: dict = {}
 
-    def power(self, er, ei):
-        nk = self.nk
-        T = self._scatter(er, ei) @ self.Wu  # (B, n_y, 2 nk): [Re | Im]
-        Tr, Ti = T[..., :nk], T[..., nk:]
-        fr = (self.Cv * Tr + self.Sv * Ti).sum(-2)
-        fi = (self.Cv * Ti - self.Sv * Tr).sum(-2)
-        return fr**2 + fi**2
-
     def fields(self, er: torch.Tensor, ei: torch.Tensor):
         """F of many fields per map: ``er, ei`` ``(B, M, J)`` -> ``Fr, Fi`` ``(B, M, nk)``."""
         B, M = er.shape[:2]
@@ -278,7 +273,7 @@ class DFT(Transform):
         """
         nk = self.nk
         if order not in self._pows:
-            xn = self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
+            xn = self._aperture_x()
             xn2 = torch.cat([xn, xn])  # x of each column of [Re E | Im E]
             self._pows[order] = (torch.stack([xn2**a for a in range(order + 1)]),
                                  torch.stack([xn**b for b in range(order + 1)]))
