@@ -14,6 +14,7 @@ import gradfit
 import gradfit.batch as gb
 from gradfit.solvers.batched import jacobian_columns, normal_from_columns
 from test_batch import NAMES, X, gauss2d, gauss2d_np, jac_np, make_problems, start
+from test_batch_jacobian import gauss2d_jac
 
 
 def rel(a, b):
@@ -44,16 +45,11 @@ def test_normal_from_columns_equals_dense_products(weight, sign):
     assert rel(cost.numpy(), 0.5 * (r * r).sum(1)) < 1e-12
 
 
-def _expanded_model_fns():
-    vm = torch.func.vmap(lambda p, x: gauss2d(p, x), in_dims=(0, None))
-    return vm
-
-
 def test_pixelwise_columns_equal_complex_step():
     T, Y, P0 = make_problems(5, "gaussian", seed=11)
     th = torch.tensor(P0)
     x = torch.tensor(X)
-    vm = _expanded_model_fns()
+    vm = torch.func.vmap(gauss2d, in_dims=(0, None))
     P = {nm: th[:, k] for k, nm in enumerate(NAMES)}
     mu, cols = gb._pixelwise_columns(vm, P, x, NAMES, (X.shape[1],))
     J = torch.stack(cols, 2).numpy()
@@ -193,11 +189,6 @@ def test_max_iter_stops_every_problem_with_a_refilled_working_set():
     assert all("maximum number of iterations" in m for m in res.messages)
 
 
-def _gauss2d_jac(p, x):
-    from test_batch_jacobian import gauss2d_jac
-    return gauss2d_jac(p, x)
-
-
 @pytest.mark.parametrize("lik", [gradfit.likelihoods.Poisson(), gradfit.Cauchy(gamma=3.0)])
 def test_hessian_from_model_jacobian_equals_autodiff_hessian(lik):
     from gradfit.solvers.batched import hessian
@@ -207,7 +198,7 @@ def test_hessian_from_model_jacobian_equals_autodiff_hessian(lik):
     lik.prepare(Yt[0])
     nll_one = torch.func.vmap(lambda yy, mu: lik.nll(yy, mu, {}))
     vm = torch.func.vmap(gauss2d, in_dims=(0, None))
-    vj = torch.func.vmap(_gauss2d_jac, in_dims=(0, None))
+    vj = torch.func.vmap(gauss2d_jac, in_dims=(0, None))
 
     def mu_cols(t):
         mu, d = vj({nm: t[:, k] for k, nm in enumerate(NAMES)}, x)
@@ -225,7 +216,7 @@ def test_hessian_from_model_jacobian_equals_autodiff_hessian(lik):
 def test_detached_model_jacobian_keeps_the_autodiff_hessian():
     # derivatives computed outside torch's graph: right first derivatives, no second
     def jac_detached(p, x):
-        mu, d = _gauss2d_jac(p, x)
+        mu, d = gauss2d_jac(p, x)
         return mu, {k: v.detach() for k, v in d.items()}
 
     T, Y, P0 = make_problems(3, "poisson", seed=6)

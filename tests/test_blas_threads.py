@@ -14,10 +14,14 @@ def _blas_threads() -> list[int]:
     return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
 
 
-def _fit(n_points: int, seen: list):
+def _data(n_points: int):
     x = np.linspace(0.0, 3.0, n_points)
     rng = np.random.default_rng(0)
-    y = 2.0 * np.exp(-1.3 * x) + 0.5 * np.cos(4.0 * x) + 0.01 * rng.standard_normal(x.size)
+    return x, 2.0 * np.exp(-1.3 * x) + 0.5 * np.cos(4.0 * x) + 0.01 * rng.standard_normal(x.size)
+
+
+def _fit(n_points: int, seen: list):
+    x, y = _data(n_points)
 
     def model(p, x):
         seen.append(_blas_threads())  # at every evaluation (set-up, solver, errors)
@@ -44,9 +48,7 @@ def test_a_large_cpu_fit_limits_blas_to_one_thread_and_restores_it():
     # the answer does not depend on it: a reference fit by scipy
     from scipy.optimize import curve_fit
 
-    x = np.linspace(0.0, 3.0, 6000)
-    y = 2.0 * np.exp(-1.3 * x) + 0.5 * np.cos(4.0 * x) + \
-        0.01 * np.random.default_rng(0).standard_normal(x.size)
+    x, y = _data(6000)
     ref, _ = curve_fit(lambda x, a, k, b, w: a * np.exp(-k * x) + b * np.cos(w * x), x, y,
                        p0=[1.5, 1.0, 0.4, 3.9], xtol=1e-14, ftol=1e-14)
     got = [res.params[n] for n in ("a", "k", "b", "w")]

@@ -33,7 +33,6 @@ def _check(A, s_true, rtol_s, rel_ut):
     got, ref = Vh.T @ (ut(x) / s), Vh0.T @ ((U0.T @ x) / s0)
     assert np.abs(got - ref).max() <= rel_ut * np.abs(ref).max()
     np.testing.assert_allclose(np.abs(Vh @ Vh.T), np.eye(A.shape[1]), atol=1e-12)
-    return s, Vh, ut
 
 
 @pytest.mark.parametrize("cond", [1.0, 1e2, 1e4])

@@ -4,9 +4,7 @@ Jacobian at the start, and one converged 2.7 sigma away)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,9 +12,7 @@ import torch
 import gradfit
 from gradfit.batch import _poisson_residual_and_slope
 from gradfit.likelihoods import Poisson, poisson_series_limit
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from batch import NAMES, X, gauss2d, problems  # noqa: E402
+from test_batch import NAMES, X, gauss2d, make_problems, start
 
 
 def _reference(y, mu):
@@ -59,8 +55,8 @@ def test_float32_residuals_and_slopes_near_the_data_are_finite_and_right():
 
 
 def test_float32_poisson_batch_fits_all_converge_to_the_float64_answers():
-    Y, P0 = problems(300, "poisson", seed=3)
-    params = {n: P0[:, k] for k, n in enumerate(NAMES)}
+    _, Y, P0 = make_problems(300, "poisson", seed=3)  # (the benchmark's problems)
+    params = start(P0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)
         a = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood="poisson")

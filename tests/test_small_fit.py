@@ -18,18 +18,10 @@ import gradfit
 import gradfit.solvers.lm as lm
 from gradfit.fitting import build_problem
 from gradfit.objective import separable_jacobian
+from test_fit_speed_paths import P, model, model_np
 
-X = np.linspace(0.0, 4.0, 40)
-P = np.array([2.0, 1.3, 0.4, 0.7])
+X = np.linspace(0.0, 4.0, 40)  # (test_fit_speed_paths's model and truth, 40 points)
 NAMES = "akwc"
-
-
-def model(p, x):
-    return p["a"] * torch.exp(-p["k"] * x) * torch.cos(p["w"] * x) + p["c"]
-
-
-def model_np(x, a, k, w, c):
-    return a * np.exp(-k * x) * np.cos(w * x) + c
 
 
 def data(model_np=model_np, seed=0):
