@@ -116,16 +116,9 @@ class _Group(click.Group):
             except click.ClickException as exc:
                 click.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
                 code = exc.exit_code
-            except click.Abort as exc:
-                if isinstance(exc.__cause__, _Terminated):  # click turns it into Abort
-                    click.echo(f"{prog_name}: terminated", err=True)
-                    code = 143
-                else:
-                    click.echo(f"{prog_name}: aborted", err=True)
-                    code = 130
-            except _Terminated:
-                click.echo(f"{prog_name}: terminated", err=True)
-                code = 143
+            except click.Abort:  # (click's form of a KeyboardInterrupt or EOF)
+                click.echo(f"{prog_name}: aborted", err=True)
+                code = 130
             except KeyboardInterrupt:
                 click.echo(f"{prog_name}: interrupted", err=True)
                 code = 130
@@ -139,7 +132,9 @@ class _Group(click.Group):
                 )
                 code = EXIT_FAILED
             except BaseException:
-                if not _stop_requested():  # output.Stopped: a termination caught late
+                # _Terminated (the handler set the flag before raising it), or
+                # output.Stopped: a termination whose exception was caught on its way
+                if not _stop_requested():
                     raise
                 click.echo(f"{prog_name}: terminated", err=True)
                 code = 143
