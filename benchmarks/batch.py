@@ -14,7 +14,9 @@ started from its own perturbed truth. Side by side in one run:
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch.py --max-b 10000 --json out.json
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch.py --repeat 3   # shared machine
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch.py --single   # one small fit
+
+One small ``gradfit.fit`` beside ``curve_fit``, and where its time goes:
+``benchmarks/small_fit.py``.
 
 Gpufit (Przybylski et al. 2017, Sci. Rep. 7:15722): its abstract reports a speed-up
 of up to 42x over the same LM algorithm on a CPU (Cpufit). The published throughput
@@ -93,7 +95,7 @@ def problems(B, noise, seed=0):
     return Y, P0
 
 
-def run_batch(Y, P0, lik, device, chunk, jac=False):
+def run_batch(Y, P0, lik, device, chunk, jac=False, dtype="float64"):
     import gradfit
 
     params = {n: P0[:, k] for k, n in enumerate(NAMES)}
@@ -104,7 +106,7 @@ def run_batch(Y, P0, lik, device, chunk, jac=False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)
         res = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, device=device,
-                                chunk_size=chunk, **kw)
+                                chunk_size=chunk, dtype=dtype, **kw)
     if device == "cuda":
         torch.cuda.synchronize()
     return res, time.perf_counter() - t0
@@ -166,73 +168,6 @@ def max_rel_diff(batch, refs, getter):
     return worst_v, worst_e, n
 
 
-def single_fit_profile(n=20, rounds=5):
-    """Where one small gradfit.fit spends its time, beside curve_fit (ms per fit).
-
-    The loops of ``gradfit.fit`` and ``curve_fit`` alternate over ``rounds`` rounds
-    and each reports its fastest round, in wall-clock and in CPU time (the machine
-    may be shared); values and errors are compared with curve_fit at tight tolerances.
-    """
-    import gradfit
-    from gradfit.fitting import build_problem
-
-    Y, P0 = problems(n, "gaussian", seed=1)
-    gradfit.fit(gauss2d, X, Y[0], params=dict(zip(NAMES, P0[0])))  # warm-up
-    run_curve_fit_loop(Y[:2], P0[:2])
-    out = {}
-    runs = {"fit": lambda: [gradfit.fit(gauss2d, X, Y[i], params=dict(zip(NAMES, P0[i])))
-                            for i in range(n)],
-            "fit_no_polish": lambda: [gradfit.fit(gauss2d, X, Y[i],
-                                                  params=dict(zip(NAMES, P0[i])),
-                                                  options={"polish": False})
-                                      for i in range(n)],
-            "curve_fit": lambda: run_curve_fit_loop(Y, P0)[0]}
-    best = {k: (math.inf, math.inf) for k in runs}
-    last = {}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            last[k] = fn()
-            w, c = time.perf_counter() - t0, time.process_time() - c0
-            best[k] = (min(best[k][0], w), min(best[k][1], c))
-    for k, (w, c) in best.items():
-        out[k + "_ms"] = 1e3 * w / n
-        out[k + "_cpu_ms"] = 1e3 * c / n
-    for k in ("fit", "fit_no_polish"):
-        out[k + "_jacobians_per_fit"] = float(np.mean([r.njev for r in last[k]]))
-    ref = run_curve_fit_loop(Y, P0, tight=True)[0]
-    v, e, m = max_rel_diff(_Results(last["fit"]), ref, lambda r: r)
-    out["max_rel_value_vs_curve_fit"], out["max_rel_error_vs_curve_fit"] = v, e
-    prob = build_problem(gauss2d, X, Y[0], dict(zip(NAMES, P0[0])))
-    obj = prob.objective()
-    z = obj.as_tensor(P0[0])
-    k = 50
-    t0 = time.process_time()
-    for _ in range(k):
-        obj.residuals(z)
-    out["residuals_cpu_ms"] = 1e3 * (time.process_time() - t0) / k
-    t0 = time.process_time()
-    for _ in range(k):
-        obj.residuals_and_jacobian(z)
-    out["jacobian_cpu_ms"] = 1e3 * (time.process_time() - t0) / k
-    t0 = time.process_time()
-    for i in range(n):
-        build_problem(gauss2d, X, Y[i], dict(zip(NAMES, P0[i])))
-    out["setup_cpu_ms"] = 1e3 * (time.process_time() - t0) / n
-    out["fit_over_curve_fit"] = out["fit_ms"] / out["curve_fit_ms"]
-    out["fit_over_curve_fit_cpu"] = out["fit_cpu_ms"] / out["curve_fit_cpu_ms"]
-    return out
-
-
-class _Results:
-    """A list of FitResults seen as a batch (params, errors, success)."""
-
-    def __init__(self, results):
-        self.params = {k: np.array([r.params[k] for r in results]) for k in NAMES}
-        self.errors = {k: np.array([r.errors[k] for r in results]) for k in NAMES}
-        self.success = np.array([r.success for r in results])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-b", type=float, default=1e5,
@@ -247,18 +182,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the results as JSON to this file")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: as torch starts, 1 with OMP_NUM_THREADS=1)")
-    ap.add_argument("--single", action="store_true",
-                    help="only profile one small gradfit.fit beside curve_fit")
     args = ap.parse_args(argv)
-    if args.single:
-        prof = single_fit_profile()
-        print(f"threads={torch.get_num_threads()}", file=sys.stderr)
-        for k, v in prof.items():
-            print(f"{k:32s} {v:10.3g}")
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(prof, fh, indent=2)
-        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [b for b in (100, 1000, 10_000, 100_000) if b <= args.max_b]

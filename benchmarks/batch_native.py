@@ -43,14 +43,13 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch import NAMES, X, gauss2d, gauss2d_jac, problems, run_curve_fit_loop  # noqa: E402
+from batch import NAMES, X, problems, run_batch, run_curve_fit_loop  # noqa: E402
 
 NP = 7  # parameters: amp, x0, y0, sx, sy, th, bg
 # status codes of the Numba LM
@@ -328,10 +327,9 @@ class NativeFit:
             return
         t0 = time.perf_counter()
         self.kernels = build(dtype, parallel, fastmath)
-        self(np.asarray(problems(2, "gaussian", seed=99)[0]), problems(2, "gaussian", 99)[1],
-             poisson=False)
-        self(np.asarray(problems(2, "poisson", seed=99)[0]), problems(2, "poisson", 99)[1],
-             poisson=True)
+        for noise in ("gaussian", "poisson"):
+            Y, P0 = problems(2, noise, seed=99)
+            self(np.asarray(Y), P0, poisson=noise == "poisson")
         self.compile_s = time.perf_counter() - t0  # both specialisations, by the first calls
 
     def __call__(self, Y, P0, poisson):
@@ -352,15 +350,7 @@ class NativeFit:
 # --------------------------------------------------------------------------- harness
 def _fit_batch(Y, P0, lik, dtype, jac):
     """gradfit.fit_batch on these problems: (params, errors, success, nev) and its time."""
-    import gradfit
-
-    params = {n: P0[:, k] for k, n in enumerate(NAMES)}
-    kw = {"jacobian": gauss2d_jac} if jac else {}
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", gradfit.FitWarning)
-        res = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, dtype=dtype, **kw)
-    t = time.perf_counter() - t0
+    res, t = run_batch(Y, P0, lik, "cpu", None, jac=jac, dtype=dtype)
     return {"params": np.stack([res.params[k] for k in NAMES], 1),
             "errors": np.stack([res.errors[k] for k in NAMES], 1),
             "success": np.asarray(res.success, bool), "nev": np.asarray(res.nfev)}, t
@@ -517,9 +507,7 @@ def main(argv=None):
             t_cf = math.inf
             for _ in range(max(1, args.repeat)):
                 # curve_fit's loop beside every round (the load of a shared machine changes)
-                t0 = time.perf_counter()
-                run_curve_fit_loop(Ymax[:nl], P0max[:nl])
-                t_cf = min(t_cf, (time.perf_counter() - t0) / nl)
+                t_cf = min(t_cf, run_curve_fit_loop(Ymax[:nl], P0max[:nl])[1])
                 for k, fn in runs.items():
                     c0 = time.process_time()
                     res[k], t = fn()
