@@ -655,12 +655,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         def normal_z(z, data):
             if not space.bounded:
                 return normal_t(z, data)
-            # chain rule through the elementwise bound transform theta(z)
-            with torch.enable_grad():
-                zz = z.detach().requires_grad_(True)
-                th = to_ext(zz)
-                (dth,) = torch.autograd.grad(th.sum(), zz)
-            cost, A, g = normal_t(th.detach(), data)
+            th, dth = space.external_slope(z)  # chain rule through theta(z)
+            cost, A, g = normal_t(th, data)
             return cost, A * dth.unsqueeze(-1) * dth.unsqueeze(-2), g * dth
 
         free_names = [nm for nm in names if free_idx[nm][1]]

@@ -148,11 +148,8 @@ class Problem:
         rj = self.residual_jacobian
         if rj is not None and sp.bounded:
             def rj(z, rj_theta=self.residual_jacobian):
-                # chain rule through the elementwise bound transform theta(z)
-                with torch.enable_grad():
-                    zz = z.detach().requires_grad_(True)
-                    (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
-                r_, J = rj_theta(sp.to_external(z))
+                theta, dtheta = sp.external_slope(z)  # chain rule through theta(z)
+                r_, J = rj_theta(theta)
                 return r_, J * dtheta
         fj = self.fast_jacobian
         if fj is not None and sp.bounded:
@@ -165,11 +162,7 @@ class Problem:
                     J = begun[1]()
                     if J is None:
                         return None
-                    # chain rule through the elementwise bound transform theta(z)
-                    with torch.enable_grad():
-                        zz = z.detach().requires_grad_(True)
-                        (dtheta,) = torch.autograd.grad(sp.to_external(zz).sum(), zz)
-                    return J * dtheta
+                    return J * sp.external_slope(z)[1]  # chain rule through theta(z)
 
                 return begun[0], finish
         return Objective(f, sp.n_free, residual_fun=res, device=self.device, dtype=self.dtype,

@@ -239,6 +239,15 @@ class ParamSpace:
         out = torch.where(hi_only, hi - sp, out)
         return out
 
+    def external_slope(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(theta, dtheta/dz)`` at ``z``: the transform is elementwise, so its slope is
+        one backward pass of ``sum(theta)`` (the chain rule for Jacobians in z)."""
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            th = self.to_external(zz)
+            (dth,) = torch.autograd.grad(th.sum(), zz)
+        return th.detach(), dth
+
     # ---------------------------------------------------------------- unflatten
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Free vector (torch) -> dict of tensors, fixed elements filled in.
