@@ -107,12 +107,13 @@ def main(argv=None):
     rows.append(("oof.fit_many, batched, writing results and campaign.png", t_fig,
                  t_fig / a.n, a.n))
     out["n_batched"] = sum(bool(r.get("batched")) for r in many.rows)
-    same = max(float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]])
-                                   - s.K_waves))) for r, s in zip(many.rows, loop))
+    def max_diff(result):  # largest |K - K of the loop| over the campaign, waves
+        return max(float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]])
+                                       - s.K_waves))) for r, s in zip(result.rows, loop))
+
+    same = max_diff(many)
     out["max_diff_fit_many_vs_loop_waves"] = same
-    out["max_diff_one_by_one_vs_loop_waves"] = max(
-        float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]]) - s.K_waves)))
-        for r, s in zip(one.rows, loop))
+    out["max_diff_one_by_one_vs_loop_waves"] = max_diff(one)
 
     if not a.no_dask:
         t = time.perf_counter()
@@ -120,9 +121,7 @@ def main(argv=None):
         t_dask = time.perf_counter() - t
         rows.append(("oof.fit_many, Dask LocalCluster (2 workers), writing", t_dask,
                      t_dask / a.n, a.n))
-        out["max_diff_dask_vs_loop_waves"] = max(
-            float(np.max(np.abs(np.array([z["value_waves"] for z in r["zernike"]])
-                                - s.K_waves))) for r, s in zip(dk.rows, loop))
+        out["max_diff_dask_vs_loop_waves"] = max_diff(dk)
     out["load_after"] = os.getloadavg()[0]
     base = rows[0][1]
     kind = "realistic " if a.realistic else ""
