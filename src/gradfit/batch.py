@@ -8,7 +8,7 @@ runs every problem at once, and the errors follow :func:`gradfit.fit`'s rules.
 
 from __future__ import annotations
 
-import math
+import hashlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -25,6 +25,7 @@ from .solvers.batched import (
     MESSAGES,
     SUCCESS_CODES,
     BatchedObjective,
+    BatchedSolution,
     batched_lbfgs,
     batched_lm,
     hessian,
@@ -32,6 +33,7 @@ from .solvers.batched import (
 from .solvers.batched import jacobian as _jacobian
 from .solvers.batched import jacobian_columns as _jacobian_columns
 from .solvers.batched import normal_from_columns as _normal_from_columns
+from .solvers.native import NotCompilable
 from .uncertainty import FitWarning, covariance_from_hessian
 
 __all__ = ["fit_batch"]
@@ -40,6 +42,7 @@ _DTYPES = {torch.float64: torch.float64, torch.float32: torch.float32,
            "float64": torch.float64, "float32": torch.float32,
            "double": torch.float64, "float": torch.float32}
 _METHODS = ("auto", "lm", "lbfgs")
+_ENGINES = ("torch", "numba", "auto")
 _ON_NAN = ("raise", "skip")
 
 
@@ -185,11 +188,25 @@ def _batched_covariance(H: torch.Tensor, labels, rows: np.ndarray) -> np.ndarray
     d = torch.sqrt(torch.diagonal(Hf, dim1=1, dim2=2).abs())
     d = torch.where(d == 0, torch.ones_like(d), d)
     Hs = Hf / (d.unsqueeze(-1) * d.unsqueeze(-2))
-    w, V = torch.linalg.eigh(Hs)
-    tol = torch.clamp(w.abs().amax(-1), min=1.0) * n * 1e-12
-    good = finite & (w > tol.unsqueeze(-1)).all(-1) & \
-        (torch.diagonal(Hf, dim1=1, dim2=2) > 0).all(-1)
-    cov = (V / w.unsqueeze(-2)) @ V.transpose(1, 2) / (d.unsqueeze(-1) * d.unsqueeze(-2))
+    pos_diag = (torch.diagonal(Hf, dim1=1, dim2=2) > 0).all(-1)
+    # First by Cholesky (20x cheaper than eigh at n = 7): where it succeeds and
+    # 1/trace(Hs⁻¹) <= w_min clears the eigenvalue test's threshold (n·max(w_max, 1)
+    # ·1e-12 <= n²·1e-12, as w_max <= trace(Hs) = n), the problem passes that test for
+    # sure. The others (nearly singular, indefinite) take the eigenvalue route below.
+    L, info = torch.linalg.cholesky_ex(Hs)
+    inv = torch.cholesky_inverse(L)
+    sure = finite & pos_diag & (info == 0) & (
+        torch.diagonal(inv, dim1=1, dim2=2).sum(-1) * (n * n * 1e-12) < 1.0)
+    cov = inv / (d.unsqueeze(-1) * d.unsqueeze(-2))
+    good = sure.clone()
+    rest = torch.nonzero(~sure).reshape(-1)
+    if rest.numel():
+        w, V = torch.linalg.eigh(Hs[rest])
+        tol = torch.clamp(w.abs().amax(-1), min=1.0) * n * 1e-12
+        good[rest] = finite[rest] & (w > tol.unsqueeze(-1)).all(-1) & pos_diag[rest]
+        dr = d[rest]
+        cov[rest] = (V / w.unsqueeze(-2)) @ V.transpose(1, 2) / (dr.unsqueeze(-1)
+                                                                 * dr.unsqueeze(-2))
     cov = 0.5 * (cov + cov.transpose(1, 2))
     out = cov.numpy().copy()
     for i in np.flatnonzero(~good.numpy()):
@@ -205,7 +222,7 @@ def _batched_covariance(H: torch.Tensor, labels, rows: np.ndarray) -> np.ndarray
 def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
               device="cpu", dtype=torch.float64, x_batched=None, vectorized=None,
               on_nan="raise", max_iter=None, tol=None, errors=True, chunk_size=None,
-              options=None, jacobian=None) -> BatchResult:
+              options=None, jacobian=None, engine="torch") -> BatchResult:
     """Fit B independent problems of one model at once.
 
     Parameters
@@ -263,6 +280,19 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         :func:`gradfit.fit`. Used by ``'lm'`` and the Gauss-Newton covariance instead
         of autodiff columns, which cost about ten model evaluations on small models;
         checked once against autodiff on the first problem.
+    engine : {'torch', 'numba', 'auto'}
+        What runs the Levenberg–Marquardt iterations. ``'torch'`` (default): batched
+        tensors, any model, likelihood, bounds and priors, CPU or GPU. ``'numba'``: the
+        model is traced once and compiled with its forward-mode derivatives into one
+        kernel that fits each problem in registers and cache, on all cores
+        (:mod:`gradfit.solvers.native`; ``pip install 'gradfit[native]'``); it takes
+        scalar parameters, a shared ``x``, a model elementwise in its points, the
+        Gaussian or Poisson likelihood, no bounds or priors, float64 on the CPU, and
+        refuses anything else with the reason. The first call with a new model
+        compiles for a few seconds; the machine code is cached on disk
+        (``$GRADFIT_CACHE_DIR`` or ``~/.cache/gradfit``). Its iterations are the torch
+        engine's, so the answers agree to the tolerances. ``'auto'``: ``'numba'``
+        where it is installed and takes the problem, else ``'torch'``.
 
     Returns
     -------
@@ -285,6 +315,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         raise ValueError(f"unknown method {method!r} for fit_batch; choose one of: "
                          f"{', '.join(_METHODS)}")
     method = method.lower()
+    if engine not in _ENGINES:
+        raise ValueError(f"unknown engine {engine!r} for fit_batch; choose one of: "
+                         f"{', '.join(_ENGINES)}")
     if on_nan not in _ON_NAN:
         raise ValueError(f"on_nan must be one of: {', '.join(_ON_NAN)}; got {on_nan!r}")
     if vectorized is None:
@@ -682,7 +715,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 hess_fn = hess_t if ok else None
         else:
             jac_how = "columns"
-            if opts.get("pixelwise", True) and _pixelwise_possible(vectorized, space):
+            # (engine='numba' fits without it, or not at all)
+            if opts.get("pixelwise", True) and engine != "numba" and \
+                    _pixelwise_possible(vectorized, space):
                 if _pixelwise_agrees(res_jac_t, pack, keep, _theta0_rows, space, dev, dt):
                     jac_how = "pixelwise"
 
@@ -722,25 +757,43 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     def part(c0, size):
         return tuple(d[c0:c0 + size] for d in data_all)
 
-    # every start checked first, a chunk at a time
+    native = None
+    if engine != "torch" and n and method == "lm":
+        why = _native_refusal(lik, prior_map, space, x_batched, vectorized, dev, dt)
+        if why is None:
+            try:
+                native = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
+                                     free_idx, normal_t, pack, dev, dt)
+            except NotCompilable as exc:
+                why = str(exc)
+        if why is not None and engine == "numba":
+            raise ValueError(f"engine='numba' cannot fit this: {why}")
+    elif engine == "numba":
+        raise ValueError("engine='numba' cannot fit this: it runs Levenberg–Marquardt "
+                         f"(method 'lm'), and this fit is {method!r}"
+                         + (" with no free parameters" if not n else ""))
+    # every start checked first (a chunk at a time in torch)
     f0_parts = []
-    for c0 in range(0, nK, chunk_size):
+    # (the compiled engine's kernel tests its starts itself: code -2, below)
+    for c0 in range(0, nK, chunk_size) if native is None else ():
         with torch.no_grad():
             f0 = val_z(z0_keep[c0:c0 + chunk_size], part(c0, chunk_size))
         badf = ~torch.isfinite(f0)
         if bool(badf.any()):
-            bad = keep[c0 + torch.nonzero(badf).reshape(-1).cpu().numpy()]
-            raise ValueError(
-                f"the negative log-likelihood is not finite at the initial parameters of "
-                f"problem(s) {_indices(bad)}; choose starting points where the model and "
-                "likelihood are finite")
+            _bad_starts(keep[c0 + torch.nonzero(badf).reshape(-1).cpu().numpy()])
         f0_parts.append(f0)
     # one solver run over all problems, chunk_size of them iterated at a time: a
     # finished problem's place goes to a waiting one (no per-chunk tail of iterations)
     obj = BatchedObjective(res_z, val_z, n, data_all, dev, dt, normal_fun=normal_z)
     check = int(opts.get("check_every", 2 if method == "lm" else 8))
     sol = None
-    if n == 0:
+    if native is not None:
+        reuse = errors and gauss_newton
+        sol = _native_solve(native, space, values, keep, y_np, max_iter, tol_kw, reuse,
+                            dev, dt)
+        if bool((sol.code == -2).any()):
+            _bad_starts(keep[torch.nonzero(sol.code == -2).reshape(-1).cpu().numpy()])
+    elif n == 0:
         z_all = z0_keep
         code_all = torch.full((nK,), 4, dtype=torch.int64)
         nit_all = nfev_all = torch.zeros(nK, dtype=torch.int64)
@@ -755,7 +808,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                             working_set=chunk_size, **tol_kw)
     if sol is not None:
         z_all, code_all, nit_all, nfev_all = sol.z, sol.code, sol.nit, sol.nfev
-    if jac_how == "pixelwise" and n and nK:
+    if native is None and jac_how == "pixelwise" and n and nK:
         # checked at the starts; a coupling across points that only switches on
         # elsewhere (torch.where on a parameter) would make the one-pass Jacobian
         # wrong there: check again at the answers, and refit without it if it is
@@ -773,8 +826,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     # Gaussian without priors: the LM's ½|r|² at its last point is the nll there
     # (and 2x it the RSS), so neither needs another model evaluation
     ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
-    for k_part, c0 in enumerate(range(0, nK, chunk_size)):
-        rows = keep[c0:c0 + chunk_size]
+    post = chunk_size if native is None else max(chunk_size, 8192)  # (no graph to hold)
+    for k_part, c0 in enumerate(range(0, nK, post)):
+        rows = keep[c0:c0 + post]
         sl = slice(c0, c0 + rows.size)
         data = part(c0, rows.size)
         z, code, nit, nfev = z_all[sl], code_all[sl], nit_all[sl], nfev_all[sl]
@@ -824,15 +878,20 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             "freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=2)
 
     success = np.isin(code_out, list(SUCCESS_CODES)) & np.isfinite(fun_out)
-    messages = []
-    for i in range(B):
-        if not finite[i]:
-            messages.append("skipped: y contains NaN or inf (on_nan='skip')")
-        elif not math.isfinite(fun_out[i]):
-            messages.append(f"the objective is not finite at the end "
-                            f"({MESSAGES.get(int(code_out[i]), 'unknown')})")
+    # one message per problem, looked up per status (a Python test per problem cost
+    # ~0.1 s at B = 1e5)
+    kind = np.where(~finite, 0, np.where(np.isfinite(fun_out), 2, 1))
+    codes, inverse = np.unique(np.stack([kind, code_out]), axis=1, return_inverse=True)
+    texts = []
+    for k, c in codes.T:
+        if k == 0:
+            texts.append("skipped: y contains NaN or inf (on_nan='skip')")
+        elif k == 1:
+            texts.append(f"the objective is not finite at the end "
+                         f"({MESSAGES.get(int(c), 'unknown')})")
         else:
-            messages.append(MESSAGES.get(int(code_out[i]), "unknown status"))
+            texts.append(MESSAGES.get(int(c), "unknown status"))
+    messages = [texts[j] for j in inverse.reshape(-1)]
     success &= finite
 
     at_bounds = ()
@@ -870,7 +929,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         params=params_out, errors=errors_out, cov=cov_out, corr=corr,
         names=list(space.labels), fun=fun_out, success=success, messages=messages,
         method=method, nit=nit_out, nfev=nfev_out, time_s=time.perf_counter() - t0,
-        ndata=ndata, dof=ndata - n, at_bounds=at_bounds)
+        ndata=ndata, dof=ndata - n, at_bounds=at_bounds,
+        engine="numba" if native is not None else "torch")
 
 
 def _batched_leaf_tensors(xt):
@@ -1090,3 +1150,123 @@ def _poisson_residual_and_slope(y, mu):
     dq_near = -(2.0 / 3 + t * (1.0 + 1.2 * t)) / (y_safe * y_safe)
     dr = torch.where(near, -sq + d * dq_near / (2 * sq), -1.0 / (mu * sq))
     return r, dr
+
+
+# ------------------------------------------------------------ the compiled engine
+def _native_refusal(lik, prior_map, space, x_batched, vectorized, dev, dt):
+    """Why the compiled engine cannot take this fit, or None."""
+    from .solvers import native
+
+    if not native.available():
+        return "it needs Numba: pip install numba (or pip install 'gradfit[native]')"
+    if not (isinstance(lik, Gaussian) or type(lik) is Poisson):
+        return f"it fits the Gaussian and Poisson likelihoods, not {lik.name}"
+    if prior_map:
+        return "it takes no priors"
+    if space.bounded:
+        return "it takes no bounds (fit unbounded, or use engine='torch')"
+    if any(space.shapes[nm] != () for nm in space.names):
+        shaped = [nm for nm in space.names if space.shapes[nm] != ()]
+        return f"it takes scalar parameters only; {', '.join(shaped)} has a shape"
+    if x_batched:
+        return "it takes an x shared by all problems, not one x per problem"
+    if vectorized:
+        return "it traces a model written for one problem (vectorized=False)"
+    if dev.type != "cpu":
+        return f"it runs on the CPU, not {dev}"
+    if dt != torch.float64:
+        return "it computes in float64 (dtype=torch.float64)"
+    return None
+
+
+#: (model id, parameters, free mask, likelihood, shape, sigma, x) -> (model, kernel): a
+#: model fitted again with the same x is not traced again (its kernel is still checked)
+_NATIVE_KERNELS: dict = {}
+
+
+def _bad_starts(bad):
+    raise ValueError(
+        f"the negative log-likelihood is not finite at the initial parameters of "
+        f"problem(s) {_indices(bad)}; choose starting points where the model and "
+        "likelihood are finite")
+
+
+def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, normal_t,
+                pack, dev, dt):
+    """Compile the model's fit and check its normal equations against torch's at the
+    first problems' starts (a translation that differs anywhere is refused)."""
+    from .solvers import native
+
+    names = space.names
+    free_pos = [k for k, nm in enumerate(names) if free_idx[nm][1]]
+    leaves = _batched_leaf_tensors(xt_all)
+
+    def one(*args):
+        it = iter(args[len(names):])
+        xx = _map_tree(xt_all, lambda p, a: next(it) if isinstance(a, torch.Tensor) else a)
+        return model(_ModelParams(dict(zip(names, args[:len(names)]))), xx)
+
+    rows = keep[:3]
+    P0 = np.stack([np.asarray(values[nm], dtype=np.float64)[rows] for nm in names], axis=1)
+    if isinstance(lik, Gaussian):
+        s = lik.sigma_tensor
+        sw = np.ones(int(np.prod(ydata_shape))) if s is None else \
+            np.broadcast_to(1.0 / s.detach().cpu().numpy().astype(np.float64),
+                            ydata_shape).reshape(-1)
+        kind = "gaussian"
+    else:
+        sw, kind = np.ones(int(np.prod(ydata_shape))), "poisson"
+    key = (id(model), tuple(names), tuple(free_pos), kind, tuple(ydata_shape),
+           hashlib.sha1(np.ascontiguousarray(sw).tobytes()).hexdigest(),
+           tuple((tuple(a.shape), hashlib.sha1(a.detach().cpu().numpy().tobytes()).hexdigest())
+                 for a in leaves))
+    hit = _NATIVE_KERNELS.get(key)
+    if hit is not None and hit[0] is model:
+        kernel = hit[1]
+    else:
+        kernel = native.compile_lm(one, len(names), free_pos, leaves, P0[0], ydata_shape, kind,
+                                   sw)
+        if len(_NATIVE_KERNELS) >= 32:
+            _NATIVE_KERNELS.pop(next(iter(_NATIVE_KERNELS)))
+        _NATIVE_KERNELS[key] = (model, kernel)
+    data = pack(rows)
+    theta = torch.as_tensor(P0[:, free_pos], device=dev, dtype=dt)
+    with torch.no_grad():
+        cost_t, A_t, g_t = (v.cpu().numpy() for v in normal_t(theta, data))
+    Y = data[0].reshape(len(rows), -1).cpu().numpy()
+    for b in range(len(rows)):
+        cost, A, g = kernel.normal(P0[b], Y[b])
+        scale = max(np.abs(A_t[b]).max(), 1e-300)
+        gscale = max(np.sqrt(np.abs(np.diag(A_t[b])).max() * 2 * abs(cost_t[b])), 1e-300)
+        if not (abs(cost - cost_t[b]) <= 1e-9 * max(abs(cost_t[b]), 1e-300)
+                and np.abs(A - A_t[b]).max() <= 1e-9 * scale
+                and np.abs(g - g_t[b]).max() <= 1e-9 * gscale):
+            raise NotCompilable(
+                f"the compiled model disagrees with torch at problem {int(rows[b])}'s start "
+                f"(cost {cost:.17g} against {float(cost_t[b]):.17g}); an operation is "
+                "translated wrongly, please report it")
+    return kernel
+
+
+def _native_rows(space, values, keep, y_np):
+    """The kept problems' starts ``(b, n_all)`` and data ``(b, m)`` as the kernel takes them
+    (y itself where every problem is kept: no copy)."""
+    P = np.stack([np.asarray(values[nm], dtype=np.float64)[keep] for nm in space.names],
+                 axis=1)
+    Y = y_np if keep.size == y_np.shape[0] else y_np[keep]
+    return P, np.ascontiguousarray(Y.reshape(keep.size, -1), dtype=np.float64)
+
+
+def _native_solve(kernel, space, values, keep, y_np, max_iter, tol_kw, keep_jtj, dev, dt):
+    """Run the compiled LM on every kept problem: a :class:`BatchedSolution`."""
+    P, Y = _native_rows(space, values, keep, y_np)
+    tols = {"gtol": 1e-10, "ftol": 1e-15, "xtol": 1e-12, **tol_kw}
+    cost, code, nit, nfev, A = kernel.run(P, Y, max_iter=200 if max_iter is None
+                                          else int(max_iter), **tols)
+    z = P[:, kernel.free]
+
+    def t(a, dtype=dt):
+        return torch.as_tensor(a, device=dev, dtype=dtype)
+
+    return BatchedSolution(t(z), t(cost), t(code, torch.int64), t(nit, torch.int64),
+                           t(nfev, torch.int64), "lm", t(A) if keep_jtj else None)

@@ -203,6 +203,9 @@ class BatchResult:
         Data points per problem and degrees of freedom (``ndata - p``).
     at_bounds : tuple of tuples
         Per problem, the labels of free elements that ended at a bound.
+    engine : str
+        What ran the minimiser: ``'torch'`` (batched tensors) or ``'numba'`` (the
+        compiled kernel of :mod:`gradfit.solvers.native`).
     """
 
     params: dict
@@ -220,6 +223,7 @@ class BatchResult:
     ndata: int | None = None
     dof: int | None = None
     at_bounds: tuple = ()
+    engine: str = "torch"
 
     def __len__(self) -> int:
         return int(self.fun.shape[0])
@@ -286,12 +290,13 @@ class BatchResult:
             "ndata": self.ndata,
             "dof": self.dof,
             "at_bounds": [list(a) for a in self.at_bounds],
+            "engine": self.engine,
         })
 
     def __str__(self) -> str:
         B = len(self)
-        head = (f"BatchResult: {B - self.n_failed} of {B} fits succeeded ({self.method}; "
-                f"{self.time_s:.3g} s, {B / max(self.time_s, 1e-300):.4g} fits/s)")
+        head = (f"BatchResult: {B - self.n_failed} of {B} fits succeeded ({self.method}, "
+                f"{self.engine}; {self.time_s:.3g} s, {B / max(self.time_s, 1e-300):.4g} fits/s)")
         rows = []
         for lab in self.names:
             name, idx = (lab[:-1].split("[", 1) + [""])[:2] if "[" in lab else (lab, "")

@@ -1,0 +1,821 @@
+"""A compiled batched Levenberg–Marquardt: the model traced once into one fused kernel.
+
+``fit_batch(..., engine="numba")`` runs here. The PyTorch model of one problem is
+traced (``make_fx``) into its graph of ATen operations. Operations that depend only
+on ``x`` run once, in PyTorch, and become arrays; operations on the parameters are
+written out as Python source, each with its forward-mode derivatives (the chain rule
+applied node by node: forward-mode automatic differentiation by source
+transformation), and compiled by Numba into one kernel per model. The kernel holds the
+whole fit of one problem, as Gpufit's and Cpufit's do: per point the model, its
+derivatives and the residual; then ``JᵀJ`` and ``Jᵀr``; then the damped step. The
+iteration is :func:`gradfit.solvers.batched.batched_lm`'s, step for step (Marquardt's
+scaled damping, Nielsen's λ update, the same tests and status codes), so both engines
+give the same answers, and ``prange`` spreads the problems over Numba's threads.
+
+What it takes: scalar parameters; ``x`` shared by all problems; a model that is
+elementwise in its points once the ``x``-only part is done (every operation on the
+parameters has the output's shape, or is a scalar); least squares (``Gaussian``) or
+``Poisson``; no bounds or priors; float64. Anything else is refused, with the reason
+(:class:`NotCompilable`). The generated source is cached on disk, keyed by its hash, so
+that Numba's own cache can keep the machine code between processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["NotCompilable", "NativeLM", "compile_lm", "available"]
+
+
+class NotCompilable(ValueError):
+    """The model or the fit is outside what the compiled engine supports (says what)."""
+
+
+def numba_threads() -> int:
+    """Numba's thread count (``NUMBA_NUM_THREADS``, default: the cores)."""
+    import numba
+
+    return int(numba.get_num_threads())
+
+
+def available() -> bool:
+    """Whether Numba can be imported."""
+    return importlib.util.find_spec("numba") is not None
+
+
+# ------------------------------------------------------------------ derivative rules
+# Each operation gives its value expression and the local partial derivative with
+# respect to each operand, as expressions in the operands ``a`` (``b``) and in its own
+# value ``v``. Scalars of the parameters (per problem) carry forward-mode derivatives;
+# per-point values are differentiated in reverse mode, point by point (one backward
+# sweep gives the model's derivative with respect to every parameter at that point).
+
+def _unary(value, slope):
+    return value, slope
+
+
+_UNARY = {
+    "neg": _unary(lambda a: f"-{a}", lambda a, v: "-1.0"),
+    "exp": _unary(lambda a: f"math.exp({a})", lambda a, v: v),
+    "log": _unary(lambda a: f"math.log({a})", lambda a, v: f"1.0 / {a}"),
+    "log1p": _unary(lambda a: f"math.log1p({a})", lambda a, v: f"1.0 / (1.0 + {a})"),
+    "expm1": _unary(lambda a: f"math.expm1({a})", lambda a, v: f"({v} + 1.0)"),
+    "sin": _unary(lambda a: f"math.sin({a})", lambda a, v: f"math.cos({a})"),
+    "cos": _unary(lambda a: f"math.cos({a})", lambda a, v: f"-math.sin({a})"),
+    "tan": _unary(lambda a: f"math.tan({a})", lambda a, v: f"(1.0 + {v} * {v})"),
+    "sinh": _unary(lambda a: f"math.sinh({a})", lambda a, v: f"math.cosh({a})"),
+    "cosh": _unary(lambda a: f"math.cosh({a})", lambda a, v: f"math.sinh({a})"),
+    "tanh": _unary(lambda a: f"math.tanh({a})", lambda a, v: f"(1.0 - {v} * {v})"),
+    "atan": _unary(lambda a: f"math.atan({a})", lambda a, v: f"1.0 / (1.0 + {a} * {a})"),
+    "sqrt": _unary(lambda a: f"math.sqrt({a})", lambda a, v: f"0.5 / {v}"),
+    "rsqrt": _unary(lambda a: f"1.0 / math.sqrt({a})", lambda a, v: f"-0.5 * {v} / {a}"),
+    "reciprocal": _unary(lambda a: f"1.0 / {a}", lambda a, v: f"-{v} * {v}"),
+    "square": _unary(lambda a: f"{a} * {a}", lambda a, v: f"2.0 * {a}"),
+    "sigmoid": _unary(lambda a: f"1.0 / (1.0 + math.exp(-{a}))",
+                      lambda a, v: f"{v} * (1.0 - {v})"),
+    "erf": _unary(lambda a: f"math.erf({a})",
+                  lambda a, v: f"{2.0 / math.sqrt(math.pi)!r} * math.exp(-{a} * {a})"),
+    # torch's: d|a| = sgn(a) da, with sgn(0) = 0
+    "abs": _unary(lambda a: f"abs({a})",
+                  lambda a, v: f"(1.0 if {a} > 0 else (-1.0 if {a} < 0 else 0.0))"),
+}
+#: shape-preserving operations that pass the value through
+_IDENTITY = {"clone", "alias", "_to_copy", "view", "reshape", "expand", "lift_fresh_copy",
+             "detach", "contiguous", "_unsafe_view", "squeeze", "unsqueeze"}
+_COMPARE = {"gt": ">", "lt": "<", "ge": ">=", "le": "<=", "eq": "==", "ne": "!="}
+_TABLE = ("elementwise arithmetic, exp, log, powers, trigonometric and hyperbolic "
+          "functions, sqrt, abs, erf, comparisons, where, clamp")
+
+
+def _num(c) -> str:
+    if isinstance(c, bool):
+        return "1.0" if c else "0.0"
+    if isinstance(c, int | float):
+        return repr(float(c))
+    raise NotCompilable(f"constant {c!r} of type {type(c).__name__}")
+
+
+class _Node:
+    """A value in the generated code.
+
+    ``kind``: 'P' a scalar of the parameters (per problem, with forward derivatives
+    ``d``: free index -> expression), 'M' a value per point (``deps``: the free
+    parameters it depends on), 'X' an x-only array read at point i, 'C' a number,
+    'B' a boolean, 'T' an x-only tensor not yet used.
+    """
+
+    __slots__ = ("kind", "expr", "d", "deps")
+
+    def __init__(self, kind, expr=None, d=None, deps=frozenset()):
+        self.kind = kind
+        self.expr = expr
+        self.d = d or {}
+        self.deps = frozenset(self.d) if kind == "P" else frozenset(deps)
+
+
+class _Translator:
+    """ATen graph -> the source of the model's value and derivatives at point ``i``."""
+
+    def __init__(self, gm, n_all, free_pos, x_values, out_shape):
+        self.gm = gm
+        self.n_all = n_all
+        self.free_of = {int(k): j for j, k in enumerate(free_pos)}
+        self.out_shape = tuple(out_shape)
+        self.m = int(np.prod(out_shape)) if out_shape else 1
+        self.pro: list[str] = []     # per problem (the scalars and their derivatives)
+        self.loop: list[str] = []    # per point, values
+        self.tape: list = []         # per point: (node, [(operand, partial)]) in order
+        self.arrays: list[np.ndarray] = []  # x-only arrays, flattened to the points
+        self.values = x_values       # fx node -> its concrete tensor (x-only nodes)
+        self.k = 0
+
+    # ---------------------------------------------------------------- emission
+    def _fresh(self, prefix="v"):
+        self.k += 1
+        return f"{prefix}{self.k}"
+
+    def _node(self, kind, expr, partials):
+        """Bind ``expr`` to a fresh name; record its derivatives (forward for a scalar of
+        the parameters, on the tape for a per-point value)."""
+        v = self._fresh()
+        live = [(o, p) for o, p in partials if o.deps]
+        if kind == "P":
+            self.pro.append(f"{v} = {expr}")
+            d = {}
+            for j in sorted(set().union(*(o.deps for o, _ in live)) if live else ()):
+                terms = [f"({p}) * {o.d[j]}" for o, p in live if j in o.d]
+                d[j] = nm = f"d{v[1:]}_{j}"
+                self.pro.append(f"{nm} = " + " + ".join(terms))
+            return _Node("P", v, d)
+        self.loop.append(f"{v} = {expr}")
+        node = _Node("M", v, deps=frozenset().union(*(o.deps for o, _ in live)) if live
+                     else frozenset())
+        if live:
+            self.tape.append((node, live))
+        return node
+
+    def _array(self, t: torch.Tensor, what: str) -> _Node:
+        """An x-only tensor as a per-point array (broadcast to the output's shape)."""
+        t = t.detach()
+        if t.dim() == 0:
+            return _Node("C", _num(float(t)))
+        try:
+            arr = torch.broadcast_to(t, self.out_shape)
+        except RuntimeError:
+            raise NotCompilable(
+                f"{what} has an x-only operand of shape {tuple(t.shape)}, which does not "
+                f"broadcast to the model's output shape {self.out_shape}") from None
+        self.arrays.append(np.ascontiguousarray(
+            arr.to(torch.float64).cpu().numpy().reshape(-1)))
+        return _Node("X", f"x{len(self.arrays) - 1}[i]")
+
+    def _operand(self, a, env, what):
+        if isinstance(a, torch.fx.Node):
+            nd = env[a]
+            if nd.kind == "T":  # an x-only tensor, made an array where it is used
+                nd = env[a] = self._array(self.values[a], what)
+            return nd
+        if a is None:
+            return None
+        return _Node("C", _num(a))
+
+    # ------------------------------------------------------------- translation
+    def translate(self) -> _Node:
+        env = {}
+        n_param = 0
+        for node in self.gm.graph.nodes:
+            op = node.op
+            if op == "placeholder":
+                if n_param < self.n_all:
+                    j = self.free_of.get(n_param)
+                    env[node] = _Node("P", f"pa[{n_param}]", {} if j is None else {j: "1.0"})
+                    n_param += 1
+                else:
+                    env[node] = _Node("T")
+            elif op == "get_attr":
+                env[node] = _Node("T")
+            elif op == "output":
+                res = node.args[0]
+                if isinstance(res, tuple | list):
+                    if len(res) != 1:
+                        raise NotCompilable("the model returns more than one tensor")
+                    res = res[0]
+                return self._output(env, res)
+            elif op != "call_function":
+                raise NotCompilable(f"graph node {op} {node.target}")
+            elif all(env[a].kind == "T" for a in node.all_input_nodes):
+                env[node] = _Node("T")  # x only: computed once, in torch
+            else:
+                env[node] = self._call(node, env)
+        raise NotCompilable("the traced graph has no output")
+
+    def _call(self, node, env):
+        full = str(node.target)  # "aten.sub.Tensor"
+        parts = full.split(".")
+        name = parts[1] if len(parts) > 1 and parts[0] == "aten" else full
+        where = f"operation {full}"
+        shape = tuple(node.meta["val"].shape) if "val" in node.meta else None
+        if shape not in ((), self.out_shape):
+            raise NotCompilable(
+                f"{where} gives shape {shape} where the model's output has shape "
+                f"{self.out_shape}: the compiled engine takes models that are elementwise in "
+                "their points (the x-only part may be anything)")
+        args = list(node.args)
+        if name in _IDENTITY:
+            if name == "_to_copy" and node.kwargs.get("dtype") not in (None, torch.float64):
+                raise NotCompilable(f"{where} to {node.kwargs.get('dtype')}")
+            src = self._operand(args[0], env, where)
+            if src.kind == "P" and shape == self.out_shape:  # a scalar spread over the points
+                return self._node("M", src.expr, [(src, "1.0")])
+            return src
+        ops = [self._operand(a, env, where) if isinstance(a, torch.fx.Node | int | float)
+               or a is None else a for a in args]
+        if any(o is not None and not isinstance(o, _Node) for o in ops):
+            raise NotCompilable(f"{where} with arguments {args!r}")
+        kinds = {o.kind for o in ops if o is not None}
+        per_point = bool(kinds & {"M", "X"}) or shape == self.out_shape
+        kind = "M" if per_point else "P"
+        if "B" in kinds and name != "where":
+            raise NotCompilable(f"{where} on a boolean")
+        if name in _COMPARE and len(ops) == 2:
+            c = self._fresh("c")
+            (self.loop if per_point else self.pro).append(
+                f"{c} = {ops[0].expr} {_COMPARE[name]} {ops[1].expr}")
+            return _Node("B", c)
+        if kind == "P":  # bind first so that partials may name the value
+            pass
+        expr, partials = self._rule(name, node, ops, where)
+        return self._node(kind, expr, partials)
+
+    def _rule(self, name, node, ops, where):
+        """(value expression, [(operand, partial expression)]); ``{v}`` in a partial stands
+        for the node's own value and is bound after it."""
+        if name in _UNARY and len(ops) == 1:
+            val, slope = _UNARY[name]
+            a = ops[0]
+            return self._self_ref(val(a.expr), [(a, lambda v: slope(a.expr, v))])
+        if name in ("add", "sub", "rsub") and len(ops) == 2:
+            a, b = ops
+            alpha = float(node.kwargs.get("alpha", 1.0))
+            if name == "rsub":
+                return f"{b.expr} - {alpha!r} * {a.expr}", [(a, repr(-alpha)), (b, "1.0")]
+            sgn = alpha if name == "add" else -alpha
+            bexpr = b.expr if sgn == 1.0 else f"{sgn!r} * {b.expr}"
+            return f"{a.expr} + {bexpr}", [(a, "1.0"), (b, repr(sgn))]
+        if name == "mul" and len(ops) == 2:
+            a, b = ops
+            return f"{a.expr} * {b.expr}", [(a, b.expr), (b, a.expr)]
+        if name == "div" and len(ops) == 2 and not node.kwargs.get("rounding_mode"):
+            a, b = ops
+            return self._self_ref(f"{a.expr} / {b.expr}",
+                                  [(a, lambda v: f"1.0 / {b.expr}"),
+                                   (b, lambda v: f"-{v} / {b.expr}")])
+        if name == "pow" and len(ops) == 2:
+            a, b = ops
+            if b.kind == "C":
+                c = float(b.expr)
+                if c == 2.0:
+                    return f"{a.expr} * {a.expr}", [(a, f"2.0 * {a.expr}")]
+                if c == 1.0:
+                    return a.expr, [(a, "1.0")]
+                if c == float(int(c)) and abs(c) <= 8:
+                    return f"{a.expr} ** {int(c)}", [(a, f"{c!r} * {a.expr} ** {int(c) - 1}")]
+                return f"{a.expr} ** {c!r}", [(a, f"{c!r} * {a.expr} ** {c - 1.0!r}")]
+            if a.kind == "C":
+                return self._self_ref(f"{a.expr} ** {b.expr}",
+                                      [(b, lambda v: f"{v} * math.log({a.expr})")])
+            return self._self_ref(f"{a.expr} ** {b.expr}",
+                                  [(a, lambda v: f"{b.expr} * {a.expr} ** ({b.expr} - 1.0)"),
+                                   (b, lambda v: f"{v} * math.log({a.expr})")])
+        if name == "atan2" and len(ops) == 2:
+            a, b = ops
+            den = f"({a.expr} * {a.expr} + {b.expr} * {b.expr})"
+            return f"math.atan2({a.expr}, {b.expr})", [(a, f"{b.expr} / {den}"),
+                                                       (b, f"-{a.expr} / {den}")]
+        if name == "where" and len(ops) == 3:
+            c, a, b = ops
+            if c.kind != "B":
+                raise NotCompilable(f"{where} with a condition that is not a comparison")
+            return (f"({a.expr} if {c.expr} else {b.expr})",
+                    [(a, f"(1.0 if {c.expr} else 0.0)"), (b, f"(0.0 if {c.expr} else 1.0)")])
+        if name in ("clamp", "clamp_min", "clamp_max") and ops:
+            a, lims = ops[0], list(ops[1:]) + [None, None]
+            lo, hi = (lims[0], lims[1]) if name == "clamp" else \
+                ((lims[0], None) if name == "clamp_min" else (None, lims[0]))
+            expr, inside = a.expr, []
+            for lim, fn, cmp in ((lo, "max", ">="), (hi, "min", "<=")):
+                if lim is None:
+                    continue
+                if lim.deps or lim.kind == "M":
+                    raise NotCompilable(f"{where} with a limit that depends on the parameters")
+                expr = f"{fn}({expr}, {lim.expr})"
+                inside.append(f"{a.expr} {cmp} {lim.expr}")
+            cond = " and ".join(inside) or "True"
+            return expr, [(a, f"(1.0 if {cond} else 0.0)")]
+        raise NotCompilable(f"{where} is not in the compiled engine's table: it takes models "
+                            f"that are elementwise in their points, built from {_TABLE}; "
+                            "use engine='torch'")
+
+    def _self_ref(self, expr, partials):
+        """Partials that name the node's value: bound to the name it is about to get."""
+        v = f"v{self.k + 1}"
+        return expr, [(o, p(v)) for o, p in partials]
+
+    def _output(self, env, res) -> _Node:
+        if not isinstance(res, torch.fx.Node):
+            raise NotCompilable("the model's output is not a tensor")
+        nd = env[res]
+        if nd.kind in ("T", "X", "C"):
+            raise NotCompilable("the model's output does not depend on the parameters")
+        if nd.kind == "B":
+            raise NotCompilable("the model's output is boolean")
+        if nd.kind == "P":
+            nd = self._node("M", nd.expr, [(nd, "1.0")])
+        return nd
+
+    # ----------------------------------------------------------- reverse sweep
+    def backward(self, out: _Node, nf: int) -> tuple[list[str], list[str]]:
+        """Lines of the reverse sweep at point i, and the n derivative expressions
+        ``d mu / d theta_j``."""
+        lines, adj = [], {id(out): "1.0"}
+        names = {}
+        pleaf = {}  # id(P node) -> (node, adjoint name)
+
+        def add(o, term):
+            key = id(o)
+            if o.kind == "P":
+                if key not in pleaf:
+                    pleaf[key] = (o, self._fresh("ap"))
+                    lines.append(f"{pleaf[key][1]} = {term}")
+                else:
+                    lines.append(f"{pleaf[key][1]} += {term}")
+                return
+            if key not in names:
+                names[key] = self._fresh("a")
+                lines.append(f"{names[key]} = {term}")
+            else:
+                lines.append(f"{names[key]} += {term}")
+            adj[key] = names[key]
+
+        for node, partials in reversed(self.tape):
+            a = adj.get(id(node))
+            if a is None:
+                continue
+            for o, p in partials:
+                term = p if a == "1.0" else (a if p == "1.0" else f"{a} * ({p})")
+                add(o, term)
+        cols = []
+        for j in range(nf):
+            terms = [f"{an} * {o.d[j]}" if o.d[j] != "1.0" else an
+                     for o, an in pleaf.values() if j in o.d]
+            cols.append(" + ".join(terms) if terms else "0.0")
+        return lines, cols
+
+
+# ------------------------------------------------------------------ the kernel source
+_HEADER = '''\
+# generated by gradfit.solvers.native from a traced model; do not edit
+import math
+import numba
+import numpy as np
+
+NF = {nf}
+M = {m}
+NT = {nt}
+EPS = {eps!r}
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
+def _accumulate(D, R, A, g):
+    """A = D Dᵀ, g = D R (sums over the points that LLVM may vectorise)."""
+    for j in range(NF):
+        for k in range(j + 1):
+            s = 0.0
+            for i in range(M):
+                s += D[j, i] * D[k, i]
+            A[j, k] = s
+            A[k, j] = s
+        s = 0.0
+        for i in range(M):
+            s += D[j, i] * R[i]
+        g[j] = s
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={{"contract", "arcp", "reassoc"}})
+def normal(pa, y, sw, {xargs}D, R, T, A, g):
+    """½|r|² at the parameters ``pa``; fills JᵀJ (A) and Jᵀr (g); T is scratch."""
+{prologue}
+{passes}
+    cost = 0.0
+    for i in range(M):
+{loop}
+    _accumulate(D, R, A, g)
+    return 0.5 * cost
+'''
+
+_GAUSSIAN = [
+    "r = (y[i] - mu) * sw[i]",
+    "s = -sw[i]",
+]
+
+# the deviance residual and its slope as likelihoods.poisson_deviance_parts and
+# batch._poisson_residual_and_slope compute them (float64: the series below 1e-4)
+_POISSON = [
+    "yi = y[i]",
+    "dd = yi - mu",
+    "ysafe = yi if yi > 0.0 else 1.0",
+    "ylogy = yi * math.log(ysafe / mu) if yi > 0.0 else 0.0",
+    "dev = 2.0 * (mu - yi + ylogy)",
+    "near = abs(dd) <= 1e-4 * yi",
+    "t = dd / ysafe",
+    "dsafe = 1.0 if near else dd",
+    "q = (1.0 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / ysafe if near else dev / (dsafe * dsafe)",
+    "sq = math.sqrt(q) if q > 0.0 else (0.0 if q <= 0.0 else q)",
+    "r = dd * sq",
+    "s = (-sq + dd * (-(2.0 / 3 + t * (1.0 + 1.2 * t)) / (ysafe * ysafe)) / (2.0 * sq)) "
+    "if near else -1.0 / (mu * sq)",
+]
+
+_LM = '''
+
+@numba.njit(cache=True, error_model="numpy")
+def _cholesky(Mx):
+    n = Mx.shape[0]
+    for j in range(n):
+        t = Mx[j, j]
+        for k in range(j):
+            t -= Mx[j, k] * Mx[j, k]
+        if not t > 0.0:
+            return False
+        t = math.sqrt(t)
+        Mx[j, j] = t
+        for i in range(j + 1, n):
+            q = Mx[i, j]
+            for k in range(j):
+                q -= Mx[i, k] * Mx[j, k]
+            Mx[i, j] = q / t
+    return True
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _solve(L, b, x):
+    n = L.shape[0]
+    for i in range(n):
+        t = b[i]
+        for k in range(i):
+            t -= L[i, k] * x[k]
+        x[i] = t / L[i, i]
+    for i in range(n - 1, -1, -1):
+        t = x[i]
+        for k in range(i + 1, n):
+            t -= L[k, i] * x[k]
+        x[i] = t / L[i, i]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _finite(A):
+    s = 0.0
+    for v in A.ravel():
+        s += v
+    return math.isfinite(s)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T):
+    """One problem, from pa (its start, all parameters), as batched_lm steps it.
+
+    Returns (cost, code, nit, nfev); pa holds the answer and A its JᵀJ."""
+    n = NF
+    g, gn, p, Dg, sd, gs, tmp = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+    An = np.empty((n, n))
+    Mx = np.empty((n, n))
+    pt = pa.copy()
+    cost = normal(pa, y, sw, {xcall}D, R, T, A, g)
+    nfev = 1
+    nit = 0
+    code = 0
+    if not math.isfinite(cost):
+        code = -2
+    elif not _finite(A):
+        code = -3
+    elif cost == 0.0:
+        code = 4
+    if code == 0 and max_iter <= 0:
+        code = -1
+    lam = 1e-3
+    nu = 2.0
+    for j in range(n):
+        Dg[j] = 0.0
+    while code == 0:
+        fnorm = math.sqrt(2.0 * cost)
+        gcos = 0.0
+        for j in range(n):
+            cn = math.sqrt(A[j, j])
+            if cn > 0:
+                c = abs(g[j]) / (cn * fnorm)
+                if c > gcos or c != c:
+                    gcos = c
+        if gcos <= gtol:
+            code = 1
+            break
+        for j in range(n):
+            Dg[j] = max(Dg[j], A[j, j])
+            if not Dg[j] > 0:
+                Dg[j] = 1.0
+            sd[j] = math.sqrt(Dg[j])
+        for j in range(n):
+            for k in range(n):
+                Mx[j, k] = A[j, k] / (sd[j] * sd[k])
+            Mx[j, j] += lam
+            gs[j] = g[j] / sd[j]
+        solved = _cholesky(Mx)
+        if solved:
+            _solve(Mx, gs, tmp)
+            for j in range(n):
+                p[j] = -tmp[j] / sd[j]
+                if not math.isfinite(p[j]):
+                    solved = False
+        if not solved:
+            for j in range(n):
+                p[j] = 0.0
+        for j in range(n):
+            pt[free[j]] = pa[free[j]] + p[j]
+        cost_new = normal(pt, y, sw, {xcall}D, R, T, An, gn)
+        gp = 0.0
+        pAp = 0.0
+        for j in range(n):
+            gp += g[j] * p[j]
+            s = 0.0
+            for k in range(n):
+                s += A[j, k] * p[k]
+            pAp += p[j] * s
+        pred = -(gp + 0.5 * pAp)
+        actred = cost - cost_new
+        ok = solved and math.isfinite(cost_new) and _finite(An) and actred > 0
+        rho = actred / pred if pred > 0 else 0.0
+        if ok:
+            lam = lam * max(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0)
+            nu = 2.0
+            for j in range(n):
+                pa[free[j]] = pt[free[j]]
+                g[j] = gn[j]
+                for k in range(n):
+                    A[j, k] = An[j, k]
+        else:
+            lam = lam * nu
+            nu = 2.0 * nu
+        rel = cost if cost > 0 else 1.0
+        small_red = ok and actred <= ftol * rel and pred <= ftol * rel
+        pn = 0.0
+        zn = 0.0
+        for j in range(n):
+            pn += p[j] * p[j]
+            zn += pa[free[j]] * pa[free[j]]
+        small_step = ok and math.sqrt(pn) <= xtol * (math.sqrt(zn) + xtol)
+        if ok:
+            cost = cost_new
+        if small_red:
+            code = 2
+        elif small_step:
+            code = 3
+        elif cost == 0.0:
+            code = 4
+        elif (not ok) and solved and pred <= 4 * EPS * rel:
+            code = 5
+        elif lam > 1e16:
+            code = -4
+        nit += 1
+        nfev += 1
+        if code == 0 and nit >= max_iter:
+            code = -1
+        for j in range(n):
+            pt[free[j]] = pa[free[j]]
+    return cost, code, nit, nfev
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def lm_all(P, free, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit, nfev, A):
+    for b in numba.prange(P.shape[0]):
+        work = np.empty((7, NF))
+        D = np.empty((NF, M))
+        R = np.empty(M)
+        T = np.empty((NT, M))
+        c, k, it, ev = lm_one(P[b], free, Y[b], sw, {xcall}max_iter, gtol, ftol, xtol, A[b],
+                              work, D, R, T)
+        cost[b] = c
+        code[b] = k
+        nit[b] = it
+        nfev[b] = ev
+
+
+@numba.njit(cache=True, error_model="numpy")
+def lm_serial(P, free, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit, nfev, A):
+    work = np.empty((7, NF))
+    D = np.empty((NF, M))
+    R = np.empty(M)
+    T = np.empty((NT, M))
+    for b in range(P.shape[0]):
+        c, k, it, ev = lm_one(P[b], free, Y[b], sw, {xcall}max_iter, gtol, ftol, xtol, A[b],
+                              work, D, R, T)
+        cost[b] = c
+        code[b] = k
+        nit[b] = it
+        nfev[b] = ev
+'''
+
+
+def _indent(lines, k):
+    pad = " " * k
+    return "\n".join(pad + ln for ln in lines) if lines else pad + "pass"
+
+
+#: calls that keep a loop from vectorising (sqrt and abs are instructions)
+_CALL = re.compile(r"math\.(?:exp|log|log1p|expm1|sin|cos|tan|sinh|cosh|tanh|atan|atan2|erf)"
+                   r"\([^()]*\)")
+
+
+_NAME = re.compile(r"\b[A-Za-z_]\w*\b")
+_ASSIGN = re.compile(r"^(\w+) = ")
+
+
+def generate(tr: _Translator, out: _Node, nf: int, likelihood: str) -> str:
+    """The module source of one model's kernel.
+
+    The per-point code is one straight line: the model, the likelihood's residual and
+    slope, the reverse sweep, the stores. Each transcendental call in it first gets a
+    loop of its own that stores it for every point in ``T`` (the values it needs are
+    recomputed there); the main loop then reads ``T`` and has no call left, so LLVM
+    can vectorise it.
+    """
+    xargs = "".join(f"x{q}, " for q in range(len(tr.arrays)))
+    back, dmu = tr.backward(out, nf)
+    lik = _GAUSSIAN if likelihood == "gaussian" else _POISSON
+    body = tr.loop + [f"mu = {out.expr}"] + lik + back
+    stores = ["cost += r * r", "R[i] = r"] + [f"D[{j}, i] = s * ({e})" for j, e in enumerate(dmu)]
+    calls: list[str] = []
+    passes = []
+    defs = {}  # name -> index of its (plain) assignment in body
+    for k, line in enumerate(body):
+        for c in _CALL.findall(line):
+            if c in calls:
+                continue
+            # the lines the call's argument needs, in order (its dependency slice)
+            need, todo = set(), list(_NAME.findall(c))
+            while todo:
+                nm = todo.pop()
+                if nm in defs and defs[nm] not in need:
+                    need.add(defs[nm])
+                    todo.extend(_NAME.findall(body[defs[nm]].split(" = ", 1)[1]))
+            prefix = [_CALL.sub(lambda mm: f"T[{calls.index(mm.group(0))}, i]", body[j])
+                      for j in sorted(need)]
+            calls.append(c)
+            passes.append("    for i in range(M):\n"
+                          + _indent(prefix + [f"T[{len(calls) - 1}, i] = {c}"], 8))
+        m = _ASSIGN.match(line)
+        if m:
+            defs[m.group(1)] = k
+    main = [_CALL.sub(lambda mm: f"T[{calls.index(mm.group(0))}, i]", ln) for ln in body]
+    src = _HEADER.format(nf=nf, m=tr.m, nt=max(len(calls), 1),
+                         eps=float(np.finfo(np.float64).eps), xargs=xargs,
+                         prologue=_indent(tr.pro, 4), passes="\n".join(passes),
+                         loop=_indent(main + stores, 8))
+    return src + _LM.format(xargs=xargs, xcall=xargs)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GRADFIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "gradfit")
+    return Path(root) / "native"
+
+
+_MODULES: dict = {}
+
+
+def _load(src: str):
+    """Import the generated source from a file named by its hash (written atomically), so
+    that Numba's ``cache=True`` keeps the compiled code between processes."""
+    key = hashlib.sha256(src.encode()).hexdigest()[:24]
+    if key in _MODULES:
+        return _MODULES[key]
+    d = _cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"gradfit_native_{key}.py"
+        if not path.exists() or path.read_text() != src:
+            fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(src)
+            os.replace(tmp, path)
+    except OSError:  # a read-only home: a private temporary folder, no cache across runs
+        d = Path(tempfile.mkdtemp(prefix="gradfit-native-"))
+        path = d / f"gradfit_native_{key}.py"
+        path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"gradfit_native_{key}", path)
+    mod = importlib.util.module_from_spec(spec)
+    # importable by name: Numba's cache rebuilds a kernel's environment by importing it
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    _MODULES[key] = mod
+    return mod
+
+
+class NativeLM:
+    """The compiled fit of one model: :meth:`run` for many problems, :meth:`normal` for one
+    evaluation (used to check the kernel against torch)."""
+
+    def __init__(self, module, arrays, free_pos, sw, source):
+        self.module = module
+        self.n_calls = module.NT
+        self.arrays = tuple(arrays)
+        self.free = np.asarray(free_pos, dtype=np.int64)
+        self.sw = np.ascontiguousarray(sw, dtype=np.float64)
+        self.source = source
+
+    def normal(self, pa, y):
+        nf, m = self.free.size, self.sw.size
+        A, g = np.empty((nf, nf)), np.empty(nf)
+        cost = self.module.normal(np.ascontiguousarray(pa, dtype=np.float64),
+                                  np.ascontiguousarray(y, dtype=np.float64), self.sw,
+                                  *self.arrays, np.empty((nf, m)), np.empty(m),
+                                  np.empty((self.n_calls, m)), A, g)
+        return cost, A, g
+
+    def run(self, P, Y, *, max_iter, gtol, ftol, xtol):
+        """Fit every row: ``P (B, n_all)`` starts (overwritten by the answers), ``Y (B, m)``.
+        Returns ``(cost, code, nit, nfev, JᵀJ)``."""
+        B, nf = P.shape[0], self.free.size
+        cost, code = np.empty(B), np.empty(B, np.int64)
+        nit, nfev = np.empty(B, np.int64), np.empty(B, np.int64)
+        A = np.empty((B, nf, nf))
+        # prange where it pays; a few problems (and its first compile, ~1 s more) not
+        fn = self.module.lm_all if B >= 64 and numba_threads() > 1 else self.module.lm_serial
+        fn(P, self.free, Y, self.sw, *self.arrays, int(max_iter), float(gtol), float(ftol),
+           float(xtol), cost, code, nit, nfev, A)
+        return cost, code, nit, nfev, A
+
+
+def compile_lm(fn, n_all: int, free_pos, x_leaves, theta0, out_shape, likelihood: str,
+               sigma_weight) -> NativeLM:
+    """Trace ``fn(*params, *x_leaves) -> mu`` (one problem) and compile its fit.
+
+    Parameters
+    ----------
+    fn : callable
+        The model of one problem on ``n_all`` scalar parameters and the x tensors.
+    n_all : int
+    free_pos : sequence of int
+        The positions of the free parameters among the ``n_all``.
+    x_leaves : list of Tensor
+        Shared by all problems.
+    theta0 : array_like
+        Values of the ``n_all`` parameters to trace at.
+    out_shape : tuple
+        The shape of one problem's data.
+    likelihood : {'gaussian', 'poisson'}
+    sigma_weight : array_like
+        ``1/sigma`` per point (ones for unweighted least squares).
+    """
+    if not available():
+        raise NotCompilable("engine='numba' needs Numba: pip install numba "
+                            "(or pip install 'gradfit[native]')")
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    args = [torch.tensor(float(v), dtype=torch.float64) for v in theta0] + list(x_leaves)
+    try:
+        gm = make_fx(fn)(*args)
+    except NotCompilable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: not this engine
+        raise NotCompilable(f"the model could not be traced: {type(exc).__name__}: {exc}") \
+            from None
+    # the x-only nodes' values, once
+    values = {}
+    env_vals = torch.fx.Interpreter(gm)
+    captured = {}
+
+    def run_node(n, _orig=env_vals.run_node):
+        val = _orig(n)
+        captured[n] = val
+        return val
+
+    env_vals.run_node = run_node
+    with torch.no_grad():
+        env_vals.run(*args)
+    values = {n: v for n, v in captured.items() if isinstance(v, torch.Tensor)}
+    tr = _Translator(gm, n_all, free_pos, values, out_shape)
+    out = tr.translate()
+    src = generate(tr, out, len(free_pos), likelihood)
+    mod = _load(src)
+    sw = np.broadcast_to(np.asarray(sigma_weight, dtype=np.float64), (tr.m,)).copy()
+    return NativeLM(mod, tr.arrays, free_pos, sw, src)

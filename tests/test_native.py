@@ -1,0 +1,240 @@
+"""fit_batch(engine="numba"): the traced, compiled Levenberg–Marquardt.
+
+Its derivatives are checked against complex-step derivatives of a NumPy model (an
+independent reference) and torch's autodiff; its fits against the torch engine (the same
+iteration, so the same answers and status codes) and SciPy's curve_fit; and every
+refusal names its reason.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+
+import gradfit
+from gradfit.solvers import native
+from test_batch import NAMES, X, gauss2d, gauss2d_np, jac_np, make_problems
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory):
+    """Kernels cached in a folder of the test run's own, not the user's ~/.cache."""
+    old = os.environ.get("GRADFIT_CACHE_DIR")
+    os.environ["GRADFIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("native-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GRADFIT_CACHE_DIR")
+    else:
+        os.environ["GRADFIT_CACHE_DIR"] = old
+
+
+def _params(P0):
+    return {n: P0[:, k] for k, n in enumerate(NAMES)}
+
+
+def _batch(Y, P0, **kw):
+    return gradfit.fit_batch(gauss2d, X, Y, params=_params(P0), **kw)
+
+
+# ------------------------------------------------------------------ derivatives
+def test_normal_equations_against_complex_step():
+    """JᵀJ and Jᵀr of the kernel from the complex-step Jacobian of a NumPy model."""
+    _, Y, P0 = make_problems(3, "gauss", seed=3)
+    x = torch.as_tensor(X)
+    k = native.compile_lm(lambda *a: gauss2d(dict(zip(NAMES, a[:7])), a[7]), 7, range(7),
+                          [x], P0[0], (225,), "gaussian", np.ones(225))
+    for b in range(3):
+        cost, A, g = k.normal(P0[b], Y[b])
+        J = -jac_np(X, *P0[b])  # r = y - mu
+        r = Y[b] - gauss2d_np(X, *P0[b])
+        assert cost == pytest.approx(0.5 * r @ r, rel=1e-13)
+        np.testing.assert_allclose(A, J.T @ J, rtol=1e-11, atol=1e-11 * np.abs(J.T @ J).max())
+        np.testing.assert_allclose(g, J.T @ r, rtol=1e-9, atol=1e-10 * np.abs(J.T @ r).max())
+
+
+def _every_op(p, x):
+    """A model that uses every operation of the engine's table at least once."""
+    a, b, c = p["a"], p["b"], p["c"]
+    u = a * x + b
+    t = (torch.exp(-u * u) + torch.log(c + x) + torch.log1p(x * c) + torch.expm1(0.1 * u)
+         + torch.sin(u) * torch.cos(b * x) + torch.tan(0.2 * u) + torch.sinh(0.3 * u)
+         + torch.cosh(0.2 * u) + torch.tanh(u) + torch.atan(u) + torch.sqrt(c + x * x)
+         + torch.rsqrt(c + x) + torch.reciprocal(2.0 + torch.sigmoid(u)) + torch.square(u - c)
+         + torch.erf(u) + torch.abs(u - 0.3) + torch.atan2(u, c + 1.0) + u ** 3
+         + (c + x) ** 1.5 + (c + x) ** b + 2.0 ** (b * x) - u / (c + 2.0) + (1.0 - u)
+         + torch.clamp(u, -0.5, 0.8) + torch.where(u > 0.2, u * c, -u))
+    return t + torch.clamp_min(c * x, 0.1) + torch.clamp_max(a * x, 0.5) + torch.neg(b)
+
+
+def test_every_operation_against_autodiff_and_finite_differences():
+    x = torch.linspace(0.05, 1.5, 41, dtype=torch.float64)
+    theta = np.array([0.7, -0.2, 0.9])
+    names = ("a", "b", "c")
+
+    def fn(*args):
+        return _every_op(dict(zip(names, args[:3])), args[3])
+
+    k = native.compile_lm(fn, 3, [0, 1, 2], [x], theta, (41,), "gaussian", np.ones(41))
+    y = np.zeros(41)
+    for th in (theta, np.array([1.3, 0.4, 0.5]), np.array([0.2, -0.6, 1.7])):
+        cost, A, g = k.normal(th, y)
+        t = torch.tensor(th, requires_grad=True)
+        J = torch.autograd.functional.jacobian(lambda t: -fn(*t, x), t).numpy()
+        mu = fn(*torch.tensor(th), x).numpy()
+        assert cost == pytest.approx(0.5 * mu @ mu, rel=1e-13)
+        np.testing.assert_allclose(A, J.T @ J, rtol=1e-11, atol=1e-12 * np.abs(J.T @ J).max())
+        np.testing.assert_allclose(g, J.T @ (-mu), rtol=1e-10,
+                                   atol=1e-12 * np.abs(J.T @ mu).max())
+        # central differences, an independent check of the autodiff reference
+        h = 1e-6
+        Jfd = np.stack([(-(fn(*torch.tensor(th + h * e), x)
+                           - fn(*torch.tensor(th - h * e), x)) / (2 * h)).numpy()
+                        for e in np.eye(3)], axis=1)
+        np.testing.assert_allclose(J, Jfd, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ fits
+@pytest.mark.parametrize("noise", ["gauss", "poisson"])
+def test_fits_agree_with_the_torch_engine(noise):
+    _, Y, P0 = make_problems(300, noise, seed=11)
+    lik = "poisson" if noise == "poisson" else "gaussian"
+    nat = _batch(Y, P0, likelihood=lik, engine="numba")
+    ref = _batch(Y, P0, likelihood=lik, engine="torch")
+    assert nat.engine == "numba" and ref.engine == "torch"
+    assert nat.success.all() and ref.success.all()
+    for nm in NAMES:
+        np.testing.assert_allclose(nat.params[nm], ref.params[nm], rtol=1e-7,
+                                   atol=1e-7 * np.abs(ref.params[nm]).max())
+        np.testing.assert_allclose(nat.errors[nm], ref.errors[nm], rtol=1e-6)
+    np.testing.assert_allclose(nat.fun, ref.fun, rtol=1e-10)
+    # the same iteration: the same number of steps (rounding may move a stop by one)
+    assert np.mean(np.abs(nat.nit - ref.nit) <= 1) > 0.97
+    assert abs(nat.nit.mean() - ref.nit.mean()) < 0.1
+
+
+def test_gaussian_sigma_against_curve_fit():
+    """Known per-point sigma: values and errors as curve_fit(absolute_sigma=True)."""
+    _, Y, P0 = make_problems(20, "gauss", seed=5)
+    sigma = np.linspace(3.0, 7.0, 225)
+    res = _batch(Y, P0, likelihood=gradfit.Gaussian(sigma=sigma), engine="numba")
+    assert res.engine == "numba" and res.success.all()
+    for b in range(20):
+        popt, pcov = scipy.optimize.curve_fit(
+            gauss2d_np, X, Y[b], p0=P0[b], sigma=sigma, absolute_sigma=True,
+            jac=jac_np, ftol=1e-14, xtol=1e-14, gtol=1e-14)
+        got = np.array([res.params[nm][b] for nm in NAMES])
+        err = np.array([res.errors[nm][b] for nm in NAMES])
+        np.testing.assert_allclose(got, popt, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(err, np.sqrt(np.diag(pcov)), rtol=1e-5)
+
+
+def test_fixed_parameters_and_skipped_problems():
+    _, Y, P0 = make_problems(40, "gauss", seed=9)
+    Y[3, 10] = np.nan
+    params = _params(P0)
+    params["bg"] = gradfit.Param(20.0, fixed=True)
+    kw = dict(params=params, on_nan="skip")
+    nat = gradfit.fit_batch(gauss2d, X, Y, engine="numba", **kw)
+    ref = gradfit.fit_batch(gauss2d, X, Y, engine="torch", **kw)
+    assert nat.names == ref.names and "bg" not in nat.names
+    assert not nat.success[3] and "skipped" in nat.messages[3]
+    ok = ref.success
+    assert ok.sum() == 39 and (nat.success == ok).all()
+    for nm in NAMES:
+        np.testing.assert_allclose(nat.params[nm][ok], ref.params[nm][ok], rtol=1e-7)
+    assert (nat.params["bg"][ok] == 20.0).all() and (nat.errors["bg"][ok] == 0).all()
+
+
+def test_iteration_limit_and_status_codes_match():
+    _, Y, P0 = make_problems(30, "gauss", seed=2)
+    nat = _batch(Y, P0, engine="numba", max_iter=2)
+    ref = _batch(Y, P0, engine="torch", max_iter=2)
+    np.testing.assert_array_equal(nat.nit, ref.nit)
+    assert nat.messages == ref.messages
+    assert (nat.nit <= 2).all() and not nat.success.all()
+
+
+def test_bad_start_is_refused_naming_the_problem():
+    _, Y, P0 = make_problems(12, "poisson", seed=4)
+    P0[5, 0], P0[5, 6] = -1e4, -50.0  # mu < 0 with counts: Poisson's nll is not finite
+    with pytest.raises(ValueError, match=r"not finite at the initial parameters of "
+                                         r"problem\(s\) 5;"):
+        _batch(Y, P0, likelihood="poisson", engine="numba")
+
+
+# ------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("change, reason", [
+    (dict(params_bounds=True), "no bounds"),
+    (dict(priors={"amp": gradfit.Normal(500.0, 50.0)}), "no priors"),
+    (dict(likelihood=gradfit.Cauchy(gamma=5.0)), "Gaussian and Poisson"),
+    (dict(dtype="float32"), "float64"),
+    (dict(method="lbfgs"), "method 'lm'"),
+])
+def test_refusals_name_the_reason(change, reason):
+    _, Y, P0 = make_problems(4, "gauss", seed=1)
+    params = _params(P0)
+    if change.pop("params_bounds", False):
+        params["sx"] = gradfit.Param(P0[:, 3], bounds=(0.1, 10.0))
+    with pytest.raises(ValueError, match=f"engine='numba' cannot fit this: .*{reason}"):
+        gradfit.fit_batch(gauss2d, X, Y, params=params, engine="numba", **change)
+    # 'auto' fits them with torch instead
+    res = gradfit.fit_batch(gauss2d, X, Y, params=params, engine="auto", **change)
+    assert res.engine == "torch"
+
+
+def test_unsupported_operation_is_named():
+    def summed(p, x):  # a sum over the points: not elementwise
+        g = p["a"] * torch.exp(-x / p["b"])
+        return g / g.sum()
+
+    x = np.linspace(0, 5, 30)
+    y = np.exp(-x / 2.0)[None].repeat(3, 0)
+    y = y / y.sum(1, keepdims=True)
+    kw = dict(params={"a": 1.0, "b": 1.5})
+    with pytest.raises(ValueError, match=r"aten\.sum.*elementwise in their points"):
+        gradfit.fit_batch(summed, x, y, engine="numba", **kw)
+
+    def cumulative(p, x):
+        return torch.cumsum(p["a"] * x, 0) + p["b"]
+    with pytest.raises(ValueError, match=r"aten\.cumsum"):
+        gradfit.fit_batch(cumulative, x, y, engine="numba", **kw)
+    assert gradfit.fit_batch(summed, x, y, engine="auto", **kw).engine == "torch"
+
+
+def test_shaped_parameter_and_batched_x_are_refused():
+    def quad(p, x):
+        return p["c"][0] + p["c"][1] * x + p["c"][2] * x * x
+
+    x = np.linspace(0, 1, 20)
+    y = np.stack([1 + 2 * x, 2 - x])
+    with pytest.raises(ValueError, match="scalar parameters only; c has a shape"):
+        gradfit.fit_batch(quad, x, y, params={"c": [0.0, 1.0, 0.0]}, engine="numba")
+
+    def line2(p, x):
+        return p["a"] + p["b"] * x
+    xb = np.stack([x, x + 1])
+    with pytest.raises(ValueError, match="x shared by all problems"):
+        gradfit.fit_batch(line2, xb, y, params={"a": 0.0, "b": 1.0}, x_batched=True,
+                          engine="numba")
+
+
+def test_unknown_engine():
+    _, Y, P0 = make_problems(2, "gauss", seed=1)
+    with pytest.raises(ValueError, match="unknown engine 'jax'"):
+        _batch(Y, P0, engine="jax")
+
+
+def test_kernel_source_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path))
+    x = torch.linspace(0, 1, 7, dtype=torch.float64)
+    k = native.compile_lm(lambda a, b, x: a * x * x + torch.cos(b * x), 2, [0, 1], [x],
+                          [1.0, 2.0], (7,), "gaussian", np.ones(7))
+    files = list((tmp_path / "native").glob("gradfit_native_*.py"))
+    assert len(files) == 1 and files[0].read_text() == k.source
+    assert k.source.startswith("# generated by gradfit.solvers.native")
+    # the cosine has its own loop, so that the main loop has no call left to vectorise
+    src = k.source
+    main = src[src.index("cost = 0.0"):src.index("_accumulate(D, R, A, g)\n    return")]
+    assert "T[0, i]" in main and "math.cos" not in main
