@@ -54,6 +54,33 @@ def test_normal_equations_against_complex_step():
         np.testing.assert_allclose(g, J.T @ r, rtol=1e-9, atol=1e-10 * np.abs(J.T @ r).max())
 
 
+def test_poisson_hessian_against_complex_step_differences():
+    """The kernel's exact Hessian of Poisson's nll against central differences of its
+    complex-step gradient (a NumPy model, independent of the generated code)."""
+    _, Y, P0 = make_problems(2, "poisson", seed=8)
+    x = torch.as_tensor(X)
+    k = native.compile_lm(lambda *a: gauss2d(dict(zip(NAMES, a[:7])), a[7]), 7, range(7),
+                          [x], P0[0], (225,), "poisson", np.ones(225))
+    H = k.hessians(P0, Y)
+
+    def grad(th, y):
+        out = np.empty(7)
+        for j in range(7):
+            q = th.astype(complex)
+            q[j] += 1e-30j
+            mu = gauss2d_np(X, *q)
+            out[j] = (mu - y * np.log(mu)).sum().imag / 1e-30
+        return out
+
+    for b in range(2):
+        eps = 1e-6 * np.maximum(np.abs(P0[b]), 1.0)
+        Hfd = np.stack([(grad(P0[b] + e, Y[b]) - grad(P0[b] - e, Y[b])) / (2 * e.max())
+                        for e in np.diag(eps)], axis=1)
+        np.testing.assert_allclose(H[b], 0.5 * (Hfd + Hfd.T), rtol=1e-5,
+                                   atol=1e-7 * np.abs(H[b]).max())
+        assert np.abs(H[b] - H[b].T).max() == 0.0
+
+
 def _every_op(p, x):
     """A model that uses every operation of the engine's table at least once."""
     a, b, c = p["a"], p["b"], p["c"]
@@ -93,6 +120,22 @@ def test_every_operation_against_autodiff_and_finite_differences():
                            - fn(*torch.tensor(th - h * e), x)) / (2 * h)).numpy()
                         for e in np.eye(3)], axis=1)
         np.testing.assert_allclose(J, Jfd, rtol=1e-5, atol=1e-6)
+
+    # the second derivatives of every operation: the Hessian of Poisson's nll of a
+    # positive model, against torch's
+    def pos(*args):
+        return 50.0 + fn(*args)
+
+    kp = native.compile_lm(pos, 3, [0, 1, 2], [x], theta, (41,), "poisson", np.ones(41))
+    counts = np.round(pos(*torch.tensor(theta), x).numpy() * 1.1)
+    for th in (theta, np.array([1.3, 0.4, 0.5])):
+        def nll(t):
+            mu = pos(*t, x)
+            return (mu - torch.as_tensor(counts) * torch.log(mu)).sum()
+
+        Ht = torch.autograd.functional.hessian(nll, torch.tensor(th)).numpy()
+        H = kp.hessians(th[None], counts[None])[0]
+        np.testing.assert_allclose(H, Ht, rtol=1e-9, atol=1e-10 * np.abs(Ht).max())
 
 
 # ------------------------------------------------------------------------ fits

@@ -33,7 +33,7 @@ from .solvers.batched import (
 from .solvers.batched import jacobian as _jacobian
 from .solvers.batched import jacobian_columns as _jacobian_columns
 from .solvers.batched import normal_from_columns as _normal_from_columns
-from .solvers.native import NotCompilable
+from .solvers.native import NotCompilable, poisson_nll_offset
 from .uncertainty import FitWarning, covariance_from_hessian
 
 __all__ = ["fit_batch"]
@@ -763,7 +763,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         if why is None:
             try:
                 native = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
-                                     free_idx, normal_t, pack, dev, dt)
+                                     free_idx, normal_t, val_t, pack, dev, dt)
             except NotCompilable as exc:
                 why = str(exc)
         if why is not None and engine == "numba":
@@ -789,8 +789,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     sol = None
     if native is not None:
         reuse = errors and gauss_newton
-        sol = _native_solve(native, space, values, keep, y_np, max_iter, tol_kw, reuse,
-                            dev, dt)
+        sol, P_end = _native_solve(native, space, values, keep, y_np, max_iter, tol_kw,
+                                   reuse, dev, dt)
         if bool((sol.code == -2).any()):
             _bad_starts(keep[torch.nonzero(sol.code == -2).reshape(-1).cpu().numpy()])
     elif n == 0:
@@ -834,8 +834,13 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         z, code, nit, nfev = z_all[sl], code_all[sl], nit_all[sl], nfev_all[sl]
         H_end = sol.jtj[sl] if sol is not None and sol.jtj is not None else None
         theta = to_ext(z).detach()
+        native_hess = native is not None and native.has_hessian  # (Poisson)
         if ls_cost:
             fun_t = sol.fun[sl]
+        elif native_hess:
+            # Poisson's nll = ½ deviance + sum(lgamma(y + 1) - y log y + y)
+            const = poisson_nll_offset(y_np[rows].reshape(rows.size, -1))
+            fun_t = sol.fun[sl] + torch.as_tensor(const, device=dev, dtype=dt)
         elif n == 0:
             fun_t = f0_parts[k_part]
         else:
@@ -848,6 +853,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                 else:  # (gauss_newton implies residuals, hence normal_t)
                     with torch.no_grad():
                         H = normal_t(theta, data)[1]
+            elif native_hess:
+                H = torch.as_tensor(native.hessians(P_end[sl], y_np[rows].reshape(rows.size, -1)),
+                                    device=dev, dtype=dt)
             elif hess_fn is not None:
                 H = hess_fn(theta, data)
             else:
@@ -1192,9 +1200,10 @@ def _bad_starts(bad):
 
 
 def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, normal_t,
-                pack, dev, dt):
-    """Compile the model's fit and check its normal equations against torch's at the
-    first problems' starts (a translation that differs anywhere is refused)."""
+                val_t, pack, dev, dt):
+    """Compile the model's fit and check its normal equations (and, for Poisson, its
+    Hessian) against torch's at the first problems' starts (a translation that differs
+    anywhere is refused)."""
     from .solvers import native
 
     names = space.names
@@ -1245,6 +1254,13 @@ def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, 
                 f"the compiled model disagrees with torch at problem {int(rows[b])}'s start "
                 f"(cost {cost:.17g} against {float(cost_t[b]):.17g}); an operation is "
                 "translated wrongly, please report it")
+    if kernel.has_hessian:
+        H_t = hessian(lambda th: val_t(th, data), theta, len(free_pos)).cpu().numpy()
+        H = kernel.hessians(P0, Y)
+        if not np.all(np.abs(H - H_t) <= 1e-8 * np.abs(H_t).max(axis=(1, 2))[:, None, None]):
+            raise NotCompilable(
+                "the compiled model's second derivatives disagree with torch's at the first "
+                "problems' starts; an operation is translated wrongly, please report it")
     return kernel
 
 
@@ -1268,5 +1284,6 @@ def _native_solve(kernel, space, values, keep, y_np, max_iter, tol_kw, keep_jtj,
     def t(a, dtype=dt):
         return torch.as_tensor(a, device=dev, dtype=dtype)
 
-    return BatchedSolution(t(z), t(cost), t(code, torch.int64), t(nit, torch.int64),
-                           t(nfev, torch.int64), "lm", t(A) if keep_jtj else None)
+    sol = BatchedSolution(t(z), t(cost), t(code, torch.int64), t(nit, torch.int64),
+                          t(nfev, torch.int64), "lm", t(A) if keep_jtj else None)
+    return sol, P

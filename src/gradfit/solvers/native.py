@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["NotCompilable", "NativeLM", "compile_lm", "available"]
+__all__ = ["NotCompilable", "NativeLM", "compile_lm", "available", "poisson_nll_offset"]
 
 
 class NotCompilable(ValueError):
@@ -60,31 +60,47 @@ def available() -> bool:
 # per-point values are differentiated in reverse mode, point by point (one backward
 # sweep gives the model's derivative with respect to every parameter at that point).
 
-def _unary(value, slope):
-    return value, slope
+def _unary(value, slope, curve=None):
+    """``value(a)``, its slope ``f'(a, v)`` and curvature ``f''(a, v)`` (None: zero)."""
+    return value, slope, curve
 
 
+_SQPI = repr(2.0 / math.sqrt(math.pi))
 _UNARY = {
     "neg": _unary(lambda a: f"-{a}", lambda a, v: "-1.0"),
-    "exp": _unary(lambda a: f"math.exp({a})", lambda a, v: v),
-    "log": _unary(lambda a: f"math.log({a})", lambda a, v: f"1.0 / {a}"),
-    "log1p": _unary(lambda a: f"math.log1p({a})", lambda a, v: f"1.0 / (1.0 + {a})"),
-    "expm1": _unary(lambda a: f"math.expm1({a})", lambda a, v: f"({v} + 1.0)"),
-    "sin": _unary(lambda a: f"math.sin({a})", lambda a, v: f"math.cos({a})"),
-    "cos": _unary(lambda a: f"math.cos({a})", lambda a, v: f"-math.sin({a})"),
-    "tan": _unary(lambda a: f"math.tan({a})", lambda a, v: f"(1.0 + {v} * {v})"),
-    "sinh": _unary(lambda a: f"math.sinh({a})", lambda a, v: f"math.cosh({a})"),
-    "cosh": _unary(lambda a: f"math.cosh({a})", lambda a, v: f"math.sinh({a})"),
-    "tanh": _unary(lambda a: f"math.tanh({a})", lambda a, v: f"(1.0 - {v} * {v})"),
-    "atan": _unary(lambda a: f"math.atan({a})", lambda a, v: f"1.0 / (1.0 + {a} * {a})"),
-    "sqrt": _unary(lambda a: f"math.sqrt({a})", lambda a, v: f"0.5 / {v}"),
-    "rsqrt": _unary(lambda a: f"1.0 / math.sqrt({a})", lambda a, v: f"-0.5 * {v} / {a}"),
-    "reciprocal": _unary(lambda a: f"1.0 / {a}", lambda a, v: f"-{v} * {v}"),
-    "square": _unary(lambda a: f"{a} * {a}", lambda a, v: f"2.0 * {a}"),
+    "exp": _unary(lambda a: f"math.exp({a})", lambda a, v: v, lambda a, v: v),
+    "log": _unary(lambda a: f"math.log({a})", lambda a, v: f"1.0 / {a}",
+                  lambda a, v: f"-1.0 / ({a} * {a})"),
+    "log1p": _unary(lambda a: f"math.log1p({a})", lambda a, v: f"1.0 / (1.0 + {a})",
+                    lambda a, v: f"-1.0 / ((1.0 + {a}) * (1.0 + {a}))"),
+    "expm1": _unary(lambda a: f"math.expm1({a})", lambda a, v: f"({v} + 1.0)",
+                    lambda a, v: f"({v} + 1.0)"),
+    "sin": _unary(lambda a: f"math.sin({a})", lambda a, v: f"math.cos({a})",
+                  lambda a, v: f"-{v}"),
+    "cos": _unary(lambda a: f"math.cos({a})", lambda a, v: f"-math.sin({a})",
+                  lambda a, v: f"-{v}"),
+    "tan": _unary(lambda a: f"math.tan({a})", lambda a, v: f"(1.0 + {v} * {v})",
+                  lambda a, v: f"2.0 * {v} * (1.0 + {v} * {v})"),
+    "sinh": _unary(lambda a: f"math.sinh({a})", lambda a, v: f"math.cosh({a})",
+                   lambda a, v: v),
+    "cosh": _unary(lambda a: f"math.cosh({a})", lambda a, v: f"math.sinh({a})",
+                   lambda a, v: v),
+    "tanh": _unary(lambda a: f"math.tanh({a})", lambda a, v: f"(1.0 - {v} * {v})",
+                   lambda a, v: f"-2.0 * {v} * (1.0 - {v} * {v})"),
+    "atan": _unary(lambda a: f"math.atan({a})", lambda a, v: f"1.0 / (1.0 + {a} * {a})",
+                   lambda a, v: f"-2.0 * {a} / ((1.0 + {a} * {a}) * (1.0 + {a} * {a}))"),
+    "sqrt": _unary(lambda a: f"math.sqrt({a})", lambda a, v: f"0.5 / {v}",
+                   lambda a, v: f"-0.25 / ({v} * {a})"),
+    "rsqrt": _unary(lambda a: f"1.0 / math.sqrt({a})", lambda a, v: f"-0.5 * {v} / {a}",
+                    lambda a, v: f"0.75 * {v} / ({a} * {a})"),
+    "reciprocal": _unary(lambda a: f"1.0 / {a}", lambda a, v: f"-{v} * {v}",
+                         lambda a, v: f"2.0 * {v} * {v} * {v}"),
+    "square": _unary(lambda a: f"{a} * {a}", lambda a, v: f"2.0 * {a}", lambda a, v: "2.0"),
     "sigmoid": _unary(lambda a: f"1.0 / (1.0 + math.exp(-{a}))",
-                      lambda a, v: f"{v} * (1.0 - {v})"),
-    "erf": _unary(lambda a: f"math.erf({a})",
-                  lambda a, v: f"{2.0 / math.sqrt(math.pi)!r} * math.exp(-{a} * {a})"),
+                      lambda a, v: f"{v} * (1.0 - {v})",
+                      lambda a, v: f"{v} * (1.0 - {v}) * (1.0 - 2.0 * {v})"),
+    "erf": _unary(lambda a: f"math.erf({a})", lambda a, v: f"{_SQPI} * math.exp(-{a} * {a})",
+                  lambda a, v: f"-2.0 * {a} * {_SQPI} * math.exp(-{a} * {a})"),
     # torch's: d|a| = sgn(a) da, with sgn(0) = 0
     "abs": _unary(lambda a: f"abs({a})",
                   lambda a, v: f"(1.0 if {a} > 0 else (-1.0 if {a} < 0 else 0.0))"),
@@ -135,6 +151,7 @@ class _Translator:
         self.pro: list[str] = []     # per problem (the scalars and their derivatives)
         self.loop: list[str] = []    # per point, values
         self.tape: list = []         # per point: (node, [(operand, partial)]) in order
+        self.graph: list = []        # every node: (node, partials, second partials)
         self.arrays: list[np.ndarray] = []  # x-only arrays, flattened to the points
         self.values = x_values       # fx node -> its concrete tensor (x-only nodes)
         self.k = 0
@@ -144,11 +161,13 @@ class _Translator:
         self.k += 1
         return f"{prefix}{self.k}"
 
-    def _node(self, kind, expr, partials):
+    def _node(self, kind, expr, partials, second=()):
         """Bind ``expr`` to a fresh name; record its derivatives (forward for a scalar of
-        the parameters, on the tape for a per-point value)."""
+        the parameters, on the tape for a per-point value), and its first and second
+        partials for the Hessian (:meth:`hessian_lines`)."""
         v = self._fresh()
         live = [(o, p) for o, p in partials if o.deps]
+        curv = [(o1, o2, c) for o1, o2, c in second if o1.deps and o2.deps]
         if kind == "P":
             self.pro.append(f"{v} = {expr}")
             d = {}
@@ -156,12 +175,15 @@ class _Translator:
                 terms = [f"({p}) * {o.d[j]}" for o, p in live if j in o.d]
                 d[j] = nm = f"d{v[1:]}_{j}"
                 self.pro.append(f"{nm} = " + " + ".join(terms))
-            return _Node("P", v, d)
-        self.loop.append(f"{v} = {expr}")
-        node = _Node("M", v, deps=frozenset().union(*(o.deps for o, _ in live)) if live
-                     else frozenset())
+            node = _Node("P", v, d)
+        else:
+            self.loop.append(f"{v} = {expr}")
+            node = _Node("M", v, deps=frozenset().union(*(o.deps for o, _ in live)) if live
+                         else frozenset())
+            if live:
+                self.tape.append((node, live))
         if live:
-            self.tape.append((node, live))
+            self.graph.append((node, live, curv))
         return node
 
     def _array(self, t: torch.Tensor, what: str) -> _Node:
@@ -236,7 +258,7 @@ class _Translator:
                 raise NotCompilable(f"{where} to {node.kwargs.get('dtype')}")
             src = self._operand(args[0], env, where)
             if src.kind == "P" and shape == self.out_shape:  # a scalar spread over the points
-                return self._node("M", src.expr, [(src, "1.0")])
+                return self._node("M", src.expr, [(src, "1.0")])  # (no curvature)
             return src
         ops = [self._operand(a, env, where) if isinstance(a, torch.fx.Node | int | float)
                or a is None else a for a in args]
@@ -254,60 +276,73 @@ class _Translator:
             return _Node("B", c)
         if kind == "P":  # bind first so that partials may name the value
             pass
-        expr, partials = self._rule(name, node, ops, where)
-        return self._node(kind, expr, partials)
+        expr, partials, second = self._rule(name, node, ops, where)
+        return self._node(kind, expr, partials, second)
 
     def _rule(self, name, node, ops, where):
-        """(value expression, [(operand, partial expression)]); ``{v}`` in a partial stands
-        for the node's own value and is bound after it."""
+        """(value expression, [(operand, partial)], [(operand, operand, second partial)]);
+        partials that name the node's own value get the name it is about to have."""
+        v = f"v{self.k + 1}"
         if name in _UNARY and len(ops) == 1:
-            val, slope = _UNARY[name]
+            val, slope, curve = _UNARY[name]
             a = ops[0]
-            return self._self_ref(val(a.expr), [(a, lambda v: slope(a.expr, v))])
+            c = curve(a.expr, v) if curve else None
+            return val(a.expr), [(a, slope(a.expr, v))], ([(a, a, c)] if c else [])
         if name in ("add", "sub", "rsub") and len(ops) == 2:
             a, b = ops
             alpha = float(node.kwargs.get("alpha", 1.0))
             if name == "rsub":
-                return f"{b.expr} - {alpha!r} * {a.expr}", [(a, repr(-alpha)), (b, "1.0")]
+                return f"{b.expr} - {alpha!r} * {a.expr}", [(a, repr(-alpha)), (b, "1.0")], []
             sgn = alpha if name == "add" else -alpha
             bexpr = b.expr if sgn == 1.0 else f"{sgn!r} * {b.expr}"
-            return f"{a.expr} + {bexpr}", [(a, "1.0"), (b, repr(sgn))]
+            return f"{a.expr} + {bexpr}", [(a, "1.0"), (b, repr(sgn))], []
         if name == "mul" and len(ops) == 2:
             a, b = ops
-            return f"{a.expr} * {b.expr}", [(a, b.expr), (b, a.expr)]
+            return f"{a.expr} * {b.expr}", [(a, b.expr), (b, a.expr)], [(a, b, "1.0")]
         if name == "div" and len(ops) == 2 and not node.kwargs.get("rounding_mode"):
             a, b = ops
-            return self._self_ref(f"{a.expr} / {b.expr}",
-                                  [(a, lambda v: f"1.0 / {b.expr}"),
-                                   (b, lambda v: f"-{v} / {b.expr}")])
+            return (f"{a.expr} / {b.expr}", [(a, f"1.0 / {b.expr}"), (b, f"-{v} / {b.expr}")],
+                    [(a, b, f"-1.0 / ({b.expr} * {b.expr})"),
+                     (b, b, f"2.0 * {v} / ({b.expr} * {b.expr})")])
         if name == "pow" and len(ops) == 2:
             a, b = ops
             if b.kind == "C":
                 c = float(b.expr)
                 if c == 2.0:
-                    return f"{a.expr} * {a.expr}", [(a, f"2.0 * {a.expr}")]
+                    return f"{a.expr} * {a.expr}", [(a, f"2.0 * {a.expr}")], [(a, a, "2.0")]
                 if c == 1.0:
-                    return a.expr, [(a, "1.0")]
+                    return a.expr, [(a, "1.0")], []
                 if c == float(int(c)) and abs(c) <= 8:
-                    return f"{a.expr} ** {int(c)}", [(a, f"{c!r} * {a.expr} ** {int(c) - 1}")]
-                return f"{a.expr} ** {c!r}", [(a, f"{c!r} * {a.expr} ** {c - 1.0!r}")]
+                    k = int(c)
+                    return (f"{a.expr} ** {k}", [(a, f"{c!r} * {a.expr} ** {k - 1}")],
+                            [(a, a, f"{c * (c - 1)!r} * {a.expr} ** {k - 2}")])
+                return (f"{a.expr} ** {c!r}", [(a, f"{c!r} * {a.expr} ** {c - 1.0!r}")],
+                        [(a, a, f"{c * (c - 1)!r} * {a.expr} ** {c - 2.0!r}")])
+            lg = f"math.log({a.expr})"
             if a.kind == "C":
-                return self._self_ref(f"{a.expr} ** {b.expr}",
-                                      [(b, lambda v: f"{v} * math.log({a.expr})")])
-            return self._self_ref(f"{a.expr} ** {b.expr}",
-                                  [(a, lambda v: f"{b.expr} * {a.expr} ** ({b.expr} - 1.0)"),
-                                   (b, lambda v: f"{v} * math.log({a.expr})")])
+                return (f"{a.expr} ** {b.expr}", [(b, f"{v} * {lg}")],
+                        [(b, b, f"{v} * {lg} * {lg}")])
+            return (f"{a.expr} ** {b.expr}",
+                    [(a, f"{b.expr} * {a.expr} ** ({b.expr} - 1.0)"), (b, f"{v} * {lg}")],
+                    [(a, a, f"{b.expr} * ({b.expr} - 1.0) * {a.expr} ** ({b.expr} - 2.0)"),
+                     (a, b, f"{a.expr} ** ({b.expr} - 1.0) * (1.0 + {b.expr} * {lg})"),
+                     (b, b, f"{v} * {lg} * {lg}")])
         if name == "atan2" and len(ops) == 2:
             a, b = ops
             den = f"({a.expr} * {a.expr} + {b.expr} * {b.expr})"
-            return f"math.atan2({a.expr}, {b.expr})", [(a, f"{b.expr} / {den}"),
-                                                       (b, f"-{a.expr} / {den}")]
+            den2 = f"({den} * {den})"
+            return (f"math.atan2({a.expr}, {b.expr})",
+                    [(a, f"{b.expr} / {den}"), (b, f"-{a.expr} / {den}")],
+                    [(a, a, f"-2.0 * {a.expr} * {b.expr} / {den2}"),
+                     (a, b, f"({a.expr} * {a.expr} - {b.expr} * {b.expr}) / {den2}"),
+                     (b, b, f"2.0 * {a.expr} * {b.expr} / {den2}")])
         if name == "where" and len(ops) == 3:
             c, a, b = ops
             if c.kind != "B":
                 raise NotCompilable(f"{where} with a condition that is not a comparison")
             return (f"({a.expr} if {c.expr} else {b.expr})",
-                    [(a, f"(1.0 if {c.expr} else 0.0)"), (b, f"(0.0 if {c.expr} else 1.0)")])
+                    [(a, f"(1.0 if {c.expr} else 0.0)"), (b, f"(0.0 if {c.expr} else 1.0)")],
+                    [])
         if name in ("clamp", "clamp_min", "clamp_max") and ops:
             a, lims = ops[0], list(ops[1:]) + [None, None]
             lo, hi = (lims[0], lims[1]) if name == "clamp" else \
@@ -321,15 +356,10 @@ class _Translator:
                 expr = f"{fn}({expr}, {lim.expr})"
                 inside.append(f"{a.expr} {cmp} {lim.expr}")
             cond = " and ".join(inside) or "True"
-            return expr, [(a, f"(1.0 if {cond} else 0.0)")]
+            return expr, [(a, f"(1.0 if {cond} else 0.0)")], []
         raise NotCompilable(f"{where} is not in the compiled engine's table: it takes models "
                             f"that are elementwise in their points, built from {_TABLE}; "
                             "use engine='torch'")
-
-    def _self_ref(self, expr, partials):
-        """Partials that name the node's value: bound to the name it is about to get."""
-        v = f"v{self.k + 1}"
-        return expr, [(o, p(v)) for o, p in partials]
 
     def _output(self, env, res) -> _Node:
         if not isinstance(res, torch.fx.Node):
@@ -342,6 +372,55 @@ class _Translator:
         if nd.kind == "P":
             nd = self._node("M", nd.expr, [(nd, "1.0")])
         return nd
+
+    # ------------------------------------------------------- second derivatives
+    def hessian_lines(self, out: _Node, nf: int):
+        """Forward-mode first and second derivatives of every node (for the Hessian of
+        a likelihood that is not least squares): lines per problem, lines per point, and
+        ``d mu/d theta_j``, ``d² mu/d theta_j d theta_l`` (j <= l) as expressions."""
+        pro, loop = [], []
+        grad, hess = {}, {}  # id(node) -> {j: expr}, {(j, l): name}
+
+        def G(o, j):
+            if o.kind == "P":
+                return o.d.get(j)
+            return grad.get(id(o), {}).get(j)
+
+        def H(o, j, l):
+            return hess.get(id(o), {}).get((j, l))
+
+        for node, live, curv in self.graph:
+            lines = pro if node.kind == "P" else loop
+            name = node.expr[1:]
+            deps = sorted(node.deps)
+            if node.kind == "M":
+                gd = {}
+                for j in deps:
+                    terms = [f"({p}) * {G(o, j)}" for o, p in live if G(o, j) is not None]
+                    if terms:
+                        gd[j] = f"g{name}_{j}"
+                        lines.append(f"{gd[j]} = " + " + ".join(terms))
+                grad[id(node)] = gd
+            hd = {}
+            for ia, j in enumerate(deps):
+                for l in deps[ia:]:
+                    terms = [f"({p}) * {H(o, j, l)}" for o, p in live
+                             if H(o, j, l) is not None]
+                    for o1, o2, c in curv:
+                        pairs = [(G(o1, j), G(o2, l))]
+                        if o1 is not o2:
+                            pairs.append((G(o2, j), G(o1, l)))
+                        prods = [f"{u} * {w}" for u, w in pairs if u is not None and w is not None]
+                        if prods:
+                            terms.append(f"({c}) * (" + " + ".join(prods) + ")")
+                    if terms:
+                        hd[(j, l)] = f"h{name}_{j}_{l}"
+                        lines.append(f"{hd[(j, l)]} = " + " + ".join(terms))
+            hess[id(node)] = hd
+        gmu = {j: G(out, j) for j in range(nf) if G(out, j) is not None}
+        hmu = {(j, l): H(out, j, l) for j in range(nf) for l in range(j, nf)
+               if H(out, j, l) is not None}
+        return pro, loop, gmu, hmu
 
     # ----------------------------------------------------------- reverse sweep
     def backward(self, out: _Node, nf: int) -> tuple[list[str], list[str]]:
@@ -648,6 +727,39 @@ _NAME = re.compile(r"\b[A-Za-z_]\w*\b")
 _ASSIGN = re.compile(r"^(\w+) = ")
 
 
+def _split_calls(body: list[str], buf: str = "T"):
+    """``(passes, main, n)``: each of the ``n`` distinct transcendental calls in ``body``
+    gets a loop of its own over the points (source ``passes``) that computes just what its
+    argument needs and stores the call in ``buf[k, i]``; ``main`` is ``body`` reading
+    ``buf`` instead of calling."""
+    calls: list[str] = []
+    passes = []
+    defs = {}  # name -> index of its (plain) assignment in body
+
+    def read(ln):
+        return _CALL.sub(lambda mm: f"{buf}[{calls.index(mm.group(0))}, i]", ln)
+
+    for k, line in enumerate(body):
+        for c in _CALL.findall(line):
+            if c in calls:
+                continue
+            # the lines the call's argument needs, in order (its dependency slice)
+            need, todo = set(), list(_NAME.findall(c))
+            while todo:
+                nm = todo.pop()
+                if nm in defs and defs[nm] not in need:
+                    need.add(defs[nm])
+                    todo.extend(_NAME.findall(body[defs[nm]].split(" = ", 1)[1]))
+            prefix = [read(body[j]) for j in sorted(need)]
+            calls.append(c)
+            passes.append("    for i in range(M):\n"
+                          + _indent(prefix + [f"{buf}[{len(calls) - 1}, i] = {c}"], 8))
+        m = _ASSIGN.match(line)
+        if m:
+            defs[m.group(1)] = k
+    return "\n".join(passes), [read(ln) for ln in body], len(calls)
+
+
 def generate(tr: _Translator, out: _Node, nf: int, likelihood: str) -> str:
     """The module source of one model's kernel.
 
@@ -662,34 +774,84 @@ def generate(tr: _Translator, out: _Node, nf: int, likelihood: str) -> str:
     lik = _GAUSSIAN if likelihood == "gaussian" else _POISSON
     body = tr.loop + [f"mu = {out.expr}"] + lik + back
     stores = ["cost += r * r", "R[i] = r"] + [f"D[{j}, i] = s * ({e})" for j, e in enumerate(dmu)]
-    calls: list[str] = []
-    passes = []
-    defs = {}  # name -> index of its (plain) assignment in body
-    for k, line in enumerate(body):
-        for c in _CALL.findall(line):
-            if c in calls:
-                continue
-            # the lines the call's argument needs, in order (its dependency slice)
-            need, todo = set(), list(_NAME.findall(c))
-            while todo:
-                nm = todo.pop()
-                if nm in defs and defs[nm] not in need:
-                    need.add(defs[nm])
-                    todo.extend(_NAME.findall(body[defs[nm]].split(" = ", 1)[1]))
-            prefix = [_CALL.sub(lambda mm: f"T[{calls.index(mm.group(0))}, i]", body[j])
-                      for j in sorted(need)]
-            calls.append(c)
-            passes.append("    for i in range(M):\n"
-                          + _indent(prefix + [f"T[{len(calls) - 1}, i] = {c}"], 8))
-        m = _ASSIGN.match(line)
-        if m:
-            defs[m.group(1)] = k
-    main = [_CALL.sub(lambda mm: f"T[{calls.index(mm.group(0))}, i]", ln) for ln in body]
-    src = _HEADER.format(nf=nf, m=tr.m, nt=max(len(calls), 1),
+    passes, main, n_calls = _split_calls(body + stores)
+    src = _HEADER.format(nf=nf, m=tr.m, nt=max(n_calls, 1),
                          eps=float(np.finfo(np.float64).eps), xargs=xargs,
-                         prologue=_indent(tr.pro, 4), passes="\n".join(passes),
-                         loop=_indent(main + stores, 8))
-    return src + _LM.format(xargs=xargs, xcall=xargs)
+                         prologue=_indent(tr.pro, 4), passes=passes, loop=_indent(main, 8))
+    src += _LM.format(xargs=xargs, xcall=xargs)
+    if likelihood == "poisson":
+        src += _poisson_hessian(tr, out, nf, xargs)
+    return src
+
+
+def _poisson_hessian(tr: _Translator, out: _Node, nf: int, xargs: str) -> str:
+    """The exact Hessian of Poisson's negative log-likelihood,
+    ``sum_i (y/mu²) ∇mu ∇muᵀ + (1 - y/mu) ∇²mu``, for the errors."""
+    pro, loop, gmu, hmu = tr.hessian_lines(out, nf)
+    acc, init, store = [], [], []  # (sums in registers, stored once)
+    for j in range(nf):
+        for l in range(j, nf):
+            gj, gl, h = gmu.get(j), gmu.get(l), hmu.get((j, l))
+            terms = ([f"w1 * {gj} * {gl}"] if gj and gl else []) + ([f"w2 * {h}"] if h else [])
+            if terms:
+                acc.append(f"hs{j}_{l} += " + " + ".join(terms))
+                init.append(f"hs{j}_{l} = 0.0")
+                store.append(f"H[{j}, {l}] = hs{j}_{l}")
+    body = tr.loop + [f"mu = {out.expr}"] + loop + [
+        "w1 = y[i] / (mu * mu)", "w2 = 1.0 - y[i] / mu"] + acc
+    passes, main, n_calls = _split_calls(body)
+    return f'''
+
+NTH = {max(n_calls, 1)}
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={{"contract", "arcp", "reassoc"}})
+def hessian(pa, y, {xargs}H, T):
+    """The Hessian of Poisson's negative log-likelihood at pa (T: scratch)."""
+{_indent(tr.pro + pro, 4)}
+    for j in range(NF):
+        for l in range(NF):
+            H[j, l] = 0.0
+{_indent(init, 4)}
+{passes}
+    for i in range(M):
+{_indent(main, 8)}
+{_indent(store, 4)}
+    for j in range(NF):
+        for l in range(j):
+            H[j, l] = H[l, j]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def hessians(P, Y, {xargs}H):
+    for b in numba.prange(P.shape[0]):
+        hessian(P[b], Y[b], {xargs}H[b], np.empty((NTH, M)))
+'''
+
+
+_OFFSET = None
+
+
+def poisson_nll_offset(Y: np.ndarray) -> np.ndarray:
+    """Per row of counts ``Y (B, m)``: ``sum(lgamma(y + 1) - y log y + y)``, what Poisson's
+    negative log-likelihood adds to half its deviance (on all of Numba's threads)."""
+    global _OFFSET
+    if _OFFSET is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True, error_model="numpy")
+        def offset(Y, out):
+            for b in numba.prange(Y.shape[0]):
+                s = 0.0
+                for i in range(Y.shape[1]):
+                    y = Y[b, i]
+                    s += math.lgamma(y + 1.0) + y - (y * math.log(y) if y > 0 else 0.0)
+                out[b] = s
+
+        _OFFSET = offset
+    out = np.empty(Y.shape[0])
+    _OFFSET(np.ascontiguousarray(Y, dtype=np.float64), out)
+    return out
 
 
 def _cache_dir() -> Path:
@@ -750,6 +912,18 @@ class NativeLM:
                                   *self.arrays, np.empty((nf, m)), np.empty(m),
                                   np.empty((self.n_calls, m)), A, g)
         return cost, A, g
+
+    @property
+    def has_hessian(self) -> bool:
+        """Whether the kernel gives the likelihood's exact Hessian (Poisson)."""
+        return hasattr(self.module, "hessians")
+
+    def hessians(self, P, Y):
+        """The negative log-likelihood's Hessian at each row of ``P (B, n_all)``."""
+        H = np.empty((P.shape[0], self.free.size, self.free.size))
+        self.module.hessians(np.ascontiguousarray(P, dtype=np.float64),
+                             np.ascontiguousarray(Y, dtype=np.float64), *self.arrays, H)
+        return H
 
     def run(self, P, Y, *, max_iter, gtol, ftol, xtol):
         """Fit every row: ``P (B, n_all)`` starts (overwritten by the answers), ``Y (B, m)``.
