@@ -5,7 +5,10 @@ Gaussian on a constant background, 7 parameters, 15 x 15 pixels, with Gaussian
 noise (least squares) and with Poisson noise (Poisson likelihood), each problem
 started from its own perturbed truth. Side by side in one run:
 
-* ``fit_batch`` on the CPU (and on CUDA where a GPU is present) for B = 1e2 ... 1e5;
+* ``fit_batch`` on the CPU (and on CUDA where a GPU is present) for B = 1e2 ... 1e5:
+  the torch engine with autodiff columns and with the model's own Jacobian, and the
+  compiled engine (``engine="numba"``, where Numba is installed: it uses Numba's threads,
+  all cores by default, so compare per CPU second too);
 * a loop of ``gradfit.fit`` and a loop of ``scipy.optimize.curve_fit``, timed on
   the first ``--loop-n`` problems and reported per fit;
 * the largest relative difference of values and errors between ``fit_batch``
@@ -95,11 +98,12 @@ def problems(B, noise, seed=0):
     return Y, P0
 
 
-def run_batch(Y, P0, lik, device, chunk, jac=False, dtype="float64"):
+def run_batch(Y, P0, lik, device, chunk, jac=False, dtype="float64", engine="torch"):
     import gradfit
 
     params = {n: P0[:, k] for k, n in enumerate(NAMES)}
     kw = {"jacobian": gauss2d_jac} if jac else {}
+    kw["engine"] = engine
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -189,11 +193,18 @@ def main(argv=None):
     if not sizes:
         ap.error("--max-b must be at least 100")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    from gradfit.solvers import native
+    has_numba = native.available()
+    if not has_numba:
+        print("Numba is not installed: no engine='numba' rows (pip install numba)",
+              file=sys.stderr)
     rows = []
     report = {"problem": "rotated 2-D Gaussian + background, 7 parameters, 15x15 pixels",
               "torch_threads": torch.get_num_threads(), "devices": devices,
+              "numba_threads": native.numba_threads() if has_numba else None,
               "gpufit": GPUFIT_NOTE, "rows": rows}
-    print(f"threads={torch.get_num_threads()}  devices={devices}", file=sys.stderr)
+    print(f"threads={torch.get_num_threads()}  devices={devices}  "
+          f"numba threads={report['numba_threads']}", file=sys.stderr)
     for noise in args.noise.split(","):
         lik = "poisson" if noise == "poisson" else "gaussian"
         Ymax, P0max = problems(max(sizes + [args.loop_n]), noise)
@@ -204,7 +215,11 @@ def main(argv=None):
             if noise == "gaussian" else None
         for jac in (False, True):
             run_batch(Ymax[:10], P0max[:10], lik, "cpu", args.chunk, jac)  # warm-up
-        for dev, B, jac in [(d, b, j) for d in devices for b in sizes for j in (False, True)]:
+        if has_numba:  # its compile (cached on disk) and its threads, outside the timing
+            run_batch(Ymax[:100], P0max[:100], lik, "cpu", args.chunk, engine="numba")
+        ways = [(False, "torch"), (True, "torch")] + ([(False, "numba")] if has_numba else [])
+        for dev, B, (jac, eng) in [(d, b, w) for d in devices for b in sizes for w in ways
+                                   if d == "cpu" or w[1] == "torch"]:
             # curve_fit's loop is re-timed beside each row (the load changes), and with
             # --repeat both alternate and each keeps its fastest round
             t_cf = c_cf = t = cpu = math.inf
@@ -212,11 +227,13 @@ def main(argv=None):
                 _, tc, cc = run_curve_fit_loop(Ymax[:nl], P0max[:nl], cpu=True)
                 t_cf, c_cf = min(t_cf, tc), min(c_cf, cc)
                 c0 = time.process_time()
-                res, tb = run_batch(Ymax[:B], P0max[:B], lik, dev, args.chunk, jac)
+                res, tb = run_batch(Ymax[:B], P0max[:B], lik, dev, args.chunk, jac,
+                                    engine=eng)
                 t, cpu = min(t, tb), min(cpu, time.process_time() - c0)
             sub = res if B >= nl else None
             row = {"noise": noise, "device": dev, "B": B,
-                   "jacobian": "model" if jac else "autodiff",
+                   "jacobian": "model" if jac else "autodiff", "engine": eng,
+                   "how": "numba" if eng == "numba" else ("model J" if jac else "autodiff"),
                    "time_s": t, "cpu_s": cpu, "fits_per_s": B / t,
                    "success_frac": float(res.success.mean()),
                    "median_nit": float(np.median(res.nit)),
@@ -256,14 +273,14 @@ class _Head:
 
 
 def _fmt(r):
-    return (f"{r['noise']:8s} {r['device']:4s} {r['jacobian']:8s} B={r['B']:>6d}  "
+    return (f"{r['noise']:8s} {r['device']:4s} {r['how']:8s} B={r['B']:>6d}  "
             f"{r['fits_per_s']:9.0f} fits/s  "
             f"x{r['speedup_vs_curve_fit_loop']:.1f} vs curve_fit loop, "
             f"x{r['speedup_vs_fit_loop']:.1f} vs fit loop")
 
 
 def table(rows):
-    head = (f"{'noise':8s} {'dev':4s} {'jacobian':8s} {'B':>6s} {'fits/s':>9s} "
+    head = (f"{'noise':8s} {'dev':4s} {'how':8s} {'B':>6s} {'fits/s':>9s} "
             f"{'fit loop/s':>10s} "
             f"{'curve_fit/s':>11s} {'x curve_fit':>11s} {'x fit':>7s} "
             f"{'fits/cpu-s':>10s} {'x cf (cpu)':>10s} {'ok':>5s} "
@@ -274,7 +291,7 @@ def table(rows):
             v = r.get(k)
             return f"{v:8.1e}" if v is not None else f"{'-':>8s}"
         lines.append(
-            f"{r['noise']:8s} {r['device']:4s} {r['jacobian']:8s} {r['B']:>6d} "
+            f"{r['noise']:8s} {r['device']:4s} {r['how']:8s} {r['B']:>6d} "
             f"{r['fits_per_s']:9.0f} "
             f"{r['loop_fit_per_s']:10.1f} {r['loop_curve_fit_per_s']:11.1f} "
             f"{r['speedup_vs_curve_fit_loop']:11.1f} {r['speedup_vs_fit_loop']:7.1f} "

@@ -281,3 +281,53 @@ def test_kernel_source_is_cached_on_disk(tmp_path, monkeypatch):
     src = k.source
     main = src[src.index("cost = 0.0"):src.index("_accumulate(D, R, A, g)\n    return")]
     assert "T[0, i]" in main and "math.cos" not in main
+
+
+# ------------------------------------------------------------------ one small fit
+def test_single_fit_agrees_with_curve_fit_and_the_torch_engine():
+    _, Y, P0 = make_problems(6, "gauss", seed=21)
+    for b in range(6):
+        p = dict(zip(NAMES, P0[b]))
+        nat = gradfit.fit(gauss2d, X, Y[b], params=p, engine="numba")
+        ref = gradfit.fit(gauss2d, X, Y[b], params=p)
+        popt, pcov = scipy.optimize.curve_fit(gauss2d_np, X, Y[b], p0=P0[b], jac=jac_np,
+                                              ftol=1e-14, xtol=1e-14, gtol=1e-14)
+        assert nat.engine == "numba" and ref.engine == "torch" and nat.success
+        got = np.array([nat.params[k] for k in NAMES])
+        err = np.array([nat.errors[k] for k in NAMES])
+        np.testing.assert_allclose(got, popt, rtol=1e-7)
+        np.testing.assert_allclose(err, np.sqrt(np.diag(pcov)), rtol=1e-5)
+        np.testing.assert_allclose(got, [ref.params[k] for k in NAMES], rtol=1e-7)
+        assert nat.fun == pytest.approx(ref.fun, rel=1e-10)
+        assert nat.error_method == "dense-gauss-newton" and nat.problem is not None
+
+
+def test_single_poisson_fit_agrees_with_the_torch_engine():
+    _, Y, P0 = make_problems(3, "poisson", seed=22)
+    for b in range(3):
+        p = dict(zip(NAMES, P0[b]))
+        nat = gradfit.fit(gauss2d, X, Y[b], params=p, likelihood="poisson", engine="numba")
+        ref = gradfit.fit(gauss2d, X, Y[b], params=p, likelihood="poisson")
+        assert nat.success and nat.error_method == "dense-hessian"
+        for k in NAMES:
+            assert nat.params[k] == pytest.approx(ref.params[k], rel=1e-7, abs=1e-9)
+            assert nat.errors[k] == pytest.approx(ref.errors[k], rel=1e-6)
+        assert nat.fun == pytest.approx(ref.fun, rel=1e-10)
+
+
+def test_single_fit_refusals_and_auto():
+    _, Y, P0 = make_problems(1, "gauss", seed=23)
+    p = dict(zip(NAMES, P0[0]))
+    cases = [(dict(method="bfgs"), "method 'lm'"), (dict(errors="cg"), "dense"),
+             (dict(priors={"amp": gradfit.Normal(500.0, 50.0)}), "no priors"),
+             (dict(likelihood="cauchy"), "Gaussian and Poisson")]
+    for kw, reason in cases:
+        with pytest.raises(ValueError, match=f"engine='numba' cannot fit this: .*{reason}"):
+            gradfit.fit(gauss2d, X, Y[0], params=p, engine="numba", **kw)
+        assert gradfit.fit(gauss2d, X, Y[0], params=p, engine="auto", **kw).engine == "torch"
+    bounded = dict(p, sx=gradfit.Param(P0[0, 3], bounds=(0.1, 10.0)))
+    with pytest.raises(ValueError, match="no bounds"):
+        gradfit.fit(gauss2d, X, Y[0], params=bounded, engine="numba")
+    with pytest.raises(ValueError, match="unknown engine 'fast'"):
+        gradfit.fit(gauss2d, X, Y[0], params=p, engine="fast")
+    assert gradfit.fit(gauss2d, X, Y[0], params=p, engine="auto").engine == "numba"

@@ -8,7 +8,6 @@ runs every problem at once, and the errors follow :func:`gradfit.fit`'s rules.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from .solvers.batched import jacobian as _jacobian
 from .solvers.batched import jacobian_columns as _jacobian_columns
 from .solvers.batched import normal_from_columns as _normal_from_columns
 from .solvers.native import NotCompilable, poisson_nll_offset
+from .solvers.native import refusal as native_refusal
 from .uncertainty import FitWarning, covariance_from_hessian
 
 __all__ = ["fit_batch"]
@@ -759,7 +759,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
 
     native = None
     if engine != "torch" and n and method == "lm":
-        why = _native_refusal(lik, prior_map, space, x_batched, vectorized, dev, dt)
+        why = native_refusal(lik, priors=bool(prior_map), space=space, device=dev, dtype=dt,
+                             x_batched=x_batched, vectorized=vectorized)
         if why is None:
             try:
                 native = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
@@ -1161,37 +1162,6 @@ def _poisson_residual_and_slope(y, mu):
 
 
 # ------------------------------------------------------------ the compiled engine
-def _native_refusal(lik, prior_map, space, x_batched, vectorized, dev, dt):
-    """Why the compiled engine cannot take this fit, or None."""
-    from .solvers import native
-
-    if not native.available():
-        return "it needs Numba: pip install numba (or pip install 'gradfit[native]')"
-    if not (isinstance(lik, Gaussian) or type(lik) is Poisson):
-        return f"it fits the Gaussian and Poisson likelihoods, not {lik.name}"
-    if prior_map:
-        return "it takes no priors"
-    if space.bounded:
-        return "it takes no bounds (fit unbounded, or use engine='torch')"
-    if any(space.shapes[nm] != () for nm in space.names):
-        shaped = [nm for nm in space.names if space.shapes[nm] != ()]
-        return f"it takes scalar parameters only; {', '.join(shaped)} has a shape"
-    if x_batched:
-        return "it takes an x shared by all problems, not one x per problem"
-    if vectorized:
-        return "it traces a model written for one problem (vectorized=False)"
-    if dev.type != "cpu":
-        return f"it runs on the CPU, not {dev}"
-    if dt != torch.float64:
-        return "it computes in float64 (dtype=torch.float64)"
-    return None
-
-
-#: (model id, parameters, free mask, likelihood, shape, sigma, x) -> (model, kernel): a
-#: model fitted again with the same x is not traced again (its kernel is still checked)
-_NATIVE_KERNELS: dict = {}
-
-
 def _bad_starts(bad):
     raise ValueError(
         f"the negative log-likelihood is not finite at the initial parameters of "
@@ -1201,9 +1171,9 @@ def _bad_starts(bad):
 
 def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, normal_t,
                 val_t, pack, dev, dt):
-    """Compile the model's fit and check its normal equations (and, for Poisson, its
-    Hessian) against torch's at the first problems' starts (a translation that differs
-    anywhere is refused)."""
+    """The model's compiled fit; where it is new in this process, its normal equations
+    (and, for Poisson, its Hessian) are checked against torch's at the first problems'
+    starts (a translation that differs anywhere is refused)."""
     from .solvers import native
 
     names = space.names
@@ -1217,27 +1187,10 @@ def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, 
 
     rows = keep[:3]
     P0 = np.stack([np.asarray(values[nm], dtype=np.float64)[rows] for nm in names], axis=1)
-    if isinstance(lik, Gaussian):
-        s = lik.sigma_tensor
-        sw = np.ones(int(np.prod(ydata_shape))) if s is None else \
-            np.broadcast_to(1.0 / s.detach().cpu().numpy().astype(np.float64),
-                            ydata_shape).reshape(-1)
-        kind = "gaussian"
-    else:
-        sw, kind = np.ones(int(np.prod(ydata_shape))), "poisson"
-    key = (id(model), tuple(names), tuple(free_pos), kind, tuple(ydata_shape),
-           hashlib.sha1(np.ascontiguousarray(sw).tobytes()).hexdigest(),
-           tuple((tuple(a.shape), hashlib.sha1(a.detach().cpu().numpy().tobytes()).hexdigest())
-                 for a in leaves))
-    hit = _NATIVE_KERNELS.get(key)
-    if hit is not None and hit[0] is model:
-        kernel = hit[1]
-    else:
-        kernel = native.compile_lm(one, len(names), free_pos, leaves, P0[0], ydata_shape, kind,
-                                   sw)
-        if len(_NATIVE_KERNELS) >= 32:
-            _NATIVE_KERNELS.pop(next(iter(_NATIVE_KERNELS)))
-        _NATIVE_KERNELS[key] = (model, kernel)
+    kernel, fresh = native.cached_kernel(model, one, names, free_pos, leaves, P0[0],
+                                         ydata_shape, lik)
+    if not fresh:
+        return kernel
     data = pack(rows)
     theta = torch.as_tensor(P0[:, free_pos], device=dev, dtype=dt)
     with torch.no_grad():

@@ -20,6 +20,7 @@ from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import FitResult
 from .solvers.base import SolverOptions
+from .solvers.batched import MESSAGES, SUCCESS_CODES
 from .solvers.blas import single_threaded_blas
 from .uncertainty import FitWarning, correlation, covariance_from_hessian
 from .uncertainty_scale import DENSE_LIMIT, variances
@@ -411,6 +412,8 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
 
     prob = make(space)
     prob.terms = terms
+    # what the compiled engine traces (fit(engine='numba')): the model and its tensors
+    prob.model, prob.xt, prob.yt, prob.has_priors = model, xt, yt, bool(priors)
     with torch.no_grad():
         if not nuis_names and log_prior is None:
             f0 = lik.nll(yt, mu0, {})  # nll at the start is a function of mu0 alone
@@ -830,7 +833,7 @@ def _covariance(prob: Problem, theta: torch.Tensor, jac=None) -> tuple[np.ndarra
 def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=None,
         device="cpu", dtype=torch.float64, strict=False, max_iter=None, tol=None,
         progress=False, options=None, errors="hessian", jacobian=None, chunk_size=None,
-        distributed=False) -> FitResult:
+        distributed=False, engine="torch") -> FitResult:
     """Fit ``model(p, x)`` to data ``y`` by maximum likelihood (or MAP with ``priors``).
 
     Parameters
@@ -884,6 +887,16 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
     distributed : bool
         Under ``torchrun``: this rank's ``x``/``y`` are its shard of the data and the
         ranks fit one likelihood together (:mod:`gradfit.distributed`).
+    engine : {'torch', 'numba', 'auto'}
+        ``'numba'``: the compiled engine of :func:`gradfit.fit_batch` for one small fit
+        (a loop of many small fits: about a millisecond each); it takes what
+        ``fit_batch(engine='numba')`` takes (scalar parameters, a model elementwise in its
+        points, Gaussian or Poisson, no bounds or priors, float64 on the CPU) and
+        ``method='auto'``/``'lm'``, with dense errors; its Levenberg–Marquardt is the
+        batched one's, so its iterations and message differ from the torch solver's
+        while the answer agrees to the tolerances. The first fit of a model compiles
+        it (seconds; cached on disk). ``'auto'``: ``'numba'`` where it can, else
+        ``'torch'``.
 
     Returns
     -------
@@ -903,10 +916,146 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
                             max_iter=max_iter, tol=tol, progress=progress, options=options,
                             strict=strict, errors=errors),
                         build_problem=build_problem, run_problem=run_problem)
+    if engine not in _ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(_ENGINES)}")
     prob = build_problem(model, x, y, params, likelihood=likelihood, priors=priors,
                          device=device, dtype=dtype, jacobian=jacobian)
+    if engine != "torch":
+        res = _fit_native(prob, method, max_iter, tol, errors, strict, engine == "numba")
+        if res is not None:
+            return res
     return run_problem(prob, method, max_iter=max_iter, tol=tol, progress=progress,
                        options=options, strict=strict, errors=errors)
+
+
+_ENGINES = ("torch", "numba", "auto")
+
+
+def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
+    """One fit on the compiled engine (:mod:`gradfit.solvers.native`): batched_lm's
+    iteration in Numba, the errors from its JᵀJ (or, for Poisson, the exact Hessian it
+    generates). None where the engine cannot take the fit and ``required`` is False."""
+    from .solvers import native
+
+    t0 = time.perf_counter()
+    space, lik = prob.space, prob.likelihood
+    if method not in ("auto", "lm"):
+        why = f"it runs Levenberg–Marquardt (method 'lm'), and this fit asks for {method!r}"
+    elif errors not in ("hessian", "dense", "none"):
+        why = f"its errors are dense ('hessian') or 'none', not {errors!r}"
+    elif space.n_free == 0:
+        why = "there are no free parameters"
+    elif space.n_free > 64:
+        why = f"it is for small fits; this one has {space.n_free} free parameters"
+    else:
+        why = native.refusal(lik, priors=prob.has_priors, space=space, device=prob.device,
+                             dtype=prob.dtype)
+    kernel = None
+    names = list(space.names)
+    free_pos = [k for k, nm in enumerate(names) if bool(np.asarray(space.free[nm]).all())]
+    leaves = _tensor_leaves(prob.xt)
+    start = space.unflatten_numpy(space.theta0)
+    P = np.array([[float(start[nm]) for nm in names]])
+    Y = prob.yt.detach().cpu().numpy().astype(np.float64).reshape(1, -1)
+    if why is None:
+        def one(*args):
+            it = iter(args[len(names):])
+            return prob.model(_ModelParams(dict(zip(names, args[:len(names)]))),
+                              _replace_leaves(prob.xt, it))
+        try:
+            kernel, fresh = native.cached_kernel(prob.model, one, names, free_pos, leaves,
+                                                 P[0], tuple(prob.yt.shape), lik)
+            if fresh:
+                _check_native(kernel, prob, P, Y)
+        except native.NotCompilable as exc:
+            why = str(exc)
+    if why is not None:
+        if required:
+            raise ValueError(f"engine='numba' cannot fit this: {why}")
+        return None
+    tols = {"gtol": 1e-10, "ftol": 1e-15, "xtol": 1e-15}
+    if tol is not None:
+        tols = dict.fromkeys(tols, float(tol))
+    cost, code, nit, nfev, A = kernel.run(P, Y, max_iter=1000 if max_iter is None
+                                          else int(max_iter), **tols)
+    code, n = int(code[0]), space.n_free
+    fun = float(cost[0])
+    poisson = kernel.has_hessian
+    if poisson:
+        fun += float(native.poisson_nll_offset(Y)[0])
+    theta = P[0, free_pos]
+    success = code in SUCCESS_CODES and math.isfinite(fun)
+    message = MESSAGES.get(code, "unknown status") if math.isfinite(fun) else \
+        f"the objective is not finite at the end ({MESSAGES.get(code, 'unknown')})"
+    cov, error_method, extra = np.full((n, n), np.nan), "none", 0
+    if errors != "none" and math.isfinite(fun):
+        H = kernel.hessians(P, Y)[0] if poisson else A[0]
+        cov = covariance_from_hessian(H, list(space.labels))
+        if lik.scale_errors:
+            dof = prob.ndata - n
+            if dof <= 0:
+                warnings.warn(
+                    f"least squares with {prob.ndata} points and {n} free parameters leaves "
+                    "no degrees of freedom to estimate sigma; errors are NaN", FitWarning,
+                    stacklevel=3)
+                cov = cov * math.nan
+            else:
+                cov = cov * (2.0 * fun / dof)
+        error_method = "dense-hessian" if poisson else "dense-gauss-newton"
+        extra = 1 if poisson else 0
+    err = np.sqrt(np.diag(cov))
+    res = FitResult(
+        params=space.unflatten_numpy(theta), errors=space.unflatten_numpy(err, fill_fixed=0.0),
+        cov=cov, corr=correlation(cov), names=list(space.labels), fun=fun, success=success,
+        message=message, method="lm", nfev=int(nfev[0]) + extra, njev=int(nfev[0]),
+        nit=int(nit[0]), time_s=time.perf_counter() - t0, ndata=prob.ndata, dof=prob.ndata - n,
+        at_bounds=(), problem=prob, error_method=error_method, engine="numba")
+    if strict and not success:
+        raise FitError(f"fit did not succeed: {message}")
+    return res
+
+
+def _tensor_leaves(x) -> list:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, tuple | list):
+        return [t for v in x for t in _tensor_leaves(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensor_leaves(v)]
+    return []
+
+
+def _replace_leaves(x, it):
+    """``x`` with its tensors taken in order from the iterator ``it``."""
+    if isinstance(x, torch.Tensor):
+        return next(it)
+    if isinstance(x, tuple | list):
+        return type(x)(_replace_leaves(v, it) for v in x)
+    if isinstance(x, dict):
+        return {k: _replace_leaves(v, it) for k, v in x.items()}
+    return x
+
+
+def _check_native(kernel, prob: Problem, P, Y):
+    """A new kernel's normal equations (and Hessian) against torch's at the start."""
+    from .solvers.native import NotCompilable
+
+    tobj = prob.theta_objective()
+    theta = torch.as_tensor(prob.space.theta0, dtype=prob.dtype)
+    cost, A, g = kernel.normal(P[0], Y[0])
+    r, J = tobj.residuals_and_jacobian(theta)
+    r, J = r.detach().numpy(), J.detach().numpy()
+    At, gt = J.T @ J, J.T @ r
+    ok = (abs(cost - 0.5 * r @ r) <= 1e-9 * max(0.5 * r @ r, 1e-300)
+          and np.abs(A - At).max() <= 1e-9 * max(np.abs(At).max(), 1e-300)
+          and np.abs(g - gt).max() <= 1e-9 * max(np.abs(gt).max(), np.sqrt(
+              np.abs(np.diag(At)).max() * (r @ r)), 1e-300))
+    if ok and kernel.has_hessian:
+        Ht = tobj.hessian(theta).detach().numpy()
+        ok = np.abs(kernel.hessians(P, Y)[0] - Ht).max() <= 1e-8 * np.abs(Ht).max()
+    if not ok:
+        raise NotCompilable("the compiled model disagrees with torch at the start; an "
+                            "operation is translated wrongly, please report it")
 
 
 def minimize(nll, params, method="auto", *, priors=None, device="cpu", dtype=torch.float64,

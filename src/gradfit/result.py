@@ -63,6 +63,8 @@ class FitResult:
         How the errors were obtained: ``'dense-gauss-newton'``, ``'dense-hessian'``,
         ``'cg-…'`` (exact marginal variances by CG), ``'hutchinson-…'`` (stochastic
         diagonal) or ``'none'``.
+    engine : str
+        What ran the minimiser: ``'torch'`` or ``'numba'`` (``fit(engine=...)``).
     """
 
     params: dict
@@ -83,6 +85,7 @@ class FitResult:
     at_bounds: tuple = ()
     problem: object = field(default=None, repr=False, compare=False)
     error_method: str = ""
+    engine: str = "torch"
 
     # ------------------------------------------------------------ follow-ups
     def profile(self, name: str, **kwargs):
@@ -118,6 +121,7 @@ class FitResult:
             "dof": self.dof,
             "at_bounds": list(self.at_bounds),
             "error_method": self.error_method,
+            "engine": self.engine,
         })
 
     def _rows(self):

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["NotCompilable", "NativeLM", "compile_lm", "available", "poisson_nll_offset"]
+__all__ = ["NotCompilable", "NativeLM", "compile_lm", "cached_kernel", "available",
+           "poisson_nll_offset", "refusal"]
 
 
 class NotCompilable(ValueError):
@@ -852,6 +853,68 @@ def poisson_nll_offset(Y: np.ndarray) -> np.ndarray:
     out = np.empty(Y.shape[0])
     _OFFSET(np.ascontiguousarray(Y, dtype=np.float64), out)
     return out
+
+
+def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=False):
+    """Why the compiled engine cannot take this fit (a sentence), or None."""
+    from ..likelihoods import Gaussian, Poisson
+
+    if not available():
+        return "it needs Numba: pip install numba (or pip install 'gradfit[native]')"
+    if not (isinstance(lik, Gaussian) or type(lik) is Poisson):
+        return f"it fits the Gaussian and Poisson likelihoods, not {lik.name}"
+    if priors:
+        return "it takes no priors"
+    if space.bounded:
+        return "it takes no bounds (fit unbounded, or use engine='torch')"
+    shaped = [nm for nm in space.names if space.shapes[nm] != ()]
+    if shaped:
+        return f"it takes scalar parameters only; {', '.join(shaped)} has a shape"
+    if x_batched:
+        return "it takes an x shared by all problems, not one x per problem"
+    if vectorized:
+        return "it traces a model written for one problem (vectorized=False)"
+    if torch.device(device).type != "cpu":
+        return f"it runs on the CPU, not {device}"
+    if dtype != torch.float64:
+        return "it computes in float64 (dtype=torch.float64)"
+    return None
+
+
+#: (model id, parameters, free mask, likelihood, shape, sigma, x) -> (model, kernel): a
+#: model fitted again with the same x is neither traced nor checked again
+_KERNELS: dict = {}
+
+
+def cached_kernel(model, one, names, free_pos, x_leaves, theta0, out_shape, lik):
+    """``(kernel, fresh)``: the compiled fit of ``model`` (called as ``one(*params,
+    *x_leaves)``), from this process's cache where the same model, parameters, likelihood
+    and x had one; ``fresh`` when it was made now (the caller checks it against torch)."""
+    from ..likelihoods import Gaussian
+
+    m = int(np.prod(out_shape))
+    if isinstance(lik, Gaussian):
+        s = lik.sigma_tensor
+        sw = np.ones(m) if s is None else np.broadcast_to(
+            1.0 / s.detach().cpu().numpy().astype(np.float64), out_shape).reshape(-1)
+        kind = "gaussian"
+    else:
+        sw, kind = np.ones(m), "poisson"
+
+    def digest(a):
+        return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    key = (id(model), tuple(names), tuple(int(k) for k in free_pos), kind, tuple(out_shape),
+           digest(sw), tuple((tuple(a.shape), digest(a.detach().cpu().numpy()))
+                             for a in x_leaves))
+    hit = _KERNELS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1], False
+    kernel = compile_lm(one, len(names), free_pos, x_leaves, theta0, out_shape, kind, sw)
+    if len(_KERNELS) >= 32:
+        _KERNELS.pop(next(iter(_KERNELS)))
+    _KERNELS[key] = (model, kernel)
+    return kernel, True
 
 
 def _cache_dir() -> Path:
