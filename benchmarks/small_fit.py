@@ -6,14 +6,16 @@ method. In one process it times, alternating rounds and keeping each one's faste
 (the machine may be shared):
 
 * a loop of ``gradfit.fit`` and a loop of ``scipy.optimize.curve_fit`` (ms per fit, wall
-  clock and CPU time) and their ratio;
+  clock and CPU time) and their ratio; where Numba is installed, also a loop of
+  ``gradfit.fit(..., engine="numba")`` (the compiled engine; its first fit compiles the
+  model, outside the timing) and its ratio;
 * the breakdown of a fit, timed inside the fits: set-up (``build_problem``), the
   Jacobians, the trial residuals, the rest of the Levenberg–Marquardt loop and polish,
   and what follows the solver (the value at the end, the covariance, the result);
   beside it the cost of one Jacobian and one residual vector, and the solver alone
   (the same fits replayed with their residuals and Jacobians cached);
 * the largest relative difference of values and errors from ``curve_fit`` run at
-  tight tolerances (1e-14).
+  tight tolerances (1e-14), for both engines.
 
 ``--compare SRC`` runs this script again under ``PYTHONPATH=SRC`` (another checkout's
 ``src``, e.g. the code before a change) in alternation with this one, so that both
@@ -26,6 +28,8 @@ lines come from the same minutes of a noisy machine::
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
 import json
 import math
 import os
@@ -71,13 +75,28 @@ def measure(n: int = 20, rounds: int = 7, breakdown: bool = True) -> dict:
 
     fits()  # warm-up
     run_curve_fit_loop(Y[:2], P0[:2])
-    best = _best_of({"fit": fits, "curve_fit": lambda: run_curve_fit_loop(Y, P0)}, rounds)
+    runs = {"fit": fits, "curve_fit": lambda: run_curve_fit_loop(Y, P0)}
+    # (an older checkout under --compare has no engine; Numba is an optional extra)
+    has_numba = "engine" in inspect.signature(gradfit.fit).parameters and \
+        importlib.util.find_spec("numba") is not None
+    if has_numba:
+        def fits_numba():
+            return [gradfit.fit(gauss2d, X, Y[i], params=starts[i], engine="numba")
+                    for i in range(n)]
+
+        fits_numba()  # its compile (cached on disk), outside the timing
+        runs["fit_numba"] = fits_numba
+    best = _best_of(runs, rounds)
     out = {"gradfit": gradfit.__file__, "torch_threads": torch.get_num_threads(), "n": n}
     for k, (w, c) in best.items():
         out[f"{k}_ms"] = 1e3 * w / n
         out[f"{k}_cpu_ms"] = 1e3 * c / n
     out["ratio"] = out["fit_ms"] / out["curve_fit_ms"]
     out["ratio_cpu"] = out["fit_cpu_ms"] / out["curve_fit_cpu_ms"]
+    if has_numba:
+        out["ratio_numba"] = out["fit_numba_ms"] / out["curve_fit_ms"]
+        out["ratio_numba_cpu"] = out["fit_numba_cpu_ms"] / out["curve_fit_cpu_ms"]
+        nat = fits_numba()
 
     res = fits()
     ref = run_curve_fit_loop(Y, P0, tight=True)[0]
@@ -87,6 +106,11 @@ def measure(n: int = 20, rounds: int = 7, breakdown: bool = True) -> dict:
     out["max_rel_error_vs_curve_fit"] = max(
         _rel([res[i].errors[k] for k in NAMES], ref[i][1]) for i in ok)
     out["jacobians_per_fit"] = float(np.mean([r.njev for r in res]))
+    if has_numba:
+        out["max_rel_value_numba_vs_curve_fit"] = max(
+            _rel([nat[i].params[k] for k in NAMES], ref[i][0]) for i in ok)
+        out["max_rel_error_numba_vs_curve_fit"] = max(
+            _rel([nat[i].errors[k] for k in NAMES], ref[i][1]) for i in ok)
     if not breakdown:
         return out
 
