@@ -828,6 +828,10 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     # (and 2x it the RSS), so neither needs another model evaluation
     ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
     post = chunk_size if native is None else max(chunk_size, 8192)  # (no graph to hold)
+
+    def y_rows(c0, rows):
+        """y of the kept problems ``rows`` (a view where every problem is kept)."""
+        return y_np[c0:c0 + rows.size] if nK == B else y_np[rows]
     for k_part, c0 in enumerate(range(0, nK, post)):
         rows = keep[c0:c0 + post]
         sl = slice(c0, c0 + rows.size)
@@ -840,7 +844,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             fun_t = sol.fun[sl]
         elif native_hess:
             # Poisson's nll = ½ deviance + sum(lgamma(y + 1) - y log y + y)
-            const = poisson_nll_offset(y_np[rows].reshape(rows.size, -1))
+            const = poisson_nll_offset(y_rows(c0, rows).reshape(rows.size, -1))
             fun_t = sol.fun[sl] + torch.as_tensor(const, device=dev, dtype=dt)
         elif n == 0:
             fun_t = f0_parts[k_part]
@@ -855,7 +859,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                     with torch.no_grad():
                         H = normal_t(theta, data)[1]
             elif native_hess:
-                H = torch.as_tensor(native.hessians(P_end[sl], y_np[rows].reshape(rows.size, -1)),
+                H = torch.as_tensor(native.hessians(P_end[sl],
+                                                    y_rows(c0, rows).reshape(rows.size, -1)),
                                     device=dev, dtype=dt)
             elif hess_fn is not None:
                 H = hess_fn(theta, data)
@@ -890,9 +895,10 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     # one message per problem, looked up per status (a Python test per problem cost
     # ~0.1 s at B = 1e5)
     kind = np.where(~finite, 0, np.where(np.isfinite(fun_out), 2, 1))
-    codes, inverse = np.unique(np.stack([kind, code_out]), axis=1, return_inverse=True)
+    span = int(np.abs(code_out).max()) + 1 if B else 1
+    keys, inverse = np.unique(kind * (2 * span + 1) + code_out + span, return_inverse=True)
     texts = []
-    for k, c in codes.T:
+    for k, c in zip(keys // (2 * span + 1), keys % (2 * span + 1) - span):
         if k == 0:
             texts.append("skipped: y contains NaN or inf (on_nan='skip')")
         elif k == 1:
