@@ -341,3 +341,15 @@ def test_poisson_offset_against_scipy():
     Y[0, :3] = [0.0, 2.5, 1e7]  # zero, not whole, beyond the table
     ref = (gammaln(Y + 1) - xlogy(Y, Y) + Y).sum(1)
     np.testing.assert_allclose(native.poisson_nll_offset(Y), ref, rtol=1e-13)
+
+
+def test_single_fit_with_a_fixed_parameter():
+    _, Y, P0 = make_problems(2, "gauss", seed=24)
+    p = dict(zip(NAMES, P0[0]), bg=gradfit.Param(20.0, fixed=True))
+    nat = gradfit.fit(gauss2d, X, Y[0], params=p, engine="numba")
+    ref = gradfit.fit(gauss2d, X, Y[0], params=p)
+    assert nat.engine == "numba" and "bg" not in nat.names and nat.params["bg"] == 20.0
+    assert nat.errors["bg"] == 0.0
+    for k in NAMES[:-1]:
+        assert nat.params[k] == pytest.approx(ref.params[k], rel=1e-7)
+        assert nat.errors[k] == pytest.approx(ref.errors[k], rel=1e-6)
