@@ -353,3 +353,13 @@ def test_single_fit_with_a_fixed_parameter():
     for k in NAMES[:-1]:
         assert nat.params[k] == pytest.approx(ref.params[k], rel=1e-7)
         assert nat.errors[k] == pytest.approx(ref.errors[k], rel=1e-6)
+
+
+def test_without_numba_the_engine_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
+    _, Y, P0 = make_problems(3, "gauss", seed=25)
+    with pytest.raises(ValueError, match=r"pip install 'gradfit\[native\]'"):
+        _batch(Y, P0, engine="numba")
+    assert _batch(Y, P0, engine="auto").engine == "torch"
+    with pytest.raises(ValueError, match=r"pip install numba"):
+        gradfit.fit(gauss2d, X, Y[0], params=dict(zip(NAMES, P0[0])), engine="numba")
