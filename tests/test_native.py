@@ -363,3 +363,30 @@ def test_without_numba_the_engine_says_how_to_install(monkeypatch):
     assert _batch(Y, P0, engine="auto").engine == "torch"
     with pytest.raises(ValueError, match=r"pip install numba"):
         gradfit.fit(gauss2d, X, Y[0], params=dict(zip(NAMES, P0[0])), engine="numba")
+
+
+def _outer(p, x):
+    """A 2-D model built by broadcasting a column against a row (shape (15, 1) inside)."""
+    return p["a"] * torch.exp(-((x[0] - p["x0"]) ** 2 + (x[1][:, None] - p["y0"]) ** 2)
+                              / 4.0) + p["b"]
+
+
+def test_broadcast_shapes_inside_the_model():
+    u = np.arange(15.0)
+    xx = (np.tile(u, (15, 1)), u)  # (15, 15) and (15,)
+    true = 100 * np.exp(-((xx[0] - 7.2) ** 2 + (u[:, None] - 6.8) ** 2) / 4.0) + 5
+    Y = true + np.random.default_rng(1).normal(0, 1, (40, 15, 15))
+    P = {"a": 80.0, "x0": 7.0, "y0": 7.0, "b": 4.0}
+    nat = gradfit.fit_batch(_outer, xx, Y, params=P, engine="numba", x_batched=False)
+    ref = gradfit.fit_batch(_outer, xx, Y, params=P, x_batched=False)
+    assert nat.engine == "numba" and nat.success.all()
+    for k in P:
+        np.testing.assert_allclose(nat.params[k], ref.params[k], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(nat.errors[k], ref.errors[k], rtol=1e-6)
+
+    def moved(p, x):  # a per-point value reshaped, so it lands on other points: refused
+        r = (x[1] - p["y0"]) ** 2  # (15,), along the columns
+        return p["a"] * torch.exp(-((x[0] - p["x0"]) ** 2 + r.unsqueeze(1)) / 4.0) + p["b"]
+
+    with pytest.raises(ValueError, match=r"aten\.unsqueeze.*reshapes a value that depends"):
+        gradfit.fit_batch(moved, xx, Y, params=P, engine="numba", x_batched=False)

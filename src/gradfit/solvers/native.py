@@ -14,7 +14,8 @@ give the same answers, and ``prange`` spreads the problems over Numba's threads.
 
 What it takes: scalar parameters; ``x`` shared by all problems; a model that is
 elementwise in its points once the ``x``-only part is done (every operation on the
-parameters has the output's shape, or is a scalar); least squares (``Gaussian``) or
+parameters gives a shape that broadcasts to the output's, and each value is computed at
+every output point; a reshape that would move such a value to other points is refused); least squares (``Gaussian``) or
 ``Poisson``; no bounds or priors; float64. Anything else is refused, with the reason
 (:class:`NotCompilable`). The generated source is cached on disk, keyed by its hash, so
 that Numba's own cache can keep the machine code between processes.
@@ -112,6 +113,14 @@ _IDENTITY = {"clone", "alias", "_to_copy", "view", "reshape", "expand", "lift_fr
 _COMPARE = {"gt": ">", "lt": "<", "ge": ">=", "le": "<=", "eq": "==", "ne": "!="}
 _TABLE = ("elementwise arithmetic, exp, log, powers, trigonometric and hyperbolic "
           "functions, sqrt, abs, erf, comparisons, where, clamp")
+
+
+def _strip(shape) -> tuple:
+    """``shape`` without its leading 1s."""
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
 
 
 def _num(c) -> str:
@@ -248,7 +257,9 @@ class _Translator:
         name = parts[1] if len(parts) > 1 and parts[0] == "aten" else full
         where = f"operation {full}"
         shape = tuple(node.meta["val"].shape) if "val" in node.meta else None
-        if shape not in ((), self.out_shape):
+        # every value is computed at every point of the output, its operands broadcast
+        # there: right for elementwise operations on any shapes that broadcast to it
+        if shape is None or not self._broadcasts(shape):
             raise NotCompilable(
                 f"{where} gives shape {shape} where the model's output has shape "
                 f"{self.out_shape}: the compiled engine takes models that are elementwise in "
@@ -258,6 +269,15 @@ class _Translator:
             if name == "_to_copy" and node.kwargs.get("dtype") not in (None, torch.float64):
                 raise NotCompilable(f"{where} to {node.kwargs.get('dtype')}")
             src = self._operand(args[0], env, where)
+            if src.kind == "M" and name != "expand":
+                # a reshape moves per-point values to other points, unless it only adds
+                # or drops leading 1s (broadcasting aligns the trailing axes)
+                before = tuple(args[0].meta["val"].shape)
+                if _strip(before) != _strip(shape):
+                    raise NotCompilable(
+                        f"{where} reshapes a value that depends on the parameters "
+                        f"({before} -> {shape}); write it with broadcasting, or do the "
+                        "reshaping on x alone")
             if src.kind == "P" and shape == self.out_shape:  # a scalar spread over the points
                 return self._node("M", src.expr, [(src, "1.0")])  # (no curvature)
             return src
@@ -279,6 +299,12 @@ class _Translator:
             pass
         expr, partials, second = self._rule(name, node, ops, where)
         return self._node(kind, expr, partials, second)
+
+    def _broadcasts(self, shape) -> bool:
+        try:
+            return tuple(torch.broadcast_shapes(shape, self.out_shape)) == self.out_shape
+        except RuntimeError:
+            return False
 
     def _rule(self, name, node, ops, where):
         """(value expression, [(operand, partial)], [(operand, operand, second partial)]);
