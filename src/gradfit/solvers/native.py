@@ -15,10 +15,11 @@ give the same answers, and ``prange`` spreads the problems over Numba's threads.
 What it takes: scalar parameters; ``x`` shared by all problems; a model that is
 elementwise in its points once the ``x``-only part is done (every operation on the
 parameters gives a shape that broadcasts to the output's, and each value is computed at
-every output point; a reshape that would move such a value to other points is refused); least squares (``Gaussian``) or
-``Poisson``; no bounds or priors; float64. Anything else is refused, with the reason
-(:class:`NotCompilable`). The generated source is cached on disk, keyed by its hash, so
-that Numba's own cache can keep the machine code between processes.
+every output point; a reshape that would move such a value to other points is refused);
+least squares (``Gaussian``) or ``Poisson``; no bounds or priors; float64. Anything else
+is refused, with the reason (:class:`NotCompilable`). The generated source is cached on
+disk, keyed by its hash, so that Numba's own cache can keep the machine code between
+processes.
 """
 
 from __future__ import annotations
