@@ -209,7 +209,6 @@ def test_bad_start_is_refused_naming_the_problem():
 
 # ------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("change, reason", [
-    (dict(params_bounds=True), "no bounds"),
     (dict(priors={"amp": gradfit.Normal(500.0, 50.0)}), "no priors"),
     (dict(likelihood=gradfit.Cauchy(gamma=5.0)), "Gaussian and Poisson"),
     (dict(dtype="float32"), "float64"),
@@ -218,8 +217,6 @@ def test_bad_start_is_refused_naming_the_problem():
 def test_refusals_name_the_reason(change, reason):
     _, Y, P0 = make_problems(4, "gauss", seed=1)
     params = _params(P0)
-    if change.pop("params_bounds", False):
-        params["sx"] = gradfit.Param(P0[:, 3], bounds=(0.1, 10.0))
     with pytest.raises(ValueError, match=f"engine='numba' cannot fit this: .*{reason}"):
         gradfit.fit_batch(gauss2d, X, Y, params=params, engine="numba", **change)
     # 'auto' fits them with torch instead
@@ -325,9 +322,6 @@ def test_single_fit_refusals_and_auto():
         with pytest.raises(ValueError, match=f"engine='numba' cannot fit this: .*{reason}"):
             gradfit.fit(gauss2d, X, Y[0], params=p, engine="numba", **kw)
         assert gradfit.fit(gauss2d, X, Y[0], params=p, engine="auto", **kw).engine == "torch"
-    bounded = dict(p, sx=gradfit.Param(P0[0, 3], bounds=(0.1, 10.0)))
-    with pytest.raises(ValueError, match="no bounds"):
-        gradfit.fit(gauss2d, X, Y[0], params=bounded, engine="numba")
     with pytest.raises(ValueError, match="unknown engine 'fast'"):
         gradfit.fit(gauss2d, X, Y[0], params=p, engine="fast")
     assert gradfit.fit(gauss2d, X, Y[0], params=p, engine="auto").engine == "numba"
@@ -390,3 +384,44 @@ def test_broadcast_shapes_inside_the_model():
 
     with pytest.raises(ValueError, match=r"aten\.unsqueeze.*reshapes a value that depends"):
         gradfit.fit_batch(moved, xx, Y, params=P, engine="numba", x_batched=False)
+
+
+@pytest.mark.parametrize("noise", ["gauss", "poisson"])
+def test_bounds_agree_with_the_torch_engine(noise):
+    """Two-sided, lower-only and upper-only bounds (sigmoid and softplus transforms), and a
+    parameter held at its bound."""
+    _, Y, P0 = make_problems(80, noise, seed=31)
+    lik = "poisson" if noise == "poisson" else "gaussian"
+    params = _params(P0)
+    params["sx"] = gradfit.Param(P0[:, 3], bounds=(0.5, 5.0))
+    params["amp"] = gradfit.Param(P0[:, 0], bounds=(0.0, None))
+    params["sy"] = gradfit.Param(P0[:, 4], bounds=(None, 10.0))
+    # the background's truth is about 20: an upper bound at 19.5 holds some problems there
+    params["bg"] = gradfit.Param(np.minimum(P0[:, 6], 19.0), bounds=(None, 19.5))
+    kw = dict(params=params, likelihood=lik)
+    with pytest.warns(gradfit.FitWarning, match="ended at a bound"):
+        nat = gradfit.fit_batch(gauss2d, X, Y, engine="numba", **kw)
+    with pytest.warns(gradfit.FitWarning, match="ended at a bound"):
+        ref = gradfit.fit_batch(gauss2d, X, Y, engine="torch", **kw)
+    assert nat.engine == "numba"
+    assert (nat.success == ref.success).all() and nat.success.mean() > 0.9
+    assert nat.at_bounds == ref.at_bounds and any("bg" in a for a in nat.at_bounds)
+    ok = nat.success & np.array([not a for a in nat.at_bounds])
+    for k in NAMES:
+        np.testing.assert_allclose(nat.params[k][ok], ref.params[k][ok], rtol=1e-7,
+                                   atol=1e-8 * np.abs(ref.params[k]).max())
+        np.testing.assert_allclose(nat.errors[k][ok], ref.errors[k][ok], rtol=1e-6)
+    assert (nat.params["bg"] <= 19.5).all() and (nat.params["sx"] >= 0.5).all()
+
+
+def test_single_fit_with_bounds_agrees_with_the_torch_engine():
+    _, Y, P0 = make_problems(3, "gauss", seed=32)
+    for b in range(3):
+        p = dict(zip(NAMES, P0[b]), sx=gradfit.Param(P0[b, 3], bounds=(0.5, 5.0)),
+                 amp=gradfit.Param(P0[b, 0], bounds=(0.0, None)))
+        nat = gradfit.fit(gauss2d, X, Y[b], params=p, engine="numba")
+        ref = gradfit.fit(gauss2d, X, Y[b], params=p)
+        assert nat.engine == "numba" and nat.success and nat.at_bounds == ()
+        for k in NAMES:
+            assert nat.params[k] == pytest.approx(ref.params[k], rel=1e-7)
+            assert nat.errors[k] == pytest.approx(ref.errors[k], rel=1e-6)

@@ -287,7 +287,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         kernel that fits each problem in registers and cache, on all cores
         (:mod:`gradfit.solvers.native`; ``pip install 'gradfit[native]'``); it takes
         scalar parameters, a shared ``x``, a model elementwise in its points, the
-        Gaussian or Poisson likelihood, no bounds or priors, float64 on the CPU, and
+        Gaussian or Poisson likelihood, bounds but no priors, float64 on the CPU, and
         refuses anything else with the reason. The first call with a new model
         compiles for a few seconds; the machine code is cached on disk
         (``$GRADFIT_CACHE_DIR`` or ``~/.cache/gradfit``). Its iterations are the torch
@@ -790,8 +790,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     sol = None
     if native is not None:
         reuse = errors and gauss_newton
-        sol, P_end = _native_solve(native, space, values, keep, y_np, max_iter, tol_kw,
-                                   reuse, dev, dt)
+        sol, P_end = _native_solve(native, space, values, keep, y_np, z0_all[keep], max_iter,
+                                   tol_kw, reuse and not space.bounded, dev, dt)
         if bool((sol.code == -2).any()):
             _bad_starts(keep[torch.nonzero(sol.code == -2).reshape(-1).cpu().numpy()])
     elif n == 0:
@@ -1232,13 +1232,15 @@ def _native_rows(space, values, keep, y_np):
     return P, np.ascontiguousarray(Y.reshape(keep.size, -1), dtype=np.float64)
 
 
-def _native_solve(kernel, space, values, keep, y_np, max_iter, tol_kw, keep_jtj, dev, dt):
-    """Run the compiled LM on every kept problem: a :class:`BatchedSolution`."""
+def _native_solve(kernel, space, values, keep, y_np, z0, max_iter, tol_kw, keep_jtj, dev,
+                  dt):
+    """Run the compiled LM on every kept problem from ``z0`` (the unconstrained starts):
+    a :class:`BatchedSolution` (z unconstrained) and the answers ``P (b, n_all)``."""
     P, Y = _native_rows(space, values, keep, y_np)
     tols = {"gtol": 1e-10, "ftol": 1e-15, "xtol": 1e-12, **tol_kw}
-    cost, code, nit, nfev, A = kernel.run(P, Y, max_iter=200 if max_iter is None
-                                          else int(max_iter), **tols)
-    z = P[:, kernel.free]
+    bounds = (space.theta_lo, space.theta_hi) if space.bounded else None
+    cost, code, nit, nfev, A, z = kernel.run(
+        P, Y, max_iter=200 if max_iter is None else int(max_iter), Z=z0, bounds=bounds, **tols)
 
     def t(a, dtype=dt):
         return torch.as_tensor(a, device=dev, dtype=dtype)

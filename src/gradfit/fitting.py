@@ -891,7 +891,7 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         ``'numba'``: the compiled engine of :func:`gradfit.fit_batch` for one small fit
         (a loop of many small fits: about a millisecond each); it takes what
         ``fit_batch(engine='numba')`` takes (scalar parameters, a model elementwise in its
-        points, Gaussian or Poisson, no bounds or priors, float64 on the CPU) and
+        points, Gaussian or Poisson, bounds but no priors, float64 on the CPU) and
         ``method='auto'``/``'lm'``, with dense errors; its Levenberg–Marquardt is the
         batched one's, so its iterations and message differ from the torch solver's
         while the answer agrees to the tolerances. The first fit of a model compiles
@@ -976,8 +976,10 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     tols = {"gtol": 1e-10, "ftol": 1e-15, "xtol": 1e-15}
     if tol is not None:
         tols = dict.fromkeys(tols, float(tol))
-    cost, code, nit, nfev, A = kernel.run(P, Y, max_iter=1000 if max_iter is None
-                                          else int(max_iter), **tols)
+    bounds = (space.theta_lo, space.theta_hi) if space.bounded else None
+    cost, code, nit, nfev, A, _ = kernel.run(
+        P, Y, max_iter=1000 if max_iter is None else int(max_iter),
+        Z=space.to_internal(space.theta0)[None], bounds=bounds, **tols)
     code, n = int(code[0]), space.n_free
     fun = float(cost[0])
     poisson = kernel.has_hessian
@@ -989,7 +991,9 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
         f"the objective is not finite at the end ({MESSAGES.get(code, 'unknown')})"
     cov, error_method, extra = np.full((n, n), np.nan), "none", 0
     if errors != "none" and math.isfinite(fun):
-        H = kernel.hessians(P, Y)[0] if poisson else A[0]
+        # (with bounds the solver's JᵀJ is in z: the errors want it in theta)
+        H = kernel.hessians(P, Y)[0] if poisson else \
+            (kernel.normal(P[0], Y[0])[1] if space.bounded else A[0])
         cov = covariance_from_hessian(H, list(space.labels))
         if lik.scale_errors:
             dof = prob.ndata - n
@@ -1004,12 +1008,17 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
         error_method = "dense-hessian" if poisson else "dense-gauss-newton"
         extra = 1 if poisson else 0
     err = np.sqrt(np.diag(cov))
+    bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
+    if bounds_hit and errors != "none":
+        warnings.warn(
+            f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
+            "Hessian are not reliable there", FitWarning, stacklevel=3)
     res = FitResult(
         params=space.unflatten_numpy(theta), errors=space.unflatten_numpy(err, fill_fixed=0.0),
         cov=cov, corr=correlation(cov), names=list(space.labels), fun=fun, success=success,
         message=message, method="lm", nfev=int(nfev[0]) + extra, njev=int(nfev[0]),
         nit=int(nit[0]), time_s=time.perf_counter() - t0, ndata=prob.ndata, dof=prob.ndata - n,
-        at_bounds=(), problem=prob, error_method=error_method, engine="numba")
+        at_bounds=bounds_hit, problem=prob, error_method=error_method, engine="numba")
     if strict and not success:
         raise FitError(f"fit did not succeed: {message}")
     return res

@@ -16,7 +16,7 @@ What it takes: scalar parameters; ``x`` shared by all problems; a model that is
 elementwise in its points once the ``x``-only part is done (every operation on the
 parameters gives a shape that broadcasts to the output's, and each value is computed at
 every output point; a reshape that would move such a value to other points is refused);
-least squares (``Gaussian``) or ``Poisson``; no bounds or priors; float64. Anything else
+least squares (``Gaussian``) or ``Poisson``; bounds, no priors; float64. Anything else
 is refused, with the reason (:class:`NotCompilable`). The generated source is cached on
 disk, keyed by its hash, so that Numba's own cache can keep the machine code between
 processes.
@@ -598,16 +598,63 @@ def _finite(A):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T):
-    """One problem, from pa (its start, all parameters), as batched_lm steps it.
+def _external(z, free, kind, lo, hi, pa, sl):
+    """pa[free] = theta(z) and sl = dtheta/dz, as ParamSpace.to_external and
+    external_slope (0: unbounded; 1: lo + (hi - lo) sigmoid(z); 2: lo + softplus(z);
+    3: hi - softplus(z); torch's softplus is z itself above 20)."""
+    for j in range(z.shape[0]):
+        k = kind[j]
+        zj = z[j]
+        if k == 0:
+            pa[free[j]] = zj
+            sl[j] = 1.0
+        else:
+            sg = 1.0 / (1.0 + math.exp(-zj))
+            if k == 1:
+                pa[free[j]] = lo[j] + (hi[j] - lo[j]) * sg
+                sl[j] = (hi[j] - lo[j]) * sg * (1.0 - sg)
+            else:
+                sp = zj if zj > 20.0 else math.log1p(math.exp(zj))
+                d = 1.0 if zj > 20.0 else sg
+                if k == 2:
+                    pa[free[j]] = lo[j] + sp
+                    sl[j] = d
+                else:
+                    pa[free[j]] = hi[j] - sp
+                    sl[j] = -d
 
-    Returns (cost, code, nit, nfev); pa holds the answer and A its JᵀJ."""
+
+@numba.njit(cache=True, error_model="numpy")
+def _normal_z(z, free, kind, lo, hi, pa, sl, bounded, y, sw, {xargs}D, R, T, A, g):
+    """The normal equations in z: those in theta, scaled by dtheta/dz (the chain rule)."""
+    _external(z, free, kind, lo, hi, pa, sl)
+    cost = normal(pa, y, sw, {xcall}D, R, T, A, g)
+    if bounded:
+        for j in range(NF):
+            g[j] *= sl[j]
+            for k in range(NF):
+                A[j, k] *= sl[j] * sl[k]
+    return cost
+
+
+@numba.njit(cache=True, error_model="numpy")
+def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D,
+           R, T):
+    """One problem, from z (its start, the free parameters in the unconstrained space; pa
+    holds the fixed ones), as batched_lm steps it.
+
+    Returns (cost, code, nit, nfev); z and pa hold the answer, A its JᵀJ (in z)."""
     n = NF
     g, gn, p, Dg, sd, gs, tmp = work[0], work[1], work[2], work[3], work[4], work[5], work[6]
+    zt, sl = work[7], work[8]
+    bounded = False
+    for j in range(n):
+        if kind[j] != 0:
+            bounded = True
     An = np.empty((n, n))
     Mx = np.empty((n, n))
     pt = pa.copy()
-    cost = normal(pa, y, sw, {xcall}D, R, T, A, g)
+    cost = _normal_z(z, free, kind, lo, hi, pa, sl, bounded, y, sw, {xcall}D, R, T, A, g)
     nfev = 1
     nit = 0
     code = 0
@@ -656,8 +703,9 @@ def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T)
             for j in range(n):
                 p[j] = 0.0
         for j in range(n):
-            pt[free[j]] = pa[free[j]] + p[j]
-        cost_new = normal(pt, y, sw, {xcall}D, R, T, An, gn)
+            zt[j] = z[j] + p[j]
+        cost_new = _normal_z(zt, free, kind, lo, hi, pt, tmp, bounded, y, sw, {xcall}D, R, T,
+                             An, gn)
         gp = 0.0
         pAp = 0.0
         for j in range(n):
@@ -674,6 +722,7 @@ def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T)
             lam = lam * max(1.0 - (2.0 * rho - 1.0) ** 3, 1.0 / 3.0)
             nu = 2.0
             for j in range(n):
+                z[j] = zt[j]
                 pa[free[j]] = pt[free[j]]
                 g[j] = gn[j]
                 for k in range(n):
@@ -687,7 +736,7 @@ def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T)
         zn = 0.0
         for j in range(n):
             pn += p[j] * p[j]
-            zn += pa[free[j]] * pa[free[j]]
+            zn += z[j] * z[j]
         small_step = ok and math.sqrt(pn) <= xtol * (math.sqrt(zn) + xtol)
         if ok:
             cost = cost_new
@@ -705,20 +754,19 @@ def lm_one(pa, free, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D, R, T)
         nfev += 1
         if code == 0 and nit >= max_iter:
             code = -1
-        for j in range(n):
-            pt[free[j]] = pa[free[j]]
     return cost, code, nit, nfev
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def lm_all(P, free, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit, nfev, A):
+def lm_all(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit,
+           nfev, A):
     for b in numba.prange(P.shape[0]):
-        work = np.empty((7, NF))
+        work = np.empty((9, NF))
         D = np.empty((NF, M))
         R = np.empty(M)
         T = np.empty((NT, M))
-        c, k, it, ev = lm_one(P[b], free, Y[b], sw, {xcall}max_iter, gtol, ftol, xtol, A[b],
-                              work, D, R, T)
+        c, k, it, ev = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw, {xcall}max_iter, gtol,
+                              ftol, xtol, A[b], work, D, R, T)
         cost[b] = c
         code[b] = k
         nit[b] = it
@@ -726,14 +774,15 @@ def lm_all(P, free, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit, n
 
 
 @numba.njit(cache=True, error_model="numpy")
-def lm_serial(P, free, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit, nfev, A):
-    work = np.empty((7, NF))
+def lm_serial(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
+              nit, nfev, A):
+    work = np.empty((9, NF))
     D = np.empty((NF, M))
     R = np.empty(M)
     T = np.empty((NT, M))
     for b in range(P.shape[0]):
-        c, k, it, ev = lm_one(P[b], free, Y[b], sw, {xcall}max_iter, gtol, ftol, xtol, A[b],
-                              work, D, R, T)
+        c, k, it, ev = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw, {xcall}max_iter, gtol,
+                              ftol, xtol, A[b], work, D, R, T)
         cost[b] = c
         code[b] = k
         nit[b] = it
@@ -903,8 +952,6 @@ def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=Fa
         return f"it fits the Gaussian and Poisson likelihoods, not {lik.name}"
     if priors:
         return "it takes no priors"
-    if space.bounded:
-        return "it takes no bounds (fit unbounded, or use engine='torch')"
     shaped = [nm for nm in space.names if space.shapes[nm] != ()]
     if shaped:
         return f"it takes scalar parameters only; {', '.join(shaped)} has a shape"
@@ -1026,18 +1073,29 @@ class NativeLM:
                              np.ascontiguousarray(Y, dtype=np.float64), *self.arrays, H)
         return H
 
-    def run(self, P, Y, *, max_iter, gtol, ftol, xtol):
+    def run(self, P, Y, *, max_iter, gtol, ftol, xtol, Z=None, bounds=None):
         """Fit every row: ``P (B, n_all)`` starts (overwritten by the answers), ``Y (B, m)``.
-        Returns ``(cost, code, nit, nfev, JᵀJ)``."""
+
+        ``bounds``: ``(lo, hi)`` of the free parameters (``±inf`` where open); then ``Z``
+        ``(B, n_free)`` are the starts in the unconstrained space (as
+        :meth:`ParamSpace.to_internal`), overwritten by the answers. Returns ``(cost,
+        code, nit, nfev, JᵀJ in z, Z)``."""
         B, nf = P.shape[0], self.free.size
+        kind, lo, hi = np.zeros(nf, np.int64), np.zeros(nf), np.zeros(nf)
+        if bounds is not None:
+            lo_, hi_ = (np.asarray(b, dtype=np.float64) for b in bounds)
+            flo, fhi = np.isfinite(lo_), np.isfinite(hi_)
+            kind = np.where(flo & fhi, 1, np.where(flo, 2, np.where(fhi, 3, 0))).astype(np.int64)
+            lo, hi = np.where(flo, lo_, 0.0), np.where(fhi, hi_, 0.0)
+        Z = np.ascontiguousarray(P[:, self.free] if Z is None else Z, dtype=np.float64)
         cost, code = np.empty(B), np.empty(B, np.int64)
         nit, nfev = np.empty(B, np.int64), np.empty(B, np.int64)
         A = np.empty((B, nf, nf))
         # prange where it pays; a few problems (and its first compile, ~1 s more) not
         fn = self.module.lm_all if B >= 64 and numba_threads() > 1 else self.module.lm_serial
-        fn(P, self.free, Y, self.sw, *self.arrays, int(max_iter), float(gtol), float(ftol),
-           float(xtol), cost, code, nit, nfev, A)
-        return cost, code, nit, nfev, A
+        fn(P, Z, self.free, kind, lo, hi, Y, self.sw, *self.arrays, int(max_iter), float(gtol),
+           float(ftol), float(xtol), cost, code, nit, nfev, A)
+        return cost, code, nit, nfev, A, Z
 
 
 def compile_lm(fn, n_all: int, free_pos, x_leaves, theta0, out_shape, likelihood: str,
