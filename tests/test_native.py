@@ -425,3 +425,27 @@ def test_single_fit_with_bounds_agrees_with_the_torch_engine():
         for k in NAMES:
             assert nat.params[k] == pytest.approx(ref.params[k], rel=1e-7)
             assert nat.errors[k] == pytest.approx(ref.errors[k], rel=1e-6)
+
+
+def test_a_kernel_refused_by_its_check_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path))
+    x = torch.linspace(0, 1, 9, dtype=torch.float64)
+
+    def model(p, x):
+        return p["a"] * torch.sin(p["b"] * x)
+
+    calls = []
+
+    def refuse(kernel):
+        calls.append(kernel)
+        raise native.NotCompilable("disagrees")
+
+    lik = gradfit.Gaussian()
+    args = (model, ("a", "b"), [0, 1], x, [1.0, 2.0], (9,), lik)
+    with pytest.raises(native.NotCompilable, match="disagrees"):
+        native.cached_kernel(*args, check=refuse)
+    with pytest.raises(native.NotCompilable, match="disagrees"):
+        native.cached_kernel(*args, check=refuse)  # checked again, not served from the cache
+    assert len(calls) == 2
+    k = native.cached_kernel(*args, check=calls.append)
+    assert native.cached_kernel(*args, check=refuse) is k and len(calls) == 3

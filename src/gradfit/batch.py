@@ -20,6 +20,7 @@ from .objective import resolve_device
 from .params import Param, ParamSpace
 from .priors import Prior, Uniform
 from .result import BatchResult
+from .solvers import native
 from .solvers.batched import (
     MESSAGES,
     SUCCESS_CODES,
@@ -757,13 +758,13 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     def part(c0, size):
         return tuple(d[c0:c0 + size] for d in data_all)
 
-    native = None
+    kernel = None
     if engine != "torch" and n and method == "lm":
         why = native_refusal(lik, priors=bool(prior_map), space=space, device=dev, dtype=dt,
                              x_batched=x_batched, vectorized=vectorized)
         if why is None:
             try:
-                native = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
+                kernel = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
                                      free_idx, normal_t, val_t, pack, dev, dt)
             except NotCompilable as exc:
                 why = str(exc)
@@ -776,7 +777,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     # every start checked first (a chunk at a time in torch)
     f0_parts = []
     # (the compiled engine's kernel tests its starts itself: code -2, below)
-    for c0 in range(0, nK, chunk_size) if native is None else ():
+    for c0 in range(0, nK, chunk_size) if kernel is None else ():
         with torch.no_grad():
             f0 = val_z(z0_keep[c0:c0 + chunk_size], part(c0, chunk_size))
         badf = ~torch.isfinite(f0)
@@ -788,9 +789,9 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     obj = BatchedObjective(res_z, val_z, n, data_all, dev, dt, normal_fun=normal_z)
     check = int(opts.get("check_every", 2 if method == "lm" else 8))
     sol = None
-    if native is not None:
+    if kernel is not None:
         reuse = errors and gauss_newton
-        sol, P_end = _native_solve(native, space, values, keep, y_np, z0_all[keep], max_iter,
+        sol, P_end = _native_solve(kernel, space, values, keep, y_np, z0_all[keep], max_iter,
                                    tol_kw, reuse and not space.bounded, dev, dt)
         if bool((sol.code == -2).any()):
             _bad_starts(keep[torch.nonzero(sol.code == -2).reshape(-1).cpu().numpy()])
@@ -809,7 +810,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                             working_set=chunk_size, **tol_kw)
     if sol is not None:
         z_all, code_all, nit_all, nfev_all = sol.z, sol.code, sol.nit, sol.nfev
-    if native is None and jac_how == "pixelwise" and n and nK:
+    if kernel is None and jac_how == "pixelwise" and n and nK:
         # checked at the starts; a coupling across points that only switches on
         # elsewhere (torch.where on a parameter) would make the one-pass Jacobian
         # wrong there: check again at the answers, and refit without it if it is
@@ -827,7 +828,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     # Gaussian without priors: the LM's ½|r|² at its last point is the nll there
     # (and 2x it the RSS), so neither needs another model evaluation
     ls_cost = method == "lm" and n and isinstance(lik, Gaussian) and not prior_map
-    post = chunk_size if native is None else max(chunk_size, 8192)  # (no graph to hold)
+    post = chunk_size if kernel is None else max(chunk_size, 8192)  # (no graph to hold)
+    native_hess = kernel is not None and kernel.has_hessian  # (Poisson)
 
     def y_rows(c0, rows):
         """y of the kept problems ``rows`` (a view where every problem is kept)."""
@@ -839,7 +841,6 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         z, code, nit, nfev = z_all[sl], code_all[sl], nit_all[sl], nfev_all[sl]
         H_end = sol.jtj[sl] if sol is not None and sol.jtj is not None else None
         theta = to_ext(z).detach()
-        native_hess = native is not None and native.has_hessian  # (Poisson)
         if ls_cost:
             fun_t = sol.fun[sl]
         elif native_hess:
@@ -859,7 +860,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                     with torch.no_grad():
                         H = normal_t(theta, data)[1]
             elif native_hess:
-                H = torch.as_tensor(native.hessians(P_end[sl],
+                H = torch.as_tensor(kernel.hessians(P_end[sl],
                                                     y_rows(c0, rows).reshape(rows.size, -1)),
                                     device=dev, dtype=dt)
             elif hess_fn is not None:
@@ -945,7 +946,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         names=list(space.labels), fun=fun_out, success=success, messages=messages,
         method=method, nit=nit_out, nfev=nfev_out, time_s=time.perf_counter() - t0,
         ndata=ndata, dof=ndata - n, at_bounds=at_bounds,
-        engine="numba" if native is not None else "torch")
+        engine="numba" if kernel is not None else "torch")
 
 
 def _batched_leaf_tensors(xt):
@@ -1177,50 +1178,25 @@ def _bad_starts(bad):
 
 def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, normal_t,
                 val_t, pack, dev, dt):
-    """The model's compiled fit; where it is new in this process, its normal equations
-    (and, for Poisson, its Hessian) are checked against torch's at the first problems'
-    starts (a translation that differs anywhere is refused)."""
-    from .solvers import native
-
+    """The model's compiled fit; one made now is checked against torch's normal equations
+    (and, for Poisson, its Hessian) at the first problems' starts."""
     names = space.names
     free_pos = [k for k, nm in enumerate(names) if free_idx[nm][1]]
-    leaves = _batched_leaf_tensors(xt_all)
-
-    def one(*args):
-        it = iter(args[len(names):])
-        xx = _map_tree(xt_all, lambda p, a: next(it) if isinstance(a, torch.Tensor) else a)
-        return model(_ModelParams(dict(zip(names, args[:len(names)]))), xx)
-
     rows = keep[:3]
     P0 = np.stack([np.asarray(values[nm], dtype=np.float64)[rows] for nm in names], axis=1)
-    kernel, fresh = native.cached_kernel(model, one, names, free_pos, leaves, P0[0],
-                                         ydata_shape, lik)
-    if not fresh:
-        return kernel
-    data = pack(rows)
-    theta = torch.as_tensor(P0[:, free_pos], device=dev, dtype=dt)
-    with torch.no_grad():
-        cost_t, A_t, g_t = (v.cpu().numpy() for v in normal_t(theta, data))
-    Y = data[0].reshape(len(rows), -1).cpu().numpy()
-    for b in range(len(rows)):
-        cost, A, g = kernel.normal(P0[b], Y[b])
-        scale = max(np.abs(A_t[b]).max(), 1e-300)
-        gscale = max(np.sqrt(np.abs(np.diag(A_t[b])).max() * 2 * abs(cost_t[b])), 1e-300)
-        if not (abs(cost - cost_t[b]) <= 1e-9 * max(abs(cost_t[b]), 1e-300)
-                and np.abs(A - A_t[b]).max() <= 1e-9 * scale
-                and np.abs(g - g_t[b]).max() <= 1e-9 * gscale):
-            raise NotCompilable(
-                f"the compiled model disagrees with torch at problem {int(rows[b])}'s start "
-                f"(cost {cost:.17g} against {float(cost_t[b]):.17g}); an operation is "
-                "translated wrongly, please report it")
-    if kernel.has_hessian:
-        H_t = hessian(lambda th: val_t(th, data), theta, len(free_pos)).cpu().numpy()
-        H = kernel.hessians(P0, Y)
-        if not np.all(np.abs(H - H_t) <= 1e-8 * np.abs(H_t).max(axis=(1, 2))[:, None, None]):
-            raise NotCompilable(
-                "the compiled model's second derivatives disagree with torch's at the first "
-                "problems' starts; an operation is translated wrongly, please report it")
-    return kernel
+
+    def check(kernel):
+        data = pack(rows)
+        theta = torch.as_tensor(P0[:, free_pos], device=dev, dtype=dt)
+        with torch.no_grad():
+            ref = [v.cpu().numpy() for v in normal_t(theta, data)]
+        H_t = hessian(lambda th: val_t(th, data), theta, len(free_pos)).cpu().numpy() \
+            if kernel.has_hessian else None
+        native.check_kernel(kernel, P0, data[0].reshape(len(rows), -1).cpu().numpy(), *ref,
+                            H_t, rows=rows)
+
+    return native.cached_kernel(model, names, free_pos, xt_all, P0[0], ydata_shape, lik,
+                                params=_ModelParams, check=check)
 
 
 def _native_rows(space, values, keep, y_np):

@@ -741,11 +741,7 @@ def _run_problem(prob, method, max_iter, tol, progress, options, strict, errors,
     if cov is not None:
         err_flat = np.sqrt(np.diag(cov)) if n else np.zeros(0)
     corr = None if cov is None else (correlation(cov) if n else np.zeros((0, 0)))
-    bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
-    if bounds_hit and how is not None:
-        warnings.warn(
-            f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
-            "Hessian are not reliable there", FitWarning, stacklevel=3)
+    bounds_hit = _bounds_hit(space, theta, how is not None, stacklevel=3)
     ndata = prob.ndata
     res = FitResult(
         params=space.unflatten_numpy(theta),
@@ -778,20 +774,36 @@ def _error_how(errors, n: int):
                      f"parameter labels, not {errors!r}")
 
 
-def _variance_scale(prob: Problem, theta: torch.Tensor) -> float:
-    """RSS/(n−p) for least squares with unknown sigma, else 1 (NaN with a warning if no dof)."""
+def _variance_scale(prob: Problem, theta: torch.Tensor | None, rss: float | None = None,
+                    stacklevel: int = 5) -> float:
+    """RSS/(n−p) for least squares with unknown sigma, else 1 (NaN with a warning if no dof).
+
+    ``rss``: the RSS where the caller has it (else it is evaluated at ``theta``)."""
     lik = prob.likelihood
     if lik is None or not lik.scale_errors:
         return 1.0
     n = prob.space.n_free
-    rss = prob.rss(theta)
+    if rss is None:
+        rss = prob.rss(theta)
     dof = prob.ndata - n
     if rss is None or dof <= 0:
         warnings.warn(
             f"least squares with {prob.ndata} points and {n} free parameters leaves no "
-            "degrees of freedom to estimate sigma; errors are NaN", FitWarning, stacklevel=5)
+            "degrees of freedom to estimate sigma; errors are NaN", FitWarning,
+            stacklevel=stacklevel)
         return math.nan
     return rss / dof
+
+
+def _bounds_hit(space, theta, warn: bool, stacklevel: int) -> tuple:
+    """The free elements at a bound, with a warning (where ``warn``) that their errors
+    from the Hessian are not reliable there."""
+    hit = tuple(space.at_bound(theta)) if space.bounded else ()
+    if hit and warn:
+        warnings.warn(
+            f"parameter(s) {', '.join(hit)} ended at a bound; their errors from the "
+            "Hessian are not reliable there", FitWarning, stacklevel=stacklevel + 1)
+    return hit
 
 
 def _scale_errors(prob: Problem, theta: torch.Tensor, how, options) -> tuple:
@@ -953,20 +965,21 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     kernel = None
     names = list(space.names)
     free_pos = [k for k, nm in enumerate(names) if bool(np.asarray(space.free[nm]).all())]
-    leaves = _tensor_leaves(prob.xt)
     start = space.unflatten_numpy(space.theta0)
     P = np.array([[float(start[nm]) for nm in names]])
     Y = prob.yt.detach().cpu().numpy().astype(np.float64).reshape(1, -1)
     if why is None:
-        def one(*args):
-            it = iter(args[len(names):])
-            return prob.model(_ModelParams(dict(zip(names, args[:len(names)]))),
-                              _replace_leaves(prob.xt, it))
+        def check(kern):
+            tobj = prob.theta_objective()
+            theta = torch.as_tensor(space.theta0, dtype=prob.dtype)
+            r, J = (t.detach().numpy() for t in tobj.residuals_and_jacobian(theta))
+            H_t = tobj.hessian(theta).detach().numpy()[None] if kern.has_hessian else None
+            native.check_kernel(kern, P, Y, np.array([0.5 * r @ r]), (J.T @ J)[None],
+                                (J.T @ r)[None], H_t)
         try:
-            kernel, fresh = native.cached_kernel(prob.model, one, names, free_pos, leaves,
-                                                 P[0], tuple(prob.yt.shape), lik)
-            if fresh:
-                _check_native(kernel, prob, P, Y)
+            kernel = native.cached_kernel(prob.model, names, free_pos, prob.xt, P[0],
+                                          tuple(prob.yt.shape), lik, params=_ModelParams,
+                                          check=check)
         except native.NotCompilable as exc:
             why = str(exc)
     if why is not None:
@@ -995,24 +1008,11 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
         H = kernel.hessians(P, Y)[0] if poisson else \
             (kernel.normal(P[0], Y[0])[1] if space.bounded else A[0])
         cov = covariance_from_hessian(H, list(space.labels))
-        if lik.scale_errors:
-            dof = prob.ndata - n
-            if dof <= 0:
-                warnings.warn(
-                    f"least squares with {prob.ndata} points and {n} free parameters leaves "
-                    "no degrees of freedom to estimate sigma; errors are NaN", FitWarning,
-                    stacklevel=3)
-                cov = cov * math.nan
-            else:
-                cov = cov * (2.0 * fun / dof)
+        cov = cov * _variance_scale(prob, None, rss=2.0 * fun, stacklevel=4)
         error_method = "dense-hessian" if poisson else "dense-gauss-newton"
         extra = 1 if poisson else 0
     err = np.sqrt(np.diag(cov))
-    bounds_hit = tuple(space.at_bound(theta)) if space.bounded else ()
-    if bounds_hit and errors != "none":
-        warnings.warn(
-            f"parameter(s) {', '.join(bounds_hit)} ended at a bound; their errors from the "
-            "Hessian are not reliable there", FitWarning, stacklevel=3)
+    bounds_hit = _bounds_hit(space, theta, errors != "none", stacklevel=3)
     res = FitResult(
         params=space.unflatten_numpy(theta), errors=space.unflatten_numpy(err, fill_fixed=0.0),
         cov=cov, corr=correlation(cov), names=list(space.labels), fun=fun, success=success,
@@ -1022,49 +1022,6 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     if strict and not success:
         raise FitError(f"fit did not succeed: {message}")
     return res
-
-
-def _tensor_leaves(x) -> list:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, tuple | list):
-        return [t for v in x for t in _tensor_leaves(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensor_leaves(v)]
-    return []
-
-
-def _replace_leaves(x, it):
-    """``x`` with its tensors taken in order from the iterator ``it``."""
-    if isinstance(x, torch.Tensor):
-        return next(it)
-    if isinstance(x, tuple | list):
-        return type(x)(_replace_leaves(v, it) for v in x)
-    if isinstance(x, dict):
-        return {k: _replace_leaves(v, it) for k, v in x.items()}
-    return x
-
-
-def _check_native(kernel, prob: Problem, P, Y):
-    """A new kernel's normal equations (and Hessian) against torch's at the start."""
-    from .solvers.native import NotCompilable
-
-    tobj = prob.theta_objective()
-    theta = torch.as_tensor(prob.space.theta0, dtype=prob.dtype)
-    cost, A, g = kernel.normal(P[0], Y[0])
-    r, J = tobj.residuals_and_jacobian(theta)
-    r, J = r.detach().numpy(), J.detach().numpy()
-    At, gt = J.T @ J, J.T @ r
-    ok = (abs(cost - 0.5 * r @ r) <= 1e-9 * max(0.5 * r @ r, 1e-300)
-          and np.abs(A - At).max() <= 1e-9 * max(np.abs(At).max(), 1e-300)
-          and np.abs(g - gt).max() <= 1e-9 * max(np.abs(gt).max(), np.sqrt(
-              np.abs(np.diag(At)).max() * (r @ r)), 1e-300))
-    if ok and kernel.has_hessian:
-        Ht = tobj.hessian(theta).detach().numpy()
-        ok = np.abs(kernel.hessians(P, Y)[0] - Ht).max() <= 1e-8 * np.abs(Ht).max()
-    if not ok:
-        raise NotCompilable("the compiled model disagrees with torch at the start; an "
-                            "operation is translated wrongly, please report it")
 
 
 def minimize(nll, params, method="auto", *, priors=None, device="cpu", dtype=torch.float64,

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["NotCompilable", "NativeLM", "compile_lm", "cached_kernel", "available",
-           "poisson_nll_offset", "refusal"]
+__all__ = ["NotCompilable", "NativeLM", "compile_lm", "cached_kernel", "check_kernel",
+           "available", "poisson_nll_offset", "refusal"]
 
 
 class NotCompilable(ValueError):
@@ -296,8 +296,6 @@ class _Translator:
             (self.loop if per_point else self.pro).append(
                 f"{c} = {ops[0].expr} {_COMPARE[name]} {ops[1].expr}")
             return _Node("B", c)
-        if kind == "P":  # bind first so that partials may name the value
-            pass
         expr, partials, second = self._rule(name, node, ops, where)
         return self._node(kind, expr, partials, second)
 
@@ -757,36 +755,30 @@ def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, 
     return cost, code, nit, nfev
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
+             nit, nfev, A, work, D, R, T):
+    cost[b], code[b], nit[b], nfev[b] = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw,
+                                               {xcall}max_iter, gtol, ftol, xtol, A[b], work, D,
+                                               R, T)
+
+
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def lm_all(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit,
            nfev, A):
     for b in numba.prange(P.shape[0]):
-        work = np.empty((9, NF))
-        D = np.empty((NF, M))
-        R = np.empty(M)
-        T = np.empty((NT, M))
-        c, k, it, ev = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw, {xcall}max_iter, gtol,
-                              ftol, xtol, A[b], work, D, R, T)
-        cost[b] = c
-        code[b] = k
-        nit[b] = it
-        nfev[b] = ev
+        _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
+                 code, nit, nfev, A, np.empty((9, NF)), np.empty((NF, M)), np.empty(M),
+                 np.empty((NT, M)))
 
 
 @numba.njit(cache=True, error_model="numpy")
 def lm_serial(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
               nit, nfev, A):
-    work = np.empty((9, NF))
-    D = np.empty((NF, M))
-    R = np.empty(M)
-    T = np.empty((NT, M))
+    work, D, R, T = np.empty((9, NF)), np.empty((NF, M)), np.empty(M), np.empty((NT, M))
     for b in range(P.shape[0]):
-        c, k, it, ev = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw, {xcall}max_iter, gtol,
-                              ftol, xtol, A[b], work, D, R, T)
-        cost[b] = c
-        code[b] = k
-        nit[b] = it
-        nfev[b] = ev
+        _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
+                 code, nit, nfev, A, work, D, R, T)
 '''
 
 
@@ -971,10 +963,36 @@ def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=Fa
 _KERNELS: dict = {}
 
 
-def cached_kernel(model, one, names, free_pos, x_leaves, theta0, out_shape, lik):
-    """``(kernel, fresh)``: the compiled fit of ``model`` (called as ``one(*params,
-    *x_leaves)``), from this process's cache where the same model, parameters, likelihood
-    and x had one; ``fresh`` when it was made now (the caller checks it against torch)."""
+def _tensors(x) -> list:
+    """The tensors of ``x`` (a tensor, or a tuple/list/dict of them), in order."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, tuple | list):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
+def _rebuild(x, it):
+    """``x`` with its tensors taken in order from the iterator ``it``."""
+    if isinstance(x, torch.Tensor):
+        return next(it)
+    if isinstance(x, tuple | list):
+        return type(x)(_rebuild(v, it) for v in x)
+    if isinstance(x, dict):
+        return {k: _rebuild(v, it) for k, v in x.items()}
+    return x
+
+
+def cached_kernel(model, names, free_pos, x, theta0, out_shape, lik, *, params=dict,
+                  check=None):
+    """The compiled fit of ``model`` (called as ``model(params(name -> tensor), x)``), from
+    this process's cache where the same model, parameters, likelihood and x had one.
+
+    A kernel made now is first passed to ``check(kernel)`` (which raises
+    :class:`NotCompilable` where it disagrees with torch) and cached only if it passes.
+    """
     from ..likelihoods import Gaussian
 
     m = int(np.prod(out_shape))
@@ -985,21 +1003,54 @@ def cached_kernel(model, one, names, free_pos, x_leaves, theta0, out_shape, lik)
         kind = "gaussian"
     else:
         sw, kind = np.ones(m), "poisson"
+    leaves = _tensors(x)
 
     def digest(a):
         return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
 
     key = (id(model), tuple(names), tuple(int(k) for k in free_pos), kind, tuple(out_shape),
            digest(sw), tuple((tuple(a.shape), digest(a.detach().cpu().numpy()))
-                             for a in x_leaves))
+                             for a in leaves))
     hit = _KERNELS.get(key)
     if hit is not None and hit[0] is model:
-        return hit[1], False
-    kernel = compile_lm(one, len(names), free_pos, x_leaves, theta0, out_shape, kind, sw)
+        return hit[1]
+
+    def one(*args):
+        return model(params(zip(names, args[:len(names)])), _rebuild(x, iter(args[len(names):])))
+
+    kernel = compile_lm(one, len(names), free_pos, leaves, theta0, out_shape, kind, sw)
+    if check is not None:
+        check(kernel)
     if len(_KERNELS) >= 32:
         _KERNELS.pop(next(iter(_KERNELS)))
     _KERNELS[key] = (model, kernel)
-    return kernel, True
+    return kernel
+
+
+def check_kernel(kernel, P, Y, cost_t, A_t, g_t, H_t=None, rows=None):
+    """Refuse (:class:`NotCompilable`) a kernel whose normal equations at the rows of ``P``
+    differ from torch's ``cost_t (b,)``, ``A_t (b, n, n)``, ``g_t (b, n)`` by more than
+    1e-9 (of the cost, of max|A|, of sqrt(max diag A · 2 cost) = |J| |r|), or whose
+    Hessians differ from ``H_t`` (Poisson) by more than 1e-8 of max|H|. ``rows``: the
+    problems' indices, for the message."""
+    for b in range(P.shape[0]):
+        cost, A, g = kernel.normal(P[b], Y[b])
+        scale = max(np.abs(A_t[b]).max(), 1e-300)
+        gscale = max(np.sqrt(np.abs(np.diag(A_t[b])).max() * 2 * abs(cost_t[b])), 1e-300)
+        if not (abs(cost - cost_t[b]) <= 1e-9 * max(abs(cost_t[b]), 1e-300)
+                and np.abs(A - A_t[b]).max() <= 1e-9 * scale
+                and np.abs(g - g_t[b]).max() <= 1e-9 * gscale):
+            raise NotCompilable(
+                f"the compiled model disagrees with torch at the start of problem "
+                f"{b if rows is None else int(rows[b])} "
+                f"(cost {cost:.17g} against {float(cost_t[b]):.17g}); an operation is "
+                "translated wrongly, please report it")
+    if H_t is not None and kernel.has_hessian:
+        H = kernel.hessians(P, Y)
+        if not np.all(np.abs(H - H_t) <= 1e-8 * np.abs(H_t).max(axis=(1, 2))[:, None, None]):
+            raise NotCompilable(
+                "the compiled model's second derivatives disagree with torch's at the "
+                "start; an operation is translated wrongly, please report it")
 
 
 def _cache_dir() -> Path:
@@ -1132,8 +1183,7 @@ def compile_lm(fn, n_all: int, free_pos, x_leaves, theta0, out_shape, likelihood
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: not this engine
         raise NotCompilable(f"the model could not be traced: {type(exc).__name__}: {exc}") \
             from None
-    # the x-only nodes' values, once
-    values = {}
+    # the x-only nodes' values, once (make_fx's own node values are fake tensors)
     env_vals = torch.fx.Interpreter(gm)
     captured = {}
 
