@@ -307,7 +307,7 @@ def build(dtype: str, parallel: bool, fastmath=False):
                 status[b], nev[b] = lm_one(Y[b], P0[b], xs, ys, poisson, tol, max_iter,
                                            P[b], E[b], work, buf)
             return P, E, status, nev
-    return SimpleNamespace(fit=fit, normal_equations=normal_equations)
+    return SimpleNamespace(fit=fit)
 
 
 class NativeFit:

@@ -46,7 +46,7 @@ from .telescope import Telescope, get_telescope
 from .transforms import MFT, TRANSFORMS, make_transform
 from .zernike import zernike_count, zernike_monomials
 
-__all__ = ["BeamModel", "map_axes", "torch_threads", "ILLUMINATIONS", "TRANSFORMS"]
+__all__ = ["BeamModel", "flat_maps", "map_axes", "torch_threads", "ILLUMINATIONS", "TRANSFORMS"]
 
 
 class torch_threads:
@@ -74,6 +74,15 @@ class torch_threads:
 def map_axes(m) -> tuple[np.ndarray, np.ndarray] | None:
     """``(u_axis, v_axis)`` if map ``m`` is a regular grid, else None (see BeamMap.grid_axes)."""
     return m.grid_axes()
+
+
+def flat_maps(X: torch.Tensor, sizes) -> torch.Tensor:
+    """Per-map rows ``(B, Nb, ...)``, padded to the longest map, -> ``(N, ...)``: each map's
+    ``sizes[b]`` samples, map after map, as the models return their values."""
+    Nb = X.shape[1]
+    if all(s == Nb for s in sizes):
+        return X.reshape((-1,) + X.shape[2:])
+    return torch.cat([X[b, :s] for b, s in enumerate(sizes)])
 
 
 class BeamModel:
@@ -266,10 +275,7 @@ class BeamModel:
             if names:
                 const = {k: v for k, v in p.items() if k not in names}
                 return _BeamFunction.apply(self, names, const, *[p[k] for k in names])
-        P = self._per_map(self.power(p) * self._get(p, "amp"), p)
-        if P.shape[-1] * self.n_maps != self.n_points:
-            return torch.cat([P[b, :s] for b, s in enumerate(self.sizes)])
-        return P.reshape(-1)
+        return self._flat(self._per_map(self.power(p) * self._get(p, "amp"), p))
 
     # ----------------------------------------------------------------- Jacobian
     def _monomial_coeffs(self) -> torch.Tensor:
@@ -315,12 +321,8 @@ class BeamModel:
             return self._jacobian(p, names)
 
     def _flat(self, X: torch.Tensor) -> torch.Tensor:
-        """Per-map rows ``(B, Nb, ...)`` (padded to the longest map) -> ``(N, ...)``, map
-        after map, as :meth:`__call__` returns the model."""
-        Nb = X.shape[1]
-        if all(s == Nb for s in self.sizes):
-            return X.reshape((-1,) + X.shape[2:])
-        return torch.cat([X[b, :s] for b, s in enumerate(self.sizes)])
+        """Per-map rows ``(B, Nb, ...)`` -> ``(N, ...)`` (see :func:`flat_maps`)."""
+        return flat_maps(X, self.sizes)
 
     def _jacobian(self, p, names):
         B = self.n_maps

@@ -382,9 +382,12 @@ def _map_to_grid(m: BeamMap, values: np.ndarray) -> np.ndarray:
 
 def _grid(values, model=None) -> np.ndarray:
     if isinstance(values, BeamMap):
-        z = _map_to_grid(values, values.masked_power())
+        # the residual first, so that the map's raster is worked out once
+        r = values.masked_power()
         if model is not None:
-            model = _map_to_grid(values, np.asarray(model, dtype=np.float64).ravel())
+            r = r - np.asarray(model, dtype=np.float64).ravel()
+            model = None
+        z = _map_to_grid(values, r)
     else:
         z = np.asarray(values, dtype=np.float64)
         if z.ndim != 2:

@@ -47,7 +47,7 @@ import gradfit
 from gradfit.objective import resolve_device
 
 from .aperture import ApertureGrid, aperture_grid
-from .model import torch_threads
+from .model import flat_maps, torch_threads
 from .nuisance import DEFAULTS, ILLUMINATIONS, illumination
 from .observation import BeamMap, Observation
 from .pixel_errors import jacobi_diagonal, pixel_uncertainty
@@ -201,9 +201,7 @@ class PixelModel:
         return self.grid.n_pixels
 
     def _flat(self, P: torch.Tensor) -> torch.Tensor:
-        if P.shape[-1] * self.n_maps != sum(self.sizes):
-            return torch.cat([P[b, :s] for b, s in enumerate(self.sizes)])
-        return P.reshape(-1)
+        return flat_maps(P, self.sizes)
 
     def power(self, phase: torch.Tensor) -> torch.Tensor:
         """``gain_b |F_b|^2 / F0^2`` of every map, flat (map after map), for the cell
