@@ -6,6 +6,7 @@ iteration, so the same answers and status codes) and SciPy's curve_fit; and ever
 refusal names its reason.
 """
 
+import math
 import os
 
 import numpy as np
@@ -52,6 +53,40 @@ def test_normal_equations_against_complex_step():
         assert cost == pytest.approx(0.5 * r @ r, rel=1e-13)
         np.testing.assert_allclose(A, J.T @ J, rtol=1e-11, atol=1e-11 * np.abs(J.T @ J).max())
         np.testing.assert_allclose(g, J.T @ r, rtol=1e-9, atol=1e-10 * np.abs(J.T @ r).max())
+
+
+def test_vectorised_exp_and_log_against_libm():
+    """The kernel's loop exp and log (polynomials, not calls) against the C library's,
+    within 2 ulp, and at the edges: overflow, underflow (0 below exp(-708.39), which
+    documents its one difference: no subnormal results), subnormal input, 0, <0, inf, NaN."""
+    k = native.compile_lm(lambda a, x: a * x, 1, [0], [torch.ones(3, dtype=torch.float64)],
+                          [1.0], (3,), "gaussian", np.ones(3))
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.linspace(-760.0, 720.0, 20001), rng.uniform(-40, 40, 5000),
+                        [709.782712893384, 709.7827128933841, -708.39, -708.3900001, 0.0,
+                         -0.0, 1e-300, np.inf, -np.inf, np.nan]])
+    v, kb = x.copy(), np.empty_like(x)
+    k.module._vexp(v, kb)
+    ref = np.array([math.exp(t) if t <= 709.782712893384 else math.inf for t in x[:-3]])
+    normal = (x[:-3] >= -708.39) & np.isfinite(ref)
+    ulp = np.abs(v[:-3][normal] - ref[normal]) / np.spacing(ref[normal])
+    assert ulp.max() <= 2.0
+    assert np.all(v[:-3][x[:-3] < -708.39] == 0.0) and np.all(ref[x[:-3] < -708.39] < 2.3e-308)
+    assert np.all(np.isinf(v[:-3][x[:-3] > 709.782712893384]))
+    assert v[-3] == np.inf and v[-2] == 0.0 and np.isnan(v[-1])
+    assert np.isfinite(v[x == 709.782712893384]).all()
+
+    y = np.concatenate([np.exp(rng.uniform(-744.0, 709.0, 20000)), rng.uniform(0.5, 2.0, 5000),
+                        [5e-324, 1e-310, 1.0, 2.0, np.sqrt(2.0), 0.0, -0.0, -1.0, np.inf,
+                         np.nan]])
+    v, fb, kb = y.copy(), np.empty_like(y), np.empty_like(y)
+    k.module._vlog(v, fb, kb)
+    ref = np.array([math.log(t) for t in y[:-5]])
+    good = ref != 0.0
+    ulp = np.abs(v[:-5][good] - ref[good]) / np.spacing(np.abs(ref[good]))
+    assert ulp.max() <= 2.0 and v[-8] == 0.0
+    assert v[-5] == -np.inf and v[-4] == -np.inf and np.isnan(v[-3])
+    assert v[-2] == np.inf and np.isnan(v[-1])
 
 
 def test_poisson_hessian_against_complex_step_differences():

@@ -497,7 +497,75 @@ import numpy as np
 NF = {nf}
 M = {m}
 NT = {nt}
+NY = {ny}
 EPS = {eps!r}
+# exp and log as loops LLVM vectorises (math.exp and math.log are calls it cannot):
+# Cody-Waite reduction, then a polynomial (exp: Taylor to degree 13 on |r| <= ln2/2;
+# log: fdlibm's on [sqrt(2)/2, sqrt(2)]), within 1 ulp; the powers of two go through the
+# bits of an integer view of a scratch row. Below exp(-708.39) (2.2e-308) exp gives 0,
+# not a subnormal. No fastmath here: it would fold the rounding shift away.
+LOG2E = 1.4426950408889634
+LN2HI = 6.93147180369123816490e-01
+LN2LO = 1.90821492927058770002e-10
+SHIFT = 6755399441055744.0  # 1.5 * 2**52: x + SHIFT rounds x to an integer k ...
+SHIFT_BITS = 0x4338000000000000  # ... held in the low bits of its float
+TINY = 2.2250738585072014e-308
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _vexp(v, kb):
+    """v = exp(v) in place (kb: a scratch row)."""
+    ki = kb.view(np.int64)
+    for i in range(v.shape[0]):
+        xo = v[i]
+        x = min(max(xo, -708.39), 709.79)
+        kf = x * LOG2E + SHIFT
+        k = kf - SHIFT
+        r = (x - k * LN2HI) - k * LN2LO
+        p = 1.0 + r * (1.0 + r * (0.5 + r * (1.6666666666666666e-01 + r * (
+            4.1666666666666664e-02 + r * (8.3333333333333332e-03 + r * (
+                1.3888888888888889e-03 + r * (1.9841269841269841e-04 + r * (
+                    2.4801587301587302e-05 + r * (2.7557319223985893e-06 + r * (
+                        2.7557319223985888e-07 + r * (2.5052108385441720e-08 + r * (
+                            2.0876756987868100e-09 + r * 1.6059043836821613e-10))))))))))))
+        p = p * 2.0 if k > 0.0 else p  # 2**k as 2 * 2**(k-1): k = 1024 stays finite
+        # out of range: inf, 0 or NaN here, which the power of two keeps
+        v[i] = p if -708.39 <= xo <= 709.782712893384 else (
+            math.inf if xo > 0.0 else (0.0 if xo < 0.0 else xo))
+        kb[i] = kf
+    for i in range(v.shape[0]):
+        d = ki[i] - SHIFT_BITS
+        ki[i] = (d + (1022 if d > 0 else 1023)) << 52
+    for i in range(v.shape[0]):
+        v[i] *= kb[i]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _vlog(v, fb, kb):
+    """v = log(v) in place (fb, kb: scratch rows)."""
+    ib = fb.view(np.int64)
+    for i in range(v.shape[0]):
+        x = v[i]
+        fb[i] = x * 18014398509481984.0 if x < TINY else x  # subnormals: times 2**54
+    for i in range(v.shape[0]):
+        hx = (ib[i] >> 32) + (0x3ff00000 - 0x3fe6a09e)
+        kb[i] = (hx >> 20) - 0x3ff
+        ib[i] = (((hx & 0x000fffff) + 0x3fe6a09e) << 32) | (ib[i] & 0xffffffff)
+    for i in range(v.shape[0]):
+        x = v[i]
+        k = kb[i] - (54.0 if x < TINY else 0.0)
+        f = fb[i] - 1.0
+        hfsq = 0.5 * f * f
+        s = f / (2.0 + f)
+        z = s * s
+        w = z * z
+        R = (z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 + w * (
+            1.818357216161805012e-01 + w * 1.479819860511658591e-01)))
+             + w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01
+                                                    + w * 1.531383769920937332e-01)))
+        lg = s * (hfsq + R) + k * LN2LO - hfsq + f + k * LN2HI
+        v[i] = (lg if x < math.inf else x) if x > 0.0 else (-math.inf if x == 0.0
+                                                            else math.nan)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={{"reassoc", "contract"}})
@@ -529,27 +597,46 @@ def normal(pa, y, sw, {xargs}D, R, T, A, g):
 '''
 
 _GAUSSIAN = [
-    "r = (y[i] - mu) * sw[i]",
+    "r = (y[0, i] - mu) * sw[i]",
     "s = -sw[i]",
 ]
 
 # the deviance residual and its slope as likelihoods.poisson_deviance_parts and
-# batch._poisson_residual_and_slope compute them (float64: the series below 1e-4)
+# batch._poisson_residual_and_slope compute them (float64: the series below 1e-4), with
+# 1/y from prepare (y[1]) and one reciprocal of sqrt(q): four divisions, not seven
 _POISSON = [
-    "yi = y[i]",
+    "yi = y[0, i]",
+    "iy = y[1, i]",
     "dd = yi - mu",
     "ysafe = yi if yi > 0.0 else 1.0",
     "ylogy = yi * math.log(ysafe / mu) if yi > 0.0 else 0.0",
     "dev = 2.0 * (mu - yi + ylogy)",
     "near = abs(dd) <= 1e-4 * yi",
-    "t = dd / ysafe",
+    "t = dd * iy",
     "dsafe = 1.0 if near else dd",
-    "q = (1.0 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) / ysafe if near else dev / (dsafe * dsafe)",
+    "q = (1.0 + t * (2.0 / 3 + t * (0.5 + t * 0.4))) * iy if near else dev / (dsafe * dsafe)",
     "sq = math.sqrt(q) if q > 0.0 else (0.0 if q <= 0.0 else q)",
+    "isq = 1.0 / sq",
     "r = dd * sq",
-    "s = (-sq + dd * (-(2.0 / 3 + t * (1.0 + 1.2 * t)) / (ysafe * ysafe)) / (2.0 * sq)) "
-    "if near else -1.0 / (mu * sq)",
+    "s = (-sq - dd * (2.0 / 3 + t * (1.0 + 1.2 * t)) * (iy * iy) * (0.5 * isq)) "
+    "if near else -isq / mu",
 ]
+
+#: what the data rows y[1:] hold beside the counts (y (NY, M)), made once per problem
+_PREPARE = {"gaussian": '''
+
+@numba.njit(cache=True, error_model="numpy")
+def prepare(y, T):
+    return None
+''', "poisson": '''
+
+@numba.njit(cache=True, error_model="numpy")
+def prepare(y, T):
+    """y[1] = 1/y (1 where y = 0)."""
+    for i in range(M):
+        yi = y[0, i]
+        y[1, i] = 1.0 / yi if yi > 0.0 else 1.0
+'''}
 
 _LM = '''
 
@@ -757,8 +844,11 @@ def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, 
 
 @numba.njit(cache=True, error_model="numpy")
 def _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
-             nit, nfev, A, work, D, R, T):
-    cost[b], code[b], nit[b], nfev[b] = lm_one(P[b], Z[b], free, kind, lo, hi, Y[b], sw,
+             nit, nfev, A, work, D, R, T, yw):
+    for i in range(M):
+        yw[0, i] = Y[b, i]
+    prepare(yw, T)
+    cost[b], code[b], nit[b], nfev[b] = lm_one(P[b], Z[b], free, kind, lo, hi, yw, sw,
                                                {xcall}max_iter, gtol, ftol, xtol, A[b], work, D,
                                                R, T)
 
@@ -769,16 +859,17 @@ def lm_all(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, c
     for b in numba.prange(P.shape[0]):
         _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
                  code, nit, nfev, A, np.empty((9, NF)), np.empty((NF, M)), np.empty(M),
-                 np.empty((NT, M)))
+                 np.empty((NT, M)), np.empty((NY, M)))
 
 
 @numba.njit(cache=True, error_model="numpy")
 def lm_serial(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
               nit, nfev, A):
     work, D, R, T = np.empty((9, NF)), np.empty((NF, M)), np.empty(M), np.empty((NT, M))
+    yw = np.empty((NY, M))
     for b in range(P.shape[0]):
         _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
-                 code, nit, nfev, A, work, D, R, T)
+                 code, nit, nfev, A, work, D, R, T, yw)
 '''
 
 
@@ -791,6 +882,12 @@ def _indent(lines, k):
 _CALL = re.compile(r"math\.(?:exp|log|log1p|expm1|sin|cos|tan|sinh|cosh|tanh|atan|atan2|erf)"
                    r"\([^()]*\)")
 
+
+#: calls done by the template's vectorised loops, which take two scratch rows of T
+_VECTOR = re.compile(r"math\.(exp|log)\(([^()]*)\)$")
+_VECTOR_FN = {"exp": "_vexp({row}, {buf}[-1])", "log": "_vlog({row}, {buf}[-1], {buf}[-2])"}
+#: scratch rows of T beyond one per call
+_SCRATCH = 2
 
 _NAME = re.compile(r"\b[A-Za-z_]\w*\b")
 _ASSIGN = re.compile(r"^(\w+) = ")
@@ -821,8 +918,15 @@ def _split_calls(body: list[str], buf: str = "T"):
                     todo.extend(_NAME.findall(body[defs[nm]].split(" = ", 1)[1]))
             prefix = [read(body[j]) for j in sorted(need)]
             calls.append(c)
-            passes.append("    for i in range(M):\n"
-                          + _indent(prefix + [f"{buf}[{len(calls) - 1}, i] = {c}"], 8))
+            row = f"{buf}[{len(calls) - 1}"
+            vec = _VECTOR.match(c)
+            if vec:  # the argument here, then exp or log of the whole row at once
+                passes.append("    for i in range(M):\n"
+                              + _indent(prefix + [f"{row}, i] = {vec.group(2)}"], 8) + "\n    "
+                              + _VECTOR_FN[vec.group(1)].format(row=row + "]", buf=buf))
+            else:
+                passes.append("    for i in range(M):\n"
+                              + _indent(prefix + [f"{row}, i] = {c}"], 8))
         m = _ASSIGN.match(line)
         if m:
             defs[m.group(1)] = k
@@ -840,15 +944,17 @@ def generate(tr: _Translator, out: _Node, nf: int, likelihood: str) -> str:
     """
     xargs = "".join(f"x{q}, " for q in range(len(tr.arrays)))
     back, dmu = tr.backward(out, nf)
-    lik = _GAUSSIAN if likelihood == "gaussian" else _POISSON
+    poisson = likelihood == "poisson"
+    lik = _POISSON if poisson else _GAUSSIAN
     body = tr.loop + [f"mu = {out.expr}"] + lik + back
     stores = ["cost += r * r", "R[i] = r"] + [f"D[{j}, i] = s * ({e})" for j, e in enumerate(dmu)]
     passes, main, n_calls = _split_calls(body + stores)
-    src = _HEADER.format(nf=nf, m=tr.m, nt=max(n_calls, 1),
+    src = _HEADER.format(nf=nf, m=tr.m, nt=n_calls + _SCRATCH, ny=2 if poisson else 1,
                          eps=float(np.finfo(np.float64).eps), xargs=xargs,
                          prologue=_indent(tr.pro, 4), passes=passes, loop=_indent(main, 8))
     src += _LM.format(xargs=xargs, xcall=xargs)
-    if likelihood == "poisson":
+    src += _PREPARE[likelihood]
+    if poisson:
         src += _poisson_hessian(tr, out, nf, xargs)
     return src
 
@@ -871,7 +977,7 @@ def _poisson_hessian(tr: _Translator, out: _Node, nf: int, xargs: str) -> str:
     passes, main, n_calls = _split_calls(body)
     return f'''
 
-NTH = {max(n_calls, 1)}
+NTH = {n_calls + _SCRATCH}
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={{"contract", "arcp", "reassoc"}})
@@ -1097,19 +1203,20 @@ class NativeLM:
 
     def __init__(self, module, arrays, free_pos, sw, source):
         self.module = module
-        self.n_calls = module.NT
         self.arrays = tuple(arrays)
         self.free = np.asarray(free_pos, dtype=np.int64)
         self.sw = np.ascontiguousarray(sw, dtype=np.float64)
         self.source = source
 
     def normal(self, pa, y):
+        """``(½|r|², JᵀJ, Jᵀr)`` at the parameters ``pa`` for the data ``y`` (m,)."""
         nf, m = self.free.size, self.sw.size
-        A, g = np.empty((nf, nf)), np.empty(nf)
-        cost = self.module.normal(np.ascontiguousarray(pa, dtype=np.float64),
-                                  np.ascontiguousarray(y, dtype=np.float64), self.sw,
-                                  *self.arrays, np.empty((nf, m)), np.empty(m),
-                                  np.empty((self.n_calls, m)), A, g)
+        A, g, T = np.empty((nf, nf)), np.empty(nf), np.empty((self.module.NT, m))
+        yw = np.empty((self.module.NY, m))
+        yw[0] = np.asarray(y, dtype=np.float64).reshape(-1)
+        self.module.prepare(yw, T)
+        cost = self.module.normal(np.ascontiguousarray(pa, dtype=np.float64), yw, self.sw,
+                                  *self.arrays, np.empty((nf, m)), np.empty(m), T, A, g)
         return cost, A, g
 
     @property
