@@ -207,6 +207,36 @@ def test_map_with_normal_priors_is_the_closed_form(rng):
                        likelihood=gradfit.Gaussian(sigma=s)).method == "lm"
 
 
+def test_least_squares_errors_with_a_prior_without_residual_form(rng):
+    """Unknown sigma (errors scaled by RSS/(n-p) of the data) and a prior that is not a
+    residual (Laplace, or a whole-dict callable): the errors are the closed form's, not NaN
+    for want of the likelihood's residuals (a bug until this test). The priors are too
+    wide to matter: the answer is ordinary least squares, cov = s²(XᵀX)⁻¹."""
+    x = np.linspace(-1, 1, 25)
+    y = 0.5 - 1.2 * x + rng.normal(0, 0.3, x.size)
+    X = np.stack([np.ones_like(x), x], axis=1)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    r = y - X @ beta
+    cov = (r @ r) / (x.size - 2) * np.linalg.inv(X.T @ X)
+
+    def line(p, x):
+        return p["a"] + p["b"] * x
+
+    for priors in ({"a": gradfit.Laplace(0.0, 1e9)}, lambda p: -1e-18 * p["a"] ** 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = gradfit.fit(line, x, y, params={"a": 0.0, "b": 0.0}, priors=priors)
+        assert res.success and res.method != "lm"
+        np.testing.assert_allclose([res.params["a"], res.params["b"]], beta, rtol=1e-6)
+        np.testing.assert_allclose(res.cov, cov, rtol=1e-5, atol=1e-9 * cov.max())
+    Y = np.stack([y, y[::-1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bat = gradfit.fit_batch(line, x, Y, params={"a": 0.0, "b": 0.0},
+                                priors={"a": gradfit.Laplace(0.0, 1e9)})
+    np.testing.assert_allclose(bat.cov[0], cov, rtol=1e-5, atol=1e-9 * cov.max())
+
+
 def test_map_with_laplace_uniform_lognormal_priors_matches_scipy(expo_data):
     """The MAP of -log L - sum log p, against SciPy's minimiser on the NumPy form built from
     scipy.stats densities."""

@@ -244,7 +244,7 @@ def test_bad_start_is_refused_naming_the_problem():
 
 # ------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("change, reason", [
-    (dict(priors={"amp": gradfit.Normal(500.0, 50.0)}), "no priors"),
+    (dict(priors={"amp": gradfit.Laplace(500.0, 50.0)}), "Normal priors only.*Laplace on 'amp'"),
     (dict(likelihood=gradfit.Cauchy(gamma=5.0)), "Gaussian and Poisson"),
     (dict(dtype="float32"), "float64"),
     (dict(method="lbfgs"), "method 'lm'"),
@@ -351,7 +351,8 @@ def test_single_fit_refusals_and_auto():
     _, Y, P0 = make_problems(1, "gauss", seed=23)
     p = dict(zip(NAMES, P0[0]))
     cases = [(dict(method="bfgs"), "method 'lm'"), (dict(errors="cg"), "dense"),
-             (dict(priors={"amp": gradfit.Normal(500.0, 50.0)}), "no priors"),
+             (dict(priors={"amp": gradfit.Laplace(500.0, 50.0)}), "Normal priors only"),
+             (dict(priors=lambda q: -q["amp"] ** 2), "not a log_prior"),
              (dict(likelihood="cauchy"), "Gaussian and Poisson")]
     for kw, reason in cases:
         with pytest.raises(ValueError, match=f"engine='numba' cannot fit this: .*{reason}"):
@@ -484,3 +485,79 @@ def test_a_kernel_refused_by_its_check_is_not_cached(monkeypatch, tmp_path):
     assert len(calls) == 2
     k = native.cached_kernel(*args, check=calls.append)
     assert native.cached_kernel(*args, check=refuse) is k and len(calls) == 3
+
+
+# ---------------------------------------------------------------------- priors
+def _line(p, x):
+    return p["a"] + p["b"] * x
+
+
+def test_normal_priors_against_the_closed_form():
+    """A line with known sigma and Normal priors on both coefficients: the MAP answer and
+    its covariance are ridge regression's closed form, (XᵀWX + Λ)⁻¹ (XᵀWy + Λm)."""
+    rng = np.random.default_rng(31)
+    x = np.linspace(-1.0, 2.0, 40)
+    sig = 0.3
+    B = 70  # the parallel kernel
+    Y = 1.5 + 0.8 * x + rng.normal(0, sig, (B, x.size))
+    pri = {"a": gradfit.Normal(1.0, 0.05), "b": gradfit.Normal(0.0, 0.2)}
+    res = gradfit.fit_batch(_line, x, Y, params={"a": 0.0, "b": 0.0},
+                            likelihood=gradfit.Gaussian(sigma=sig), priors=pri, engine="numba")
+    assert res.engine == "numba" and res.success.all()
+    Xd = np.stack([np.ones_like(x), x], axis=1)
+    Lam, m = np.diag([1 / 0.05 ** 2, 1 / 0.2 ** 2]), np.array([1.0, 0.0])
+    cov = np.linalg.inv(Xd.T @ Xd / sig ** 2 + Lam)
+    ref = (cov @ (Xd.T @ Y.T / sig ** 2 + (Lam @ m)[:, None])).T
+    np.testing.assert_allclose(res.params["a"], ref[:, 0], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(res.params["b"], ref[:, 1], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(res.cov, np.broadcast_to(cov, res.cov.shape), rtol=1e-9)
+    # the objective: Gaussian's ½χ² (gradfit's nll) + the priors' -log p with constants
+    r = (Y - ref[:, :1] - ref[:, 1:] * x) / sig
+    fun = (0.5 * (r * r).sum(1) + 0.5 * ((ref - m) ** 2 / np.array([0.05, 0.2]) ** 2).sum(1)
+           + np.log(0.05 * np.sqrt(2 * np.pi)) + np.log(0.2 * np.sqrt(2 * np.pi)))
+    np.testing.assert_allclose(res.fun, fun, rtol=1e-10)
+    # the prior moved the answer: without it, a is about 1.5, not 1.0
+    free = gradfit.fit_batch(_line, x, Y, params={"a": 0.0, "b": 0.0},
+                             likelihood=gradfit.Gaussian(sigma=sig), engine="numba")
+    assert np.all(np.abs(free.params["a"] - res.params["a"]) > 0.1)
+    one = gradfit.fit(_line, x, Y[0], params={"a": 0.0, "b": 0.0},
+                      likelihood=gradfit.Gaussian(sigma=sig), priors=pri, engine="numba")
+    assert one.engine == "numba"
+    assert [one.params["a"], one.params["b"]] == pytest.approx(ref[0], rel=1e-9)
+    np.testing.assert_allclose(one.cov, cov, rtol=1e-9)
+    assert one.fun == pytest.approx(fun[0], rel=1e-10)
+
+
+@pytest.mark.parametrize("noise", ["gauss", "poisson"])
+def test_normal_priors_agree_with_the_torch_engine(noise):
+    """Priors strong enough to move the answer, with bounds, on both likelihoods (least
+    squares: errors scaled by the RSS of the data alone)."""
+    _, Y, P0 = make_problems(80, noise, seed=32)
+    lik = "poisson" if noise == "poisson" else "gaussian"
+    pri = {"amp": gradfit.Normal(450.0, 1.0), "sx": gradfit.Normal(1.6, 0.05),
+           "bg": gradfit.Normal(20.0, 1.0)}  # (on a fixed parameter: a constant)
+    k_sx = NAMES.index("sx")
+    params = _params(P0)
+    params["sx"] = gradfit.Param(P0[:, k_sx], bounds=(0.5, 5.0))
+    params["bg"] = gradfit.Param(20.0, fixed=True)
+    nat = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, priors=pri,
+                            engine="numba")
+    ref = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, priors=pri)
+    assert nat.engine == "numba" and ref.engine == "torch" and nat.success.all()
+    for nm in NAMES:
+        np.testing.assert_allclose(nat.params[nm], ref.params[nm], rtol=1e-7,
+                                   atol=1e-7 * np.abs(ref.params[nm]).max())
+        np.testing.assert_allclose(nat.errors[nm], ref.errors[nm], rtol=1e-6)
+    np.testing.assert_allclose(nat.fun, ref.fun, rtol=1e-10)
+    plain = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, engine="numba")
+    assert np.median(np.abs(plain.params["amp"] - nat.params["amp"])) > 1.0
+    p = {nm: P0[0, k] for k, nm in enumerate(NAMES)}
+    p["sx"] = gradfit.Param(P0[0, k_sx], bounds=(0.5, 5.0))
+    p["bg"] = gradfit.Param(20.0, fixed=True)
+    one = gradfit.fit(gauss2d, X, Y[0], params=p, likelihood=lik, priors=pri, engine="numba")
+    one_t = gradfit.fit(gauss2d, X, Y[0], params=p, likelihood=lik, priors=pri)
+    assert one.engine == "numba" and one.success
+    for nm in NAMES:
+        assert one.params[nm] == pytest.approx(one_t.params[nm], rel=1e-7, abs=1e-9)
+        assert one.errors[nm] == pytest.approx(one_t.errors[nm], rel=1e-6, abs=1e-12)
+    assert one.fun == pytest.approx(one_t.fun, rel=1e-10)

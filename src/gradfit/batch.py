@@ -288,7 +288,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         kernel that fits each problem in registers and cache, on all cores
         (:mod:`gradfit.solvers.native`; ``pip install 'gradfit[native]'``); it takes
         scalar parameters, a shared ``x``, a model elementwise in its points, the
-        Gaussian or Poisson likelihood, bounds but no priors, float64 on the CPU, and
+        Gaussian or Poisson likelihood, bounds, Normal priors, float64 on the CPU, and
         refuses anything else with the reason. The first call with a new model
         compiles for a few seconds; the machine code is cached on disk
         (``$GRADFIT_CACHE_DIR`` or ``~/.cache/gradfit``). Its iterations are the torch
@@ -759,21 +759,25 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         return tuple(d[c0:c0 + size] for d in data_all)
 
     kernel = None
-    if engine != "torch" and n and method == "lm":
-        why = native_refusal(lik, priors=bool(prior_map), space=space, device=dev, dtype=dt,
-                             x_batched=x_batched, vectorized=vectorized)
+    if engine != "torch":
+        free_names = [nm for nm in names if free_idx[nm][1]]
+        # (a prior on a fixed parameter is a constant, whatever its kind)
+        why = native_refusal(lik, priors={nm: pr for nm, pr in prior_map.items()
+                                          if nm in free_names},
+                             space=space, device=dev, dtype=dt, x_batched=x_batched,
+                             vectorized=vectorized)
+        if why is None and not (n and method == "lm"):
+            why = ("it runs Levenberg–Marquardt (method 'lm'), and this fit is "
+                   f"{method!r}" + (" with no free parameters" if not n else ""))
+        native_priors = native.prior_arrays(prior_map, free_names) if why is None else None
         if why is None:
             try:
                 kernel = _native_fit(model, space, values, keep, xt_all, ydata_shape, lik,
-                                     free_idx, normal_t, val_t, pack, dev, dt)
+                                     free_idx, normal_t, val_t, pack, dev, dt, native_priors)
             except NotCompilable as exc:
                 why = str(exc)
         if why is not None and engine == "numba":
             raise ValueError(f"engine='numba' cannot fit this: {why}")
-    elif engine == "numba":
-        raise ValueError("engine='numba' cannot fit this: it runs Levenberg–Marquardt "
-                         f"(method 'lm'), and this fit is {method!r}"
-                         + (" with no free parameters" if not n else ""))
     # every start checked first (a chunk at a time in torch)
     f0_parts = []
     # (the compiled engine's kernel tests its starts itself: code -2, below)
@@ -792,7 +796,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
     if kernel is not None:
         reuse = errors and gauss_newton
         sol, P_end = _native_solve(kernel, space, values, keep, y_np, z0_all[keep], max_iter,
-                                   tol_kw, reuse and not space.bounded, dev, dt)
+                                   tol_kw, reuse and not space.bounded, dev, dt, native_priors)
         if bool((sol.code == -2).any()):
             _bad_starts(keep[torch.nonzero(sol.code == -2).reshape(-1).cpu().numpy()])
     elif n == 0:
@@ -843,7 +847,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         theta = to_ext(z).detach()
         if ls_cost:
             fun_t = sol.fun[sl]
-        elif native_hess:
+        elif native_hess and not prior_map:
             # Poisson's nll = ½ deviance + sum(lgamma(y + 1) - y log y + y)
             const = poisson_nll_offset(y_rows(c0, rows).reshape(rows.size, -1))
             fun_t = sol.fun[sl] + torch.as_tensor(const, device=dev, dtype=dt)
@@ -861,7 +865,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
                         H = normal_t(theta, data)[1]
             elif native_hess:
                 H = torch.as_tensor(kernel.hessians(P_end[sl],
-                                                    y_rows(c0, rows).reshape(rows.size, -1)),
+                                                    y_rows(c0, rows).reshape(rows.size, -1),
+                                                    native_priors),
                                     device=dev, dtype=dt)
             elif hess_fn is not None:
                 H = hess_fn(theta, data)
@@ -1177,9 +1182,10 @@ def _bad_starts(bad):
 
 
 def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, normal_t,
-                val_t, pack, dev, dt):
+                val_t, pack, dev, dt, priors):
     """The model's compiled fit; one made now is checked against torch's normal equations
-    (and, for Poisson, its Hessian) at the first problems' starts."""
+    (and, for Poisson, its Hessian) at the first problems' starts (with the fit's Normal
+    ``priors``, :func:`native.prior_arrays`)."""
     names = space.names
     free_pos = [k for k, nm in enumerate(names) if free_idx[nm][1]]
     rows = keep[:3]
@@ -1193,7 +1199,7 @@ def _native_fit(model, space, values, keep, xt_all, ydata_shape, lik, free_idx, 
         H_t = hessian(lambda th: val_t(th, data), theta, len(free_pos)).cpu().numpy() \
             if kernel.has_hessian else None
         native.check_kernel(kernel, P0, data[0].reshape(len(rows), -1).cpu().numpy(), *ref,
-                            H_t, rows=rows)
+                            H_t, rows=rows, priors=priors)
 
     return native.cached_kernel(model, names, free_pos, xt_all, P0[0], ydata_shape, lik,
                                 params=_ModelParams, check=check)
@@ -1209,14 +1215,15 @@ def _native_rows(space, values, keep, y_np):
 
 
 def _native_solve(kernel, space, values, keep, y_np, z0, max_iter, tol_kw, keep_jtj, dev,
-                  dt):
+                  dt, priors):
     """Run the compiled LM on every kept problem from ``z0`` (the unconstrained starts):
     a :class:`BatchedSolution` (z unconstrained) and the answers ``P (b, n_all)``."""
     P, Y = _native_rows(space, values, keep, y_np)
     tols = {"gtol": 1e-10, "ftol": 1e-15, "xtol": 1e-12, **tol_kw}
     bounds = (space.theta_lo, space.theta_hi) if space.bounded else None
     cost, code, nit, nfev, A, z = kernel.run(
-        P, Y, max_iter=200 if max_iter is None else int(max_iter), Z=z0, bounds=bounds, **tols)
+        P, Y, max_iter=200 if max_iter is None else int(max_iter), Z=z0, bounds=bounds,
+        priors=priors, **tols)
 
     def t(a, dtype=dt):
         return torch.as_tensor(a, device=dev, dtype=dtype)

@@ -385,10 +385,10 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
             return out - log_prior(p) if log_prior is not None else out
 
         residuals = lik_residuals = None
-        if has_res:
+        if lik.has_residuals:  # (for the RSS of least squares' error scale, priors or not)
             def lik_residuals(theta):
                 return lik.residuals(yt, predict(sp.unflatten(theta))).reshape(-1)
-
+        if has_res:
             residuals = lik_residuals
             if prior_res is not None:
                 def residuals(theta):
@@ -413,7 +413,7 @@ def build_problem(model, x, y, params, likelihood="gaussian", priors=None, devic
     prob = make(space)
     prob.terms = terms
     # what the compiled engine traces (fit(engine='numba')): the model and its tensors
-    prob.model, prob.xt, prob.yt, prob.has_priors = model, xt, yt, bool(priors)
+    prob.model, prob.xt, prob.yt, prob.priors = model, xt, yt, priors
     with torch.no_grad():
         if not nuis_names and log_prior is None:
             f0 = lik.nll(yt, mu0, {})  # nll at the start is a function of mu0 alone
@@ -903,7 +903,7 @@ def fit(model, x, y, params, likelihood="gaussian", method="auto", *, priors=Non
         ``'numba'``: the compiled engine of :func:`gradfit.fit_batch` for one small fit
         (a loop of many small fits: about a millisecond each); it takes what
         ``fit_batch(engine='numba')`` takes (scalar parameters, a model elementwise in its
-        points, Gaussian or Poisson, bounds but no priors, float64 on the CPU) and
+        points, Gaussian or Poisson, bounds, Normal priors, float64 on the CPU) and
         ``method='auto'``/``'lm'``, with dense errors; its Levenberg–Marquardt is the
         batched one's, so its iterations and message differ from the torch solver's
         while the answer agrees to the tolerances. The first fit of a model compiles
@@ -960,11 +960,18 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     elif space.n_free > 64:
         why = f"it is for small fits; this one has {space.n_free} free parameters"
     else:
-        why = native.refusal(lik, priors=prob.has_priors, space=space, device=prob.device,
-                             dtype=prob.dtype)
-    kernel = None
+        why = None
     names = list(space.names)
     free_pos = [k for k, nm in enumerate(names) if bool(np.asarray(space.free[nm]).all())]
+    free_names = [names[k] for k in free_pos]
+    priors = prob.priors
+    if isinstance(priors, Mapping):  # (a prior on a fixed parameter is a constant)
+        priors = {nm: pr for nm, pr in priors.items() if nm in free_names}
+    if why is None:
+        why = native.refusal(lik, priors=priors, space=space, device=prob.device,
+                             dtype=prob.dtype)
+    kernel = None
+    pri = native.prior_arrays(priors, free_names) if why is None else None
     start = space.unflatten_numpy(space.theta0)
     P = np.array([[float(start[nm]) for nm in names]])
     Y = prob.yt.detach().cpu().numpy().astype(np.float64).reshape(1, -1)
@@ -975,7 +982,7 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
             r, J = (t.detach().numpy() for t in tobj.residuals_and_jacobian(theta))
             H_t = tobj.hessian(theta).detach().numpy()[None] if kern.has_hessian else None
             native.check_kernel(kern, P, Y, np.array([0.5 * r @ r]), (J.T @ J)[None],
-                                (J.T @ r)[None], H_t)
+                                (J.T @ r)[None], H_t, priors=pri)
         try:
             kernel = native.cached_kernel(prob.model, names, free_pos, prob.xt, P[0],
                                           tuple(prob.yt.shape), lik, params=_ModelParams,
@@ -992,23 +999,29 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     bounds = (space.theta_lo, space.theta_hi) if space.bounded else None
     cost, code, nit, nfev, A, _ = kernel.run(
         P, Y, max_iter=1000 if max_iter is None else int(max_iter),
-        Z=space.to_internal(space.theta0)[None], bounds=bounds, **tols)
+        Z=space.to_internal(space.theta0)[None], bounds=bounds, priors=pri, **tols)
     code, n = int(code[0]), space.n_free
     fun = float(cost[0])
     poisson = kernel.has_hessian
-    if poisson:
-        fun += float(native.poisson_nll_offset(Y)[0])
     theta = P[0, free_pos]
+    theta_t = torch.as_tensor(theta, dtype=prob.dtype)
+    if prob.priors:  # the objective with the priors' constants (and fixed parameters')
+        with torch.no_grad():
+            fun = float(prob.nll(theta_t)) if math.isfinite(fun) else fun
+    elif poisson:
+        fun += float(native.poisson_nll_offset(Y)[0])
     success = code in SUCCESS_CODES and math.isfinite(fun)
     message = MESSAGES.get(code, "unknown status") if math.isfinite(fun) else \
         f"the objective is not finite at the end ({MESSAGES.get(code, 'unknown')})"
     cov, error_method, extra = np.full((n, n), np.nan), "none", 0
     if errors != "none" and math.isfinite(fun):
         # (with bounds the solver's JᵀJ is in z: the errors want it in theta)
-        H = kernel.hessians(P, Y)[0] if poisson else \
-            (kernel.normal(P[0], Y[0])[1] if space.bounded else A[0])
+        H = kernel.hessians(P, Y, pri)[0] if poisson else \
+            (kernel.normal(P[0], Y[0], pri)[1] if space.bounded else A[0])
         cov = covariance_from_hessian(H, list(space.labels))
-        cov = cov * _variance_scale(prob, None, rss=2.0 * fun, stacklevel=4)
+        # (least squares: the RSS of the data, without the priors' residuals)
+        cov = cov * _variance_scale(prob, theta_t if prob.priors else None,
+                                    rss=None if prob.priors else 2.0 * fun, stacklevel=4)
         error_method = "dense-hessian" if poisson else "dense-gauss-newton"
         extra = 1 if poisson else 0
     err = np.sqrt(np.diag(cov))

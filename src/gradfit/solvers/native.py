@@ -16,10 +16,10 @@ What it takes: scalar parameters; ``x`` shared by all problems; a model that is
 elementwise in its points once the ``x``-only part is done (every operation on the
 parameters gives a shape that broadcasts to the output's, and each value is computed at
 every output point; a reshape that would move such a value to other points is refused);
-least squares (``Gaussian``) or ``Poisson``; bounds, no priors; float64. Anything else
-is refused, with the reason (:class:`NotCompilable`). The generated source is cached on
-disk, keyed by its hash, so that Numba's own cache can keep the machine code between
-processes.
+least squares (``Gaussian``) or ``Poisson``; bounds; ``Normal`` priors (a residual
+each); float64. Anything else is refused, with the reason (:class:`NotCompilable`). The
+generated source is cached on disk, keyed by its hash, so that Numba's own cache can keep
+the machine code between processes.
 """
 
 from __future__ import annotations
@@ -710,10 +710,19 @@ def _external(z, free, kind, lo, hi, pa, sl):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _normal_z(z, free, kind, lo, hi, pa, sl, bounded, y, sw, {xargs}D, R, T, A, g):
-    """The normal equations in z: those in theta, scaled by dtheta/dz (the chain rule)."""
+def normal_z(z, free, kind, lo, hi, pm, pw, pa, sl, bounded, y, sw, {xargs}D, R, T, A, g):
+    """The normal equations in z: those in theta with the residuals (theta_j - pm_j) pw_j
+    of Normal priors (pw_j = 1/sigma_j; 0: none) appended, scaled by dtheta/dz (the
+    chain rule)."""
     _external(z, free, kind, lo, hi, pa, sl)
     cost = normal(pa, y, sw, {xcall}D, R, T, A, g)
+    for j in range(NF):
+        w = pw[j]
+        if w != 0.0:
+            d = (pa[free[j]] - pm[j]) * w
+            cost += 0.5 * d * d
+            g[j] += d * w
+            A[j, j] += w * w
     if bounded:
         for j in range(NF):
             g[j] *= sl[j]
@@ -723,8 +732,8 @@ def _normal_z(z, free, kind, lo, hi, pa, sl, bounded, y, sw, {xargs}D, R, T, A, 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, A, work, D,
-           R, T):
+def lm_one(pa, z, free, kind, lo, hi, pm, pw, y, sw, {xargs}max_iter, gtol, ftol, xtol, A,
+           work, D, R, T):
     """One problem, from z (its start, the free parameters in the unconstrained space; pa
     holds the fixed ones), as batched_lm steps it.
 
@@ -739,7 +748,7 @@ def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, 
     An = np.empty((n, n))
     Mx = np.empty((n, n))
     pt = pa.copy()
-    cost = _normal_z(z, free, kind, lo, hi, pa, sl, bounded, y, sw, {xcall}D, R, T, A, g)
+    cost = normal_z(z, free, kind, lo, hi, pm, pw, pa, sl, bounded, y, sw, {xcall}D, R, T, A, g)
     nfev = 1
     nit = 0
     code = 0
@@ -789,7 +798,7 @@ def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, 
                 p[j] = 0.0
         for j in range(n):
             zt[j] = z[j] + p[j]
-        cost_new = _normal_z(zt, free, kind, lo, hi, pt, tmp, bounded, y, sw, {xcall}D, R, T,
+        cost_new = normal_z(zt, free, kind, lo, hi, pm, pw, pt, tmp, bounded, y, sw, {xcall}D, R, T,
                              An, gn)
         gp = 0.0
         pAp = 0.0
@@ -843,33 +852,33 @@ def lm_one(pa, z, free, kind, lo, hi, y, sw, {xargs}max_iter, gtol, ftol, xtol, 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
-             nit, nfev, A, work, D, R, T, yw):
+def _fit_row(b, P, Z, free, kind, lo, hi, pm, pw, Y, sw, {xargs}max_iter, gtol, ftol, xtol,
+             cost, code, nit, nfev, A, work, D, R, T, yw):
     for i in range(M):
         yw[0, i] = Y[b, i]
     prepare(yw, T)
-    cost[b], code[b], nit[b], nfev[b] = lm_one(P[b], Z[b], free, kind, lo, hi, yw, sw,
+    cost[b], code[b], nit[b], nfev[b] = lm_one(P[b], Z[b], free, kind, lo, hi, pm, pw, yw, sw,
                                                {xcall}max_iter, gtol, ftol, xtol, A[b], work, D,
                                                R, T)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def lm_all(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code, nit,
-           nfev, A):
+def lm_all(P, Z, free, kind, lo, hi, pm, pw, Y, sw, {xargs}max_iter, gtol, ftol, xtol,
+           cost, code, nit, nfev, A):
     for b in numba.prange(P.shape[0]):
-        _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
-                 code, nit, nfev, A, np.empty((9, NF)), np.empty((NF, M)), np.empty(M),
-                 np.empty((NT, M)), np.empty((NY, M)))
+        _fit_row(b, P, Z, free, kind, lo, hi, pm, pw, Y, sw, {xcall}max_iter, gtol, ftol,
+                 xtol, cost, code, nit, nfev, A, np.empty((9, NF)), np.empty((NF, M)),
+                 np.empty(M), np.empty((NT, M)), np.empty((NY, M)))
 
 
 @numba.njit(cache=True, error_model="numpy")
-def lm_serial(P, Z, free, kind, lo, hi, Y, sw, {xargs}max_iter, gtol, ftol, xtol, cost, code,
-              nit, nfev, A):
+def lm_serial(P, Z, free, kind, lo, hi, pm, pw, Y, sw, {xargs}max_iter, gtol, ftol, xtol,
+              cost, code, nit, nfev, A):
     work, D, R, T = np.empty((9, NF)), np.empty((NF, M)), np.empty(M), np.empty((NT, M))
     yw = np.empty((NY, M))
     for b in range(P.shape[0]):
-        _fit_row(b, P, Z, free, kind, lo, hi, Y, sw, {xcall}max_iter, gtol, ftol, xtol, cost,
-                 code, nit, nfev, A, work, D, R, T, yw)
+        _fit_row(b, P, Z, free, kind, lo, hi, pm, pw, Y, sw, {xcall}max_iter, gtol, ftol,
+                 xtol, cost, code, nit, nfev, A, work, D, R, T, yw)
 '''
 
 
@@ -1041,15 +1050,21 @@ def poisson_nll_offset(Y: np.ndarray) -> np.ndarray:
 
 
 def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=False):
-    """Why the compiled engine cannot take this fit (a sentence), or None."""
+    """Why the compiled engine cannot take this fit (a sentence), or None. ``priors``: the
+    fit's (a dict of name -> prior, a whole-dict callable, or None)."""
     from ..likelihoods import Gaussian, Poisson
+    from ..priors import Normal
 
     if not available():
         return "it needs Numba: pip install numba (or pip install 'gradfit[native]')"
     if not (isinstance(lik, Gaussian) or type(lik) is Poisson):
         return f"it fits the Gaussian and Poisson likelihoods, not {lik.name}"
-    if priors:
-        return "it takes no priors"
+    if callable(priors) and not isinstance(priors, dict):
+        return "it takes Normal priors by name, not a log_prior(p) callable"
+    other = [f"{type(pr).__name__} on {nm!r}" for nm, pr in (priors or {}).items()
+             if type(pr) is not Normal]
+    if other:
+        return f"it takes Normal priors only (a residual each), not {', '.join(other)}"
     shaped = [nm for nm in space.names if space.shapes[nm] != ()]
     if shaped:
         return f"it takes scalar parameters only; {', '.join(shaped)} has a shape"
@@ -1062,6 +1077,17 @@ def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=Fa
     if dtype != torch.float64:
         return "it computes in float64 (dtype=torch.float64)"
     return None
+
+
+def prior_arrays(priors, free_names):
+    """``(pm, pw)``: each free parameter's Normal prior as a mean and 1/sigma (0 and 0
+    where it has none), for the kernel; None where no free parameter has a prior."""
+    pm, pw = np.zeros(len(free_names)), np.zeros(len(free_names))
+    for j, nm in enumerate(free_names):
+        pr = (priors or {}).get(nm)
+        if pr is not None:
+            pm[j], pw[j] = pr.mu, 1.0 / pr.sigma
+    return (pm, pw) if pw.any() else None
 
 
 #: (model id, parameters, free mask, likelihood, shape, sigma, x) -> (model, kernel): a
@@ -1133,14 +1159,15 @@ def cached_kernel(model, names, free_pos, x, theta0, out_shape, lik, *, params=d
     return kernel
 
 
-def check_kernel(kernel, P, Y, cost_t, A_t, g_t, H_t=None, rows=None):
+def check_kernel(kernel, P, Y, cost_t, A_t, g_t, H_t=None, rows=None, priors=None):
     """Refuse (:class:`NotCompilable`) a kernel whose normal equations at the rows of ``P``
     differ from torch's ``cost_t (b,)``, ``A_t (b, n, n)``, ``g_t (b, n)`` by more than
     1e-9 (of the cost, of max|A|, of sqrt(max diag A · 2 cost) = |J| |r|), or whose
     Hessians differ from ``H_t`` (Poisson) by more than 1e-8 of max|H|. ``rows``: the
-    problems' indices, for the message."""
+    problems' indices, for the message; ``priors``: as :func:`prior_arrays` (torch's
+    values include them)."""
     for b in range(P.shape[0]):
-        cost, A, g = kernel.normal(P[b], Y[b])
+        cost, A, g = kernel.normal(P[b], Y[b], priors)
         scale = max(np.abs(A_t[b]).max(), 1e-300)
         gscale = max(np.sqrt(np.abs(np.diag(A_t[b])).max() * 2 * abs(cost_t[b])), 1e-300)
         if not (abs(cost - cost_t[b]) <= 1e-9 * max(abs(cost_t[b]), 1e-300)
@@ -1152,7 +1179,7 @@ def check_kernel(kernel, P, Y, cost_t, A_t, g_t, H_t=None, rows=None):
                 f"(cost {cost:.17g} against {float(cost_t[b]):.17g}); an operation is "
                 "translated wrongly, please report it")
     if H_t is not None and kernel.has_hessian:
-        H = kernel.hessians(P, Y)
+        H = kernel.hessians(P, Y, priors)
         if not np.all(np.abs(H - H_t) <= 1e-8 * np.abs(H_t).max(axis=(1, 2))[:, None, None]):
             raise NotCompilable(
                 "the compiled model's second derivatives disagree with torch's at the "
@@ -1208,15 +1235,26 @@ class NativeLM:
         self.sw = np.ascontiguousarray(sw, dtype=np.float64)
         self.source = source
 
-    def normal(self, pa, y):
-        """``(½|r|², JᵀJ, Jᵀr)`` at the parameters ``pa`` for the data ``y`` (m,)."""
+    def _priors(self, priors):
+        nf = self.free.size
+        if priors is None:
+            return np.zeros(nf), np.zeros(nf)
+        return tuple(np.ascontiguousarray(a, dtype=np.float64).reshape(nf) for a in priors)
+
+    def normal(self, pa, y, priors=None):
+        """``(½|r|², JᵀJ, Jᵀr)`` at the parameters ``pa`` for the data ``y`` (m,), with the
+        residuals of Normal ``priors`` (:func:`prior_arrays`) where given."""
         nf, m = self.free.size, self.sw.size
         A, g, T = np.empty((nf, nf)), np.empty(nf), np.empty((self.module.NT, m))
         yw = np.empty((self.module.NY, m))
         yw[0] = np.asarray(y, dtype=np.float64).reshape(-1)
         self.module.prepare(yw, T)
-        cost = self.module.normal(np.ascontiguousarray(pa, dtype=np.float64), yw, self.sw,
-                                  *self.arrays, np.empty((nf, m)), np.empty(m), T, A, g)
+        pa = np.array(pa, dtype=np.float64)
+        zero = np.zeros(nf)
+        cost = self.module.normal_z(pa[self.free], self.free, np.zeros(nf, np.int64), zero,
+                                    zero, *self._priors(priors), pa, np.empty(nf), False, yw,
+                                    self.sw, *self.arrays, np.empty((nf, m)), np.empty(m), T, A,
+                                    g)
         return cost, A, g
 
     @property
@@ -1224,15 +1262,20 @@ class NativeLM:
         """Whether the kernel gives the likelihood's exact Hessian (Poisson)."""
         return hasattr(self.module, "hessians")
 
-    def hessians(self, P, Y):
-        """The negative log-likelihood's Hessian at each row of ``P (B, n_all)``."""
-        H = np.empty((P.shape[0], self.free.size, self.free.size))
+    def hessians(self, P, Y, priors=None):
+        """The negative log-likelihood's Hessian at each row of ``P (B, n_all)`` (plus
+        Normal ``priors``' 1/sigma² where given)."""
+        nf = self.free.size
+        H = np.empty((P.shape[0], nf, nf))
         self.module.hessians(np.ascontiguousarray(P, dtype=np.float64),
                              np.ascontiguousarray(Y, dtype=np.float64), *self.arrays, H)
+        if priors is not None:
+            H[:, np.arange(nf), np.arange(nf)] += self._priors(priors)[1] ** 2
         return H
 
-    def run(self, P, Y, *, max_iter, gtol, ftol, xtol, Z=None, bounds=None):
-        """Fit every row: ``P (B, n_all)`` starts (overwritten by the answers), ``Y (B, m)``.
+    def run(self, P, Y, *, max_iter, gtol, ftol, xtol, Z=None, bounds=None, priors=None):
+        """Fit every row: ``P (B, n_all)`` starts (overwritten by the answers), ``Y (B, m)``;
+        ``priors``: Normal priors as :func:`prior_arrays` gives them, or None.
 
         ``bounds``: ``(lo, hi)`` of the free parameters (``±inf`` where open); then ``Z``
         ``(B, n_free)`` are the starts in the unconstrained space (as
@@ -1251,8 +1294,8 @@ class NativeLM:
         A = np.empty((B, nf, nf))
         # prange where it pays; a few problems (and its first compile, ~1 s more) not
         fn = self.module.lm_all if B >= 64 and numba_threads() > 1 else self.module.lm_serial
-        fn(P, Z, self.free, kind, lo, hi, Y, self.sw, *self.arrays, int(max_iter), float(gtol),
-           float(ftol), float(xtol), cost, code, nit, nfev, A)
+        fn(P, Z, self.free, kind, lo, hi, *self._priors(priors), Y, self.sw, *self.arrays,
+           int(max_iter), float(gtol), float(ftol), float(xtol), cost, code, nit, nfev, A)
         return cost, code, nit, nfev, A, Z
 
 
