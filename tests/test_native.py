@@ -561,3 +561,48 @@ def test_normal_priors_agree_with_the_torch_engine(noise):
         assert one.params[nm] == pytest.approx(one_t.params[nm], rel=1e-7, abs=1e-9)
         assert one.errors[nm] == pytest.approx(one_t.errors[nm], rel=1e-6, abs=1e-12)
     assert one.fun == pytest.approx(one_t.fun, rel=1e-10)
+
+
+# ------------------------------------------------------------------ threads
+_THREADS = r'''
+import sys, threading
+import numpy as np
+import numba
+sys.path.insert(0, sys.argv[1])
+import gradfit
+from test_batch import NAMES, X, gauss2d, make_problems
+
+out = {}
+for noise, lik in (("gauss", "gaussian"), ("poisson", "poisson")):
+    _, Y, P0 = make_problems(100, noise, seed=1)
+    params = {n: P0[:, k] for k, n in enumerate(NAMES)}
+    ref = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik, engine="numba")
+
+    def work(i):
+        for _ in range(4):
+            r = gradfit.fit_batch(gauss2d, X, Y, params=params, likelihood=lik,
+                                  engine="numba")
+            out[noise, i] = np.allclose(r.params["amp"], ref.params["amp"], rtol=1e-12) \
+                and np.allclose(r.errors["amp"], ref.errors["amp"], rtol=1e-12)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+print(numba.threading_layer(), len(out), all(out.values()))
+'''
+
+
+def test_concurrent_calls_under_the_workqueue_layer(tmp_path):
+    """Numba's fallback threading layer ends the process when two Python threads launch
+    a parallel kernel at once; the engine takes turns there (3 threads, both
+    likelihoods: the fit, the Poisson Hessian and offset are parallel kernels)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, str(script), os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["workqueue", "6", "True"], out.stdout + out.stderr[-2000:]

@@ -31,13 +31,15 @@ import os
 import re
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 __all__ = ["NotCompilable", "NativeLM", "compile_lm", "cached_kernel", "check_kernel",
-           "available", "poisson_nll_offset", "refusal"]
+           "available", "poisson_nll_offset", "prior_arrays", "refusal"]
 
 
 class NotCompilable(ValueError):
@@ -54,6 +56,28 @@ def numba_threads() -> int:
 def available() -> bool:
     """Whether Numba can be imported."""
     return importlib.util.find_spec("numba") is not None
+
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _parallel_section():
+    """Around every call of a ``parallel=True`` kernel: one at a time unless Numba's
+    threading layer takes concurrent launches (OpenMP, TBB). Its fallback, workqueue,
+    ends the process ("concurrent access has been detected") when two Python threads
+    launch at once, e.g. fit_batch called from a thread pool or threaded Dask workers."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel launch yet: the layer is chosen by this one
+        layer = None
+    if layer in ("omp", "tbb"):
+        yield
+    else:
+        with _PARALLEL_LOCK:
+            yield
 
 
 # ------------------------------------------------------------------ derivative rules
@@ -1045,7 +1069,8 @@ def poisson_nll_offset(Y: np.ndarray) -> np.ndarray:
     top = float(np.max(Y)) if Y.size else 0.0
     k = np.arange(int(min(max(top, 0.0), 1e6)) + 1, dtype=np.float64)
     out = np.empty(Y.shape[0])
-    _OFFSET(Y, gammaln(k + 1.0) - xlogy(k, k) + k, out)
+    with _parallel_section():
+        _OFFSET(Y, gammaln(k + 1.0) - xlogy(k, k) + k, out)
     return out
 
 
@@ -1267,8 +1292,9 @@ class NativeLM:
         Normal ``priors``' 1/sigma² where given)."""
         nf = self.free.size
         H = np.empty((P.shape[0], nf, nf))
-        self.module.hessians(np.ascontiguousarray(P, dtype=np.float64),
-                             np.ascontiguousarray(Y, dtype=np.float64), *self.arrays, H)
+        with _parallel_section():
+            self.module.hessians(np.ascontiguousarray(P, dtype=np.float64),
+                                 np.ascontiguousarray(Y, dtype=np.float64), *self.arrays, H)
         if priors is not None:
             H[:, np.arange(nf), np.arange(nf)] += self._priors(priors)[1] ** 2
         return H
@@ -1294,8 +1320,10 @@ class NativeLM:
         A = np.empty((B, nf, nf))
         # prange where it pays; a few problems (and its first compile, ~1 s more) not
         fn = self.module.lm_all if B >= 64 and numba_threads() > 1 else self.module.lm_serial
-        fn(P, Z, self.free, kind, lo, hi, *self._priors(priors), Y, self.sw, *self.arrays,
-           int(max_iter), float(gtol), float(ftol), float(xtol), cost, code, nit, nfev, A)
+        with _parallel_section():
+            fn(P, Z, self.free, kind, lo, hi, *self._priors(priors), Y, self.sw,
+               *self.arrays, int(max_iter), float(gtol), float(ftol), float(xtol), cost, code,
+               nit, nfev, A)
         return cost, code, nit, nfev, A, Z
 
 
