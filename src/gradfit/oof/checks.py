@@ -110,7 +110,7 @@ def noise_sigma(m) -> float:
     columns; for scattered samples, 1.4826 MAD of the outer 10 % of samples.
     """
     if m.sigma is not None and m.sigma.size:
-        return float(np.median(m.sigma))
+        return float(np.median(m.sigma[m.valid]))  # a flagged sample's sigma is NaN
     return m.noise()
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.observation import BeamMap, Observation, grid_shape, regular_grid
+from gradfit.oof.observation import BeamMap, Observation, place_samples
 
 __all__ = [
     "OOFDataError",
@@ -339,34 +339,15 @@ def _make_map(path, label, name, u, v, power, sigma, dz) -> BeamMap:
     n_bad = int(power.size - finite.sum())
     if n_bad == power.size:
         raise OOFDataError(f"{path}: {label}: all {power.size} samples are NaN or infinite")
-    mask = None
-    shape = None
-    if np.isfinite(u).all() and np.isfinite(v).all():
-        shape = grid_shape(u, v)
-        if shape is None:
-            # a grid in another sample order (v fastest, scans back and forth): put it in
-            # u-fastest order, or it would lose the separable transform (20x slower)
-            grid = regular_grid(u, v)
-            if grid is not None and grid_shape(u[grid[0]], v[grid[0]]) == grid[1]:
-                order, shape = grid[0], grid[1]
-                u, v, power = u[order], v[order], power[order]
-                finite = finite[order]
-                sigma = sigma[order] if sigma is not None else None
     if n_bad:
         warnings.warn(
             f"{path}: {label}: masked {n_bad} of {power.size} samples with NaN or infinite values",
             UserWarning,
             stacklevel=4,
         )
-        if shape is not None:
-            # a grid keeps every sample and its shape (the fast separable transform and
-            # the scan-noise estimate need it); the mask leaves the flagged ones out
-            mask = finite
-            power = np.where(finite, power, np.nan)
-            sigma = np.where(finite, sigma, np.nan) if sigma is not None else None
-        else:  # scattered samples: the flagged ones are simply dropped
-            u, v, power = u[finite], v[finite], power[finite]
-            sigma = sigma[finite] if sigma is not None else None
+    # the one placement every reader shares: a grid (to GRID_RTOL, in any sample order)
+    # keeps its flagged samples masked (NaN power and sigma); scattered ones drop them
+    u, v, power, sigma, shape, mask = place_samples(u, v, power, sigma)
     used = slice(None) if mask is None else mask
     if not np.any(power[used] != 0):
         raise OOFDataError(f"{path}: {label}: map is all zero")

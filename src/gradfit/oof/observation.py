@@ -1,21 +1,22 @@
 """The data of one OOF holography observation: any number of beam maps at known defocus.
 
 The maps own their geometry: :meth:`BeamMap.grid_axes` (the one test for a regular
-grid, used by the readers and the model), :func:`regular_grid` (the samples of a grid
-in any order, put in u-fastest order by both readers), :meth:`BeamMap.noise` (the
-noise estimate from the map edges) and :attr:`Observation.infocus_index` (the
-reference map).
+grid, used by the model), :func:`regular_grid` (the samples of a grid in any order),
+:func:`place_samples` (the one path by which every reader puts a map's samples on their
+grid and masks the flagged ones), :meth:`BeamMap.noise` (the noise estimate from the map
+edges) and :attr:`Observation.infocus_index` (the reference map).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["BeamMap", "Observation", "grid_shape", "grid_indices", "regular_grid",
-           "GRID_RTOL"]
+           "place_samples", "PlacedSamples", "GRID_RTOL"]
 
 #: samples within this fraction of the map extent of a regular grid count as on it
 GRID_RTOL = 1e-6
@@ -30,9 +31,12 @@ def grid_shape(u: np.ndarray, v: np.ndarray, rtol: float = GRID_RTOL) -> tuple[i
     u = np.asarray(u, dtype=np.float64).ravel()
     v = np.asarray(v, dtype=np.float64).ravel()
     n = u.size
-    if n < 4 or v.size != n:
+    if n < 4 or v.size != n or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
         return None
-    change = np.flatnonzero(v != v[0])
+    # the first row ends where v leaves the first sample's v by more than the tolerance
+    # (not at the first exact change: recorded coordinates jitter in the last digits)
+    tol = rtol * max(np.ptp(u), np.ptp(v), 1e-300)
+    change = np.flatnonzero(np.abs(v - v[0]) > tol)
     n_u = int(change[0]) if change.size else n
     if n_u < 2 or n % n_u:
         return None
@@ -92,11 +96,25 @@ def grid_indices(u, v):
 def regular_grid(u: np.ndarray, v: np.ndarray):
     """``(order, shape, u_axis, v_axis)`` if the samples fill a regular grid, else None.
 
-    ``u[order]``, ``v[order]`` run with u fastest, as :class:`BeamMap` expects for
-    ``shape = (n_v, n_u)``.
+    ``u[order]``, ``v[order]`` run with u fastest and both axes increasing, as
+    :class:`BeamMap` expects for ``shape = (n_v, n_u)``. Coordinates within
+    :data:`GRID_RTOL` of the map's extent of one value are one grid line; the placed
+    samples must pass :meth:`BeamMap.grid_axes`'s test (so a shape found here is always
+    one the model treats as a grid).
     """
-    if u.size < 4 or not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    if u.size < 4 or v.size != u.size or not (np.all(np.isfinite(u))
+                                              and np.all(np.isfinite(v))):
         return None
+    shape = grid_shape(u, v)
+    if shape is not None:
+        # already u fastest (either direction): sort its rows and columns, no clustering
+        nv, nu = shape
+        cu = np.argsort(u[:nu], kind="stable")
+        rv = np.argsort(v[::nu], kind="stable")
+        order = (rv[:, None] * nu + cu[None, :]).ravel()
+        return order, shape, u[:nu][cu], v[::nu][rv]
     ua, va, iu, iv = grid_indices(u, v)
     nu, nv = ua.size, va.size
     if nu < 2 or nv < 2 or nu * nv != u.size:
@@ -105,7 +123,95 @@ def regular_grid(u: np.ndarray, v: np.ndarray):
     if np.unique(cell).size != u.size:
         return None
     order = np.argsort(cell, kind="stable")
+    # levels chain values closer than the tolerance one to the next, so a level may spread
+    # wider than the tolerance: check the placed samples as the model will
+    if _axes(u[order], v[order], (nv, nu), GRID_RTOL) is None:
+        return None
     return order, (nv, nu), ua, va
+
+
+class PlacedSamples(NamedTuple):
+    """One map's samples as :func:`place_samples` leaves them (the BeamMap fields)."""
+
+    u: np.ndarray
+    v: np.ndarray
+    power: np.ndarray
+    sigma: np.ndarray | None
+    shape: tuple[int, int] | None
+    mask: np.ndarray | None
+
+
+def place_samples(u, v, power, sigma=None, flagged=None) -> PlacedSamples:
+    """Put one map's samples on their regular grid and mask the flagged ones.
+
+    The one code path of every map reader (FITS and text), so that they agree on what is a
+    grid and on what a flagged sample holds.
+
+    - A sample is flagged where ``flagged`` is True or any of its u, v, power or sigma is
+      not finite.
+    - Grid: the samples fill a regular grid to :data:`GRID_RTOL` of the map's extent
+      (:func:`regular_grid`; every u and v finite). They keep their order if it already
+      runs u fastest (either direction along each axis), else they are put in u-fastest,
+      increasing order. Every sample stays, with ``shape = (n_v, n_u)`` (the fast
+      separable transform); a flagged one is masked (``mask`` False) and holds NaN in
+      ``power`` and in ``sigma``: it carries no data.
+    - Otherwise (scattered samples, or a coordinate not finite) the flagged samples are
+      dropped, the rest keep their order and ``shape`` is None.
+
+    Parameters
+    ----------
+    u, v, power : array_like
+        One value per sample.
+    sigma : array_like, optional
+        Per-sample noise, one per sample.
+    flagged : array_like of bool, optional
+        Samples the reader flags beyond non-finite values (e.g. exact zeros).
+
+    Returns
+    -------
+    PlacedSamples
+        ``mask`` is None when no sample is flagged.
+    """
+    u = np.asarray(u, dtype=np.float64).ravel()
+    v = np.asarray(v, dtype=np.float64).ravel()
+    power = np.asarray(power, dtype=np.float64).ravel()
+    sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64).ravel()
+    n = power.size
+    sizes = {"u": u.size, "v": v.size, "power": n}
+    if sigma is not None:
+        sizes["sigma"] = sigma.size
+    if flagged is not None:
+        flagged = np.asarray(flagged)
+        if flagged.dtype != bool:
+            raise TypeError(f"place_samples: flagged must be boolean, got {flagged.dtype}")
+        sizes["flagged"] = flagged.size
+        flagged = flagged.ravel()
+    if len(set(sizes.values())) > 1:
+        raise ValueError("place_samples: lengths differ ("
+                         + ", ".join(f"{k} {s}" for k, s in sizes.items()) + ")")
+    bad = ~(np.isfinite(u) & np.isfinite(v) & np.isfinite(power))
+    if sigma is not None:
+        bad |= ~np.isfinite(sigma)
+    if flagged is not None:
+        bad |= flagged
+    grid = regular_grid(u, v)
+    if grid is not None:
+        shape = grid[1]
+        # a file already in u-fastest order keeps it (sample k is the file's sample k)
+        index = np.arange(n) if grid_shape(u, v) == shape else grid[0]
+        u, v, power, bad = u[index], v[index], power[index], bad[index]
+        sigma = None if sigma is None else sigma[index]
+        mask = None
+        if bad.any():
+            mask = ~bad
+            power = np.where(mask, power, np.nan)
+            sigma = None if sigma is None else np.where(mask, sigma, np.nan)
+        return PlacedSamples(u, v, power, sigma, shape, mask)
+    if bad.any():
+        keep = ~bad
+        u, v, power = u[keep], v[keep], power[keep]
+        sigma = None if sigma is None else sigma[keep]
+    return PlacedSamples(u, v, power, sigma, None, None)
 
 
 @dataclass
@@ -121,7 +227,8 @@ class BeamMap:
     mask : boolean array (same length) or None: False marks a flagged sample, which stays
         on the grid (so a gridded map keeps its ``shape`` and the fast separable
         transform) but is left out of the likelihood and of noise estimates. Its
-        ``power`` may be anything (NaN as read). None: every sample counts.
+        ``power`` and ``sigma`` may be anything (NaN as read: :func:`place_samples`).
+        None: every sample counts.
     """
 
     u: np.ndarray

@@ -35,7 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gradfit.oof.observation import BeamMap, Observation, grid_indices, regular_grid
+from gradfit.oof.observation import (
+    BeamMap,
+    Observation,
+    grid_indices,
+    place_samples,
+    regular_grid,
+)
 
 __all__ = [
     "UNITS",
@@ -425,9 +431,11 @@ def from_arrays(
 ) -> Observation:
     """An Observation from per-map arrays of offsets (radians) and power.
 
-    Flagged samples (non-finite, or exact zeros with ``zero_is_flag``) are dropped with a
-    warning giving the count; a regular grid is put in u-fastest order with its
-    ``shape``. See :func:`read_text` for the other parameters.
+    Flagged samples (non-finite, or exact zeros with ``zero_is_flag``) are counted in a
+    warning; a regular grid (to :data:`~gradfit.oof.observation.GRID_RTOL`) is put in
+    u-fastest order with its ``shape`` and keeps them masked (NaN power and sigma),
+    scattered samples drop them (:func:`~gradfit.oof.observation.place_samples`). See
+    :func:`read_text` for the other parameters.
 
     Raises
     ------
@@ -490,11 +498,6 @@ def _observation(raw: list[TextMap], dz, *, frequency, wavelength, telescope, na
             s = np.broadcast_to(np.asarray(s, dtype=np.float64), p.shape).copy()
             if not np.all(s > 0):
                 raise ValueError(f"{m.path}: sigma must be > 0")
-        shape, mask = None, None
-        if grids[k] is not None:
-            order, shape = grids[k][0], grids[k][1]
-            u, v, p, line = u[order], v[order], p[order], line[order]
-            s = s[order] if s is not None else None
         bad_nan = ~(np.isfinite(u) & np.isfinite(v) & np.isfinite(p))
         bad_zero = (p == 0) if zero_is_flag else np.zeros(p.size, dtype=bool)
         bad = bad_nan | bad_zero
@@ -511,16 +514,10 @@ def _observation(raw: list[TextMap], dz, *, frequency, wavelength, telescope, na
                 UserWarning,
                 stacklevel=3,
             )
-            keep = ~bad
-            if shape is not None and np.all(np.isfinite(u) & np.isfinite(v)):
-                # a grid keeps every sample and its shape (the fast separable transform);
-                # the mask leaves the flagged ones out of the likelihood
-                p = np.where(keep, p, np.nan)
-                mask = keep
-            else:
-                u, v, p = u[keep], v[keep], p[keep]
-                s = s[keep] if s is not None else None
-                shape = None  # scattered samples: the flagged ones are simply dropped
+        # the one placement every reader shares: a grid (to GRID_RTOL, in any sample
+        # order) keeps its flagged samples masked (NaN power and sigma); scattered
+        # samples drop them
+        u, v, p, s, shape, mask = place_samples(u, v, p, s, flagged=bad_zero)
         n_left = p.size if mask is None else int(mask.sum())
         if n_left < _MIN_SAMPLES:
             raise ValueError(f"{m.path}: {n_left} samples left after masking; a beam map "
