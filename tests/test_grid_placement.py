@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from gradfit import oof
 from gradfit.oof import io as oofio
@@ -173,3 +174,22 @@ def test_place_samples_flags_and_bad_input():
         place_samples(u, v, p[:-1])
     with pytest.raises(TypeError, match="flagged must be boolean"):
         place_samples(u, v, p, flagged=np.zeros(12))
+
+
+def test_a_common_sigma_with_flags_round_trips_as_noise(tmp_path):
+    # the flagged samples' NaN sigma must not hide a noise level common to the rest
+    obs, _, _ = _maps(1e-9)
+    files = [textio.write_text(tmp_path / f"map{k}.txt", m.u, m.v, m.power)
+             for k, m in enumerate(obs.maps)]
+    with pytest.warns(UserWarning, match="masked 3 flagged samples"):
+        text_obs = textio.read_text(files, [m.dz for m in obs.maps], sigma=0.004,
+                                    frequency=obs.frequency_hz, telescope=obs.telescope)
+    path = oofio.write(text_obs, tmp_path / "back.fits")
+    assert fits.getheader(path)["NOISE"] == 0.004  # no SIGMA column
+    with pytest.warns(UserWarning, match="masked 3 "):
+        back = oofio.read(path)
+    for a, b in zip(text_obs.maps, back.maps, strict=True):
+        assert b.shape == a.shape == (N_V, N_U)
+        np.testing.assert_array_equal(b.mask, a.mask)
+        np.testing.assert_array_equal(b.sigma, a.sigma)
+        assert np.isnan(b.sigma[~b.mask]).all() and np.all(b.sigma[b.mask] == 0.004)

@@ -618,12 +618,12 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     if not standard:
         h["NMAPS"] = (len(obs.maps), "number of beam-map tables")
 
-    sigmas = [m.sigma for m in obs.maps]
     common = None
-    if all(s is not None and s.size for s in sigmas):
-        first = sigmas[0][0]
-        if all(np.all(s == first) for s in sigmas):
-            common = float(first)
+    if all(m.sigma is not None and m.sigma.size for m in obs.maps):
+        # a flagged sample's sigma is NaN (place_samples): the others decide
+        used = np.concatenate([m.sigma[m.valid] for m in obs.maps])
+        if used.size and np.all(used == used[0]):
+            common = float(used[0])
     if common is not None:
         h["NOISE"] = (common, "noise sigma per sample, units of BEAM")
     reserved = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "END", "XTENSION", "PCOUNT", "GCOUNT",
