@@ -39,8 +39,10 @@ def _maps(jitter_rel, fast="u", seed=0):
     sim = oof.simulate(order=2, npix=11, snr=300, seed=seed)
     rng = np.random.default_rng(seed + 1)
     grid_idx = np.arange(N_V * N_U).reshape(N_V, N_U)
-    # file order: u fastest, or v fastest (the grid read column by column)
-    file_to_grid = grid_idx.ravel() if fast == "u" else grid_idx.T.ravel()
+    # file order: u fastest (increasing or both axes decreasing), or v fastest (the grid
+    # read column by column)
+    file_to_grid = {"u": grid_idx.ravel(), "u-reversed": grid_idx[::-1, ::-1].ravel(),
+                    "v": grid_idx.T.ravel()}[fast]
     maps = []
     for m in sim.maps:
         u = m.u[: N_V * N_U].copy()
@@ -73,13 +75,17 @@ def _read_both(obs, tmp_path):
     return a, b
 
 
-@pytest.mark.parametrize("fast", ["u", "v"])
+@pytest.mark.parametrize("fast", ["u", "u-reversed", "v"])
 def test_a_near_grid_is_one_grid_for_both_readers(tmp_path, fast):
     obs, file_to_grid, _ = _maps(1e-9, fast)  # 1000x inside GRID_RTOL
     fits_obs, text_obs = _read_both(obs, tmp_path)
-    grid_to_file = np.argsort(file_to_grid)
     flagged = np.zeros(N_V * N_U, dtype=bool)
     flagged[FLAGS] = True
+    if fast == "v":  # put in u-fastest, increasing order
+        grid_to_file = np.argsort(file_to_grid)
+    else:  # already u fastest: the file's order is kept
+        grid_to_file = np.arange(N_V * N_U)
+        flagged = flagged[file_to_grid]
     for written, a, b in zip(obs.maps, fits_obs.maps, text_obs.maps, strict=True):
         for m in (a, b):
             assert m.shape == (N_V, N_U) and m.grid_axes() is not None
@@ -193,3 +199,21 @@ def test_a_common_sigma_with_flags_round_trips_as_noise(tmp_path):
         np.testing.assert_array_equal(b.mask, a.mask)
         np.testing.assert_array_equal(b.sigma, a.sigma)
         assert np.isnan(b.sigma[~b.mask]).all() and np.all(b.sigma[b.mask] == 0.004)
+
+
+def test_regular_grid_refuses_a_chained_level():
+    # column 0 drifts row by row, each step within the tolerance (so the levels chain it
+    # into one grid line) but in all beyond it: not a grid the model can use
+    u, v = np.meshgrid(np.arange(6.0), np.arange(5.0))
+    tol = GRID_RTOL * 5.0
+    perm = np.random.default_rng(1).permutation(u.size)  # not u fastest: levels decide
+    for step, is_grid in ((0.2 * tol, True), (0.9 * tol, False)):
+        uj = u.copy()
+        uj[:, 0] += step * np.arange(5)  # spread 0.8 tol, or 3.6 tol
+        grid = regular_grid(uj.ravel()[perm], v.ravel()[perm])
+        assert (grid is not None) is is_grid
+        placed = place_samples(uj.ravel()[perm], v.ravel()[perm], np.ones(u.size))
+        assert (placed.shape == (5, 6)) is is_grid
+        if is_grid:
+            m = BeamMap(placed.u, placed.v, placed.power, 0.0, shape=placed.shape)
+            assert m.grid_axes() is not None

@@ -194,13 +194,16 @@ def place_samples(u, v, power, sigma=None, flagged=None) -> PlacedSamples:
         bad |= ~np.isfinite(sigma)
     if flagged is not None:
         bad |= flagged
-    grid = regular_grid(u, v)
-    if grid is not None:
-        shape = grid[1]
-        # a file already in u-fastest order keeps it (sample k is the file's sample k)
-        index = np.arange(n) if grid_shape(u, v) == shape else grid[0]
-        u, v, power, bad = u[index], v[index], power[index], bad[index]
-        sigma = None if sigma is None else sigma[index]
+    # a file already in u-fastest order keeps it (sample k is the file's sample k)
+    shape, order = grid_shape(u, v), None
+    if shape is None:
+        grid = regular_grid(u, v)
+        if grid is not None:
+            order, shape = grid[0], grid[1]
+    if shape is not None:
+        if order is not None:
+            u, v, power, bad = u[order], v[order], power[order], bad[order]
+            sigma = None if sigma is None else sigma[order]
         mask = None
         if bad.any():
             mask = ~bad
