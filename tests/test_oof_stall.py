@@ -43,7 +43,8 @@ def test_stall_test_on_cost_sequences():
     assert not any(lm._stalled(list(fast_crawl[:k]), K, rtol, ratio) for k in range(1, 301))
 
 
-@pytest.mark.parametrize("bad", [(0, 1e-6, 0.5), (40, 0.0, 0.5), (40, 1e-6, -1.0)])
+@pytest.mark.parametrize("bad", [(0, 1e-6, 0.5), (40, 0.0, 0.5), (40, 1e-6, -1.0),
+                                 (40, 1e-6), "40", (40, "x", 0.5)])
 def test_bad_stall_option_is_refused(bad):
     from gradfit.objective import Objective
 

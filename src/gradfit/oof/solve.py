@@ -64,9 +64,9 @@ CHI2R_LIMIT = 1.5
 #: for as long as it is let (to the 1000-iteration limit, 6 s a start on 3 x 33 x 33
 #: samples); fits that converge shrink their progress geometrically even in a linear tail.
 #: Measured (benchmarks/oof_low_snr.py; Effelsberg, order 5, 33 x 33; peak SNR 1000 to 1
-#: and noise, 34 fits): over 40 iterations the fall of each of 16 crawls was 1.0-3.6 x
+#: and noise, 40 LM runs): over 40 iterations the fall of each of 13 crawls reached 1.0-3.6 x
 #: that of the 40 before (they stop after about 130-370 iterations), that of every
-#: converging fit (8 to 460 iterations; SNR 10 and 5 give 80-460) at most 0.09 x;
+#: converging fit (8 to 460 iterations, 5 of them over 80) at most 0.09 x;
 #: rtol 1e-6 of -log L ~ N/2 is 5e-7 N in -log L over 40 iterations (0.002 for N = 3267),
 #: far below the 0.5 of a 1-sigma change. No fit under 80 iterations can stop here. A
 #: stalled fit is not a success (its point along the flat direction is arbitrary); None

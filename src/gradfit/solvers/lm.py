@@ -481,8 +481,11 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
     polish = bool(extra(opts, "polish", True))
     stall = extra(opts, "stall", None)
     if stall is not None:
-        window, stall_rtol, stall_ratio = stall
-        window = int(window)
+        try:
+            window, stall_rtol, stall_ratio = stall
+            window, stall_rtol, stall_ratio = int(window), float(stall_rtol), float(stall_ratio)
+        except (TypeError, ValueError):
+            window = 0
         if window < 1 or not stall_rtol > 0 or not stall_ratio >= 0:
             raise ValueError(f"LM option 'stall' must be (window >= 1, rtol > 0, ratio >= 0), "
                              f"got {stall!r}")
