@@ -58,6 +58,20 @@ AGREE = 0.5
 #: errors are scaled by sqrt(chi2r) and the summary says so (a good fit of a few
 #: thousand samples gives 1 +- 0.05; 1.5 is far outside that)
 CHI2R_LIMIT = 1.5
+#: LM's stall stop (``options["stall"]`` of :func:`gradfit.solvers.lm.levenberg_marquardt`):
+#: (window, rtol, ratio). On hopeless data (peak SNR 1-5 at order 5, or pure noise) LM
+#: crawls along a flat direction, -log L falling by 1e-9 to 1e-8 of itself per iteration
+#: for as long as it is let (to the 1000-iteration limit, 6 s a start on 3 x 33 x 33
+#: samples); fits that converge shrink their progress geometrically even in a linear tail.
+#: Measured (benchmarks/oof_low_snr.py; Effelsberg, order 5, 33 x 33; peak SNR 1000 to 1
+#: and noise, 40 LM runs): over 40 iterations the fall of each of 13 crawls reached 1.0-3.6 x
+#: that of the 40 before (they stop after about 130-370 iterations), that of every
+#: converging fit (8 to 460 iterations, 5 of them over 80) at most 0.09 x;
+#: rtol 1e-6 of -log L ~ N/2 is 5e-7 N in -log L over 40 iterations (0.002 for N = 3267),
+#: far below the 0.5 of a 1-sigma change. No fit under 80 iterations can stop here. A
+#: stalled fit is not a success (its point along the flat direction is arbitrary); None
+#: turns the stop off.
+STALL = (40, 1e-6, 0.5)
 #: the optional per-scan offsets (``free=(..., "scan_offset")``): one offset per scan of
 #: each map, relative to the map's first scan (whose offset the background holds)
 SCAN_OFFSET = "scan_offset"
@@ -477,7 +491,8 @@ def _fit_from(model: BeamModel, data: _Data, s: _Settings, K0, start_index: int)
         # (tuned on MGH's Biggs EXP6): from K = 0 the larger first step sent 2 of 12
         # Effelsberg simulations (33x33 and 49x49, order 5, seeds 200-205) into a valley
         # where LM crawled 1000 iterations (13 s); with 1x all 12 converged in 9-12.
-        options = {"polish": False, "factor": 1.0} if s.method == "lm" else None
+        options = {"polish": False, "factor": 1.0, "stall": STALL} if s.method == "lm" \
+            else None
         kw = {} if s.errors else {"errors": "none"}
         # the sample points live in the model; gradfit.fit's x is not used
         res = gradfit.fit(bound, None, data.y, params=params, likelihood=data.likelihood,
@@ -706,6 +721,20 @@ def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.
     return out
 
 
+def _message(best, misfit: float) -> str:
+    """The minimiser's message; a stall (:data:`STALL`) also says whether the model
+    describes the data (it may, with parameters the data do not pin down)."""
+    msg = str(best.message)
+    if not msg.startswith("stalled"):
+        return msg
+    if misfit <= MISFIT_LIMIT:
+        return (f"{msg}; the model describes the data to the noise (normalised residual "
+                f"{misfit:.3g}) but the data do not pin down every parameter (too little "
+                "signal?)")
+    return (f"{msg}; the model does not describe the data (normalised residual "
+            f"{misfit:.3g} > {MISFIT_LIMIT:g})")
+
+
 def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, fits,
               stepwise, n_threads, extra, t_start, starts, stats) -> Solution:
     order = s.order
@@ -717,7 +746,7 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
     n_orders = order if stepwise else 1
     fit_info = {
         "success": bool(best.success),
-        "message": str(best.message),
+        "message": _message(best, misfit),
         "method": str(best.method),
         "nfev": int(sum(r.nfev for r in fits)),
         "nit": int(best.nit),

@@ -19,6 +19,7 @@ the new cost (one sync).
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
@@ -384,6 +385,27 @@ def _polish(xp, z, r, J, fnorm, rank_tol, gn, steps=8):
     return z, 0.5 * fnorm**2
 
 
+def _stalled(costs, window: int, rtol: float, ratio: float) -> str | None:
+    """A message when the accepted costs ``costs`` (oldest first) crawl, else None.
+
+    The fit crawls when, over the last ``window`` accepted iterations, the cost fell by
+    less than ``rtol`` of itself *and* by more than ``ratio`` times what it fell over
+    the ``window`` iterations before: tiny progress that is not shrinking. A fit that
+    converges, even linearly, shrinks its progress geometrically from one window to the
+    next and is never stopped here; and no fit shorter than ``2 window`` iterations is.
+    """
+    if len(costs) <= 2 * window:
+        return None
+    c_old, c_mid, c_now = costs[-2 * window - 1], costs[-window - 1], costs[-1]
+    scale = max(abs(c_now), 1e-300)
+    recent, before = (c_mid - c_now) / scale, (c_old - c_mid) / scale
+    if recent < rtol and recent > ratio * before:
+        return (f"stalled: the cost fell by only {recent:.2g} (relative) over the last "
+                f"{window} iterations, no faster than over the {window} before "
+                f"({before:.2g}); crawling along a flat direction, not converging")
+    return None
+
+
 def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
     """Minimise ``0.5 * sum(r(z)**2)`` by trust-region Levenberg–Marquardt.
 
@@ -407,7 +429,11 @@ def levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution:
         ``max_nfev`` (residual evaluations, default ``1000 * (n + 1)``), ``polish``
         (default True: where the Gauss–Newton step at the end would still move a
         parameter by more than ``POLISH_REL_STEP`` = 1e-10 relative, finish with
-        Gauss-Newton or exact-Hessian Newton steps, see ``_polish``).
+        Gauss-Newton or exact-Hessian Newton steps, see ``_polish``), ``stall``
+        (default None: off; ``(window, rtol, ratio)`` stops a fit whose cost fell by
+        less than ``rtol`` relative over the last ``window`` accepted iterations and by
+        more than ``ratio`` times its fall over the ``window`` before, see
+        ``_stalled``; such a stop is not a success: its message starts "stalled").
 
     Returns
     -------
@@ -453,6 +479,17 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
         return finish(xp.tensor(z), cost, success, message, nit, method)
 
     polish = bool(extra(opts, "polish", True))
+    stall = extra(opts, "stall", None)
+    if stall is not None:
+        try:
+            window, stall_rtol, stall_ratio = stall
+            window, stall_rtol, stall_ratio = int(window), float(stall_rtol), float(stall_ratio)
+        except (TypeError, ValueError):
+            window = 0
+        if window < 1 or not stall_rtol > 0 or not stall_ratio >= 0:
+            raise ValueError(f"LM option 'stall' must be (window >= 1, rtol > 0, ratio >= 0), "
+                             f"got {stall!r}")
+        costs = deque([cost], maxlen=2 * window + 1)  # the accepted costs the test needs
     geodesic = bool(extra(opts, "geodesic", False))
     geodesic_alpha = float(extra(opts, "geodesic_alpha", 0.75))
 
@@ -586,4 +623,9 @@ def _levenberg_marquardt(obj: Objective, z0, opts: SolverOptions) -> RawSolution
             if accepted:
                 if call_back(opts, nit, xp.tensor(z), cost):
                     return done(z, cost, False, "stopped by the callback", nit, method)
+                if stall is not None:
+                    costs.append(cost)
+                    why = _stalled(costs, window, stall_rtol, stall_ratio)
+                    if why is not None:
+                        return done(z, cost, False, why, nit, method)
                 break
