@@ -606,3 +606,18 @@ def test_concurrent_calls_under_the_workqueue_layer(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["workqueue", "6", "True"], out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("nf", [1, 3, 4, 7, 8, 23, 24])
+def test_blocked_normal_equation_sums(nf):
+    """The generated A = D Dᵀ, g = D R (blocks of rows up to 23 parameters, one loop a
+    sum beyond) against NumPy's products, on both sides of each block size."""
+    ns = {}
+    src = native._accumulate_source(nf).replace("cache=True", "cache=False")
+    exec(f"import numba\nimport numpy as np\nM = 37\nNF = {nf}\n" + src, ns)
+    rng = np.random.default_rng(nf)
+    D, R = rng.normal(size=(nf, 37)), rng.normal(size=37)
+    A, g = np.full((nf, nf), np.nan), np.full(nf, np.nan)
+    ns["_accumulate"](D, R, A, g)
+    np.testing.assert_allclose(A, D @ D.T, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(g, D @ R, rtol=1e-13, atol=1e-13)
