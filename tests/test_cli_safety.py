@@ -471,3 +471,28 @@ def test_an_interrupted_enter_removes_its_staging_directory(tmp_path, monkeypatc
         (rd2.staging / "x.txt").write_text("x")
         rd2.commit()
     assert (tmp_path / "r" / "x.txt").read_text() == "x"
+
+
+def test_sigterm_handler_imports_nothing():
+    """The handler only sets a flag and raises: it must not import (a SIGTERM during the
+    command's own lazy imports would meet an import in progress). In a fresh process,
+    before anything has loaded gradfit.oof: the handler leaves it unloaded, and the flag
+    that gradfit.oof.output reads later is set."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import gradfit.cli as c\n"
+        "assert 'gradfit.oof.output' not in sys.modules\n"
+        "try:\n"
+        "    c._raise_terminated(15, None)\n"
+        "except c._Terminated:\n"
+        "    pass\n"
+        "loaded = 'gradfit.oof.output' in sys.modules\n"
+        "from gradfit.oof import output\n"
+        "print(loaded, output.STOP.is_set(), c._stop_requested())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True"]

@@ -36,7 +36,8 @@ def test_public_surface():
     public = {n for n in dir(gradfit) if not n.startswith("_")}
     modules = {"fitting", "likelihoods", "objective", "params", "priors", "result", "solvers",
                "uncertainty", "nist", "mgh", "profile", "sampling", "oof", "bench", "cli",
-               "serialize", "batch", "uncertainty_scale", "data", "distributed"}
+               "serialize", "batch", "uncertainty_scale", "data", "distributed",
+               "termination"}
     assert public - modules == expected
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from gradfit import termination
+
 __all__ = ["main", "cli", "CLIError"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_IO = 0, 1, 2, 3
@@ -56,9 +58,8 @@ class _Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame):
-    from gradfit.oof import output
-
-    output.STOP.set()  # stands even if the exception below is swallowed on its way
+    # (no import here: the flag's module is loaded with this one)
+    termination.STOP.set()  # stands even if the exception below is swallowed on its way
     raise _Terminated()
 
 
@@ -72,8 +73,7 @@ def _on_sigterm():
 
 
 def _stop_requested() -> bool:
-    output = sys.modules.get("gradfit.oof.output")
-    return output is not None and output.STOP.is_set()
+    return termination.STOP.is_set()
 
 
 def _restore_sigterm(old) -> None:
@@ -93,8 +93,7 @@ class _Group(click.Group):
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.showwarning = _show_warning
-            if "gradfit.oof.output" in sys.modules:  # a new command (tests run many in one process)
-                sys.modules["gradfit.oof.output"].STOP.clear()
+            termination.STOP.clear()  # a new command (tests run many in one process)
             old_term = _on_sigterm()
             try:
                 rv = super().main(

@@ -28,8 +28,9 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
+
+from .. import termination as _termination
 
 __all__ = [
     "RESULT_FILES",
@@ -130,7 +131,8 @@ class Stopped(BaseException):
 
 
 #: set by a termination handler (the CLI's SIGTERM): no result is committed after it
-STOP = threading.Event()
+#: (one flag for the process, in :mod:`gradfit.termination`)
+STOP = _termination.STOP
 
 #: staging directories of the open ResultDirs of this process (absolute paths)
 _STAGING: set = set()
