@@ -415,6 +415,7 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
         nf = int(fr.sum())
         free_idx[name] = (k, nf, torch.as_tensor(np.flatnonzero(fr), device=dev))
         k += nf
+    free_names = [nm for nm in names if free_idx[nm][1]]
 
     def unflatten(theta, pp):
         """(b, n) free vector + per-problem values (b, *shape) -> dict of (b, *shape)."""
@@ -693,7 +694,6 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
             cost, A, g = normal_t(th, data)
             return cost, A * dth.unsqueeze(-1) * dth.unsqueeze(-2), g * dth
 
-        free_names = [nm for nm in names if free_idx[nm][1]]
         if jacobian is not None:
             jac_how = "model"
             _check_jacobian_values(res_jac_t, res_t, pack, keep, _theta0_rows, space, dev, dt)
@@ -760,12 +760,8 @@ def fit_batch(model, x, y, params, likelihood="gaussian", method="auto", *, prio
 
     kernel = None
     if engine != "torch":
-        free_names = [nm for nm in names if free_idx[nm][1]]
-        # (a prior on a fixed parameter is a constant, whatever its kind)
-        why = native_refusal(lik, priors={nm: pr for nm, pr in prior_map.items()
-                                          if nm in free_names},
-                             space=space, device=dev, dtype=dt, x_batched=x_batched,
-                             vectorized=vectorized)
+        why = native_refusal(lik, priors=prior_map, free=free_names, space=space, device=dev,
+                             dtype=dt, x_batched=x_batched, vectorized=vectorized)
         if why is None and not (n and method == "lm"):
             why = ("it runs Levenberg–Marquardt (method 'lm'), and this fit is "
                    f"{method!r}" + (" with no free parameters" if not n else ""))

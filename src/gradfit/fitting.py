@@ -964,14 +964,11 @@ def _fit_native(prob: Problem, method, max_iter, tol, errors, strict, required):
     names = list(space.names)
     free_pos = [k for k, nm in enumerate(names) if bool(np.asarray(space.free[nm]).all())]
     free_names = [names[k] for k in free_pos]
-    priors = prob.priors
-    if isinstance(priors, Mapping):  # (a prior on a fixed parameter is a constant)
-        priors = {nm: pr for nm, pr in priors.items() if nm in free_names}
     if why is None:
-        why = native.refusal(lik, priors=priors, space=space, device=prob.device,
-                             dtype=prob.dtype)
+        why = native.refusal(lik, priors=prob.priors, free=free_names, space=space,
+                             device=prob.device, dtype=prob.dtype)
     kernel = None
-    pri = native.prior_arrays(priors, free_names) if why is None else None
+    pri = native.prior_arrays(prob.priors, free_names) if why is None else None
     start = space.unflatten_numpy(space.theta0)
     P = np.array([[float(start[nm]) for nm in names]])
     Y = prob.yt.detach().cpu().numpy().astype(np.float64).reshape(1, -1)

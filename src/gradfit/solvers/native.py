@@ -991,15 +991,13 @@ def _split_calls(body: list[str], buf: str = "T"):
                     todo.extend(_NAME.findall(body[defs[nm]].split(" = ", 1)[1]))
             prefix = [read(body[j]) for j in sorted(need)]
             calls.append(c)
-            row = f"{buf}[{len(calls) - 1}"
+            kc = len(calls) - 1
             vec = _VECTOR.match(c)
-            if vec:  # the argument here, then exp or log of the whole row at once
-                passes.append("    for i in range(M):\n"
-                              + _indent(prefix + [f"{row}, i] = {vec.group(2)}"], 8) + "\n    "
-                              + _VECTOR_FN[vec.group(1)].format(row=row + "]", buf=buf))
-            else:
-                passes.append("    for i in range(M):\n"
-                              + _indent(prefix + [f"{row}, i] = {c}"], 8))
+            # a vectorised call: the argument here, then exp or log of the whole row at once
+            store = f"{buf}[{kc}, i] = {vec.group(2) if vec else c}"
+            passes.append("    for i in range(M):\n" + _indent(prefix + [store], 8) + (
+                "\n    " + _VECTOR_FN[vec.group(1)].format(row=f"{buf}[{kc}]", buf=buf)
+                if vec else ""))
         m = _ASSIGN.match(line)
         if m:
             defs[m.group(1)] = k
@@ -1115,9 +1113,10 @@ def poisson_nll_offset(Y: np.ndarray) -> np.ndarray:
     return out
 
 
-def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=False):
+def refusal(lik, *, priors, free, space, device, dtype, x_batched=False, vectorized=False):
     """Why the compiled engine cannot take this fit (a sentence), or None. ``priors``: the
-    fit's (a dict of name -> prior, a whole-dict callable, or None)."""
+    fit's (a dict of name -> prior, a whole-dict callable, or None); ``free``: the names
+    of the free parameters (a prior on a fixed one is a constant, whatever its kind)."""
     from ..likelihoods import Gaussian, Poisson
     from ..priors import Normal
 
@@ -1128,7 +1127,7 @@ def refusal(lik, *, priors, space, device, dtype, x_batched=False, vectorized=Fa
     if callable(priors) and not isinstance(priors, dict):
         return "it takes Normal priors by name, not a log_prior(p) callable"
     other = [f"{type(pr).__name__} on {nm!r}" for nm, pr in (priors or {}).items()
-             if type(pr) is not Normal]
+             if nm in free and type(pr) is not Normal]
     if other:
         return f"it takes Normal priors only (a residual each), not {', '.join(other)}"
     shaped = [nm for nm in space.names if space.shapes[nm] != ()]
