@@ -303,9 +303,12 @@ class BeamModel:
             ``(N, n_coeff - 1)``, ``pointing``: ``(N, B, 2)``, ``gain``: ``(N, B)``).
 
         For ``transform='mft'`` and ``'dft'``: all columns come from ``order + 1``
-        batched x-transforms and ``(order + 1)(order + 2)/2`` y-transforms of the field
-        (see :meth:`gradfit.oof.transforms.MFT.monomials`), plus one transform per free
-        illumination parameter, against one transform per column for autodiff.
+        batched x-transforms and ``(order + 1)(order + 2)/2`` y-transforms of the field,
+        each folded onto half the aperture (see
+        :meth:`gradfit.oof.transforms.MFT.monomials`), plus one transform per free
+        illumination parameter, against one transform per column for autodiff. The
+        model's values come from the same transforms: equal to :meth:`__call__`'s to
+        rounding (1e-15 relative), not bit for bit.
         """
         if not self.tf.exact_jacobian:
             raise ValueError(f"exact Jacobians need transform='mft' or 'dft', not "
@@ -326,7 +329,6 @@ class BeamModel:
 
     def _jacobian(self, p, names):
         B = self.n_maps
-        mu = self(p)
         phase = self.phase(p)
         c_dB = self._get(p, "c_dB")
         q, x0, y0 = self._opt(p, "q"), self._opt(p, "x0"), self._opt(p, "y0")
@@ -337,25 +339,33 @@ class BeamModel:
 
         # transforms of x^a y^b E: F itself (a = b = 0) and the phase derivatives
         order = self.order if "K" in names else 1 if "pointing" in names else 0
-        Mr, Mi = self.tf.monomials(er, ei, order)  # (M, B, Nb)
+        # (in the transform's own layout and order: see Transform.monomial_blocks)
+        Mr, Mi, pos = self.tf.monomial_blocks(er, ei, order)  # (M, *S)
         Fr, Fi = Mr[0], Mi[0]
-        Nb = Fr.shape[-1]  # samples per map (padded to the longest map for 'dft')
-        P = (Fr**2 + Fi**2) * self.norm  # (B, Nb)
+        to_maps = self.tf.samples_last  # (..., *S) -> (..., B, Nb)
+        P = to_maps((Fr**2 + Fi**2) * self.norm)  # (B, Nb)
+        Nb = P.shape[-1]  # samples per map (padded to the longest map for 'dft')
         amp = self._get(p, "amp")
         gain = self._opt(p, "gain")
+        mu = self._flat(self._per_map(P * amp, p))  # the model, as __call__ gives it
+        Fr, Fi = to_maps(Fr), to_maps(Fi)
         # d mu_b / d P_b
         s = amp if gain is None else amp * gain.unsqueeze(-1)
         ar = torch.arange(B, device=self.device)
         out = {}
         if order:
             # d P / d c for a phase term c x^a y^b: 2 Re(conj(F) i M_ab) = 2 (Fi Mr - Fr Mi)
-            H = (2 * self.norm) * (Fi * Mr - Fr * Mi)  # (M, B, Nb)
+            H = (2 * self.norm) * (Mi[:1] * Mr - Mr[:1] * Mi)  # (M, *S)
         if "K" in names:
-            dK = (self._monomial_coeffs() @ H.reshape(H.shape[0], -1)).reshape(-1, B, Nb)
+            C = self._monomial_coeffs()[:, torch.as_tensor(pos, device=self.device)]
+            dK = to_maps((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
             out["K"] = self._flat((dK * s).permute(1, 2, 0))
         if "pointing" in names:
             # phase ramp (pi / pr)(u0 x + v0 y): the monomials x/R and y/R times pi
-            i10, i01 = order + 1, 1  # (1, 0) and (0, 1) in monomial_labels order
+            row = {int(lab): i for i, lab in enumerate(pos)}
+            # (1, 0) and (0, 1) in monomial_labels order
+            H = to_maps(H[[row[order + 1], row[1]]])
+            i10, i01 = 0, 1
             D = H.new_zeros(B, Nb, B, 2)
             D[ar, :, ar, 0] = np.pi * H[i10] * s
             D[ar, :, ar, 1] = np.pi * H[i01] * s
@@ -467,13 +477,15 @@ class BeamModel:
         b, B, J = K.shape[0], self.n_maps, self.U.shape[-1]
         with torch.no_grad():
             A, cos, sin, er, ei = self._batched_field(K, c_dB)
-            Mr, Mi = self.tf.monomials(er.reshape(b * B, J), ei.reshape(b * B, J), self.order)
-            Fr, Fi = Mr[0], Mi[0]  # (b B, n_k)
+            Mr, Mi, pos = self.tf.monomial_blocks(er.reshape(b * B, J), ei.reshape(b * B, J),
+                                                  self.order)  # (M, *S)
+            to_maps = self.tf.samples_last  # (..., *S) -> (..., b B, n_k)
+            H = (2 * self.norm) * (Mi[:1] * Mr - Mr[:1] * Mi)
+            C = self._monomial_coeffs()[:, torch.as_tensor(pos, device=self.device)]
+            dK = to_maps((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
+            dK = dK.reshape(-1, b, B * dK.shape[-1]).permute(1, 2, 0) * amp[:, None, None]
+            Fr, Fi = to_maps(Mr[0]), to_maps(Mi[0])  # (b B, n_k)
             P = (Fr**2 + Fi**2) * self.norm
-            H = (2 * self.norm) * (Fi * Mr - Fr * Mi)  # (M, b B, n_k)
-            C = self._monomial_coeffs()
-            dK = (C @ H.reshape(H.shape[0], -1)).reshape(-1, b, B * Fr.shape[-1])
-            dK = dK.permute(1, 2, 0) * amp[:, None, None]
             d = self.w * self.illumination_derivatives(["c_dB"], c_dB.unsqueeze(-1), None, None,
                                                        None, self.r2, A)[0]  # (b, J)
             d = d.unsqueeze(-2)

@@ -22,6 +22,10 @@ forward-FFT sign). All arithmetic is real, batched over maps and differentiable
     every aperture row (one matrix product for all rows and samples), then the y sum.
     It gives the monomial transforms too (:meth:`DFT.monomials`), so the model's
     Jacobian is exact for scattered samples as well.
+
+Both exact transforms fold their sums onto the half-axes ``x >= 0`` (and the MFT also
+``y >= 0``), which the symmetric aperture grid allows: half the arithmetic of the
+matrix products (:class:`_Folded`).
 ``'fft'`` (:class:`FFT`)
     Zero-padded FFT of the aperture grid and bilinear interpolation of the power, as
     pyoof does; kept for comparison.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 
 __all__ = ["TRANSFORMS", "Transform", "MFT", "DFT", "FFT", "make_transform"]
 
@@ -56,11 +61,6 @@ class Transform:
         self.wavelength_m = float(wavelength_m)
         self.sizes = [m.n for m in maps]
         self.n_maps = len(maps)
-        # scatter target of the separable sums: per map, rows y, then [Re E(x) | Im E(x)]
-        gy, gx = np.divmod(grid.index, grid.n)
-        n = grid.n
-        self.grid_index = torch.as_tensor(
-            np.concatenate([gy * 2 * n + gx, gy * 2 * n + n + gx]), device=self.device)
 
     def _t(self, a) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(a), dtype=self.dtype, device=self.device)
@@ -71,26 +71,120 @@ class Transform:
         step = self.grid.step_m
         return np.cos(arg) * step, np.sin(arg) * step
 
-    def _scatter(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
-        """``(M, J)`` fields -> ``(M, n, 2 n)`` rows y of ``[Re E(x) | Im E(x)]``."""
-        vals = torch.cat([er, ei], dim=-1)
-        M = vals.shape[0]
-        n = self.n
-        X = vals.new_zeros(M, 2 * n * n).index_copy(1, self.grid_index, vals)
-        return X.reshape(M, n, 2 * n)
-
     def power(self, er: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
         """``|F_b|^2`` at every sample, ``(B, n_k)``: by :meth:`fields` where a transform
         has it (MFT, DFT); others (FFT) override this."""
         Fr, Fi = self.fields(er.unsqueeze(-2), ei.unsqueeze(-2))
         return (Fr**2 + Fi**2)[:, 0]
 
+    def monomial_blocks(self, er: torch.Tensor, ei: torch.Tensor, order: int):
+        """The transforms of :meth:`monomials` in the transform's own layout, for the
+        model's Jacobian: ``(Mr, Mi, pos)`` with ``Mr, Mi`` ``(M, *S)`` and ``pos[i]`` the
+        position of row ``i`` in :func:`gradfit.oof.zernike.monomial_labels` order (row 0
+        is always ``F``). :meth:`samples_last` turns ``(..., *S)`` into ``(..., B, n_k)``.
+        Here ``S = (B, n_k)``."""
+        Mr, Mi = self.monomials(er, ei, order)
+        return Mr, Mi, np.arange(Mr.shape[0])
+
+    def samples_last(self, X: torch.Tensor) -> torch.Tensor:
+        """``(..., *S)`` of :meth:`monomial_blocks` -> ``(..., B, n_k)`` (here the identity)."""
+        return X
+
     def _aperture_x(self) -> torch.Tensor:
         """The aperture grid's axis over the dish radius (x/R and y/R of its cells)."""
         return self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
 
 
-class MFT(Transform):
+class _Folded(Transform):
+    """The sums over the aperture folded onto ``x >= 0`` and ``y >= 0``.
+
+    The aperture grid is symmetric about the dish centre. With
+    ``Z^(+-)(x) = Z(x) +- Z(-x)`` and the kernel ``e^{-i w x} = C - i S`` (C even, S odd
+    in x),
+
+    ``sum_x x^a Z(x) e^{-i w x} = sum_{x >= 0} x^a [C Z^(+) + S (-i Z^(-))]`` for even
+    ``a``, with ``Z^(+)`` and ``Z^(-)`` swapped for odd ``a``:
+
+    one real product of the stacked operand ``[Z^(+-) ; -i Z^(-+)]`` (:meth:`_operand`)
+    with the real kernel ``[x^a C ; x^a S]``, half the arithmetic of the complex product
+    over the whole axis. The same holds for the sums over y.
+    """
+
+    def __init__(self, grid, maps, wavelength_m, device, dtype):
+        super().__init__(grid, maps, wavelength_m, device, dtype)
+        ax = np.asarray(grid.axis, dtype=np.float64)
+        n = self.n
+        if not np.allclose(ax, -ax[::-1], rtol=0.0, atol=1e-12 * np.max(np.abs(ax))):
+            raise ValueError(f"the {self.name!r} transform needs an aperture grid symmetric "
+                             "about the dish centre (as gradfit.oof.aperture.aperture_grid "
+                             "makes it)")
+        # folded axis: x >= 0 ascending (h values; the centre first when n is odd), then
+        # the mirror images x < 0 in the same order (slot h is the centre's, empty, when
+        # n is odd), so that Z(x) +- Z(-x) is Z[:h] +- Z[h:]
+        self.h = h = (n + 1) // 2
+        i = np.arange(n)
+        self._fold_pos = np.where(i >= n - h, i - (n - h), 2 * h - 1 - i)
+        self._half_axis = ax[n - h:]
+        self._index: dict = {}
+
+    def _half_kernel(self, s):
+        """``[C ; S]`` over the half-axis, ``(2h, len(s))``, times the cell width."""
+        C, S = self._kernel(s, self._half_axis)  # (len(s), h)
+        return np.concatenate([C.T, S.T])
+
+    def _half_powers(self) -> np.ndarray:
+        """``x/R`` over the half-axis, twice (the rows of :meth:`_half_kernel`)."""
+        w = self._half_axis / self.grid.telescope.primary_radius_m
+        return np.concatenate([w, w])
+
+    def _folded(self, er: torch.Tensor, ei: torch.Tensor, y_first: bool) -> torch.Tensor:
+        """``F`` fields ``(F, J)`` on the folded grid: ``(y', F, 2, x')`` (``y_first``) or
+        ``(F, y', 2, x')``, Re and Im on axis 2, each folded axis ``2h`` long."""
+        F, h2 = er.shape[0], 2 * self.h
+        key = (F, y_first)
+        if key not in self._index:
+            gy, gx = np.divmod(self.grid.index, self.n)
+            yf, xf = self._fold_pos[gy][None, None], self._fold_pos[gx][None, None]
+            f = np.arange(F)[:, None, None]
+            part = np.arange(2)[None, :, None]
+            rows = yf * F + f if y_first else f * h2 + yf
+            self._index[key] = torch.as_tensor(((rows * 2 + part) * h2 + xf).reshape(-1),
+                                               device=self.device)
+        X = er.new_zeros(h2 * F * 2 * h2).index_copy(0, self._index[key],
+                                                     torch.stack([er, ei], 1).reshape(-1))
+        return X.reshape((h2, F, 2, h2) if y_first else (F, h2, 2, h2))
+
+    @staticmethod
+    def _operand(Zp, Zm, dim: int, re_im: int):
+        """``[Zp ; -i Zm]`` along ``dim`` (``-i Z`` swaps Re and Im, negating the new Im;
+        ``re_im`` is the axis of Re/Im)."""
+        r, i = Zm.select(re_im, 0), Zm.select(re_im, 1)
+        return torch.cat([Zp, torch.stack([i, -r], re_im)], dim)
+
+    def _x_operands(self, X: torch.Tensor, odd: bool = True):
+        """The operands of the even (and, with ``odd``, of the odd) powers of x, folded
+        axis last, Re/Im the axis before."""
+        h = self.h
+        Xp, Xm = X[..., :h] + X[..., h:], X[..., :h] - X[..., h:]
+        ops = [self._operand(Xp, Xm, -1, -2)]
+        if odd:
+            ops.append(self._operand(Xm, Xp, -1, -2))
+        return ops
+
+    @staticmethod
+    def raw_order(order: int) -> np.ndarray:
+        """Position of each monomial of the folded order (``a`` ascending; for each ``a``
+        the even powers of y, then the odd ones) in
+        :func:`gradfit.oof.zernike.monomial_labels` order (``a`` then ``b``)."""
+        pos, first = [], 0
+        for a in range(order + 1):
+            bs = list(range(0, order + 1 - a, 2)) + list(range(1, order + 1 - a, 2))
+            pos += [first + b for b in bs]
+            first += order + 1 - a
+        return np.asarray(pos)
+
+
+class MFT(_Folded):
     """Separable exact transform on regular ``(n_v, n_u)`` grids (u varying fastest).
 
     Parameters
@@ -104,6 +198,8 @@ class MFT(Transform):
     axes : list of (numpy.ndarray, numpy.ndarray)
     wavelength_m : float
     device, dtype :
+
+    Every sum is folded onto the half-axes (see :class:`_Folded`).
     """
 
     name = "mft"
@@ -111,7 +207,6 @@ class MFT(Transform):
 
     def __init__(self, grid, maps, axes, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
-        ax = grid.axis
         shapes = [(va.size, ua.size) for ua, va in axes]
         nv_max, nu_max = max(s[0] for s in shapes), max(s[1] for s in shapes)
         axes = [(_extend(ua, nu_max), _extend(va, nv_max)) for ua, va in axes]
@@ -123,72 +218,105 @@ class MFT(Transform):
                 rows, cols = np.divmod(np.arange(nv * nu), nu)
                 take[b, : nv * nu] = rows * nu_max + cols
             self._take = torch.as_tensor(take, device=self.device)
-        Wv, Wu = [], []
-        for ua, va in axes:
-            Cv, Sv = self._kernel(va, ax)  # (nv, n)
-            Cu, Su = self._kernel(ua, ax)  # (nu, n)
-            Wu.append(np.block([[Cu.T, -Su.T], [Su.T, Cu.T]]))  # (2n, 2nu)
-            Wv.append(np.block([[Cv, Sv], [-Sv, Cv]]))  # (2nv, 2n)
         # (maps of different shapes never share axes, even where the padding makes their
         # kernels equal: what batches observations needs every map on the same samples)
         self.shared_axes = self._take is None and all(
-            np.array_equal(Wv[0], w) for w in Wv) and all(np.array_equal(Wu[0], w) for w in Wu)
-        if self.shared_axes:
-            self.Wu, self.Wv = self._t(Wu[0]), self._t(Wv[0])
-        else:
-            self.Wu, self.Wv = self._t(np.stack(Wu)), self._t(np.stack(Wv))
+            np.array_equal(axes[0][0], ua) and np.array_equal(axes[0][1], va)
+            for ua, va in axes)
+        self._axes = axes[:1] if self.shared_axes else axes
         self.nv, self.nu = nv_max, nu_max
-        self._pows: dict = {}
+        self._kernels: dict = {}
 
-    def _samples(self, F: torch.Tensor, map_dim: int) -> torch.Tensor:
-        """3-D ``F`` with the maps along ``map_dim`` and the padded grid last -> the samples
-        of each map, ``n_k`` last (the identity when every map has the same shape)."""
-        if self._take is None:
-            return F
-        take = self._take.unsqueeze(1 - map_dim)  # (B, 1, n_k) or (1, B, n_k)
-        return torch.gather(F, -1, take.expand(F.shape[:-1] + take.shape[-1:]))
+    # ----------------------------------------------------------------- kernels
+    def _powered(self, order: int):
+        """Per kernel set (one, or one per map): the u kernels ``[x^a C ; x^a S]`` side
+        by side, ``(2h, k nu)``, and the v kernels ``[y^b C | y^b S]`` stacked,
+        ``(k nv, 2h)``, for the even and the odd powers up to ``order``."""
+        if order not in self._kernels:
+            w2 = self._half_powers()
+            sets = []
+            for ua, va in self._axes:
+                Ku, Kv = self._half_kernel(ua), self._half_kernel(va).T
+                sets.append(tuple(
+                    (self._t(np.concatenate([Ku * (w2**a)[:, None]
+                                             for a in range(q, order + 1, 2)], axis=1)),
+                     self._t(np.concatenate([Kv * (w2**a)[None, :]
+                                             for a in range(q, order + 1, 2)], axis=0)))
+                    for q in (0, 1) if q <= order))
+            self._kernels[order] = sets
+        return self._kernels[order]
 
-    # ------------------------------------------------------------- one field each
-    def _step_v(self, T: torch.Tensor, Wv: torch.Tensor, B: int, M: int):
-        """v (y) sums of x-transformed rows ``T`` ``(B, M, n, 2 nu')``: ``Re F, Im F``.
+    # ------------------------------------------------------------- the transform
+    def _raw(self, er: torch.Tensor, ei: torch.Tensor, order: int, kernels):
+        """Transforms of ``(x/R)^a (y/R)^b E`` of ``F`` fields ``er, ei`` ``(F, J)``, for
+        ``a + b <= order``: ``(M, nv, F, 2, nu)`` (Re, Im on axis 3), ``a`` ascending, for
+        each ``a`` the even powers of y, then the odd ones."""
+        F, h, nv, nu = er.shape[0], self.h, self.nv, self.nu
+        h2 = 2 * h
+        # x sums: the even powers of x from [X+ ; -i X-], the odd ones from [X- ; -i X+]
+        ops = self._x_operands(self._folded(er, ei, y_first=True), odd=order > 0)
+        T = [op.reshape(-1, h2) @ kernels[q][0] for q, op in enumerate(ops)]  # (y' F 2, .)
+        T = [t.reshape(h2, F, 2, -1) for t in T]
+        M = (order + 1) * (order + 2) // 2
+        # the products write into one array, except where autograd, forward mode or
+        # vmap follows the tensors (out= is for plain tensors only)
+        plain = M > 1 and not (torch.is_grad_enabled() or _traced(er) or _traced(ei))
+        out = er.new_empty(M, nv, F, 2, nu) if plain else []
+        m = 0
+        for a in range(order + 1):
+            j = a // 2
+            Ta = T[a % 2][..., j * nu:(j + 1) * nu]  # (y', F, 2, nu)
+            Tp, Tm = Ta[:h] + Ta[h:], Ta[:h] - Ta[h:]
+            # y sums: powers of y that go with x^a, the even ones then the odd ones
+            for q, (Zp, Zm) in ((0, (Tp, Tm)), (1, (Tm, Tp))):
+                k = (order - a - q) // 2 + 1 if order - a >= q else 0
+                if k:
+                    Q = self._operand(Zp, Zm, 0, 2).reshape(h2, -1)
+                    if plain:
+                        torch.matmul(kernels[q][1][: k * nv], Q,
+                                     out=out[m:m + k].view(k * nv, -1))
+                    else:
+                        out.append(kernels[q][1][: k * nv] @ Q)
+                    m += k
+        return out if plain else torch.cat(out).reshape(M, nv, F, 2, nu)
 
-        ``Wv`` may stack ``k`` weightings along its rows, ``(k 2nv, 2n)``; the result is
-        then ``(k, B, M, nv, nu')`` each.
-        """
-        n, nv = self.n, self.nv
-        nu = T.shape[-1] // 2
-        k = Wv.shape[-2] // (2 * nv)
+    def _raw_all(self, er: torch.Tensor, ei: torch.Tensor, order: int, per_map: int):
+        """:meth:`_raw` with each map's kernels: ``er, ei`` ``(B per_map, J)``, fields of
+        map ``b`` in rows ``b per_map .. (b + 1) per_map``."""
+        sets = self._powered(order)
         if self.shared_axes:
-            # stack Re over Im along y, all maps and fields side by side: (2n, B M nu)
-            T = T.reshape(B, M, n, 2, nu).permute(3, 2, 0, 1, 4).reshape(2 * n, B * M * nu)
-            F = (Wv @ T).reshape(k, 2, nv, B, M, nu).permute(1, 0, 3, 4, 2, 5)
-        else:
-            T = T.reshape(B, M, n, 2, nu).permute(0, 3, 2, 1, 4).reshape(B, 2 * n, M * nu)
-            F = (Wv @ T).reshape(B, k, 2, nv, M, nu).permute(2, 1, 0, 4, 3, 5)
-        return F[0], F[1]
+            return self._raw(er, ei, order, sets[0])
+        parts = [self._raw(er[b * per_map:(b + 1) * per_map],
+                           ei[b * per_map:(b + 1) * per_map], order, sets[b])
+                 for b in range(self.n_maps)]
+        return torch.cat(parts, 2)
+
+    def samples_last(self, X: torch.Tensor) -> torch.Tensor:
+        """``(..., nv, F, nu)`` -> ``(..., F, n_k)``: each field's samples, in its map's
+        order (maps of different shapes taken from their padded grids)."""
+        X = X.transpose(-3, -2)
+        X = X.reshape(X.shape[:-3] + (X.shape[-3], self.nv * self.nu))
+        if self._take is None:
+            return X
+        take = self._take
+        F = X.shape[-2]
+        if F != take.shape[0]:  # several fields per map, map-major
+            take = take.repeat_interleave(F // take.shape[0], 0)
+        return torch.gather(X, -1, take.expand(X.shape[:-1] + take.shape[-1:]))
+
+    def monomial_blocks(self, er: torch.Tensor, ei: torch.Tensor, order: int):
+        """:meth:`monomials` in the folded transform's own order and layout: ``(Mr, Mi,
+        pos)``, ``Mr, Mi`` ``(M, nv, B, nu)`` views, ``pos`` as in
+        :meth:`Transform.monomial_blocks`."""
+        R = self._raw_all(er, ei, order, 1)
+        return R[..., 0, :], R[..., 1, :], self.raw_order(order)
 
     def fields(self, er: torch.Tensor, ei: torch.Tensor):
         """F of many fields per map: ``er, ei`` ``(B, M, J)`` -> ``Fr, Fi`` ``(B, M, n_k)``."""
         B, M = er.shape[:2]
-        X = self._scatter(er.reshape(B * M, -1), ei.reshape(B * M, -1))
-        if self.shared_axes:
-            T = X.reshape(B * M * self.n, 2 * self.n) @ self.Wu
-        else:
-            T = X.reshape(B, M * self.n, 2 * self.n) @ self.Wu
-        Fr, Fi = self._step_v(T, self.Wv, B, M)
-        return (self._samples(Fr[0].reshape(B, M, -1), 0),
-                self._samples(Fi[0].reshape(B, M, -1), 0))
-
-    # ------------------------------------------------------------------ monomials
-    def _powers(self, order: int):
-        """``Wu`` and ``Wv`` weighted by ``(x/R)^a`` and ``(y/R)^b``, ``a, b <= order``."""
-        if order not in self._pows:
-            xn = self._aperture_x()
-            xn2 = torch.cat([xn, xn])
-            Wu = torch.cat([self.Wu * (xn2**a)[:, None] for a in range(order + 1)], dim=-1)
-            Wv = torch.cat([self.Wv * (xn2**b)[None, :] for b in range(order + 1)], dim=-2)
-            self._pows[order] = (Wu, Wv)
-        return self._pows[order]
+        R = self._raw_all(er.reshape(B * M, -1), ei.reshape(B * M, -1), 0, M)[0]
+        R = self.samples_last(R.permute(2, 0, 1, 3))  # (2, nv, B M, nu) -> (2, B M, n_k)
+        return R[0].reshape(B, M, -1), R[1].reshape(B, M, -1)
 
     def monomials(self, er: torch.Tensor, ei: torch.Tensor, order: int):
         """Transforms of ``(x/R)^a (y/R)^b E`` for every ``a + b <= order``, ``R`` the radius.
@@ -204,59 +332,62 @@ class MFT(Transform):
             the order of :func:`gradfit.oof.zernike.monomial_labels` (``a`` then ``b``);
             the first is ``F`` itself.
 
-        The x sums of all ``order + 1`` powers of x are one matrix product, the y sums
-        one product per power of x: ``order + 1`` x-transforms and ``M`` y-transforms,
-        against ``M`` of each for one transform per monomial.
+        The x sums of the even and of the odd powers of x are one matrix product each,
+        the y sums two products per power of x (even and odd powers of y): in all, the
+        arithmetic of ``(order + 1) / 2`` x-transforms and ``M / 2`` y-transforms of one
+        unfolded transform each.
         """
-        B = er.shape[0]
-        n, nu = self.n, self.nu
-        Wu, Wv = self._powers(order)
-        X = self._scatter(er, ei)
-        if self.shared_axes:
-            T = X.reshape(B * n, 2 * n) @ Wu
-        else:
-            T = X @ Wu
-        T = T.reshape(B, n, order + 1, 2 * nu)
-        Mr, Mi = [], []
-        for a in range(order + 1):
-            k = order + 1 - a  # powers of y that go with x^a
-            Fr, Fi = self._step_v(T[:, :, a], Wv[..., : k * 2 * self.nv, :], B, 1)
-            Mr.append(Fr.reshape(k, B, -1))
-            Mi.append(Fi.reshape(k, B, -1))
-        return self._samples(torch.cat(Mr), 1), self._samples(torch.cat(Mi), 1)
+        Mr, Mi, pos = self.monomial_blocks(er, ei, order)
+        inv = torch.as_tensor(np.argsort(pos), device=self.device)
+        return (self.samples_last(Mr.index_select(0, inv)),
+                self.samples_last(Mi.index_select(0, inv)))
 
 
-class DFT(Transform):
-    """Direct transform at scattered sample points, exact, O(n_k n) memory per map."""
+class DFT(_Folded):
+    """Direct transform at scattered sample points, exact, O(n_k n) memory per map.
+
+    For each sample ``k``: ``F_k = sum_y e^{-i v_k y} [sum_x e^{-i u_k x} E(x, y)]``. The
+    x sums of all rows and samples are one matrix product per map, folded onto the
+    half-axis (see :class:`_Folded`); the y sums are a reduction per sample over the
+    rows in their folded order (a product per element either way: folding them would
+    only add passes over the rows).
+    """
 
     name = "dft"
     exact_jacobian = True
 
     def __init__(self, grid, maps, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
-        ax = grid.axis
-        # per sample k: F_k = sum_y e^{-i v_k y} [sum_x e^{-i u_k x} E(x, y)]; the x sums
-        # of all rows and samples are one matrix product, the y sums a reduction
         nk = max(self.sizes)
-        Wu, Cv, Sv = [], [], []
-        for m in maps:
-            Cu, Su = self._kernel(np.pad(m.u, (0, nk - m.n)), ax)  # (nk, n); padding unused
-            Wu.append(np.block([[Cu.T, -Su.T], [Su.T, Cu.T]]))  # (2n, 2nk)
-            c, sn = self._kernel(np.pad(m.v, (0, nk - m.n)), ax)
+        h = self.h
+        # y of each folded row: the half-axis, then its mirror images
+        yf = np.concatenate([self._half_axis, -self._half_axis])
+        if self.n % 2:
+            yf[h] = 0.0  # the centre's empty mirror slot
+        Ku, Cv, Sv = [], [], []
+        for m in maps:  # (the padding samples are computed and never used)
+            Ku.append(self._half_kernel(np.pad(m.u, (0, nk - m.n))))  # (2h, nk)
+            c, sn = self._kernel(np.pad(m.v, (0, nk - m.n)), yf)
             Cv.append(c.T)
-            Sv.append(sn.T)  # (n, nk)
-        self.Wu, self.Cv, self.Sv = self._t(np.stack(Wu)), self._t(np.stack(Cv)), self._t(
-            np.stack(Sv))
+            Sv.append(sn.T)  # (2h, nk)
+        self.Ku, self.Cv, self.Sv = (self._t(np.stack(a)) for a in (Ku, Cv, Sv))
+        self._y = self._t(yf / grid.telescope.primary_radius_m)
         self.nk = nk
         self._pows: dict = {}
+
+    def _x_sums(self, op: torch.Tensor, B: int) -> torch.Tensor:
+        """Folded x operands ``(B F', y', 2, 2h)`` -> ``Tr, Ti`` ``(B, F', y', nk)``."""
+        h2 = 2 * self.h
+        T = (op.reshape(B, -1, h2) @ self.Ku).reshape(op.shape[:-1] + (self.nk,))
+        T = T.reshape((B, -1) + T.shape[-3:])
+        return T[..., 0, :], T[..., 1, :]
 
     def fields(self, er: torch.Tensor, ei: torch.Tensor):
         """F of many fields per map: ``er, ei`` ``(B, M, J)`` -> ``Fr, Fi`` ``(B, M, nk)``."""
         B, M = er.shape[:2]
-        nk, n = self.nk, self.n
-        X = self._scatter(er.reshape(B * M, -1), ei.reshape(B * M, -1))  # (B M, n, 2n)
-        T = (X.reshape(B, M * n, 2 * n) @ self.Wu).reshape(B, M, n, 2 * nk)
-        Tr, Ti = T[..., :nk], T[..., nk:]
+        X = self._folded(er.reshape(B * M, -1), ei.reshape(B * M, -1), y_first=False)
+        (op,) = self._x_operands(X, odd=False)  # (B M, y', 2, 2h)
+        Tr, Ti = self._x_sums(op, B)  # (B, M, y', nk)
         Cv, Sv = self.Cv.unsqueeze(1), self.Sv.unsqueeze(1)
         return (Cv * Tr + Sv * Ti).sum(-2), (Cv * Ti - Sv * Tr).sum(-2)
 
@@ -264,25 +395,24 @@ class DFT(Transform):
         """Transforms of ``(x/R)^a (y/R)^b E`` for every ``a + b <= order`` (as
         :meth:`MFT.monomials`: ``(M, B, nk)`` each, ``a`` then ``b``, ``F`` first).
 
-        For each power of x, the x sums are one matrix product per map, with the power
-        applied to the field (so nothing the size of the kernel is copied or cached: for
+        For each power of x, the x sums are one matrix product per map with the power
+        applied to the operand (nothing the size of the kernel is copied or cached: for
         scattered samples the kernel holds one column per sample); the y sums of each
         power of x are the per-sample products ``Cv Tr + Sv Ti`` (and their imaginary
         twins), weighted by every power of y in one more product: the Jacobian of
         scattered samples for about ``order + 1`` beam evaluations.
         """
-        nk = self.nk
+        B = er.shape[0]
         if order not in self._pows:
-            xn = self._aperture_x()
-            xn2 = torch.cat([xn, xn])  # x of each column of [Re E | Im E]
-            self._pows[order] = (torch.stack([xn2**a for a in range(order + 1)]),
-                                 torch.stack([xn**b for b in range(order + 1)]))
-        Xp, Yp = self._pows[order]  # (order + 1, 2n), (order + 1, n_y)
-        X = self._scatter(er, ei)  # (B, n_y, 2n)
+            w2 = self._t(self._half_powers())
+            self._pows[order] = (torch.stack([w2**a for a in range(order + 1)]),
+                                 torch.stack([self._y**b for b in range(order + 1)]))
+        Xp, Yp = self._pows[order]  # (order + 1, 2h) each
+        ops = self._x_operands(self._folded(er, ei, y_first=False), odd=order > 0)
         Mr, Mi = [], []
         for a in range(order + 1):
-            T = (X * Xp[a]) @ self.Wu  # (B, n_y, 2 nk): x sums of x^a E
-            Tr, Ti = T[..., :nk], T[..., nk:]
+            op = ops[a % 2] * Xp[a] if a else ops[0]  # (B, y', 2, 2h)
+            Tr, Ti = (t[:, 0] for t in self._x_sums(op, B))  # (B, y', nk)
             Pr = self.Cv * Tr + self.Sv * Ti
             Pi = self.Cv * Ti - self.Sv * Tr
             Y = Yp[: order + 1 - a]  # powers of y that go with x^a
@@ -341,6 +471,13 @@ class FFT(Transform):
         P = (F.real**2 + F.imag**2).reshape(B, -1)
         vals = torch.gather(P, 1, self.idx.reshape(B, -1)).reshape(self.idx.shape)
         return (vals * self.w).sum(1) * self.area
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries a forward-mode tangent or is wrapped by a torch.func
+    transform (vmap, grad)."""
+    return (torch._C._functorch.is_functorch_wrapped_tensor(t)
+            or fwAD.unpack_dual(t).tangent is not None)
 
 
 def _extend(axis: np.ndarray, n: int) -> np.ndarray:
