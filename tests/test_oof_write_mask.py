@@ -86,3 +86,22 @@ def test_a_map_read_back_and_written_again_is_unchanged(tmp_path):
         np.testing.assert_array_equal(a.valid, b.valid)
         np.testing.assert_array_equal(a.power, b.power)  # NaN in the same places
         np.testing.assert_array_equal(a.sigma, b.sigma)
+
+
+def test_scattered_map_drops_its_masked_samples(tmp_path):
+    """Off a grid the reader drops a flagged sample (it has no grid place to keep): the
+    masked samples leave the fit either way, and the others come back exactly."""
+    obs = _observation(per_point_sigma=True)
+    for m in obs.maps:
+        m.u = m.u.copy()
+        m.u[3] += 1e-6  # off the grid by a fiftieth of a step
+        m.shape = None
+    back, msgs = _read(io.write(obs, tmp_path / "scattered.fits"))
+    assert len(msgs) == 2
+    for m, r in zip(obs.maps, back.maps):
+        keep = m.valid
+        assert r.shape is None and r.mask is None and r.n == int(keep.sum())
+        np.testing.assert_array_equal(r.u, m.u[keep])
+        np.testing.assert_array_equal(r.v, m.v[keep])
+        np.testing.assert_array_equal(r.power, m.power[keep])
+        np.testing.assert_array_equal(r.sigma, m.sigma[keep])
