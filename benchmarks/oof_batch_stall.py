@@ -71,6 +71,8 @@ class _Spy:
 
         def run(drv, step):
             def traced(o, s):
+                if not spy.last:  # the starting cost
+                    spy.last.append(float(s["cost"][-1]))
                 new = step(o, s)
                 spy.last.append(float(new["cost"][-1]))
                 return new
