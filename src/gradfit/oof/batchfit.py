@@ -193,6 +193,11 @@ def _fit_group(gradfit, model: BeamModel, data, max_iter):
                             "amp": 1.0, "c_dB": spec.default})[0, keep_t].cpu().numpy()
     amp0 = np.sum(w * w * y * m0, axis=1) / np.sum(w * w * m0 * m0, axis=1)
     params = {"K": K0, "amp": amp0, "c_dB": gradfit.Param(c0, bounds=spec.bounds)}
+    # no stall stop (oof.solve.STALL) here: it needs 2 x 40 accepted steps, and within
+    # max_iter 100 a hopeless observation (peak SNR 1-3, or noise) makes 41-81 of them
+    # with its cost still falling 1e-5 to 1e-2 over the last 40 (benchmarks/
+    # oof_batch_stall.py, 15 cases); most end by themselves at float32 resolution (code
+    # 5), and their starts mostly help the observation's own fit
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gradfit.FitWarning)
         res = gradfit.fit_batch(beams, w, y * w, params=params,

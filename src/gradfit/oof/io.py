@@ -583,7 +583,8 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     other sets of maps keep their own names and the primary header records ``NMAPS``.
     A noise level common to all samples goes to the primary header ``NOISE``, per-point
     errors otherwise to a ``SIGMA`` column; ``obs.truth`` goes to an HDU
-    ``GRADFIT TRUTH`` (JSON), after the maps.
+    ``GRADFIT TRUTH`` (JSON), after the maps. A masked sample is written with NaN power
+    (and sigma), so that :func:`read` masks it again.
 
     Parameters
     ----------
@@ -643,9 +644,12 @@ def write(obs: Observation, path: str | os.PathLike, *, overwrite: bool = True) 
     # gradfit's own small FITS writer: astropy.table alone costs more to import than a fit
     hdus = [fitsio.primary_hdu(h.cards)]
     for name, m in zip(names, obs.maps, strict=True):
-        cols = [("U", m.u, "rad"), ("V", m.v, "rad"), ("BEAM", m.power, "")]
+        # a masked sample is written as NaN, which the reader masks again: a hand-made
+        # map may hold a finite value there (the caller's arrays are not touched)
+        cols = [("U", m.u, "rad"), ("V", m.v, "rad"), ("BEAM", m.masked_power(), "")]
         if m.sigma is not None and common is None:
-            cols.append(("SIGMA", m.sigma, ""))
+            sigma = m.sigma if m.mask is None else np.where(m.mask, m.sigma, np.nan)
+            cols.append(("SIGMA", sigma, ""))
         hdus.append(fitsio.table_hdu(name, cols, [("DZ", float(m.dz),
                                                    "subreflector defocus (m)")]))
     if obs.truth is not None:
