@@ -520,7 +520,8 @@ def _residual_jacobian(jacobian, sp: ParamSpace, theta, user_names, xt, yt, lik,
         mu_leaf = mu.detach().requires_grad_(True)
         r = lik.residuals(yt, mu_leaf).reshape(-1)
         (dr,) = torch.autograd.grad(r.sum(), mu_leaf)
-    r, J = r.detach(), dr.reshape(-1, 1) * J
+    r = r.detach()
+    J.mul_(dr.reshape(-1, 1))  # (J is torch.cat's own new tensor: scaled in place)
     if prior_res is not None:
         with torch.enable_grad():
             th = theta.detach().requires_grad_(True)
