@@ -7,7 +7,9 @@ order 5. Printed side by side, all measured in this one run:
 * the Jacobian table: for 22-45 free parameters, the time of one residual
   evaluation t(f) and of one residual Jacobian t(J), by autodiff (one double-backward
   column per parameter, what oof.fit used before) and by the model's exact Jacobian
-  (``BeamModel.jacobian`` through ``gradfit.fit(jacobian=...)``), and t(J)/t(f);
+  (``BeamModel.jacobian`` through ``gradfit.fit(jacobian=...)``), and t(J)/t(f); and
+  the monomial transforms alone (``monomial_blocks``: matrix products near the
+  machine's peak), the floor of any exact Jacobian built from them;
 * the fit table: a warm fit in this process with each Jacobian (best of three,
   interleaved), the largest coefficient difference between them, a fresh
   ``gradfit oof fit --no-figures`` process, and pyoof 0.2.3's time on the same
@@ -155,25 +157,34 @@ def jacobian_cost(obs, order: int, grid: int, free=("amp", "c_dB"), reps=7) -> d
                                    jacobian=jac).objective()}
     space = build_problem(run, None, y, params, likelihood=lik).space
     z = objs["exact"].as_tensor(space.to_internal(space.theta0))
-    t = {"f": [], "autodiff": [], "exact": []}
+    # the floor of any exact Jacobian built from the monomial transforms: those
+    # transforms alone (matrix products near the machine's peak), at the same point
+    with torch.no_grad():
+        er, ei = model.field({"c_dB": -12.0, **space.unflatten(
+            torch.as_tensor(space.theta0, dtype=torch.float64))})
+    t = {"f": [], "autodiff": [], "exact": [], "monomials": []}
     cpu = {k: [] for k in t}
     J = {}
-    for _ in range(reps):  # interleaved: the machine's load hits all three alike
+    for _ in range(reps):  # interleaved: the machine's load hits all four alike
         for key in t:
             tic, c = time.perf_counter(), time.process_time()
             if key == "f":
                 objs["exact"].residuals(z)
+            elif key == "monomials":
+                with torch.no_grad():
+                    model.tf.monomial_blocks(er, ei, order)
             else:
                 J[key] = objs[key].residuals_and_jacobian(z)[1]
             t[key].append(time.perf_counter() - tic)
             cpu[key].append(time.process_time() - c)
-    tf, ta, te = (min(t[k]) for k in ("f", "autodiff", "exact"))
+    tf, ta, te, tm = (min(t[k]) for k in ("f", "autodiff", "exact", "monomials"))
     # CPU time (one thread) is what a busy shared machine inflates least
     cf, ca, ce = (float(np.min(cpu[k])) for k in ("f", "autodiff", "exact"))
     diff = float((J["exact"] - J["autodiff"]).abs().max() / J["autodiff"].abs().max())
     return {"n_params": space.n_free, "order": order, "grid": grid, "points": y.size,
             "t_f_ms": 1e3 * tf, "t_J_autodiff_ms": 1e3 * ta, "t_J_exact_ms": 1e3 * te,
             "ratio_autodiff": ta / tf, "ratio_exact": te / tf, "J_rel_diff": diff,
+            "t_monomials_ms": 1e3 * tm, "ratio_monomials": tm / tf,
             "cpu_f_ms": 1e3 * cf, "cpu_J_autodiff_ms": 1e3 * ca, "cpu_J_exact_ms": 1e3 * ce,
             "cpu_ratio_autodiff": ca / cf, "cpu_ratio_exact": ce / cf}
 
@@ -262,7 +273,8 @@ def main(argv=None):
         print("Jacobian of the residuals, order 5-8, 49x49 maps: wall ms (best of 7, "
               "interleaved) and, after the bars, CPU ms (best of 7) and its ratios")
         print(f"{'params':>6s} {'grid':>4s} {'t(f)':>7s} | {'t(J) autodiff':>13s} "
-              f"{'/t(f)':>6s} | {'t(J) exact':>10s} {'/t(f)':>6s} | {'speed-up':>8s} "
+              f"{'/t(f)':>6s} | {'t(J) exact':>10s} {'/t(f)':>6s} | {'monomials':>9s} "
+              f"{'/t(f)':>6s} | {'speed-up':>8s} "
               f"{'max rel diff':>12s} || {'cpu f':>6s} {'J ad':>6s} {'/f':>5s} "
               f"{'J ex':>6s} {'/f':>5s}")
         obs49 = io.read(next(c[1] for c in all_cases if c[0] == "sim-49x49-o5"))
@@ -273,6 +285,7 @@ def main(argv=None):
             print(f"{r['n_params']:6d} {r['grid']:4d} {r['t_f_ms']:7.2f} | "
                   f"{r['t_J_autodiff_ms']:13.1f} {r['ratio_autodiff']:6.1f} | "
                   f"{r['t_J_exact_ms']:10.1f} {r['ratio_exact']:6.1f} | "
+                  f"{r['t_monomials_ms']:9.1f} {r['ratio_monomials']:6.1f} | "
                   f"{r['t_J_autodiff_ms'] / r['t_J_exact_ms']:7.1f}x {r['J_rel_diff']:12.1e}"
                   f" || {r['cpu_f_ms']:6.2f} {r['cpu_J_autodiff_ms']:6.1f} "
                   f"{r['cpu_ratio_autodiff']:5.1f} {r['cpu_J_exact_ms']:6.1f} "
