@@ -556,7 +556,8 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
     # noise of the maps, or no convergence); stop at the first start that describes it,
     # or that agrees with the best in -log L to AGREE (the same minimum found twice,
     # (both converged), or when the extra starts took start_time_factor x the first
-    # fit's time.
+    # fit's time. The kept start: see _keep (a converged local minimum is not kept over
+    # a start lower by more than AGREE).
     auto = n_starts == "auto"
 
     def poor(res, mis):
@@ -1019,8 +1020,12 @@ def fit(
         convergence); it stops at the first start that describes the data, at one that
         agrees with the best in -log L to ``AGREE`` (the same minimum), or when the
         extra starts took ``start_time_factor`` x the first fit's time. An integer runs
-        exactly that many and keeps the best. Each start is reported through
-        ``progress`` (stage 'start') and logged in ``fit["start_log"]``.
+        exactly that many. The kept start is the one of lowest -log L, or a converged
+        start within ``AGREE`` of it (the same minimum); a converged start that another
+        beats by more than ``AGREE`` found a local minimum and is not kept: the lower
+        start is, with its own success (False when it did not converge), and the
+        message and ``fit["start_log"]`` (``local_minimum``) say so. Each start is
+        reported through ``progress`` (stage 'start') and logged in ``fit["start_log"]``.
     stepwise : bool
         Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
     threads : int, optional
@@ -1066,6 +1071,11 @@ def fit(
     Returns
     -------
     Solution
+        ``success`` is the kept start's convergence, and False when no beam signal is
+        detected: the fitted beam's SNR (``fit["beam_snr"]``) below
+        ``BEAM_SNR_LIMIT`` x sqrt(k) (``fit["beam_snr_limit"]``, k the free parameters
+        that shape the beam), which fits of pure noise reach; the message then says
+        "no beam signal detected".
     """
     if basis != "zernike":
         from .pixels import fit_basis  # pixels does not import solve: no cycle
