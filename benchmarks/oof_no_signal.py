@@ -5,8 +5,9 @@ SNR 1000, 30, 10 and 3, and pure noise (the same maps with the beam taken out, u
 noise), each fitted by ``gradfit.oof.fit`` at its defaults (multi-start 'auto').
 Printed per fit: the verdict and message, the starts, and the detection statistic
 ``beam_snr`` (``fit["beam_snr"]``: sqrt(sum((beam / sigma)^2)), the fitted beam's
-matched-filter SNR, against ``gradfit.oof.solve.BEAM_SNR_LIMIT``), its square over the
-number of free parameters, and the amplitude over its Hessian error. ``--measured``
+matched-filter SNR), that over sqrt(k) (k the free parameters that shape the beam;
+the rule fires below ``gradfit.oof.solve.BEAM_SNR_LIMIT``), and the amplitude over its
+Hessian error. ``--measured``
 drops the maps' sigma (the noise is then measured from the maps, and pointing, gain
 and background are freed, as for maps read from files).
 
@@ -54,7 +55,9 @@ def run(snr, seed, npix, order, measured):
             "time_s": dt, "success": sol.success, "starts": len(log),
             "funs": "/".join(f"{r['neg_log_likelihood']:.1f}{'c' if r['success'] else ''}"
                              f"{'*' if r['kept'] else ''}" for r in log),
-            "beam_snr": sol.fit["beam_snr"], "n_free": sol.fit["n_free"],
+            "beam_snr": sol.fit["beam_snr"],
+            "per_root_k": sol.fit["beam_snr"] * solve.BEAM_SNR_LIMIT / sol.fit["beam_snr_limit"],
+            "k": round((sol.fit["beam_snr_limit"] / solve.BEAM_SNR_LIMIT) ** 2),
             "amp_sig": amp["value"] / amp["error"] if amp["error"] else np.nan,
             "misfit": sol.fit["normalised_residual"], "message": sol.fit["message"]}
 
@@ -72,8 +75,8 @@ def main(argv=None):
     print(f"Effelsberg, order {a.order}, 3 maps of {a.npix} x {a.npix}, oof.fit defaults"
           f"{', measured noise' if a.measured else ''}")
     head = (f"{'data':>9} {'seed':>4} {'time s':>6} {'success':>7} {'beam_snr':>8} "
-            f"{'snr^2/k':>7} {'amp/err':>8} {'misfit':>6}  -log L per start (c converged, "
-            "* kept) | message")
+            f"{'k':>3} {'/sqrt(k)':>8} {'amp/err':>8} {'misfit':>6}  -log L per start "
+            "(c converged, * kept) | message")
     print(head)
     print("-" * len(head))
     rows = []
@@ -82,13 +85,16 @@ def main(argv=None):
             r = run(snr, seed, a.npix, a.order, a.measured)
             rows.append(r)
             print(f"{r['data']:>9} {seed:>4} {r['time_s']:>6.1f} {str(r['success']):>7} "
-                  f"{r['beam_snr']:>8.2f} {r['beam_snr'] ** 2 / r['n_free']:>7.2f} "
+                  f"{r['beam_snr']:>8.2f} {r['k']:>3} {r['per_root_k']:>8.2f} "
                   f"{r['amp_sig']:>8.2f} {r['misfit']:>6.3f}  {r['funs']} | "
                   f"{r['message'][:110]}", flush=True)
-    print("\nbeam_snr range per data set:")
+    from gradfit.oof.solve import BEAM_SNR_LIMIT
+
+    print(f"\nbeam_snr / sqrt(k) per data set (the rule fires below {BEAM_SNR_LIMIT:g}):")
     for d in dict.fromkeys(r["data"] for r in rows):
-        v = [r["beam_snr"] for r in rows if r["data"] == d]
-        print(f"{d:>9}: {min(v):.2f} - {max(v):.2f}")
+        v = [r["per_root_k"] for r in rows if r["data"] == d]
+        ok = sum(r["success"] for r in rows if r["data"] == d)
+        print(f"{d:>9}: {min(v):.2f} - {max(v):.2f}  (success {ok} of {len(v)})")
 
 
 if __name__ == "__main__":

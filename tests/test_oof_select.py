@@ -103,7 +103,7 @@ def test_pure_noise_is_not_a_success(seed, n_starts):
     assert sol.fit["starts"] == 1
     assert sol.success is False and sol.fit["success"] is False
     k = sol.fit["n_free"]  # K[1..9], amp, c_dB: all shape the beam
-    assert k == 11
+    assert k == sol.fit["beam_k"] == 11
     limit = solve.BEAM_SNR_LIMIT * math.sqrt(k)
     assert sol.fit["beam_snr_limit"] == pytest.approx(limit)
     assert 0.5 * math.sqrt(k) < sol.fit["beam_snr"] < limit
@@ -129,8 +129,20 @@ def test_weak_real_beam_is_a_success():
     assert abs(sol.fit["beam_snr"] - true_snr) < 3.0, (sol.fit["beam_snr"], true_snr)
 
 
+def test_backgrounds_do_not_count_as_beam_parameters():
+    """Measured maps (no sigma): pointing and gain shape the beam, the three backgrounds
+    do not (they fit noise without any beam)."""
+    obs = simulate("effelsberg", order=2, snr=30.0, npix=21, seed=3, with_sigma=False)
+    sol = solve.fit(obs, order=2, errors="none")
+    names = sol.result.names
+    assert sum(n.startswith("background[") for n in names) == 3
+    assert any(n.startswith("pointing[") for n in names)
+    assert sol.fit["beam_k"] == sol.fit["n_free"] - 3
+    assert sol.success and sol.fit["beam_snr"] > sol.fit["beam_snr_limit"]
+
+
 def test_no_beam_rule_message_only_when_it_fires():
-    stats = {"beam_snr": 3.0, "beam_snr_limit": 2.5 * math.sqrt(11)}
+    stats = {"beam_snr": 3.0, "beam_snr_limit": 2.5 * math.sqrt(11), "beam_k": 11}
     assert solve._no_beam(stats).startswith("no beam signal detected")
     assert solve._no_beam(dict(stats, beam_snr=9.0)) == ""
     assert solve._no_beam(dict(stats, beam_snr=float("nan"))) == ""

@@ -737,7 +737,7 @@ def _statistics(obs, model, data: _Data, best, const, likelihood_name: str) -> d
             "maps": maps, "error_scale": float(scale), "error_note": "; ".join(notes),
             "sigma_value": float(np.median(sigma)) * data.scale,
             "noise": None if noise is None else noise.to_dict(), "beam_snr": beam_snr,
-            "beam_snr_limit": BEAM_SNR_LIMIT * math.sqrt(max(k_beam, 1))}
+            "beam_k": k_beam, "beam_snr_limit": BEAM_SNR_LIMIT * math.sqrt(max(k_beam, 1))}
 
 
 def _beam_snr(model, data: _Data, p: dict, mu, sigma) -> float:
@@ -809,9 +809,9 @@ def _no_beam(stats) -> str:
     snr, limit = stats["beam_snr"], stats["beam_snr_limit"]
     if not snr < limit:  # NaN (a broken model) does not fire: nothing to judge
         return ""
-    k = round((limit / BEAM_SNR_LIMIT) ** 2)
     return (f"no beam signal detected: the fitted beam's SNR {snr:.3g} is below "
-            f"{BEAM_SNR_LIMIT:g} sqrt(k) = {limit:.3g} (k = {k} parameters shape the beam; "
+            f"{BEAM_SNR_LIMIT:g} sqrt(k) = {limit:.3g} (k = {stats['beam_k']} parameters "
+            "shape the beam; "
             "fits of pure noise reach about sqrt(k)): the maps show no beam above the noise")
 
 
@@ -1073,9 +1073,9 @@ def fit(
     Solution
         ``success`` is the kept start's convergence, and False when no beam signal is
         detected: the fitted beam's SNR (``fit["beam_snr"]``) below
-        ``BEAM_SNR_LIMIT`` x sqrt(k) (``fit["beam_snr_limit"]``, k the free parameters
-        that shape the beam), which fits of pure noise reach; the message then says
-        "no beam signal detected".
+        ``BEAM_SNR_LIMIT`` x sqrt(k) (``fit["beam_snr_limit"]``; k, ``fit["beam_k"]``, the
+        free parameters that shape the beam), which fits of pure noise reach; the
+        message then says "no beam signal detected".
     """
     if basis != "zernike":
         from .pixels import fit_basis  # pixels does not import solve: no cycle
