@@ -38,7 +38,7 @@ def _minimise(monkeypatch, runs, n_starts):
 
 def test_converged_start_beaten_by_more_than_agree_is_not_kept(monkeypatch):
     """The measured case (peak SNR 3, seed 0, order 5): two stalled starts at 1632.0, a
-    converged one 4.7 higher. main kept the converged one and called it a success; it
+    converged one 4.7 higher. The old ranking kept the converged one, a success; it
     is a local minimum: the lowest start is kept with its own success (False)."""
     runs = [_result(1632.0, False), _result(1632.05, False), _result(1636.7, True)]
     best, starts = _minimise(monkeypatch, runs, 3)
@@ -56,7 +56,7 @@ def test_converged_start_beaten_by_more_than_agree_is_not_kept(monkeypatch):
 
 def test_starts_within_agree_keep_the_converged_one(monkeypatch):
     """Within AGREE the starts found the same minimum: the converged one is kept, lower
-    or not (main's choice, unchanged), and nothing is called a local minimum."""
+    or not (the old ranking's choice, unchanged), and nothing is called a local minimum."""
     for funs in [(100.0, 100.0 + solve.AGREE - 0.01), (100.0, 99.6), (100.0, 100.0)]:
         runs = [_result(funs[0], False), _result(funs[1], True)]
         best, starts = _minimise(monkeypatch, runs, 2)
@@ -95,7 +95,7 @@ def _noise(seed, npix=25):
 
 @pytest.mark.parametrize("seed, n_starts", [(6, "auto"), (8, 1)])
 def test_pure_noise_is_not_a_success(seed, n_starts):
-    """Pure noise, order 3 on 25 x 25. Seed 6: main's first start converged and said
+    """Pure noise, order 3 on 25 x 25. Seed 6: the first start converges and (before the rule) said
     success; seed 8 stalls, and its message must also name the cause. The fitted beam's
     SNR is what a fit of noise reaches (about sqrt(k), k = 11 parameters shape the beam;
     measured 4.4 and 3.2), below 2.5 sqrt(k) = 8.3."""

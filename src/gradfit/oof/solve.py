@@ -75,13 +75,15 @@ STALL = (40, 1e-6, 0.5)
 #: no beam signal detected: the fitted beam's SNR (``fit["beam_snr"]``,
 #: sqrt(sum((beam / sigma)^2)), amp / error(amp) with the other parameters held) below
 #: this x sqrt(k), k the free parameters that shape the beam (all but backgrounds and
-#: scan offsets). A fit of pure noise finds the beam shape that best matches the noise:
-#: its beam_snr^2 is the chi^2 those k parameters gain, about chi^2_k (more, for the
-#: nonlinear shapes). Measured (benchmarks/oof_no_signal.py, Effelsberg, 3 maps, oof.fit
-#: defaults): pure noise gives beam_snr / sqrt(k) of 0.8-1.6 (order 3, 25 x 25, k = 11,
-#: 8 seeds; order 5, 33 x 33, k = 22, 5 seeds; measured noise, k = 28); peak SNR 10 at
-#: least 3.6, SNR 30 at least 11; at SNR 3 the beam is lost in the noise (0.9-1.9 at order
-#: 3, 1.7-1.8 at order 5). 2.5 sits 1.5x above the noise and 1.4x below SNR 10.
+#: scan offsets; ``fit["beam_k"]``). A fit of pure noise finds the beam shape that best
+#: matches the noise: its beam_snr^2 is the chi^2 those k parameters gain, about chi^2_k
+#: (more, for the nonlinear shapes). Measured (benchmarks/oof_no_signal.py, Effelsberg,
+#: 3 maps, oof.fit defaults; order 3 on 25 x 25, k = 11, 16 seeds; order 4 on 29 x 29,
+#: k = 16, 8 seeds; order 5 on 33 x 33, k = 22, 8 seeds, and with measured noise, k = 28,
+#: 5 seeds), beam_snr / sqrt(k): pure noise 0.67-1.73 (37 fits, 9 of them converged: a
+#: "success" before this rule), peak SNR 10 3.63-6.27 (37 fits), SNR 30 10.1-18.3; at
+#: SNR 3 the beam is lost in the noise (0.88-2.24 at order 3, 1.49-2.12 at order 5).
+#: 2.5 sits 1.45x above the noise and 1.45x below SNR 10.
 BEAM_SNR_LIMIT = 2.5
 #: parameters that do not shape the beam (not counted in k above)
 _NOT_BEAM = ("background", "background_plane", "scan_offset")
