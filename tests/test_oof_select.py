@@ -95,10 +95,10 @@ def _noise(seed, npix=25):
 
 @pytest.mark.parametrize("seed, n_starts", [(6, "auto"), (8, 1)])
 def test_pure_noise_is_not_a_success(seed, n_starts):
-    """Pure noise, order 3 on 25 x 25. Seed 6: the first start converges and (before the rule) said
-    success; seed 8 stalls, and its message must also name the cause. The fitted beam's
-    SNR is what a fit of noise reaches (about sqrt(k), k = 11 parameters shape the beam;
-    measured 4.4 and 3.2), below 2.5 sqrt(k) = 8.3."""
+    """Pure noise, order 3 on 25 x 25. Seed 6: the first start converges (a success
+    before the rule); seed 8 stalls, and its message must also name the cause. The
+    fitted beam's SNR is what a fit of noise reaches (about sqrt(k), k = 11 parameters
+    shape the beam; measured 4.4 and 3.2), below 2.5 sqrt(k) = 8.3."""
     sol = solve.fit(_noise(seed), order=ORDER, errors="none", n_starts=n_starts)
     assert sol.fit["starts"] == 1
     assert sol.success is False and sol.fit["success"] is False
