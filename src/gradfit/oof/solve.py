@@ -72,6 +72,21 @@ CHI2R_LIMIT = 1.5
 #: stalled fit is not a success (its point along the flat direction is arbitrary); None
 #: turns the stop off.
 STALL = (40, 1e-6, 0.5)
+#: no beam signal detected: the fitted beam's SNR (``fit["beam_snr"]``,
+#: sqrt(sum((beam / sigma)^2)), amp / error(amp) with the other parameters held) below
+#: this x sqrt(k), k the free parameters that shape the beam (all but backgrounds and
+#: scan offsets; ``fit["beam_k"]``). A fit of pure noise finds the beam shape that best
+#: matches the noise: its beam_snr^2 is the chi^2 those k parameters gain, about chi^2_k
+#: (more, for the nonlinear shapes). Measured (benchmarks/oof_no_signal.py, Effelsberg,
+#: 3 maps, oof.fit defaults; order 3 on 25 x 25, k = 11, 16 seeds; order 4 on 29 x 29,
+#: k = 16, 8 seeds; order 5 on 33 x 33, k = 22, 8 seeds, and with measured noise, k = 28,
+#: 5 seeds), beam_snr / sqrt(k): pure noise 0.67-1.73 (37 fits, 9 of them converged: a
+#: "success" before this rule), peak SNR 10 3.63-6.27 (37 fits), SNR 30 10.1-18.3; at
+#: SNR 3 the beam is lost in the noise (0.88-2.24 at order 3, 1.49-2.12 at order 5).
+#: 2.5 sits 1.45x above the noise and 1.45x below SNR 10.
+BEAM_SNR_LIMIT = 2.5
+#: parameters that do not shape the beam (not counted in k above)
+_NOT_BEAM = ("background", "background_plane", "scan_offset")
 #: the optional per-scan offsets (``free=(..., "scan_offset")``): one offset per scan of
 #: each map, relative to the map's first scan (whose offset the background holds)
 SCAN_OFFSET = "scan_offset"
@@ -543,7 +558,8 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
     # noise of the maps, or no convergence); stop at the first start that describes it,
     # or that agrees with the best in -log L to AGREE (the same minimum found twice,
     # (both converged), or when the extra starts took start_time_factor x the first
-    # fit's time.
+    # fit's time. The kept start: see _keep (a converged local minimum is not kept over
+    # a start lower by more than AGREE).
     auto = n_starts == "auto"
 
     def poor(res, mis):
@@ -552,6 +568,7 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
     extra = (3 if poor(best, misfit) else 0) if auto else int(n_starts) - 1
     rng = np.random.default_rng(seed)
     t_extra = time.perf_counter()
+    tried = [(best, const, misfit)]
     for i in range(extra):
         Ks = rng.normal(0.0, 0.1, zernike_count(order))
         Ks[0] = 0.0
@@ -563,15 +580,14 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
         # the data (a real map), not a local minimum (which a stalled fit may be)
         agree = (abs(float(r.fun) - float(best.fun)) <= AGREE and bool(r.success)
                  and bool(best.success))
-        better = (r.success, -r.fun) > (best.success, -best.fun)
-        if better:
-            best, const, misfit = r, c, mis_r
+        tried.append((r, c, mis_r))
+        k = _keep([t[0] for t in tried])
+        best, const, misfit = tried[k]
         starts.append({"start": i + 1, "neg_log_likelihood": float(r.fun),
                        "success": bool(r.success), "normalised_residual": mis_r,
-                       "time_s": time.perf_counter() - t1, "kept": bool(better),
+                       "time_s": time.perf_counter() - t1, "kept": False,
                        "agrees_with_best": bool(agree)})
-        for rec in starts[:-1]:
-            rec["kept"] = rec["kept"] and not better
+        _mark_kept(starts, k)
         s.report(stage="start", start=i + 1, of=extra, fun=round(float(r.fun), 3),
                  misfit=round(mis_r, 3), agree=agree)
         if auto:
@@ -586,6 +602,31 @@ def _minimise(model, data, s: _Settings, stepwise: bool, n_starts, seed: int, ob
                                       f"{start_time_factor:g} x the first fit")
                 break
     return best, const, misfit, fits, starts
+
+
+def _keep(results) -> int:
+    """Index of the start to keep: the lowest -log L, or a converged start within
+    :data:`AGREE` of it (the same minimum, and it converged); first on ties.
+
+    A converged start that another beats by more than ``AGREE`` converged to a local
+    minimum: it is not kept over the lower one, converged or not (which then reports
+    its own success)."""
+    funs = [float(r.fun) for r in results]
+    low = min(funs)
+    near = [i for i, f in enumerate(funs) if f <= low + AGREE]
+    return max(near, key=lambda i: (bool(results[i].success), -funs[i]))
+
+
+def _mark_kept(starts: list, k: int) -> None:
+    """Set ``kept`` in the start log, and ``local_minimum`` on converged starts that
+    another start beats by more than :data:`AGREE` in -log L."""
+    low = min(rec["neg_log_likelihood"] for rec in starts)
+    for j, rec in enumerate(starts):
+        rec["kept"] = j == k
+        if rec["success"] and rec["neg_log_likelihood"] > low + AGREE:
+            rec["local_minimum"] = True
+        else:
+            rec.pop("local_minimum", None)
 
 
 def _start_K(K, order):
@@ -665,6 +706,8 @@ def _statistics(obs, model, data: _Data, best, const, likelihood_name: str) -> d
             ratio = (again.sigma_total / data.scale) / float(data.sigma[0])
     sigma = data.sigma * ratio
     r = resid / sigma
+    beam_snr = _beam_snr(model, data, p, mu, sigma)
+    k_beam = sum(1 for n in best.names if n.split("[")[0] not in _NOT_BEAM)
     chi2 = float(np.sum(r**2))
     dof = max(N - n_free, 1)
     chi2r = chi2 / dof
@@ -695,7 +738,20 @@ def _statistics(obs, model, data: _Data, best, const, likelihood_name: str) -> d
             "background_error_scale": float(bg_scale),
             "maps": maps, "error_scale": float(scale), "error_note": "; ".join(notes),
             "sigma_value": float(np.median(sigma)) * data.scale,
-            "noise": None if noise is None else noise.to_dict()}
+            "noise": None if noise is None else noise.to_dict(), "beam_snr": beam_snr,
+            "beam_k": k_beam, "beam_snr_limit": BEAM_SNR_LIMIT * math.sqrt(max(k_beam, 1))}
+
+
+def _beam_snr(model, data: _Data, p: dict, mu, sigma) -> float:
+    """Signal-to-noise of the fitted beam: ``sqrt(sum((beam / sigma)^2))`` over the
+    samples of the likelihood, ``beam`` the model less its amp = 0 part (backgrounds,
+    scan offsets). It is amp / error(amp) with the other parameters held (the matched
+    filter's SNR of the fitted beam shape)."""
+    q = dict(p)
+    q["amp"] = 0.0
+    with torch.no_grad():
+        mu0 = data.select(_evaluate(model, q, data).cpu().numpy())
+    return float(np.sqrt(np.sum(((mu - mu0) / sigma) ** 2)))
 
 
 # -------------------------------------------------------------- 7. solution
@@ -721,18 +777,44 @@ def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.
     return out
 
 
-def _message(best, misfit: float) -> str:
+def _message(best, misfit: float, starts=(), stats=None) -> str:
     """The minimiser's message; a stall (:data:`STALL`) also says whether the model
-    describes the data (it may, with parameters the data do not pin down)."""
+    describes the data (it may, with parameters the data do not pin down). Then, when
+    a start that converged was beaten by the kept one (:func:`_keep`), that it found a
+    local minimum; and, when the beam is not detected (:func:`_no_beam`), so."""
     msg = str(best.message)
-    if not msg.startswith("stalled"):
-        return msg
-    if misfit <= MISFIT_LIMIT:
-        return (f"{msg}; the model describes the data to the noise (normalised residual "
-                f"{misfit:.3g}) but the data do not pin down every parameter (too little "
-                "signal?)")
-    return (f"{msg}; the model does not describe the data (normalised residual "
-            f"{misfit:.3g} > {MISFIT_LIMIT:g})")
+    if msg.startswith("stalled"):
+        if misfit <= MISFIT_LIMIT:
+            msg = (f"{msg}; the model describes the data to the noise (normalised residual "
+                   f"{misfit:.3g}) but the data do not pin down every parameter (too little "
+                   "signal?)")
+        else:
+            msg = (f"{msg}; the model does not describe the data (normalised residual "
+                   f"{misfit:.3g} > {MISFIT_LIMIT:g})")
+    kept = [r for r in starts if r.get("kept")]
+    local = [r for r in starts if r.get("local_minimum")]
+    if kept and local and not best.success:
+        low = kept[0]["neg_log_likelihood"]
+        msg += "; " + "; ".join(
+            f"start {r['start']} converged, but to a local minimum: its -log L is "
+            f"{r['neg_log_likelihood'] - low:.3g} above the kept start's (> {AGREE:g})"
+            for r in local)
+    note = _no_beam(stats)
+    return f"{msg}; {note}" if note else msg
+
+
+def _no_beam(stats) -> str:
+    """'no beam signal detected: ...' when the fitted beam's SNR is below
+    :data:`BEAM_SNR_LIMIT` x sqrt(k), else ''."""
+    if not stats or "beam_snr" not in stats:
+        return ""
+    snr, limit = stats["beam_snr"], stats["beam_snr_limit"]
+    if not snr < limit:  # NaN (a broken model) does not fire: nothing to judge
+        return ""
+    return (f"no beam signal detected: the fitted beam's SNR {snr:.3g} is below "
+            f"{BEAM_SNR_LIMIT:g} sqrt(k) = {limit:.3g} (k = {stats['beam_k']} parameters "
+            "shape the beam; "
+            "fits of pure noise reach about sqrt(k)): the maps show no beam above the noise")
 
 
 def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, fits,
@@ -745,8 +827,8 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
     params.update({k: v for k, v in best.params.items()})
     n_orders = order if stepwise else 1
     fit_info = {
-        "success": bool(best.success),
-        "message": _message(best, misfit),
+        "success": bool(best.success) and not _no_beam(stats),
+        "message": _message(best, misfit, starts, stats),
         "method": str(best.method),
         "nfev": int(sum(r.nfev for r in fits)),
         "nit": int(best.nit),
@@ -940,8 +1022,12 @@ def fit(
         convergence); it stops at the first start that describes the data, at one that
         agrees with the best in -log L to ``AGREE`` (the same minimum), or when the
         extra starts took ``start_time_factor`` x the first fit's time. An integer runs
-        exactly that many and keeps the best. Each start is reported through
-        ``progress`` (stage 'start') and logged in ``fit["start_log"]``.
+        exactly that many. The kept start is the one of lowest -log L, or a converged
+        start within ``AGREE`` of it (the same minimum); a converged start that another
+        beats by more than ``AGREE`` found a local minimum and is not kept: the lower
+        start is, with its own success (False when it did not converge), and the
+        message and ``fit["start_log"]`` (``local_minimum``) say so. Each start is
+        reported through ``progress`` (stage 'start') and logged in ``fit["start_log"]``.
     stepwise : bool
         Fit orders 1, 2, ..., ``order`` in turn, each seeded by the last.
     threads : int, optional
@@ -987,6 +1073,11 @@ def fit(
     Returns
     -------
     Solution
+        ``success`` is the kept start's convergence, and False when no beam signal is
+        detected: the fitted beam's SNR (``fit["beam_snr"]``) below
+        ``BEAM_SNR_LIMIT`` x sqrt(k) (``fit["beam_snr_limit"]``; k, ``fit["beam_k"]``, the
+        free parameters that shape the beam), which fits of pure noise reach; the
+        message then says "no beam signal detected".
     """
     if basis != "zernike":
         from .pixels import fit_basis  # pixels does not import solve: no cycle
