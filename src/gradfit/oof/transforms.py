@@ -247,10 +247,13 @@ class MFT(_Folded):
         return self._kernels[order]
 
     # ------------------------------------------------------------- the transform
-    def _raw(self, er: torch.Tensor, ei: torch.Tensor, order: int, kernels):
+    def _raw(self, er: torch.Tensor, ei: torch.Tensor, order: int, kernels,
+             one_array: bool = False):
         """Transforms of ``(x/R)^a (y/R)^b E`` of ``F`` fields ``er, ei`` ``(F, J)``, for
         ``a + b <= order``: ``(M, nv, F, 2, nu)`` (Re, Im on axis 3), ``a`` ascending, for
-        each ``a`` the even powers of y, then the odd ones."""
+        each ``a`` the even powers of y, then the odd ones. ``one_array``: the products
+        write into one array (``out=``, for plain tensors only: no autograd, forward mode
+        or vmap), else they are concatenated."""
         F, h, nv, nu = er.shape[0], self.h, self.nv, self.nu
         h2 = 2 * h
         # x sums: the even powers of x from [X+ ; -i X-], the odd ones from [X- ; -i X+]
@@ -258,9 +261,7 @@ class MFT(_Folded):
         T = [op.reshape(-1, h2) @ kernels[q][0] for q, op in enumerate(ops)]  # (y' F 2, .)
         T = [t.reshape(h2, F, 2, -1) for t in T]
         M = (order + 1) * (order + 2) // 2
-        # the products write into one array, except where autograd, forward mode or
-        # vmap follows the tensors (out= is for plain tensors only)
-        plain = M > 1 and not (torch.is_grad_enabled() or _traced(er) or _traced(ei))
+        plain = one_array and M > 1
         out = er.new_empty(M, nv, F, 2, nu) if plain else []
         m = 0
         for a in range(order + 1):
@@ -280,14 +281,15 @@ class MFT(_Folded):
                     m += k
         return out if plain else torch.cat(out).reshape(M, nv, F, 2, nu)
 
-    def _raw_all(self, er: torch.Tensor, ei: torch.Tensor, order: int, per_map: int):
+    def _raw_all(self, er: torch.Tensor, ei: torch.Tensor, order: int, per_map: int,
+                 one_array: bool = False):
         """:meth:`_raw` with each map's kernels: ``er, ei`` ``(B per_map, J)``, fields of
         map ``b`` in rows ``b per_map .. (b + 1) per_map``."""
         sets = self._powered(order)
         if self.shared_axes:
-            return self._raw(er, ei, order, sets[0])
+            return self._raw(er, ei, order, sets[0], one_array)
         parts = [self._raw(er[b * per_map:(b + 1) * per_map],
-                           ei[b * per_map:(b + 1) * per_map], order, sets[b])
+                           ei[b * per_map:(b + 1) * per_map], order, sets[b], one_array)
                  for b in range(self.n_maps)]
         return torch.cat(parts, 2)
 
@@ -307,8 +309,11 @@ class MFT(_Folded):
     def monomial_blocks(self, er: torch.Tensor, ei: torch.Tensor, order: int):
         """:meth:`monomials` in the folded transform's own order and layout: ``(Mr, Mi,
         pos)``, ``Mr, Mi`` ``(M, nv, B, nu)`` views, ``pos`` as in
-        :meth:`Transform.monomial_blocks`."""
-        R = self._raw_all(er, ei, order, 1)
+        :meth:`Transform.monomial_blocks` (which the model calls under ``no_grad``; with
+        autograd or forward mode on, the products are concatenated instead)."""
+        plain = not torch.is_grad_enabled() and all(
+            fwAD.unpack_dual(t).tangent is None for t in (er, ei))
+        R = self._raw_all(er, ei, order, 1, one_array=plain)
         return R[..., 0, :], R[..., 1, :], self.raw_order(order)
 
     def fields(self, er: torch.Tensor, ei: torch.Tensor):
@@ -337,10 +342,10 @@ class MFT(_Folded):
         arithmetic of ``(order + 1) / 2`` x-transforms and ``M / 2`` y-transforms of one
         unfolded transform each.
         """
-        Mr, Mi, pos = self.monomial_blocks(er, ei, order)
-        inv = torch.as_tensor(np.argsort(pos), device=self.device)
-        return (self.samples_last(Mr.index_select(0, inv)),
-                self.samples_last(Mi.index_select(0, inv)))
+        R = self._raw_all(er, ei, order, 1)
+        inv = torch.as_tensor(np.argsort(self.raw_order(order)), device=self.device)
+        R = R.index_select(0, inv)
+        return self.samples_last(R[..., 0, :]), self.samples_last(R[..., 1, :])
 
 
 class DFT(_Folded):
@@ -471,13 +476,6 @@ class FFT(Transform):
         P = (F.real**2 + F.imag**2).reshape(B, -1)
         vals = torch.gather(P, 1, self.idx.reshape(B, -1)).reshape(self.idx.shape)
         return (vals * self.w).sum(1) * self.area
-
-
-def _traced(t: torch.Tensor) -> bool:
-    """Whether ``t`` carries a forward-mode tangent or is wrapped by a torch.func
-    transform (vmap, grad)."""
-    return (torch._C._functorch.is_functorch_wrapped_tensor(t)
-            or fwAD.unpack_dual(t).tangent is not None)
 
 
 def _extend(axis: np.ndarray, n: int) -> np.ndarray:
