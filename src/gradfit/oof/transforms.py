@@ -22,13 +22,13 @@ forward-FFT sign). All arithmetic is real, batched over maps and differentiable
     every aperture row (one matrix product for all rows and samples), then the y sum.
     It gives the monomial transforms too (:meth:`DFT.monomials`), so the model's
     Jacobian is exact for scattered samples as well.
-
-Both exact transforms fold their sums onto the half-axes ``x >= 0`` (and the MFT also
-``y >= 0``), which the symmetric aperture grid allows: half the arithmetic of the
-matrix products (:class:`_Folded`).
 ``'fft'`` (:class:`FFT`)
     Zero-padded FFT of the aperture grid and bilinear interpolation of the power, as
     pyoof does; kept for comparison.
+
+Both exact transforms fold their sums onto the half-axis ``x >= 0`` (and the MFT also
+onto ``y >= 0``), which the symmetric aperture grid allows: half the arithmetic of the
+matrix products (:class:`_Folded`).
 
 :func:`make_transform` picks the object; ``'mft'`` falls back to ``'dft'`` when a map is
 not a regular grid (maps on grids of different shapes keep the MFT).
@@ -90,13 +90,9 @@ class Transform:
         """``(..., *S)`` of :meth:`monomial_blocks` -> ``(..., B, n_k)`` (here the identity)."""
         return X
 
-    def _aperture_x(self) -> torch.Tensor:
-        """The aperture grid's axis over the dish radius (x/R and y/R of its cells)."""
-        return self._t(self.grid.axis / self.grid.telescope.primary_radius_m)
-
 
 class _Folded(Transform):
-    """The sums over the aperture folded onto ``x >= 0`` and ``y >= 0``.
+    """The sums over the aperture folded onto ``x >= 0`` (and, in the MFT, ``y >= 0``).
 
     The aperture grid is symmetric about the dish centre. With
     ``Z^(+-)(x) = Z(x) +- Z(-x)`` and the kernel ``e^{-i w x} = C - i S`` (C even, S odd
@@ -107,7 +103,8 @@ class _Folded(Transform):
 
     one real product of the stacked operand ``[Z^(+-) ; -i Z^(-+)]`` (:meth:`_operand`)
     with the real kernel ``[x^a C ; x^a S]``, half the arithmetic of the complex product
-    over the whole axis. The same holds for the sums over y.
+    over the whole axis. The same holds for the sums over y. Monomials then come in the
+    folded order (:meth:`raw_order`).
     """
 
     def __init__(self, grid, maps, wavelength_m, device, dtype):
