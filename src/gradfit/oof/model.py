@@ -354,12 +354,15 @@ class BeamModel:
         ar = torch.arange(B, device=self.device)
         out = {}
         if order:
-            # d P / d c for a phase term c x^a y^b: 2 Re(conj(F) i M_ab) = 2 (Fi Mr - Fr Mi)
-            H = (2 * self.norm) * (Mi[:1] * Mr - Mr[:1] * Mi)  # (M, *S)
+            # d mu / d c for a phase term c x^a y^b: s 2 Re(conj(F) i M_ab) =
+            # s 2 (Fi Mr - Fr Mi), with s 2 (times norm) on F (the maps' axis of S is -2)
+            sF = (2 * self.norm) * s.reshape(-1, 1)
+            Fr_s, Fi_s = Mr[0] * sF, Mi[0] * sF
+            H = Fi_s * Mr - Fr_s * Mi  # (M, *S)
         if "K" in names:
             C = self._monomial_coeffs()[:, torch.as_tensor(pos, device=self.device)]
             dK = to_maps((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
-            out["K"] = self._flat((dK * s).permute(1, 2, 0))
+            out["K"] = self._flat(dK.permute(1, 2, 0))
         if "pointing" in names:
             # phase ramp (pi / pr)(u0 x + v0 y): the monomials x/R and y/R times pi
             row = {int(lab): i for i, lab in enumerate(pos)}
@@ -367,8 +370,8 @@ class BeamModel:
             H = to_maps(H[[row[order + 1], row[1]]])
             i10, i01 = 0, 1
             D = H.new_zeros(B, Nb, B, 2)
-            D[ar, :, ar, 0] = np.pi * H[i10] * s
-            D[ar, :, ar, 1] = np.pi * H[i01] * s
+            D[ar, :, ar, 0] = np.pi * H[i10]  # (H holds s)
+            D[ar, :, ar, 1] = np.pi * H[i01]
             out["pointing"] = self._flat(D)
         illum = [n for n in ("c_dB", "q", "x0", "y0") if n in names]
         if illum:
