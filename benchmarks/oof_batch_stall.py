@@ -24,29 +24,17 @@ observation, for scale.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 import warnings
 
 import numpy as np
 
 
-def noise_obs(seed: int, npix: int, order: int):
-    """Pure noise on the simulation's geometry and noise column (oof_low_snr's case)."""
-    from gradfit.oof.simulate import simulate
-
-    obs = simulate("effelsberg", order=order, snr=1.0, npix=npix, seed=seed)
-    rng = np.random.default_rng(seed + 1000)
-    maps = [dataclasses.replace(m, power=rng.normal(0.0, 1.0, m.n), sigma=np.ones(m.n))
-            for m in obs.maps]
-    return dataclasses.replace(obs, maps=maps, truth=None)
-
-
 def hopeless(kind: str, seed: int, npix: int, order: int):
-    from gradfit.oof.simulate import simulate
+    from gradfit.oof.simulate import simulate, simulate_noise
 
     if kind == "noise":
-        return noise_obs(seed, npix, order)
+        return simulate_noise("effelsberg", order=order, npix=npix, seed=seed)
     return simulate("effelsberg", order=order, snr=float(kind.removeprefix("snr")),
                     npix=npix, seed=seed)
 

@@ -20,7 +20,6 @@ to 1e-8 of itself per iteration, a converging fit shrinks that geometrically).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -29,15 +28,11 @@ NOISE = 0.0  # "SNR" of the pure-noise case
 
 
 def observation(snr: float, seed: int, npix: int, order: int):
-    from gradfit.oof.simulate import simulate
+    from gradfit.oof.simulate import simulate, simulate_noise
 
     if snr != NOISE:
         return simulate("effelsberg", order=order, snr=snr, npix=npix, seed=seed)
-    obs = simulate("effelsberg", order=order, snr=1.0, npix=npix, seed=seed)
-    rng = np.random.default_rng(seed + 1000)
-    maps = [dataclasses.replace(m, power=rng.normal(0.0, 1.0, m.n), sigma=np.ones(m.n))
-            for m in obs.maps]
-    return dataclasses.replace(obs, maps=maps, truth=None)
+    return simulate_noise("effelsberg", order=order, npix=npix, seed=seed)
 
 
 class _Costs:

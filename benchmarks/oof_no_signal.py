@@ -27,15 +27,10 @@ NOISE = 0.0  # "SNR" of the pure-noise case
 
 
 def observation(snr: float, seed: int, npix: int, order: int, measured: bool):
-    from gradfit.oof.simulate import simulate
+    from gradfit.oof.simulate import simulate, simulate_noise
 
-    obs = simulate("effelsberg", order=order, snr=snr if snr != NOISE else 1.0, npix=npix,
-                   seed=seed)
-    if snr == NOISE:
-        rng = np.random.default_rng(seed + 1000)
-        maps = [dataclasses.replace(m, power=rng.normal(0.0, 1.0, m.n), sigma=np.ones(m.n))
-                for m in obs.maps]
-        obs = dataclasses.replace(obs, maps=maps, truth=None)
+    obs = (simulate_noise("effelsberg", order=order, npix=npix, seed=seed) if snr == NOISE
+           else simulate("effelsberg", order=order, snr=snr, npix=npix, seed=seed))
     if measured:
         obs = dataclasses.replace(obs, maps=[dataclasses.replace(m, sigma=None)
                                              for m in obs.maps])

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from gradfit.oof import solve
-from gradfit.oof.simulate import simulate
+from gradfit.oof.simulate import simulate, simulate_noise
 from gradfit.oof.zernike import zernike_count
 
 ORDER = 3
@@ -86,11 +85,7 @@ def test_auto_policy_keeps_the_lowest_start(monkeypatch):
 # --------------------------------------------------------- no beam in the maps
 def _noise(seed, npix=25):
     """Three maps of unit noise, no beam (the geometry of a simulation)."""
-    obs = simulate("effelsberg", order=ORDER, snr=1.0, npix=npix, seed=seed)
-    rng = np.random.default_rng(seed + 1000)
-    maps = [dataclasses.replace(m, power=rng.normal(0.0, 1.0, m.n), sigma=np.ones(m.n))
-            for m in obs.maps]
-    return dataclasses.replace(obs, maps=maps, truth=None)
+    return simulate_noise("effelsberg", order=ORDER, npix=npix, seed=seed)
 
 
 @pytest.mark.parametrize("seed, n_starts", [(6, "auto"), (8, 1)])

@@ -173,7 +173,7 @@ class BeamModel:
             uvn[b, :m.n, 0], uvn[b, :m.n, 1] = m.u / h, m.v / h
         self.uv_norm = t(uvn)
         self.transform = self.tf.name
-        self._mono = None
+        self._mono: dict = {}
 
     # ----------------------------------------------------------------- helpers
     def _t(self, a) -> torch.Tensor:
@@ -278,11 +278,27 @@ class BeamModel:
         return self._flat(self._per_map(self.power(p) * self._get(p, "amp"), p))
 
     # ----------------------------------------------------------------- Jacobian
-    def _monomial_coeffs(self) -> torch.Tensor:
-        """``2 pi C``: the phase of ``K`` on the monomials (piston row dropped)."""
-        if self._mono is None:
-            self._mono = self._t(2 * np.pi * zernike_monomials(self.order)[1:])
-        return self._mono
+    def _monomial_coeffs(self, pos) -> torch.Tensor:
+        """``2 pi C``: the phase of ``K`` on the monomials (piston row dropped), its columns
+        in the transform's order ``pos`` (see :meth:`Transform.monomial_blocks`)."""
+        key = tuple(int(i) for i in pos)
+        if key not in self._mono:
+            C = 2 * np.pi * zernike_monomials(self.order)[1:]
+            self._mono[key] = self._t(C[:, np.asarray(key, dtype=np.int64)])
+        return self._mono[key]
+
+    def _phase_terms(self, Mr, Mi, scale):
+        """``scale d P / d c`` of every phase term ``c x^a y^b`` from its transform ``M``:
+        ``2 Re(conj(F) i M) = 2 (Fi Mr - Fr Mi)`` times ``scale`` (per map, on the maps'
+        axis -2 of the transform's layout), with ``scale`` and the factor 2 (and the
+        norm) applied to F first, before the products with every monomial."""
+        sF = (2 * self.norm) * scale.reshape(-1, 1)
+        return (Mi[0] * sF) * Mr - (Mr[0] * sF) * Mi
+
+    def _zernike_columns(self, H, pos):
+        """The K columns from the phase terms ``H`` ``(M, *S)``: ``(n_coeff - 1, B, Nb)``."""
+        C = self._monomial_coeffs(pos)
+        return self.tf.samples_last((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
 
     def jacobian(self, p: dict, names) -> tuple[torch.Tensor, dict]:
         """The model and its exact derivatives with respect to the parameters ``names``.
@@ -348,36 +364,29 @@ class BeamModel:
         amp = self._get(p, "amp")
         gain = self._opt(p, "gain")
         mu = self._flat(self._per_map(P * amp, p))  # the model, as __call__ gives it
-        Fr, Fi = to_maps(Fr), to_maps(Fi)
         # d mu_b / d P_b
         s = amp if gain is None else amp * gain.unsqueeze(-1)
         ar = torch.arange(B, device=self.device)
         out = {}
         if order:
-            # d mu / d c for a phase term c x^a y^b: s 2 Re(conj(F) i M_ab) =
-            # s 2 (Fi Mr - Fr Mi), with s 2 (times norm) on F (the maps' axis of S is -2)
-            sF = (2 * self.norm) * s.reshape(-1, 1)
-            Fr_s, Fi_s = Mr[0] * sF, Mi[0] * sF
-            H = Fi_s * Mr - Fr_s * Mi  # (M, *S)
+            H = self._phase_terms(Mr, Mi, s)  # d mu / d c of each phase term, (M, *S)
         if "K" in names:
-            C = self._monomial_coeffs()[:, torch.as_tensor(pos, device=self.device)]
-            dK = to_maps((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
-            out["K"] = self._flat(dK.permute(1, 2, 0))
+            out["K"] = self._flat(self._zernike_columns(H, pos).permute(1, 2, 0))
         if "pointing" in names:
             # phase ramp (pi / pr)(u0 x + v0 y): the monomials x/R and y/R times pi
             row = {int(lab): i for i, lab in enumerate(pos)}
-            # (1, 0) and (0, 1) in monomial_labels order
-            H = to_maps(H[[row[order + 1], row[1]]])
-            i10, i01 = 0, 1
-            D = H.new_zeros(B, Nb, B, 2)
-            D[ar, :, ar, 0] = np.pi * H[i10]  # (H holds s)
-            D[ar, :, ar, 1] = np.pi * H[i01]
+            # (1, 0) and (0, 1), at order + 1 and 1 in monomial_labels order (H holds s)
+            Hx, Hy = to_maps(H[[row[order + 1], row[1]]])
+            D = P.new_zeros(B, Nb, B, 2)
+            D[ar, :, ar, 0] = np.pi * Hx
+            D[ar, :, ar, 1] = np.pi * Hy
             out["pointing"] = self._flat(D)
         illum = [n for n in ("c_dB", "q", "x0", "y0") if n in names]
         if illum:
             dA = self.illumination_derivatives(illum, c_dB, q, x0, y0, r2, A)
             d = self.w * torch.stack(dA)  # (m, J)
             Dr, Di = self.tf.fields(d * cos.unsqueeze(1), d * sin.unsqueeze(1))  # (B, m, Nb)
+            Fr, Fi = to_maps(Fr), to_maps(Fi)
             dP = (2 * self.norm) * (Fr.unsqueeze(1) * Dr + Fi.unsqueeze(1) * Di)
             dP = dP * (s.unsqueeze(1) if s.dim() else s)
             for i, n in enumerate(illum):
@@ -482,12 +491,10 @@ class BeamModel:
             A, cos, sin, er, ei = self._batched_field(K, c_dB)
             Mr, Mi, pos = self.tf.monomial_blocks(er.reshape(b * B, J), ei.reshape(b * B, J),
                                                   self.order)  # (M, *S)
-            to_maps = self.tf.samples_last  # (..., *S) -> (..., b B, n_k)
-            H = (2 * self.norm) * (Mi[:1] * Mr - Mr[:1] * Mi)
-            C = self._monomial_coeffs()[:, torch.as_tensor(pos, device=self.device)]
-            dK = to_maps((C @ H.reshape(H.shape[0], -1)).reshape((-1,) + H.shape[1:]))
-            dK = dK.reshape(-1, b, B * dK.shape[-1]).permute(1, 2, 0) * amp[:, None, None]
-            Fr, Fi = to_maps(Mr[0]), to_maps(Mi[0])  # (b B, n_k)
+            # each observation's amp, on each of its maps
+            dK = self._zernike_columns(self._phase_terms(Mr, Mi, amp.repeat_interleave(B)), pos)
+            dK = dK.reshape(-1, b, B * dK.shape[-1]).permute(1, 2, 0)
+            Fr, Fi = self.tf.samples_last(Mr[0]), self.tf.samples_last(Mi[0])  # (b B, n_k)
             P = (Fr**2 + Fi**2) * self.norm
             d = self.w * self.illumination_derivatives(["c_dB"], c_dB.unsqueeze(-1), None, None,
                                                        None, self.r2, A)[0]  # (b, J)

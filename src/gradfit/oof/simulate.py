@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -10,7 +12,8 @@ from .observation import BeamMap, Observation
 from .telescope import Telescope, get_telescope
 from .zernike import zernike_count, zernike_labels
 
-__all__ = ["simulate", "C_LIGHT", "phase_rms_notilt", "defocus_values", "true_coefficients"]
+__all__ = ["simulate", "simulate_noise", "C_LIGHT", "phase_rms_notilt", "defocus_values",
+           "true_coefficients"]
 
 
 def defocus_values(dz) -> list[float]:
@@ -195,3 +198,16 @@ def simulate(
     obs.meta = {"OBJECT": "simulated point source", "TELESCOP": tel.name, "SEED": int(seed),
                 "SNR": float(snr), "NOISE": sigma}
     return obs
+
+
+def simulate_noise(telescope: str | Telescope = "effelsberg", order: int = 5, npix: int = 33,
+                   seed: int = 0, **kwargs) -> Observation:
+    """Maps of unit Gaussian noise and no beam (sigma 1 stored), on the geometry of
+    :func:`simulate` with the same arguments: the pure-noise case of the checks that a
+    fit of no signal is not called a success. The noise is drawn from
+    ``numpy.random.default_rng(seed + 1000)``; ``obs.truth`` is None."""
+    obs = simulate(telescope, order=order, snr=1.0, npix=npix, seed=seed, **kwargs)
+    rng = np.random.default_rng(seed + 1000)
+    maps = [dataclasses.replace(m, power=rng.normal(0.0, 1.0, m.n), sigma=np.ones(m.n))
+            for m in obs.maps]
+    return dataclasses.replace(obs, maps=maps, truth=None)

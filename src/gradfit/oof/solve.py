@@ -777,11 +777,11 @@ def _nuisance_summary(res, const, error_scale: float = 1.0, bg_scale: float = 1.
     return out
 
 
-def _message(best, misfit: float, starts=(), stats=None) -> str:
+def _message(best, misfit: float, starts=(), no_beam: str = "") -> str:
     """The minimiser's message; a stall (:data:`STALL`) also says whether the model
     describes the data (it may, with parameters the data do not pin down). Then, when
     a start that converged was beaten by the kept one (:func:`_keep`), that it found a
-    local minimum; and, when the beam is not detected (:func:`_no_beam`), so."""
+    local minimum; and the note ``no_beam`` of :func:`_no_beam`, when it fired."""
     msg = str(best.message)
     if msg.startswith("stalled"):
         if misfit <= MISFIT_LIMIT:
@@ -799,8 +799,7 @@ def _message(best, misfit: float, starts=(), stats=None) -> str:
             f"start {r['start']} converged, but to a local minimum: its -log L is "
             f"{r['neg_log_likelihood'] - low:.3g} above the kept start's (> {AGREE:g})"
             for r in local)
-    note = _no_beam(stats)
-    return f"{msg}; {note}" if note else msg
+    return f"{msg}; {no_beam}" if no_beam else msg
 
 
 def _no_beam(stats) -> str:
@@ -826,9 +825,10 @@ def _solution(obs, tel, model, data: _Data, s: _Settings, best, const, misfit, f
     params = dict(const)
     params.update({k: v for k, v in best.params.items()})
     n_orders = order if stepwise else 1
+    no_beam = _no_beam(stats)
     fit_info = {
-        "success": bool(best.success) and not _no_beam(stats),
-        "message": _message(best, misfit, starts, stats),
+        "success": bool(best.success) and not no_beam,
+        "message": _message(best, misfit, starts, no_beam),
         "method": str(best.method),
         "nfev": int(sum(r.nfev for r in fits)),
         "nit": int(best.nit),

@@ -103,8 +103,7 @@ class _Folded(Transform):
 
     one real product of the stacked operand ``[Z^(+-) ; -i Z^(-+)]`` (:meth:`_operand`)
     with the real kernel ``[x^a C ; x^a S]``, half the arithmetic of the complex product
-    over the whole axis. The same holds for the sums over y. Monomials then come in the
-    folded order (:meth:`raw_order`).
+    over the whole axis. The same holds for the sums over y.
     """
 
     def __init__(self, grid, maps, wavelength_m, device, dtype):
@@ -168,18 +167,6 @@ class _Folded(Transform):
             ops.append(self._operand(Xm, Xp, -1, -2))
         return ops
 
-    @staticmethod
-    def raw_order(order: int) -> np.ndarray:
-        """Position of each monomial of the folded order (``a`` ascending; for each ``a``
-        the even powers of y, then the odd ones) in
-        :func:`gradfit.oof.zernike.monomial_labels` order (``a`` then ``b``)."""
-        pos, first = [], 0
-        for a in range(order + 1):
-            bs = list(range(0, order + 1 - a, 2)) + list(range(1, order + 1 - a, 2))
-            pos += [first + b for b in bs]
-            first += order + 1 - a
-        return np.asarray(pos)
-
 
 class MFT(_Folded):
     """Separable exact transform on regular ``(n_v, n_u)`` grids (u varying fastest).
@@ -223,6 +210,18 @@ class MFT(_Folded):
         self._axes = axes[:1] if self.shared_axes else axes
         self.nv, self.nu = nv_max, nu_max
         self._kernels: dict = {}
+
+    @staticmethod
+    def raw_order(order: int) -> np.ndarray:
+        """Position of each monomial of :meth:`_raw`'s order (``a`` ascending; for each
+        ``a`` the even powers of y, then the odd ones: the y sums fold them apart) in
+        :func:`gradfit.oof.zernike.monomial_labels` order (``a`` then ``b``)."""
+        pos, first = [], 0
+        for a in range(order + 1):
+            bs = list(range(0, order + 1 - a, 2)) + list(range(1, order + 1 - a, 2))
+            pos += [first + b for b in bs]
+            first += order + 1 - a
+        return np.asarray(pos)
 
     # ----------------------------------------------------------------- kernels
     def _powered(self, order: int):
@@ -361,11 +360,9 @@ class DFT(_Folded):
     def __init__(self, grid, maps, wavelength_m, device, dtype):
         super().__init__(grid, maps, wavelength_m, device, dtype)
         nk = max(self.sizes)
-        h = self.h
-        # y of each folded row: the half-axis, then its mirror images
+        # y of each folded row: the half-axis, then its mirror images (an odd grid's
+        # centre has an empty mirror slot: no cell is scattered there)
         yf = np.concatenate([self._half_axis, -self._half_axis])
-        if self.n % 2:
-            yf[h] = 0.0  # the centre's empty mirror slot
         Ku, Cv, Sv = [], [], []
         for m in maps:  # (the padding samples are computed and never used)
             Ku.append(self._half_kernel(np.pad(m.u, (0, nk - m.n))))  # (2h, nk)
@@ -379,10 +376,14 @@ class DFT(_Folded):
 
     def _x_sums(self, op: torch.Tensor, B: int) -> torch.Tensor:
         """Folded x operands ``(B F', y', 2, 2h)`` -> ``Tr, Ti`` ``(B, F', y', nk)``."""
-        h2 = 2 * self.h
-        T = (op.reshape(B, -1, h2) @ self.Ku).reshape(op.shape[:-1] + (self.nk,))
-        T = T.reshape((B, -1) + T.shape[-3:])
+        T = (op.reshape(B, -1, 2 * self.h) @ self.Ku).reshape((B, -1) + op.shape[-3:-1]
+                                                              + (self.nk,))
         return T[..., 0, :], T[..., 1, :]
+
+    def _y_terms(self, Tr: torch.Tensor, Ti: torch.Tensor, Cv: torch.Tensor, Sv: torch.Tensor):
+        """Per sample and row, ``e^{-i v y}`` times the x sums ``T``: the terms of the y sums
+        (Re, Im)."""
+        return Cv * Tr + Sv * Ti, Cv * Ti - Sv * Tr
 
     def fields(self, er: torch.Tensor, ei: torch.Tensor):
         """F of many fields per map: ``er, ei`` ``(B, M, J)`` -> ``Fr, Fi`` ``(B, M, nk)``."""
@@ -390,8 +391,8 @@ class DFT(_Folded):
         X = self._folded(er.reshape(B * M, -1), ei.reshape(B * M, -1), y_first=False)
         (op,) = self._x_operands(X, odd=False)  # (B M, y', 2, 2h)
         Tr, Ti = self._x_sums(op, B)  # (B, M, y', nk)
-        Cv, Sv = self.Cv.unsqueeze(1), self.Sv.unsqueeze(1)
-        return (Cv * Tr + Sv * Ti).sum(-2), (Cv * Ti - Sv * Tr).sum(-2)
+        Pr, Pi = self._y_terms(Tr, Ti, self.Cv.unsqueeze(1), self.Sv.unsqueeze(1))
+        return Pr.sum(-2), Pi.sum(-2)
 
     def monomials(self, er: torch.Tensor, ei: torch.Tensor, order: int):
         """Transforms of ``(x/R)^a (y/R)^b E`` for every ``a + b <= order`` (as
@@ -415,8 +416,7 @@ class DFT(_Folded):
         for a in range(order + 1):
             op = ops[a % 2] * Xp[a] if a else ops[0]  # (B, y', 2, 2h)
             Tr, Ti = (t[:, 0] for t in self._x_sums(op, B))  # (B, y', nk)
-            Pr = self.Cv * Tr + self.Sv * Ti
-            Pi = self.Cv * Ti - self.Sv * Tr
+            Pr, Pi = self._y_terms(Tr, Ti, self.Cv, self.Sv)
             Y = Yp[: order + 1 - a]  # powers of y that go with x^a
             Mr.append((Y @ Pr).transpose(0, 1))  # (k, B, nk)
             Mi.append((Y @ Pi).transpose(0, 1))
